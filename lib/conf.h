@@ -1,0 +1,96 @@
+/*
+ * conf - the one libconfig file that configures every program.
+ *
+ * conf_load() parses and validates the whole file. On any error it prints
+ * "FILE:LINE: what is wrong (how to fix)" and exits EXIT_CONFIG; with conf_try_load()
+ * the message is returned instead (spoold's SIGHUP keeps the old config). Unknown keys
+ * are errors. Relative paths are resolved against the directory of the config file,
+ * so the result does not depend on the working directory.
+ */
+#ifndef SPOOLD_CONF_H
+#define SPOOLD_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+
+enum scanner_type { SCANNER_EXEC, SCANNER_CLAMD };
+enum scanner_mode { MODE_PER_ATTACHMENT, MODE_PER_MESSAGE, MODE_CLAMD };
+
+struct conf_scanner {
+	char *name;
+	enum scanner_type type;
+	enum scanner_mode mode;
+	char **argv; /* NULL-terminated; placeholders {file} {dir} {files} */
+	int *clean_codes;
+	size_t n_clean;
+	int *infected_codes;
+	size_t n_infected;
+	char *virus_regex; /* POSIX ERE, group 1 = virus name; may be NULL */
+	char *version_argv0;
+	char **version_argv; /* argv that prints the version, may be NULL */
+	char **clamd_addrs;  /* "unix:/path" or "tcp:host:port", NULL-terminated */
+	uint64_t stream_max_length;
+	int timeout;        /* seconds */
+	int max_concurrent; /* slots across all runner processes */
+	int backup;         /* used only when every primary scanner failed */
+	char *workdir;      /* cwd of the child; NULL: the message's work directory */
+	uint64_t rlimit_as; /* bytes, 0 = unlimited */
+	uint64_t rlimit_cpu; /* seconds, 0 = unlimited */
+	uint64_t rlimit_nofile;
+	int line; /* line in the config file, for messages */
+};
+
+struct conf_connector {
+	char *name;
+	char **domains; /* patterns: "example.org", "*.example.org", "*" */
+	int line;
+};
+
+struct conf_splitter {
+	int instances;
+	uint64_t max_message_size;
+	uint64_t max_parts;
+	uint64_t max_depth;
+	uint64_t max_part_size;
+	uint64_t max_total_size;
+	int scan_raw_message;
+	int poison_attempts;
+};
+
+struct conf_runner {
+	int instances;
+};
+
+struct conf_router {
+	int instances;
+	char *default_connector;
+	int hold_retry_min; /* seconds */
+	int hold_retry_max;
+	int max_hold_time;
+};
+
+struct conf {
+	char *path;      /* the config file as given */
+	char *spool_dir; /* absolute */
+	enum log_target log_target;
+	enum log_level log_level;
+	int rescan_interval; /* seconds between full directory scans */
+	struct conf_splitter splitter;
+	struct conf_runner runner;
+	struct conf_router router;
+	struct conf_scanner *scanners;
+	size_t n_scanners;
+	struct conf_connector *connectors;
+	size_t n_connectors;
+};
+
+/* Load or exit EXIT_CONFIG with "file:line: message". Also applies the log settings. */
+struct conf *conf_load(const char *path);
+/* Load; on error return NULL and put "file:line: message" into err. */
+struct conf *conf_try_load(const char *path, char *err, size_t errlen);
+void conf_free(struct conf *c);
+const struct conf_connector *conf_connector_find(const struct conf *c, const char *name);
+
+#endif

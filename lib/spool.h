@@ -1,0 +1,111 @@
+/*
+ * spool - the spool protocol shared by every program (see docs/INTERNALS.md).
+ *
+ * A message is a directory named by its queue ID, in exactly one state directory at a
+ * time. Stages claim an entry with flock(2) on the directory's descriptor and move it
+ * on with one rename(2) of the whole directory, after its contents were fsync'd.
+ *
+ * DIAGNOSTICS
+ *   spool_open() dies temporary when the spool cannot be created or opened, and
+ *   permanent when its directories are not on one filesystem. Every other function
+ *   returns -1 with errno set and logs nothing; ENOENT from a claim or a move means
+ *   another process won the race and is reported as 0, not as an error.
+ */
+#ifndef SPOOLD_SPOOL_H
+#define SPOOLD_SPOOL_H
+
+#include <stddef.h>
+#include <sys/stat.h>
+
+#define SPOOL_QID_LEN 26 /* TTTTTTTTTTTTTT-PPPPPP-CCCC */
+
+enum spool_dir {
+	SD_INBOUND,
+	SD_INCOMING,
+	SD_SCAN,
+	SD_ROUTE,
+	SD_OUTBOX, /* the parent of outbox/<conn>/ */
+	SD_QUARANTINE,
+	SD_HOLD,
+	SD_BADMAIL,
+	SD_TMP,
+	SD_TRASH,
+	SD_SLOTS,
+	SD_RUN,
+	SD__COUNT
+};
+
+struct spool {
+	char *root;
+	int root_fd;
+	int fd[SD__COUNT];
+};
+
+/* The name of a state directory relative to the root ("inbound", "outbox", ...). */
+const char *spool_dir_name(enum spool_dir d);
+/* Look up a state directory by name; -1 if unknown. */
+int spool_dir_lookup(const char *name);
+
+/* Open (and with create, make) the spool and all its directories. Dies on failure. */
+void spool_open(struct spool *sp, const char *root, int create);
+void spool_close(struct spool *sp);
+/* Descriptor of outbox/<conn>/, created on demand (mkdir + fsync of outbox/). -1 on error. */
+int spool_outbox_open(struct spool *sp, const char *conn);
+
+/* Queue IDs. */
+void spool_qid_new(char out[SPOOL_QID_LEN + 1]);
+int spool_qid_valid(const char *s);
+
+/* Names in a state directory, sorted (so queue IDs come oldest first). Skips names that
+ * start with '.'; for every directory but inbound, also skips names that are not valid
+ * queue IDs. Caller frees with spool_names_free. 0 or -1. */
+int spool_list(int dirfd, int want_qids, char ***names, size_t *n);
+void spool_names_free(char **names, size_t n);
+
+/* A claimed entry: the directory's descriptor, flock'd exclusively. */
+struct spool_entry {
+	struct spool *sp;
+	enum spool_dir where;
+	char qid[SPOOL_QID_LEN + 1];
+	int fd;
+};
+
+/* Claim where/qid. 1: claimed; 0: locked by another process or gone; -1: error. */
+int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
+                      struct spool_entry *e);
+/* Unlock and close. */
+void spool_entry_release(struct spool_entry *e);
+/* Make the entry's file names durable (fsync of the directory itself). */
+int spool_entry_sync(struct spool_entry *e);
+/* Commit: rename(where/qid, to/qid), then fsync both parents. The caller has fsync'd the
+ * files and called spool_entry_sync. 0, or -1 with errno (EEXIST/ENOTEMPTY if the
+ * destination exists). */
+int spool_entry_move(struct spool_entry *e, enum spool_dir to);
+/* Remove the entry: rename into trash/ then delete the tree. 0 or -1. */
+int spool_entry_trash(struct spool_entry *e);
+
+/* Intake. Creates incoming/<qid>/, locks it, and claims inbound/<name> by renaming it to
+ * incoming/<qid>/message. 1: claimed (e is the locked work directory); 0: the name was
+ * gone (another splitter won); -1: error. The claimed object may be anything (FIFO,
+ * directory, symlink): the caller checks it through spool_message_open. */
+int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *e);
+/* Open the entry's "message" safely: O_NOFOLLOW|O_NONBLOCK, must be a regular file.
+ * Returns the fd, or -1 with reason filled (the errno is kept). */
+int spool_message_open(struct spool_entry *e, char *reason, size_t rlen);
+
+/* Fan-out: rename(where/qid/<sub>, outbox/<conn>/<qid>), then fsync outbox/<conn>/ and the
+ * entry. 1: moved; 0: <sub> was already gone (moved earlier); -1: error. */
+int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const char *conn);
+
+/* Empty trash/. Best effort; returns the number of trees removed. */
+int spool_trash_empty(struct spool *sp);
+
+/* Find qid in any state directory (and outbox/<conn>/). Fills the state and, for outboxes,
+ * the connector. Returns the number of places it was found (0 if none). */
+int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, char *conn,
+                     size_t connlen);
+
+/* Atomically write a small file into the entry (name.tmp, fsync, rename). 0 or -1. */
+int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n);
+
+#endif

@@ -1,0 +1,82 @@
+/*
+ * util - allocation, bounded strings, descriptor and durability helpers.
+ *
+ * Allocation either succeeds or the process dies temporary (EX_TEMPFAIL): running out
+ * of memory is an environment failure that a restart may cure.
+ *
+ * The fsync helpers return 0 on success and -1 with errno set; the caller decides
+ * whether that is a warning or fatal. On filesystems that cannot fsync a directory
+ * (EINVAL), fsync_dir treats that as success, as Dovecot's fdatasync_path does.
+ */
+#ifndef SPOOLD_UTIL_H
+#define SPOOLD_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define EX_OK_ 0
+#define EXIT_USAGE 64    /* EX_USAGE */
+#define EXIT_DATAERR 65  /* EX_DATAERR */
+#define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
+#define EXIT_CONFIG 78   /* EX_CONFIG */
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t sz);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* printf into a fresh allocation */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* snprintf that reports truncation: returns 0 on success, -1 if it did not fit. */
+int bsnprintf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Growable byte buffer. */
+struct buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+void buf_init(struct buf *b);
+void buf_add(struct buf *b, const void *p, size_t n);
+void buf_addstr(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *buf_cstr(struct buf *b); /* NUL-terminates, returns data */
+void buf_reset(struct buf *b);
+void buf_free(struct buf *b);
+
+/* Escape arbitrary bytes for one line of a spool text file or a log line:
+ * printable ASCII except '\\' and ' ' pass, all else becomes \xHH. Bounded by maxin
+ * input bytes; longer input is cut and marked with "...". */
+void escape_bytes(struct buf *out, const void *p, size_t n, size_t maxin);
+/* Reverse of escape_bytes; returns -1 on a malformed escape. */
+int unescape_bytes(struct buf *out, const char *s);
+
+/* Write all of p to fd, retrying on EINTR and short writes. 0 or -1. */
+int write_all(int fd, const void *p, size_t n);
+/* Read a whole file (at most max bytes, else -1 with EFBIG). NUL-terminated. */
+int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
+/* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The
+ * directory itself is not fsync'd: the caller batches that (group commit). */
+int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode);
+/* Copy all bytes of fd src (from offset 0) into fd dst. 0 or -1. */
+int copy_fd(int src, int dst);
+
+int fsync_dir(int dirfd);
+int fsync_path(const char *dir);
+
+/* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. */
+int remove_tree_at(int dirfd, const char *name);
+
+/* Monotonic and wall clocks. */
+int64_t now_ms_monotonic(void);
+int64_t now_us_wall(void);
+
+/* Parse a decimal non-negative integer that fills the string. 0 or -1. */
+int parse_u64(const char *s, uint64_t *out);
+
+#endif

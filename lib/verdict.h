@@ -1,0 +1,48 @@
+/*
+ * verdict - per-part, per-scanner scan results, written by scanner-runner.
+ *
+ *   scan part=<index> scanner=<name> verdict=<v> virus=<name> exit=<code|sig:N|timeout|exec>
+ *        ms=<duration> version=<v> argv=<escaped argv> output=<bounded excerpt>
+ *   end <count>
+ *
+ * verdict is one of clean, infected, error, unscannable. Message-level lines use
+ * part=- (for example a degraded scanner or an over-limit manifest).
+ */
+#ifndef SPOOLD_VERDICT_H
+#define SPOOLD_VERDICT_H
+
+#include <stddef.h>
+
+#include "util.h"
+
+enum verdict { V_CLEAN, V_INFECTED, V_ERROR, V_UNSCANNABLE };
+
+struct verdict_line {
+	int part; /* -1 for the whole message */
+	char *scanner;
+	enum verdict verdict;
+	char *virus;   /* "" if none */
+	char *exit;    /* "0", "sig:9", "timeout", "exec" ... */
+	long ms;
+	char *version; /* "" if unknown */
+	char *argv;    /* escaped, for the record */
+	char *output;  /* bounded excerpt */
+	int backup;    /* 1 if the line comes from a backup scanner */
+};
+
+struct verdicts {
+	struct verdict_line *lines;
+	size_t n;
+};
+
+const char *verdict_name(enum verdict v);
+int verdict_parse_name(const char *s, enum verdict *v);
+void verdicts_init(struct verdicts *vs);
+void verdicts_free(struct verdicts *vs);
+struct verdict_line *verdicts_add(struct verdicts *vs, int part, const char *scanner,
+                                  enum verdict v, const char *virus, const char *exit, long ms,
+                                  const char *version, const char *argv, const char *output);
+void verdicts_format(const struct verdicts *vs, struct buf *out);
+int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen);
+
+#endif
