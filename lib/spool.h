@@ -70,16 +70,19 @@ struct spool_entry {
 	int fd;
 };
 
-/* Claim where/qid. 1: claimed; 0: locked by another process or gone; -1: error. */
+/* Claim where/qid. 1: claimed; 0: not claimed, errno EWOULDBLOCK (locked by another
+ * process, perhaps the previous stage still finishing its move) or ENOENT (gone);
+ * -1: error. */
 int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
                       struct spool_entry *e);
 /* Unlock and close. */
 void spool_entry_release(struct spool_entry *e);
 /* Make the entry's file names durable (fsync of the directory itself). */
 int spool_entry_sync(struct spool_entry *e);
-/* Commit: rename(where/qid, to/qid), then fsync both parents. The caller has fsync'd the
- * files and called spool_entry_sync. 0, or -1 with errno (EEXIST/ENOTEMPTY if the
- * destination exists). */
+/* Commit: rename(where/qid, to/qid), release the claim (the next stage may take the
+ * entry at once), then fsync both parents. The caller has fsync'd the files and called
+ * spool_entry_sync, and must not use e->fd afterwards. 0, or -1 with errno (EEXIST or
+ * ENOTEMPTY if the destination exists; the claim is kept when the rename failed). */
 int spool_entry_move(struct spool_entry *e, enum spool_dir to);
 /* Remove the entry: rename into trash/ then delete the tree. 0 or -1. */
 int spool_entry_trash(struct spool_entry *e);

@@ -1,0 +1,122 @@
+# spoold - build, test, run. See README.md.
+#
+#   make            build bin/ (production) and the test signature database
+#   make asan       build build/asan/bin/ (ASan + UBSan + crash points) for the tests
+#   make test       make deps, both builds, then every test against both builds
+#   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
+#   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
+#   make install    PREFIX=/usr/local DESTDIR=
+
+CC       ?= cc
+PKGS      = gmime-3.0 libconfig libinotifytools
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# libinotifytools ships no .pc file on Debian 12; link it by name.
+ifeq ($(findstring inotifytools,$(PKG_LIBS)),)
+PKG_CFLAGS := $(shell pkg-config --cflags gmime-3.0 libconfig 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs gmime-3.0 libconfig 2>/dev/null) -linotifytools
+endif
+
+WARN      = -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
+BASEFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -Ilib $(PKG_CFLAGS) -DLIBEXECDIR='"$(PREFIX)/libexec/spoold"'
+CFLAGS   ?= -O2 -g
+ASANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DSPOOLD_CRASH_POINTS
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+PROGS     = splitter scanner-runner router spoold spoolctl
+LIB_SRC   = $(wildcard lib/*.c)
+splitter_SRC       = $(wildcard splitter/*.c)
+scanner-runner_SRC = $(wildcard scanner-runner/*.c)
+router_SRC         = $(wildcard router/*.c)
+spoold_SRC         = $(wildcard spoold/*.c)
+spoolctl_SRC       = $(wildcard spoolctl/*.c)
+UNIT_SRC  = $(wildcard tests/unit/test_*.c)
+HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
+
+SIGDIR    = build/sigs
+
+.PHONY: all asan test run deps fuzz install clean bench chaos check-format format
+all: bin-all $(SIGDIR)/spoold-test.hdb
+
+# ---- production build: bin/ -------------------------------------------------
+define prog_rule
+build/prod/bin/$(1): $$(patsubst %.c,build/prod/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+bin/$(1): build/prod/bin/$(1) | bin
+	cp -f $$< $$@
+build/asan/bin/$(1): $$(patsubst %.c,build/asan/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ASANFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+endef
+$(foreach p,$(PROGS),$(eval $(call prog_rule,$(p))))
+
+bin-all: $(addprefix bin/,$(PROGS)) unit-prod
+asan: $(addprefix build/asan/bin/,$(PROGS)) unit-asan $(SIGDIR)/spoold-test.hdb
+
+bin:
+	mkdir -p bin
+
+build/prod/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -c -o $@ $<
+build/asan/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(ASANFLAGS) -c -o $@ $<
+
+# Unit tests: each tests/unit/test_X.c links with lib/ and the module under test, named in
+# a "// links: a.c b.c" comment on its first line.
+unit_links = $(shell sed -n '1s|^// links: ||p' $(1))
+build/prod/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,build/prod/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,build/prod/%.o,$(LIB_SRC)) $(PKG_LIBS)
+build/asan/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,build/asan/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(ASANFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,build/asan/%.o,$(LIB_SRC)) $(PKG_LIBS)
+unit-prod: $(patsubst tests/unit/test_%.c,build/prod/tests/unit_%,$(UNIT_SRC))
+unit-asan: $(patsubst tests/unit/test_%.c,build/asan/tests/unit_%,$(UNIT_SRC))
+
+# ---- test signature database (sigtool) -------------------------------------
+$(SIGDIR)/spoold-test.hdb: conf/mksigs.sh
+	bash conf/mksigs.sh $(SIGDIR)
+
+# ---- packages ----------------------------------------------------------------
+deps:
+	@sh conf/deps.sh
+
+# ---- tests -------------------------------------------------------------------
+test: deps
+	$(MAKE) all asan
+	python3 tests/run.py --bin build/prod/bin --bin build/asan/bin
+
+run: deps all
+	@mkdir -p spool
+	exec bin/spoold -c conf/spoold.conf
+
+fuzz: deps
+	$(MAKE) -f tests/fuzz/fuzz.mk FUZZ_SECONDS=$${FUZZ_SECONDS:-60}
+
+bench: deps all
+	python3 bench/run.py
+
+chaos: deps asan
+	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/spoold
+	install -m 0755 bin/spoold $(DESTDIR)$(PREFIX)/sbin/spoold
+	install -m 0755 bin/spoolctl $(DESTDIR)$(PREFIX)/bin/spoolctl
+	install -m 0755 bin/splitter bin/scanner-runner bin/router $(DESTDIR)$(PREFIX)/libexec/spoold/
+	install -d $(DESTDIR)/etc/spoold
+	install -m 0644 conf/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.example
+
+check-format:
+	clang-format --dry-run --Werror $(LIB_SRC) $(wildcard lib/*.h)
+
+format:
+	clang-format -i $(wildcard lib/*.[ch] */*.[ch])
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,637 @@
+/*
+ * conf - see conf.h. A small schema walk over libconfig's tree: every key is checked
+ * against the list of known keys of its group, so a typo is an error with its line
+ * instead of a silently ignored setting.
+ */
+#include "conf.h"
+
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util.h"
+
+struct conf_ctx {
+	const char *file;
+	char *confdir;
+	char *err;
+	size_t errlen;
+	int failed;
+};
+
+static void conf_fail(struct conf_ctx *cx, const config_setting_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void conf_fail(struct conf_ctx *cx, const config_setting_t *s, const char *fmt, ...)
+{
+	if (cx->failed)
+		return; /* the first error is the one worth reading */
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	snprintf(cx->err, cx->errlen, "%s:%d: %s", cx->file, s ? config_setting_source_line(s) : 0,
+	         msg);
+	cx->failed = 1;
+}
+
+static int conf_name_safe(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++) {
+		char c = s[n];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return 0;
+	}
+	return n > 0 && n <= 64;
+}
+
+/* Every member of group s must be one of keys[]. */
+static void conf_check_keys(struct conf_ctx *cx, const config_setting_t *s, const char *what,
+                            const char *const *keys)
+{
+	int n = config_setting_length(s);
+	for (int i = 0; i < n; i++) {
+		config_setting_t *m = config_setting_get_elem(s, (unsigned)i);
+		const char *name = config_setting_name(m);
+		int ok = 0;
+		for (const char *const *k = keys; *k; k++)
+			if (name && strcmp(name, *k) == 0)
+				ok = 1;
+		if (!ok) {
+			struct buf b;
+			buf_init(&b);
+			for (const char *const *k = keys; *k; k++)
+				buf_printf(&b, "%s%s", k == keys ? "" : ", ", *k);
+			conf_fail(cx, m, "unknown key '%s' in %s (known keys: %s)", name ? name : "?",
+			          what, buf_cstr(&b));
+			buf_free(&b);
+		}
+	}
+}
+
+static char *conf_path_resolve(struct conf_ctx *cx, const char *p)
+{
+	if (p[0] == '/')
+		return xstrdup(p);
+	return xasprintf("%s/%s", cx->confdir, p);
+}
+
+static const config_setting_t *conf_get(const config_setting_t *g, const char *key)
+{
+	return g ? config_setting_get_member(g, key) : NULL;
+}
+
+static void conf_int(struct conf_ctx *cx, const config_setting_t *g, const char *key, int *out,
+                     long long min, long long max)
+{
+	const config_setting_t *s = conf_get(g, key);
+	if (s == NULL)
+		return;
+	int t = config_setting_type(s);
+	if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64) {
+		conf_fail(cx, s, "'%s' must be an integer, for example %s = %lld;", key, key, min);
+		return;
+	}
+	long long v = config_setting_get_int64(s);
+	if (v < min || v > max) {
+		conf_fail(cx, s, "'%s' = %lld is out of range (%lld to %lld)", key, v, min, max);
+		return;
+	}
+	*out = (int)v;
+}
+
+static void conf_u64(struct conf_ctx *cx, const config_setting_t *g, const char *key,
+                     uint64_t *out, uint64_t min)
+{
+	const config_setting_t *s = conf_get(g, key);
+	if (s == NULL)
+		return;
+	int t = config_setting_type(s);
+	if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64) {
+		conf_fail(cx, s, "'%s' must be an integer (bytes or a count); use an L suffix "
+		          "for values over 2147483647", key);
+		return;
+	}
+	long long v = config_setting_get_int64(s);
+	if (v < 0 || (uint64_t)v < min) {
+		conf_fail(cx, s, "'%s' = %lld must be at least %llu", key, v,
+		          (unsigned long long)min);
+		return;
+	}
+	*out = (uint64_t)v;
+}
+
+static void conf_bool(struct conf_ctx *cx, const config_setting_t *g, const char *key, int *out)
+{
+	const config_setting_t *s = conf_get(g, key);
+	if (s == NULL)
+		return;
+	if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+		conf_fail(cx, s, "'%s' must be true or false", key);
+		return;
+	}
+	*out = config_setting_get_bool(s);
+}
+
+static const char *conf_str(struct conf_ctx *cx, const config_setting_t *g, const char *key,
+                            int required)
+{
+	const config_setting_t *s = conf_get(g, key);
+	if (s == NULL) {
+		if (required)
+			conf_fail(cx, g, "missing '%s' (add %s = \"...\";)", key, key);
+		return NULL;
+	}
+	if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+		conf_fail(cx, s, "'%s' must be a string in double quotes", key);
+		return NULL;
+	}
+	return config_setting_get_string(s);
+}
+
+/* A list/array of strings into a NULL-terminated vector; {confdir} is expanded. */
+static char **conf_strv(struct conf_ctx *cx, const config_setting_t *g, const char *key,
+                        int required)
+{
+	const config_setting_t *s = conf_get(g, key);
+	if (s == NULL) {
+		if (required)
+			conf_fail(cx, g, "missing '%s' (a list of strings: %s = [ \"...\" ];)", key,
+			          key);
+		return NULL;
+	}
+	if (!config_setting_is_aggregate(s) || config_setting_is_group(s)) {
+		conf_fail(cx, s, "'%s' must be a list of strings: %s = [ \"...\" ];", key, key);
+		return NULL;
+	}
+	int n = config_setting_length(s);
+	char **v = xcalloc((size_t)n + 1, sizeof(char *));
+	for (int i = 0; i < n; i++) {
+		config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+			conf_fail(cx, e, "'%s' must contain only strings", key);
+			v[i] = xstrdup("");
+			continue;
+		}
+		const char *str = config_setting_get_string(e);
+		const char *ph = strstr(str, "{confdir}");
+		if (ph)
+			v[i] = xasprintf("%.*s%s%s", (int)(ph - str), str, cx->confdir, ph + 9);
+		else
+			v[i] = xstrdup(str);
+	}
+	if (required && n == 0)
+		conf_fail(cx, s, "'%s' must not be empty", key);
+	return v;
+}
+
+static int *conf_intv(struct conf_ctx *cx, const config_setting_t *g, const char *key, size_t *n)
+{
+	const config_setting_t *s = conf_get(g, key);
+	*n = 0;
+	if (s == NULL)
+		return NULL;
+	if (!config_setting_is_aggregate(s) || config_setting_is_group(s)) {
+		conf_fail(cx, s, "'%s' must be a list of exit codes: %s = [ 0 ];", key, key);
+		return NULL;
+	}
+	int len = config_setting_length(s);
+	int *v = xcalloc((size_t)len + 1, sizeof(int));
+	for (int i = 0; i < len; i++) {
+		config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		if (config_setting_type(e) != CONFIG_TYPE_INT || config_setting_get_int(e) < 0 ||
+		    config_setting_get_int(e) > 255) {
+			conf_fail(cx, e, "'%s' must contain exit codes from 0 to 255", key);
+			continue;
+		}
+		v[(*n)++] = config_setting_get_int(e);
+	}
+	return v;
+}
+
+static void strv_free(char **v)
+{
+	if (v == NULL)
+		return;
+	for (char **p = v; *p; p++)
+		free(*p);
+	free(v);
+}
+
+static int argv_has(char **argv, const char *ph)
+{
+	for (char **p = argv; p && *p; p++)
+		if (strstr(*p, ph))
+			return 1;
+	return 0;
+}
+
+static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
+                               struct conf_scanner *sc)
+{
+	static const char *const keys[] = {
+	    "name",          "type",          "mode",       "argv",        "clean_codes",
+	    "infected_codes", "virus_regex",  "version_argv", "timeout",   "max_concurrent",
+	    "backup",        "workdir",       "rlimit_as",  "rlimit_cpu",  "rlimit_nofile",
+	    "addresses",     "stream_max_length", NULL};
+	memset(sc, 0, sizeof *sc);
+	sc->line = config_setting_source_line(s);
+	sc->timeout = 60;
+	sc->max_concurrent = 2;
+	sc->stream_max_length = 25u << 20;
+	sc->rlimit_as = 0;
+	sc->rlimit_cpu = 0;
+	sc->rlimit_nofile = 256;
+	if (!config_setting_is_group(s)) {
+		conf_fail(cx, s, "each scanner must be a group: { name = \"...\"; ... }");
+		return;
+	}
+	conf_check_keys(cx, s, "a scanner", keys);
+	const char *name = conf_str(cx, s, "name", 1);
+	sc->name = xstrdup(name ? name : "?");
+	if (name && !conf_name_safe(name))
+		conf_fail(cx, conf_get(s, "name"),
+		          "scanner name '%s' may only use letters, digits, '-' and '_'", name);
+	const char *type = conf_str(cx, s, "type", 0);
+	const char *mode = conf_str(cx, s, "mode", 0);
+	if (type == NULL || strcmp(type, "exec") == 0) {
+		sc->type = SCANNER_EXEC;
+		if (mode == NULL || strcmp(mode, "per-attachment") == 0)
+			sc->mode = MODE_PER_ATTACHMENT;
+		else if (strcmp(mode, "per-message") == 0)
+			sc->mode = MODE_PER_MESSAGE;
+		else
+			conf_fail(cx, conf_get(s, "mode"),
+			          "mode '%s' is unknown for an exec scanner (use \"per-attachment\" "
+			          "or \"per-message\")",
+			          mode);
+	} else if (strcmp(type, "clamd") == 0) {
+		sc->type = SCANNER_CLAMD;
+		sc->mode = MODE_CLAMD;
+		if (mode && strcmp(mode, "clamd") != 0)
+			conf_fail(cx, conf_get(s, "mode"), "a clamd scanner has no mode other than "
+			          "\"clamd\"; remove the mode line");
+	} else {
+		conf_fail(cx, conf_get(s, "type"), "type '%s' is unknown (use \"exec\" or \"clamd\")",
+		          type);
+	}
+	conf_int(cx, s, "timeout", &sc->timeout, 1, 86400);
+	conf_int(cx, s, "max_concurrent", &sc->max_concurrent, 1, 1024);
+	conf_bool(cx, s, "backup", &sc->backup);
+	conf_u64(cx, s, "rlimit_as", &sc->rlimit_as, 0);
+	conf_u64(cx, s, "rlimit_cpu", &sc->rlimit_cpu, 0);
+	conf_u64(cx, s, "rlimit_nofile", &sc->rlimit_nofile, 16);
+	conf_u64(cx, s, "stream_max_length", &sc->stream_max_length, 1);
+	const char *wd = conf_str(cx, s, "workdir", 0);
+	if (wd)
+		sc->workdir = conf_path_resolve(cx, wd);
+	if (sc->type == SCANNER_CLAMD) {
+		sc->clamd_addrs = conf_strv(cx, s, "addresses", 1);
+		for (char **a = sc->clamd_addrs; a && *a; a++) {
+			if (strncmp(*a, "unix:", 5) == 0) {
+				if ((*a)[5] != '/') {
+					char *abs = conf_path_resolve(cx, *a + 5);
+					free(*a);
+					*a = xasprintf("unix:%s", abs);
+					free(abs);
+				}
+			} else if (strncmp(*a, "tcp:", 4) != 0 || strchr(*a + 4, ':') == NULL) {
+				conf_fail(cx, conf_get(s, "addresses"),
+				          "clamd address '%s' must be \"unix:/path\" or \"tcp:HOST:PORT\"",
+				          *a);
+			}
+		}
+		return;
+	}
+	sc->argv = conf_strv(cx, s, "argv", 1);
+	if (sc->argv && sc->argv[0]) {
+		if (sc->argv[0][0] != '/') {
+			char *abs = conf_path_resolve(cx, sc->argv[0]);
+			free(sc->argv[0]);
+			sc->argv[0] = abs;
+		}
+		if (access(sc->argv[0], X_OK) < 0)
+			conf_fail(cx, conf_get(s, "argv"),
+			          "scanner '%s': %s: %s (install it, or fix argv[0])", sc->name,
+			          sc->argv[0], strerror(errno));
+		if (sc->mode == MODE_PER_ATTACHMENT && !argv_has(sc->argv, "{file}"))
+			conf_fail(cx, conf_get(s, "argv"),
+			          "scanner '%s': a per-attachment argv needs the {file} placeholder",
+			          sc->name);
+		if (sc->mode == MODE_PER_MESSAGE && !argv_has(sc->argv, "{files}") &&
+		    !argv_has(sc->argv, "{dir}"))
+			conf_fail(cx, conf_get(s, "argv"),
+			          "scanner '%s': a per-message argv needs {files} or {dir}", sc->name);
+	}
+	sc->version_argv = conf_strv(cx, s, "version_argv", 0);
+	if (sc->version_argv && sc->version_argv[0] && sc->version_argv[0][0] != '/') {
+		char *abs = conf_path_resolve(cx, sc->version_argv[0]);
+		free(sc->version_argv[0]);
+		sc->version_argv[0] = abs;
+	}
+	sc->clean_codes = conf_intv(cx, s, "clean_codes", &sc->n_clean);
+	sc->infected_codes = conf_intv(cx, s, "infected_codes", &sc->n_infected);
+	if (sc->n_clean == 0)
+		conf_fail(cx, s, "scanner '%s': missing clean_codes (for clamscan: clean_codes = [ 0 ];)",
+		          sc->name);
+	if (sc->n_infected == 0)
+		conf_fail(cx, s, "scanner '%s': missing infected_codes (for clamscan: "
+		          "infected_codes = [ 1 ];)", sc->name);
+	for (size_t i = 0; i < sc->n_clean; i++)
+		for (size_t j = 0; j < sc->n_infected; j++)
+			if (sc->clean_codes[i] == sc->infected_codes[j])
+				conf_fail(cx, conf_get(s, "infected_codes"),
+				          "scanner '%s': exit code %d is both clean and infected; an "
+				          "exit code must mean one thing",
+				          sc->name, sc->clean_codes[i]);
+	const char *re = conf_str(cx, s, "virus_regex", 0);
+	if (re) {
+		regex_t rx;
+		int rc = regcomp(&rx, re, REG_EXTENDED | REG_NEWLINE);
+		if (rc != 0) {
+			char msg[256];
+			regerror(rc, &rx, msg, sizeof msg);
+			conf_fail(cx, conf_get(s, "virus_regex"),
+			          "scanner '%s': virus_regex is not a valid POSIX extended regex: %s",
+			          sc->name, msg);
+		} else {
+			if (rx.re_nsub < 1)
+				conf_fail(cx, conf_get(s, "virus_regex"),
+				          "scanner '%s': virus_regex needs one capture group for the "
+				          "virus name, e.g. \": (.+) FOUND$\"",
+				          sc->name);
+			regfree(&rx);
+		}
+		sc->virus_regex = xstrdup(re);
+	} else if (sc->mode == MODE_PER_MESSAGE) {
+		conf_fail(cx, s, "scanner '%s': per-message mode needs virus_regex to tell which "
+		          "file is infected, e.g. \"^(.+): (.+) FOUND$\"", sc->name);
+	}
+}
+
+static void conf_scanner_free(struct conf_scanner *sc)
+{
+	free(sc->name);
+	strv_free(sc->argv);
+	free(sc->clean_codes);
+	free(sc->infected_codes);
+	free(sc->virus_regex);
+	strv_free(sc->version_argv);
+	strv_free(sc->clamd_addrs);
+	free(sc->workdir);
+}
+
+static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
+{
+	static const char *const top_keys[] = {"spool_dir", "log",        "rescan_interval",
+	                                       "splitter",  "scanner_runner", "router",
+	                                       "scanners",  "connectors", NULL};
+	static const char *const log_keys[] = {"target", "level", NULL};
+	static const char *const split_keys[] = {
+	    "instances",      "max_message_size", "max_parts",        "max_depth",
+	    "max_part_size",  "max_total_size",   "scan_raw_message", "poison_attempts", NULL};
+	static const char *const runner_keys[] = {"instances", NULL};
+	static const char *const router_keys[] = {"instances",      "default_connector",
+	                                          "hold_retry_min", "hold_retry_max",
+	                                          "max_hold_time",  NULL};
+	static const char *const conn_keys[] = {"name", "domains", NULL};
+	config_setting_t *root = config_root_setting(cfg);
+
+	conf_check_keys(cx, root, "the top level", top_keys);
+	const char *sd = conf_str(cx, root, "spool_dir", 1);
+	c->spool_dir = sd ? conf_path_resolve(cx, sd) : xstrdup("");
+	c->rescan_interval = 30;
+	conf_int(cx, root, "rescan_interval", &c->rescan_interval, 1, 3600);
+
+	c->log_target = LOG_TO_STDERR;
+	c->log_level = LOG_LVL_INFO;
+	const config_setting_t *lg = conf_get(root, "log");
+	if (lg) {
+		conf_check_keys(cx, lg, "log", log_keys);
+		const char *t = conf_str(cx, lg, "target", 0);
+		if (t && strcmp(t, "syslog") == 0)
+			c->log_target = LOG_TO_SYSLOG;
+		else if (t && strcmp(t, "stderr") != 0)
+			conf_fail(cx, conf_get(lg, "target"),
+			          "log target '%s' is unknown (use \"stderr\" or \"syslog\")", t);
+		const char *l = conf_str(cx, lg, "level", 0);
+		static const char *levels[] = {"debug", "info", "warning", "error"};
+		if (l) {
+			size_t i;
+			for (i = 0; i < ARRAY_LEN(levels); i++)
+				if (strcmp(l, levels[i]) == 0)
+					c->log_level = (enum log_level)i;
+			for (i = 0; i < ARRAY_LEN(levels) && strcmp(l, levels[i]) != 0; i++)
+				;
+			if (i == ARRAY_LEN(levels))
+				conf_fail(cx, conf_get(lg, "level"),
+				          "log level '%s' is unknown (use debug, info, warning or error)",
+				          l);
+		}
+	}
+
+	struct conf_splitter *sp = &c->splitter;
+	sp->instances = 1;
+	sp->max_message_size = 100ull << 20;
+	sp->max_parts = 1000;
+	sp->max_depth = 30;
+	sp->max_part_size = 100ull << 20;
+	sp->max_total_size = 400ull << 20;
+	sp->scan_raw_message = 1;
+	sp->poison_attempts = 3;
+	const config_setting_t *g = conf_get(root, "splitter");
+	if (g) {
+		conf_check_keys(cx, g, "splitter", split_keys);
+		conf_int(cx, g, "instances", &sp->instances, 0, 64);
+		conf_u64(cx, g, "max_message_size", &sp->max_message_size, 1);
+		conf_u64(cx, g, "max_parts", &sp->max_parts, 1);
+		conf_u64(cx, g, "max_depth", &sp->max_depth, 1);
+		conf_u64(cx, g, "max_part_size", &sp->max_part_size, 1);
+		conf_u64(cx, g, "max_total_size", &sp->max_total_size, 1);
+		conf_bool(cx, g, "scan_raw_message", &sp->scan_raw_message);
+		conf_int(cx, g, "poison_attempts", &sp->poison_attempts, 1, 100);
+	}
+	c->runner.instances = 1;
+	g = conf_get(root, "scanner_runner");
+	if (g) {
+		conf_check_keys(cx, g, "scanner_runner", runner_keys);
+		conf_int(cx, g, "instances", &c->runner.instances, 0, 64);
+	}
+	struct conf_router *rt = &c->router;
+	rt->instances = 1;
+	rt->hold_retry_min = 60;
+	rt->hold_retry_max = 3600;
+	rt->max_hold_time = 5 * 86400;
+	const char *dc = NULL;
+	g = conf_get(root, "router");
+	if (g) {
+		conf_check_keys(cx, g, "router", router_keys);
+		conf_int(cx, g, "instances", &rt->instances, 0, 64);
+		conf_int(cx, g, "hold_retry_min", &rt->hold_retry_min, 1, 86400);
+		conf_int(cx, g, "hold_retry_max", &rt->hold_retry_max, 1, 30 * 86400);
+		conf_int(cx, g, "max_hold_time", &rt->max_hold_time, 1, 365 * 86400);
+		dc = conf_str(cx, g, "default_connector", 0);
+		if (rt->hold_retry_max < rt->hold_retry_min)
+			conf_fail(cx, conf_get(g, "hold_retry_max"),
+			          "hold_retry_max must not be less than hold_retry_min");
+	}
+
+	g = conf_get(root, "scanners");
+	if (g == NULL) {
+		conf_fail(cx, root, "no 'scanners' list: mail cannot be passed unscanned; configure "
+		          "at least one scanner");
+	} else if (!config_setting_is_list(g)) {
+		conf_fail(cx, g, "'scanners' must be a list of groups: scanners = ( { ... } );");
+	} else {
+		int n = config_setting_length(g);
+		if (n == 0)
+			conf_fail(cx, g, "'scanners' is empty: configure at least one scanner");
+		c->scanners = xcalloc((size_t)n, sizeof *c->scanners);
+		for (int i = 0; i < n; i++) {
+			conf_scanner_parse(cx, config_setting_get_elem(g, (unsigned)i),
+			                   &c->scanners[i]);
+			c->n_scanners++;
+			for (int j = 0; j < i; j++)
+				if (strcmp(c->scanners[j].name, c->scanners[i].name) == 0)
+					conf_fail(cx, config_setting_get_elem(g, (unsigned)i),
+					          "scanner name '%s' is used twice", c->scanners[i].name);
+		}
+		int primaries = 0;
+		for (size_t i = 0; i < c->n_scanners; i++)
+			primaries += !c->scanners[i].backup;
+		if (n > 0 && primaries == 0)
+			conf_fail(cx, g, "every scanner is a backup; at least one must be primary "
+			          "(backup = false)");
+	}
+
+	g = conf_get(root, "connectors");
+	if (g == NULL) {
+		conf_fail(cx, root, "no 'connectors' list: add connectors = ( { name = \"smtp\"; "
+		          "domains = [ \"*\" ]; } );");
+	} else if (!config_setting_is_list(g)) {
+		conf_fail(cx, g, "'connectors' must be a list of groups: connectors = ( { ... } );");
+	} else {
+		int n = config_setting_length(g);
+		c->connectors = xcalloc((size_t)n + 1, sizeof *c->connectors);
+		for (int i = 0; i < n; i++) {
+			config_setting_t *e = config_setting_get_elem(g, (unsigned)i);
+			struct conf_connector *cn = &c->connectors[c->n_connectors++];
+			cn->line = config_setting_source_line(e);
+			if (!config_setting_is_group(e)) {
+				conf_fail(cx, e, "each connector must be a group: { name = \"...\"; }");
+				cn->name = xstrdup("?");
+				continue;
+			}
+			conf_check_keys(cx, e, "a connector", conn_keys);
+			const char *nm = conf_str(cx, e, "name", 1);
+			cn->name = xstrdup(nm ? nm : "?");
+			if (nm && !conf_name_safe(nm))
+				conf_fail(cx, conf_get(e, "name"),
+				          "connector name '%s' may only use letters, digits, '-' and '_' "
+				          "(it names a directory)", nm);
+			cn->domains = conf_strv(cx, e, "domains", 0);
+			if (cn->domains == NULL)
+				cn->domains = xcalloc(1, sizeof(char *));
+			for (int j = 0; j < i; j++)
+				if (strcmp(c->connectors[j].name, cn->name) == 0)
+					conf_fail(cx, e, "connector name '%s' is used twice", cn->name);
+		}
+		if (n == 0)
+			conf_fail(cx, g, "'connectors' is empty: configure at least one connector");
+	}
+	if (c->n_connectors > 0) {
+		rt->default_connector = xstrdup(dc ? dc : c->connectors[0].name);
+		if (conf_connector_find(c, rt->default_connector) == NULL)
+			conf_fail(cx, conf_get(conf_get(root, "router"), "default_connector"),
+			          "default_connector '%s' is not a configured connector",
+			          rt->default_connector);
+	}
+}
+
+struct conf *conf_try_load(const char *path, char *err, size_t errlen)
+{
+	config_t cfg;
+	struct conf_ctx cx = {.file = path, .err = err, .errlen = errlen};
+	struct conf *c = xcalloc(1, sizeof *c);
+	c->path = xstrdup(path);
+	char *copy = xstrdup(path);
+	char *slash = strrchr(copy, '/');
+	char real[PATH_MAX];
+	if (slash)
+		*slash = '\0';
+	if (realpath(slash ? (copy[0] ? copy : "/") : ".", real) == NULL) {
+		snprintf(err, errlen, "%s:0: cannot resolve its directory: %s", path, strerror(errno));
+		free(copy);
+		conf_free(c);
+		return NULL;
+	}
+	free(copy);
+	cx.confdir = xstrdup(real);
+	config_init(&cfg);
+	if (config_read_file(&cfg, path) != CONFIG_TRUE) {
+		if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
+			snprintf(err, errlen, "%s:0: cannot read the config file: %s", path,
+			         strerror(errno));
+		else
+			snprintf(err, errlen, "%s:%d: %s (a syntax error: check the line and the one "
+			         "before it for a missing ';' or quote)",
+			         config_error_file(&cfg) ? config_error_file(&cfg) : path,
+			         config_error_line(&cfg), config_error_text(&cfg));
+		config_destroy(&cfg);
+		free(cx.confdir);
+		conf_free(c);
+		return NULL;
+	}
+	conf_parse(&cx, &cfg, c);
+	config_destroy(&cfg);
+	free(cx.confdir);
+	if (cx.failed) {
+		conf_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+struct conf *conf_load(const char *path)
+{
+	char err[2048];
+	struct conf *c = conf_try_load(path, err, sizeof err);
+	if (c == NULL)
+		die_perm(EXIT_CONFIG, "%s", err);
+	log_configure(c->log_target, c->log_level);
+	return c;
+}
+
+void conf_free(struct conf *c)
+{
+	if (c == NULL)
+		return;
+	free(c->path);
+	free(c->spool_dir);
+	for (size_t i = 0; i < c->n_scanners; i++)
+		conf_scanner_free(&c->scanners[i]);
+	free(c->scanners);
+	for (size_t i = 0; i < c->n_connectors; i++) {
+		free(c->connectors[i].name);
+		strv_free(c->connectors[i].domains);
+	}
+	free(c->connectors);
+	free(c->router.default_connector);
+	free(c);
+}
+
+const struct conf_connector *conf_connector_find(const struct conf *c, const char *name)
+{
+	for (size_t i = 0; i < c->n_connectors; i++)
+		if (strcmp(c->connectors[i].name, name) == 0)
+			return &c->connectors[i];
+	return NULL;
+}

@@ -1,0 +1,240 @@
+/*
+ * exec - see exec.h.
+ */
+#include "exec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+void exec_opts_init(struct exec_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->grace_ms = 2000;
+	o->output_max = 64 * 1024;
+	o->keep_fd = -1;
+}
+
+/* In the child, between fork and execve: only async-signal-safe calls. */
+static void exec_child(char *const argv[], const struct exec_opts *o, int outfd, int errpipe)
+{
+	static char *const envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C", "LC_ALL=C",
+	                             NULL};
+	int err;
+	/* A process group of its own, so a timeout kills the scanner and all it spawned. */
+	if (setpgid(0, 0) < 0)
+		goto fail;
+	/* Die with the runner: an orphaned scanner would hold a slot nobody accounts for. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		goto fail;
+	int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (nullfd < 0 || dup2(nullfd, 0) < 0 || dup2(outfd, 1) < 0 || dup2(outfd, 2) < 0)
+		goto fail;
+	/* Every other descriptor is O_CLOEXEC; only keep_fd is inherited, on purpose. */
+	if (o->keep_fd >= 0) {
+		int fl = fcntl(o->keep_fd, F_GETFD);
+		if (fl < 0 || fcntl(o->keep_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0)
+			goto fail;
+	}
+	struct rlimit rl;
+	if (o->rlimit_as) {
+		rl.rlim_cur = rl.rlim_max = o->rlimit_as;
+		if (setrlimit(RLIMIT_AS, &rl) < 0)
+			goto fail;
+	}
+	if (o->rlimit_cpu) {
+		rl.rlim_cur = o->rlimit_cpu;
+		rl.rlim_max = o->rlimit_cpu + 1;
+		if (setrlimit(RLIMIT_CPU, &rl) < 0)
+			goto fail;
+	}
+	if (o->rlimit_nofile) {
+		rl.rlim_cur = rl.rlim_max = o->rlimit_nofile;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			goto fail;
+	}
+	rl.rlim_cur = rl.rlim_max = 0;
+	setrlimit(RLIMIT_CORE, &rl); /* a crashing scanner must not fill the spool's disk */
+	if (o->cwd && chdir(o->cwd) < 0)
+		goto fail;
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	execve(argv[0], argv, envp);
+fail:
+	err = errno;
+	if (write(errpipe, &err, sizeof err) < 0) {
+		/* nothing left to do */
+	}
+	_exit(127);
+}
+
+static void exec_kill_group(pid_t pid, int sig)
+{
+	/* The group may be gone already; ESRCH is expected then. */
+	if (kill(-pid, sig) < 0 && errno == ESRCH)
+		kill(pid, sig);
+}
+
+int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *res)
+{
+	int outp[2] = {-1, -1}, errp[2] = {-1, -1};
+	memset(res, 0, sizeof *res);
+	buf_init(&res->output);
+	if (pipe2(outp, O_CLOEXEC) < 0)
+		return -1;
+	if (pipe2(errp, O_CLOEXEC) < 0)
+		goto fail;
+	int64_t start = now_ms_monotonic();
+	pid_t pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0)
+		exec_child(argv, o, outp[1], errp[1]);
+	/* Also set the group from the parent: whichever runs first, kill(-pid) works. */
+	setpgid(pid, pid);
+	close(outp[1]);
+	close(errp[1]);
+	outp[1] = errp[1] = -1;
+
+	int64_t deadline = o->timeout_ms > 0 ? start + o->timeout_ms : -1;
+	int64_t kill_at = -1;
+	int grace = o->grace_ms > 0 ? o->grace_ms : 2000;
+	int out_open = 1;
+	char tmp[8192];
+	while (out_open) {
+		int64_t now = now_ms_monotonic();
+		int wait_ms = -1;
+		if (deadline >= 0 && !res->timed_out) {
+			if (now >= deadline) {
+				res->timed_out = 1;
+				exec_kill_group(pid, SIGTERM);
+				kill_at = now + grace;
+			} else {
+				wait_ms = (int)(deadline - now);
+			}
+		}
+		if (kill_at >= 0) {
+			if (now >= kill_at) {
+				exec_kill_group(pid, SIGKILL);
+				kill_at = -2; /* sent; now only wait for EOF */
+				wait_ms = 1000;
+			} else {
+				wait_ms = (int)(kill_at - now);
+			}
+		}
+		struct pollfd pfd = {.fd = outp[0], .events = POLLIN};
+		int pr = poll(&pfd, 1, wait_ms);
+		if (pr < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pr == 0) {
+			if (kill_at == -2)
+				break; /* a grandchild keeps the pipe open after SIGKILL: stop reading */
+			continue;
+		}
+		ssize_t r = read(outp[0], tmp, sizeof tmp);
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			break;
+		}
+		if (r == 0) {
+			out_open = 0;
+			break;
+		}
+		size_t keep = 0;
+		if (res->output.len < o->output_max) {
+			keep = o->output_max - res->output.len;
+			if (keep > (size_t)r)
+				keep = (size_t)r;
+			buf_add(&res->output, tmp, keep);
+		}
+		if (keep < (size_t)r)
+			res->output_truncated = 1;
+	}
+	close(outp[0]);
+	outp[0] = -1;
+
+	/* The pipe closed: the child has exited or closed its output. Wait for it, still
+	 * under the deadline: a child that closed stdout and hangs must not hang us. */
+	int status;
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		if (w < 0 && errno != EINTR) {
+			status = 0;
+			break;
+		}
+		int64_t now = now_ms_monotonic();
+		if (deadline >= 0 && !res->timed_out && now >= deadline) {
+			res->timed_out = 1;
+			exec_kill_group(pid, SIGTERM);
+			kill_at = now + grace;
+		}
+		if (kill_at >= 0 && now >= kill_at) {
+			exec_kill_group(pid, SIGKILL);
+			kill_at = -2;
+		}
+		poll(NULL, 0, 5);
+	}
+	/* Reap the group's stragglers' signal target too: nothing of it may outlive us. */
+	exec_kill_group(pid, SIGKILL);
+	res->ms = (long)(now_ms_monotonic() - start);
+	if (WIFEXITED(status)) {
+		res->exited = 1;
+		res->exit_code = WEXITSTATUS(status);
+	} else if (WIFSIGNALED(status)) {
+		res->signaled = 1;
+		res->signo = WTERMSIG(status);
+	}
+	int child_errno;
+	ssize_t er = read(errp[0], &child_errno, sizeof child_errno);
+	if (er == (ssize_t)sizeof child_errno) {
+		res->exec_failed = 1;
+		res->exec_errno = child_errno;
+	}
+	close(errp[0]);
+	return 0;
+fail:;
+	int e = errno;
+	for (int i = 0; i < 2; i++) {
+		if (outp[i] >= 0)
+			close(outp[i]);
+		if (errp[i] >= 0)
+			close(errp[i]);
+	}
+	errno = e;
+	return -1;
+}
+
+void exec_result_free(struct exec_result *res)
+{
+	buf_free(&res->output);
+}
+
+void exec_result_describe(const struct exec_result *res, char *out, size_t len)
+{
+	if (res->timed_out)
+		snprintf(out, len, "timeout");
+	else if (res->exec_failed)
+		snprintf(out, len, "exec:%s", strerrorname_np(res->exec_errno)
+		                                  ? strerrorname_np(res->exec_errno)
+		                                  : "?");
+	else if (res->signaled)
+		snprintf(out, len, "sig:%d", res->signo);
+	else
+		snprintf(out, len, "%d", res->exit_code);
+}

@@ -1,0 +1,108 @@
+/*
+ * log - see log.h.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static const char *log_prog = "spoold";
+static enum log_target log_tgt = LOG_TO_STDERR;
+static enum log_level log_min = LOG_LVL_INFO;
+
+void log_init(const char *prog)
+{
+	const char *slash = strrchr(prog, '/');
+	log_prog = slash ? slash + 1 : prog;
+}
+
+void log_configure(enum log_target target, enum log_level level)
+{
+	log_tgt = target;
+	log_min = level;
+	if (target == LOG_TO_SYSLOG)
+		openlog(log_prog, LOG_PID | LOG_NDELAY, LOG_MAIL);
+}
+
+static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_list ap)
+{
+	static const char *names[] = {"debug", "info", "warning", "error"};
+	static const int prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
+	if (lvl < log_min)
+		return;
+	int saved = errno;
+	char msg[4096];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	/* One write per line, so lines from several processes sharing stderr never interleave. */
+	char line[4352];
+	if (log_tgt == LOG_TO_SYSLOG) {
+		if (qid)
+			syslog(prio[lvl], "%s: qid=%s %s", names[lvl], qid, msg);
+		else
+			syslog(prio[lvl], "%s: %s", names[lvl], msg);
+	} else {
+		int n;
+		if (qid)
+			n = snprintf(line, sizeof line, "%s[%ld]: %s: qid=%s %s\n", log_prog, (long)getpid(),
+			             names[lvl], qid, msg);
+		else
+			n = snprintf(line, sizeof line, "%s[%ld]: %s: %s\n", log_prog, (long)getpid(),
+			             names[lvl], msg);
+		if (n < 0)
+			n = 0;
+		if ((size_t)n >= sizeof line) {
+			n = sizeof line - 1;
+			line[n - 1] = '\n';
+		}
+		ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+		(void)w; /* nowhere left to report a failed log write */
+	}
+	errno = saved;
+}
+
+#define LOG_FN(fn, lvl)                                                                            \
+	void fn(const char *qid, const char *fmt, ...)                                             \
+	{                                                                                          \
+		va_list ap;                                                                        \
+		va_start(ap, fmt);                                                                 \
+		log_emit(lvl, qid, fmt, ap);                                                       \
+		va_end(ap);                                                                        \
+	}
+LOG_FN(log_debug, LOG_LVL_DEBUG)
+LOG_FN(log_info, LOG_LVL_INFO)
+LOG_FN(log_warn, LOG_LVL_WARN)
+LOG_FN(log_error, LOG_LVL_ERROR)
+
+void die_temp(const char *qid, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_emit(LOG_LVL_ERROR, qid, fmt, ap);
+	va_end(ap);
+	exit(EXIT_TEMPFAIL);
+}
+
+void die_perm(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_emit(LOG_LVL_ERROR, NULL, fmt, ap);
+	va_end(ap);
+	exit(code);
+}
+
+void log_panic(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_emit(LOG_LVL_ERROR, NULL, fmt, ap);
+	va_end(ap);
+	abort();
+}

@@ -1,0 +1,450 @@
+/*
+ * spool - see spool.h and docs/INTERNALS.md.
+ */
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crash.h"
+#include "log.h"
+#include "util.h"
+
+static const char *spool_dir_names[SD__COUNT] = {
+    "inbound", "incoming", "scan", "route", "outbox", "quarantine",
+    "hold",    "badmail",  "tmp",  "trash", "slots",  "run",
+};
+
+const char *spool_dir_name(enum spool_dir d)
+{
+	return spool_dir_names[d];
+}
+
+int spool_dir_lookup(const char *name)
+{
+	for (int i = 0; i < SD__COUNT; i++)
+		if (strcmp(spool_dir_names[i], name) == 0)
+			return i;
+	return -1;
+}
+
+void spool_open(struct spool *sp, const char *root, int create)
+{
+	struct stat rst, st;
+	sp->root = xstrdup(root);
+	if (create && mkdir(root, 0750) < 0 && errno != EEXIST)
+		die_temp(NULL, "cannot create spool %s: %s", root, strerror(errno));
+	sp->root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp->root_fd < 0)
+		die_temp(NULL, "cannot open spool %s: %s", root, strerror(errno));
+	if (fstat(sp->root_fd, &rst) < 0)
+		die_temp(NULL, "cannot stat spool %s: %s", root, strerror(errno));
+	for (int i = 0; i < SD__COUNT; i++) {
+		const char *n = spool_dir_names[i];
+		if (create && mkdirat(sp->root_fd, n, 0750) < 0 && errno != EEXIST)
+			die_temp(NULL, "cannot create %s/%s: %s", root, n, strerror(errno));
+		sp->fd[i] = openat(sp->root_fd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sp->fd[i] < 0)
+			die_temp(NULL, "cannot open %s/%s: %s", root, n, strerror(errno));
+		if (fstat(sp->fd[i], &st) < 0)
+			die_temp(NULL, "cannot stat %s/%s: %s", root, n, strerror(errno));
+		/* rename(2) is atomic only within one filesystem: a mount point inside the spool
+		 * would turn every hand-off into EXDEV. */
+		if (st.st_dev != rst.st_dev)
+			die_perm(EXIT_CONFIG,
+			         "%s/%s is on another filesystem than %s: every spool directory must "
+			         "be on one filesystem",
+			         root, n, root);
+	}
+	if (create && fsync_dir(sp->root_fd) < 0)
+		die_temp(NULL, "cannot fsync %s: %s", root, strerror(errno));
+}
+
+void spool_close(struct spool *sp)
+{
+	for (int i = 0; i < SD__COUNT; i++)
+		if (sp->fd[i] >= 0)
+			close(sp->fd[i]);
+	if (sp->root_fd >= 0)
+		close(sp->root_fd);
+	free(sp->root);
+	sp->root = NULL;
+}
+
+static int spool_conn_valid(const char *conn)
+{
+	size_t n = 0;
+	for (const char *p = conn; *p; p++, n++) {
+		char c = *p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return 0;
+	}
+	return n > 0 && n <= 64;
+}
+
+int spool_outbox_open(struct spool *sp, const char *conn)
+{
+	if (!spool_conn_valid(conn)) {
+		errno = EINVAL;
+		return -1;
+	}
+	int fd = openat(sp->fd[SD_OUTBOX], conn, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0 || errno != ENOENT)
+		return fd;
+	if (mkdirat(sp->fd[SD_OUTBOX], conn, 0750) < 0 && errno != EEXIST)
+		return -1;
+	/* The new outbox name must survive a crash before anything is renamed into it. */
+	if (fsync_dir(sp->fd[SD_OUTBOX]) < 0)
+		return -1;
+	return openat(sp->fd[SD_OUTBOX], conn, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+void spool_qid_new(char out[SPOOL_QID_LEN + 1])
+{
+	static unsigned counter;
+	static int64_t last_us;
+	int64_t us = now_us_wall();
+	/* Never hand out a time earlier than the last one from this process, so IDs from one
+	 * process stay ordered even if the clock steps back. */
+	if (us <= last_us)
+		us = last_us + 1;
+	last_us = us;
+	snprintf(out, SPOOL_QID_LEN + 1, "%014llx-%06lx-%04x", (unsigned long long)us,
+	         (unsigned long)getpid() & 0xffffffUL, counter++ & 0xffffu);
+}
+
+int spool_qid_valid(const char *s)
+{
+	static const char shape[] = "TTTTTTTTTTTTTT-PPPPPP-CCCC";
+	if (strlen(s) != SPOOL_QID_LEN)
+		return 0;
+	for (size_t i = 0; i < SPOOL_QID_LEN; i++) {
+		char c = s[i];
+		if (shape[i] == '-') {
+			if (c != '-')
+				return 0;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static int spool_name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int spool_list(int dirfd, int want_qids, char ***names, size_t *n)
+{
+	*names = NULL;
+	*n = 0;
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	DIR *d = fdopendir(fd);
+	if (d == NULL) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	size_t cap = 0;
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (want_qids && !spool_qid_valid(de->d_name))
+			continue;
+		if (*n == cap) {
+			cap = cap ? cap * 2 : 64;
+			*names = xrealloc(*names, cap * sizeof(char *));
+		}
+		(*names)[(*n)++] = xstrdup(de->d_name);
+	}
+	int e = errno;
+	closedir(d);
+	if (e) {
+		spool_names_free(*names, *n);
+		*names = NULL;
+		*n = 0;
+		errno = e;
+		return -1;
+	}
+	if (*n > 1)
+		qsort(*names, *n, sizeof(char *), spool_name_cmp);
+	return 0;
+}
+
+void spool_names_free(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
+                      struct spool_entry *e)
+{
+	struct stat a, b;
+	if (!spool_qid_valid(qid)) {
+		errno = EINVAL;
+		return -1;
+	}
+	int fd = openat(sp->fd[where], qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int err = errno;
+		close(fd);
+		errno = err;
+		return err == EWOULDBLOCK ? 0 : -1;
+	}
+	/* Between our open and our lock, the holder may have renamed the directory on: only
+	 * the same inode still under the same name is ours to work on. */
+	if (fstat(fd, &a) < 0 || fstatat(sp->fd[where], qid, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+		close(fd);
+		errno = ENOENT;
+		return 0;
+	}
+	e->sp = sp;
+	e->where = where;
+	memcpy(e->qid, qid, SPOOL_QID_LEN + 1);
+	e->fd = fd;
+	return 1;
+}
+
+void spool_entry_release(struct spool_entry *e)
+{
+	if (e->fd >= 0)
+		close(e->fd); /* closing the last descriptor drops the flock */
+	e->fd = -1;
+}
+
+int spool_entry_sync(struct spool_entry *e)
+{
+	return fsync_dir(e->fd);
+}
+
+int spool_entry_move(struct spool_entry *e, enum spool_dir to)
+{
+	struct spool *sp = e->sp;
+	/* The commit: one rename of the whole directory. Its contents are already durable. */
+	if (renameat(sp->fd[e->where], e->qid, sp->fd[to], e->qid) < 0)
+		return -1;
+	/* The entry belongs to the next stage now: unlock at once, so that the next stage
+	 * can claim it while we make the move durable. Nothing we do after this point acts
+	 * on the entry's contents. */
+	spool_entry_release(e);
+#ifdef SPOOLD_CRASH_POINTS
+	char point[64];
+	snprintf(point, sizeof point, "moved-to-%s", spool_dir_names[to]);
+	CRASH_POINT(point);
+#endif
+	/* Make the move itself durable: the destination must hold the name and the source
+	 * must no longer, or a crash could show the entry in both places or neither. */
+	enum spool_dir from = e->where;
+	e->where = to;
+	if (fsync_dir(sp->fd[to]) < 0 || fsync_dir(sp->fd[from]) < 0)
+		return -1;
+	return 0;
+}
+
+int spool_entry_trash(struct spool_entry *e)
+{
+	struct spool *sp = e->sp;
+	char name[SPOOL_QID_LEN + 32];
+	snprintf(name, sizeof name, "%s.%s", e->qid, spool_dir_names[e->where]);
+	/* Out of its state directory first, in one step: a half-deleted entry must only ever
+	 * be found in trash/, never look like a message. */
+	if (renameat(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) < 0)
+		return -1;
+	if (fsync_dir(sp->fd[e->where]) < 0)
+		return -1;
+	e->where = SD_TRASH;
+	return remove_tree_at(sp->fd[SD_TRASH], name);
+}
+
+int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *e)
+{
+	char qid[SPOOL_QID_LEN + 1];
+	int fd = -1;
+	for (int tries = 0;; tries++) {
+		spool_qid_new(qid);
+		if (mkdirat(sp->fd[SD_INCOMING], qid, 0750) == 0)
+			break;
+		if (errno != EEXIST || tries > 100)
+			return -1;
+	}
+	fd = openat(sp->fd[SD_INCOMING], qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		goto fail;
+	/* Lock before the claim rename, so that no other splitter's recovery pass mistakes
+	 * the new work directory for crash debris. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		goto fail;
+	/* The claim: one rename moves the dropped name into our private work directory.
+	 * rename(2) neither follows a symlink nor opens a FIFO, so whatever was dropped is
+	 * claimed without touching it; it is checked afterwards where no one can swap it. */
+	if (renameat(sp->fd[SD_INBOUND], name, fd, "message") < 0) {
+		int err = errno;
+		close(fd);
+		unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
+		if (err == ENOENT)
+			return 0; /* another splitter claimed it first */
+		errno = err;
+		return -1;
+	}
+	e->sp = sp;
+	e->where = SD_INCOMING;
+	memcpy(e->qid, qid, sizeof qid);
+	e->fd = fd;
+	return 1;
+fail:;
+	int err = errno;
+	if (fd >= 0)
+		close(fd);
+	unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
+	errno = err;
+	return -1;
+}
+
+int spool_message_open(struct spool_entry *e, char *reason, size_t rlen)
+{
+	struct stat st;
+	int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		int err = errno;
+		if (err == ELOOP)
+			snprintf(reason, rlen, "symbolic link (never followed)");
+		else if (err == ENXIO)
+			snprintf(reason, rlen, "socket or device, not a regular file");
+		else
+			snprintf(reason, rlen, "cannot open: %s", strerror(err));
+		errno = err;
+		return -1;
+	}
+	if (fstat(fd, &st) < 0) {
+		int err = errno;
+		snprintf(reason, rlen, "cannot stat: %s", strerror(err));
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		const char *what = S_ISFIFO(st.st_mode)  ? "FIFO"
+		                   : S_ISDIR(st.st_mode) ? "directory"
+		                   : S_ISCHR(st.st_mode) ? "character device"
+		                   : S_ISBLK(st.st_mode) ? "block device"
+		                   : S_ISSOCK(st.st_mode) ? "socket"
+		                                          : "special file";
+		snprintf(reason, rlen, "not a regular file (%s)", what);
+		close(fd);
+		errno = EINVAL;
+		return -1;
+	}
+	/* The open was non-blocking only so that a FIFO could not hang us; reads of a
+	 * regular file must block normally. */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		int err = errno;
+		snprintf(reason, rlen, "fcntl: %s", strerror(err));
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const char *conn)
+{
+	int ofd = spool_outbox_open(e->sp, conn);
+	if (ofd < 0)
+		return -1;
+	int rc = 1;
+	/* One rename per connector: an out.<conn> that is gone was delivered already, which is
+	 * what makes a restarted fan-out unable to make a second copy. */
+	if (renameat(e->fd, sub, ofd, e->qid) < 0) {
+		if (errno == ENOENT) {
+			rc = 0;
+		} else {
+			rc = -1;
+			goto out;
+		}
+	}
+	if (fsync_dir(ofd) < 0 || fsync_dir(e->fd) < 0)
+		rc = -1;
+out:;
+	int err = errno;
+	close(ofd);
+	errno = err;
+	return rc;
+}
+
+int spool_trash_empty(struct spool *sp)
+{
+	char **names;
+	size_t n;
+	int removed = 0;
+	if (spool_list(sp->fd[SD_TRASH], 0, &names, &n) < 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (remove_tree_at(sp->fd[SD_TRASH], names[i]) == 0)
+			removed++;
+	spool_names_free(names, n);
+	return removed;
+}
+
+int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, char *conn,
+                     size_t connlen)
+{
+	static const enum spool_dir order[] = {SD_INCOMING, SD_SCAN,    SD_ROUTE,
+	                                       SD_QUARANTINE, SD_HOLD, SD_BADMAIL};
+	struct stat st;
+	int found = 0;
+	if (!spool_qid_valid(qid))
+		return 0;
+	if (conn && connlen)
+		conn[0] = '\0';
+	for (size_t i = 0; i < ARRAY_LEN(order); i++) {
+		if (fstatat(sp->fd[order[i]], qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+			if (found++ == 0)
+				*where = order[i];
+		}
+	}
+	char **conns;
+	size_t n;
+	if (spool_list(sp->fd[SD_OUTBOX], 0, &conns, &n) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			int ofd = openat(sp->fd[SD_OUTBOX], conns[i],
+			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (ofd < 0)
+				continue;
+			if (fstatat(ofd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+				if (found++ == 0) {
+					*where = SD_OUTBOX;
+					if (conn)
+						snprintf(conn, connlen, "%s", conns[i]);
+				}
+			}
+			close(ofd);
+		}
+		spool_names_free(conns, n);
+	}
+	return found;
+}
+
+int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n)
+{
+	return write_file_atomic(e->fd, name, data, n, 0640);
+}

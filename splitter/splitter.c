@@ -1,0 +1,525 @@
+/*
+ * splitter - intake and MIME extraction (docs/INTERNALS.md, states S0 -> S1 -> S2).
+ *
+ * Claims each name dropped in inbound/ into a fresh work directory incoming/<qid>/,
+ * obtains the envelope, writes every part as NNNN.ATT with a manifest, and commits the
+ * work directory to scan/ with one rename. Anything that is not a usable message goes to
+ * badmail/ with a reason. A message that crashed the splitter poison_attempts times goes
+ * to badmail/ too, instead of crash-looping.
+ *
+ * splitter -x FILE -o DIR extracts one file into DIR and prints its manifest (for
+ * administrators, the conformance test and the benchmarks); nothing in the spool changes.
+ *
+ * DIAGNOSTICS
+ *   Exit 75 when the spool is unusable; 78 on a config error; a bad message is never an
+ *   exit, it is a badmail entry.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "crash.h"
+#include "envelope.h"
+#include "log.h"
+#include "manifest.h"
+#include "mime.h"
+#include "spool.h"
+#include "stage.h"
+#include "trace.h"
+#include "util.h"
+
+/* Files of a work directory that survive a re-split; everything else is redone. */
+static const char *const splitter_keep[] = {"message", "envelope", "attempts", "trace", "origin",
+                                            NULL};
+
+static void splitter_limits(const struct conf *c, struct mime_limits *lim)
+{
+	lim->max_message_size = c->splitter.max_message_size;
+	lim->max_parts = c->splitter.max_parts;
+	lim->max_depth = c->splitter.max_depth;
+	lim->max_part_size = c->splitter.max_part_size;
+	lim->max_total_size = c->splitter.max_total_size;
+	lim->scan_raw = c->splitter.scan_raw_message;
+}
+
+/* 1 if some process still has the file open for writing (a slow cp into inbound/).
+ * A read lease can only be taken on a file nobody has open for writing. Without the right
+ * to take leases (not the owner, no CAP_LEASE) we cannot tell and say no. */
+static int splitter_writer_busy(int fd)
+{
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+		fcntl(fd, F_SETLEASE, F_UNLCK);
+		return 0;
+	}
+	return errno == EAGAIN;
+}
+
+/* Remove parts and manifests of an earlier, interrupted attempt. */
+static int splitter_clean_workdir(struct spool_entry *e)
+{
+	char **names;
+	size_t n;
+	if (spool_list(e->fd, 0, &names, &n) < 0)
+		return -1;
+	int rc = 0;
+	for (size_t i = 0; i < n; i++) {
+		int keep = 0;
+		for (const char *const *k = splitter_keep; *k; k++)
+			if (strcmp(names[i], *k) == 0)
+				keep = 1;
+		if (!keep && remove_tree_at(e->fd, names[i]) < 0)
+			rc = -1;
+	}
+	spool_names_free(names, n);
+	return rc;
+}
+
+/* Commit the work directory to badmail/ with a reason. The message stays as it was. */
+static void splitter_badmail(struct spool_entry *e, const char *reason)
+{
+	struct buf b;
+	buf_init(&b);
+	buf_printf(&b, "%s\n", reason);
+	log_warn(e->qid, "to badmail: %s", reason);
+	trace_add(e->fd, e->qid, "badmail reason=%s", reason);
+	/* The reason and the trace must be on disk before the entry becomes final. */
+	if (spool_entry_write(e, "reason", b.data, b.len) < 0 || spool_entry_sync(e) < 0)
+		die_temp(e->qid, "cannot write %s/incoming/%s/reason: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	CRASH_POINT("split-badmail");
+	if (spool_entry_move(e, SD_BADMAIL) < 0)
+		die_temp(e->qid, "cannot move %s/incoming/%s to badmail/: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	buf_free(&b);
+}
+
+/* Read the poison counter, add one, and make it durable before parsing: if the parse
+ * crashes the process, the next attempt knows. Returns the new count. */
+static int splitter_attempt_count(struct spool_entry *e)
+{
+	struct buf b;
+	uint64_t n = 0;
+	buf_init(&b);
+	if (read_file_at(e->fd, "attempts", &b, 64) == 0) {
+		char *nl = strchr(buf_cstr(&b), '\n');
+		if (nl)
+			*nl = '\0';
+		if (parse_u64(b.data, &n) < 0)
+			n = 0;
+	}
+	buf_reset(&b);
+	buf_printf(&b, "%llu\n", (unsigned long long)n + 1);
+	if (spool_entry_write(e, "attempts", b.data, b.len) < 0 || spool_entry_sync(e) < 0)
+		die_temp(e->qid, "cannot write %s/incoming/%s/attempts: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	buf_free(&b);
+	return (int)n + 1;
+}
+
+/* A queue file: split off the envelope records, write them as "envelope", and replace
+ * "message" by the bare RFC 5322 part. Order matters for crash safety: the envelope is
+ * durable before the message loses its prefix, so a re-run either sees the prefix again
+ * or finds the envelope file. Returns the new message fd, or -1 with reason (bad input),
+ * or -2 on I/O error. */
+static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size_t rlen)
+{
+	struct buf head, env_out;
+	struct envelope env;
+	size_t used = 0;
+	int rc = -1, out = -1;
+	buf_init(&head);
+	buf_init(&env_out);
+	envelope_init(&env);
+	/* Bound what we read: the envelope is at most ENV_RCPT_MAX lines of ENV_ADDR_MAX. */
+	size_t max = strlen(QUEUE_FILE_MAGIC) + (size_t)(ENV_ADDR_MAX + 2) * (ENV_RCPT_MAX + 2);
+	char tmp[65536];
+	off_t off = 0;
+	while (head.len < max) {
+		ssize_t r = pread(fd, tmp, sizeof tmp, off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			snprintf(reason, rlen, "read: %s", strerror(errno));
+			rc = -2;
+			goto out;
+		}
+		if (r == 0)
+			break;
+		buf_add(&head, tmp, (size_t)r);
+		off += r;
+		if (memmem(head.data, head.len, "\nE\n", 3))
+			break;
+	}
+	size_t ml = strlen(QUEUE_FILE_MAGIC);
+	if (envelope_parse(head.data + ml, head.len - ml, &env, &used, reason, rlen) < 0)
+		goto out;
+	envelope_format(&env, &env_out);
+	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0)
+		goto ioerr;
+	out = openat(e->fd, "message.body", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	             0640);
+	if (out < 0)
+		goto ioerr;
+	off_t from = (off_t)(ml + used);
+	for (;;) {
+		ssize_t r = pread(fd, tmp, sizeof tmp, from);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			goto ioerr;
+		}
+		if (r == 0)
+			break;
+		if (write_all(out, tmp, (size_t)r) < 0)
+			goto ioerr;
+		from += r;
+	}
+	/* The bare message must be on disk before it replaces the queue file. */
+	if (fsync(out) < 0)
+		goto ioerr;
+	close(out);
+	out = -1;
+	if (renameat(e->fd, "message.body", e->fd, "message") < 0)
+		goto ioerr;
+	rc = openat(e->fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (rc < 0)
+		goto ioerr;
+	goto out;
+ioerr:
+	snprintf(reason, rlen, "%s/incoming/%s: %s", e->sp->root, e->qid, strerror(errno));
+	rc = -2;
+out:
+	if (out >= 0)
+		close(out);
+	envelope_free(&env);
+	buf_free(&head);
+	buf_free(&env_out);
+	return rc;
+}
+
+/* Get the envelope into the work directory. Returns the (possibly new) message fd;
+ * -1: bad input (reason); -2: I/O error. */
+static int splitter_envelope(struct spool_entry *e, int fd, char *reason, size_t rlen)
+{
+	struct envelope env;
+	char magic[sizeof QUEUE_FILE_MAGIC];
+	char why[256];
+	envelope_init(&env);
+	if (envelope_read_at(e->fd, &env, why, sizeof why) == 0) {
+		envelope_free(&env);
+		return fd; /* from an earlier attempt: authoritative */
+	}
+	ssize_t r = pread(fd, magic, strlen(QUEUE_FILE_MAGIC), 0);
+	if (r == (ssize_t)strlen(QUEUE_FILE_MAGIC) &&
+	    memcmp(magic, QUEUE_FILE_MAGIC, strlen(QUEUE_FILE_MAGIC)) == 0) {
+		int nfd = splitter_queue_file(e, fd, reason, rlen);
+		if (nfd >= 0)
+			close(fd);
+		return nfd;
+	}
+	if (mime_envelope_from_headers(fd, &env, reason, rlen) < 0)
+		return -1;
+	struct buf b;
+	buf_init(&b);
+	envelope_format(&env, &b);
+	int rc = fd;
+	if (spool_entry_write(e, "envelope", b.data, b.len) < 0) {
+		snprintf(reason, rlen, "%s/incoming/%s/envelope: %s", e->sp->root, e->qid,
+		         strerror(errno));
+		rc = -2;
+	}
+	buf_free(&b);
+	envelope_free(&env);
+	return rc;
+}
+
+/* fsync every part: they must be durable before the manifest that names them. */
+static int splitter_sync_parts(struct spool_entry *e, const struct manifest *m)
+{
+	for (size_t i = 0; i < m->n_parts; i++) {
+		char name[16];
+		manifest_part_name(m->parts[i].index, name);
+		int fd = openat(e->fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			return -1;
+		int r = fsync(fd);
+		int err = errno;
+		close(fd);
+		if (r < 0) {
+			errno = err;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Split one claimed work directory (fresh, or left by a killed predecessor).
+ * Returns 1 when it moved on, 0 when deferred. */
+static int splitter_work(struct stage *st, struct spool_entry *e)
+{
+	const struct conf *c = st->conf;
+	char reason[512];
+	struct manifest m;
+	struct mime_limits lim;
+	struct stat sb;
+	int rc = 0;
+	manifest_init(&m);
+
+	int fd = spool_message_open(e, reason, sizeof reason);
+	if (fd < 0) {
+		splitter_badmail(e, reason);
+		return 1;
+	}
+	if (splitter_writer_busy(fd)) {
+		/* Still being written into: parse it only once its writer is done. */
+		log_info(e->qid, "message still open for writing; deferred");
+		close(fd);
+		return 0;
+	}
+	if (fstat(fd, &sb) < 0)
+		die_temp(e->qid, "cannot stat %s/incoming/%s/message: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	if (sb.st_size == 0) {
+		close(fd);
+		splitter_badmail(e, "empty file");
+		return 1;
+	}
+	int attempts = splitter_attempt_count(e);
+	if (attempts > c->splitter.poison_attempts) {
+		close(fd);
+		snprintf(reason, sizeof reason,
+		         "poison message: the splitter died %d times while splitting it",
+		         attempts - 1);
+		splitter_badmail(e, reason);
+		return 1;
+	}
+	/* Durable data before any work: a plain cp into inbound/ did not fsync. */
+	if (fsync(fd) < 0)
+		die_temp(e->qid, "cannot fsync %s/incoming/%s/message: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	CRASH_POINT("split-claimed");
+	if (splitter_clean_workdir(e) < 0)
+		die_temp(e->qid, "cannot clean %s/incoming/%s: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	fd = splitter_envelope(e, fd, reason, sizeof reason);
+	if (fd == -1) {
+		splitter_badmail(e, reason);
+		return 1;
+	}
+	if (fd == -2)
+		die_temp(e->qid, "%s", reason);
+	if (fstat(fd, &sb) < 0)
+		die_temp(e->qid, "cannot stat %s/incoming/%s/message: %s", e->sp->root, e->qid,
+		         strerror(errno));
+
+	splitter_limits(c, &lim);
+	if ((uint64_t)sb.st_size > lim.max_message_size) {
+		/* Not parsed at all, and never passed as if scanned: the mark makes the router
+		 * treat it like a scanner error. */
+		manifest_add_unscannable(&m, "over limit (max_message_size)");
+	} else {
+		int r = mime_extract(fd, "message", e->fd, &lim, &m, reason, sizeof reason);
+		if (r == 1) {
+			close(fd);
+			manifest_free(&m);
+			splitter_badmail(e, reason);
+			return 1;
+		}
+		if (r < 0)
+			die_temp(e->qid, "cannot split %s/incoming/%s: %s", e->sp->root, e->qid,
+			         reason);
+	}
+	close(fd);
+	CRASH_POINT("split-parts");
+	struct buf mb;
+	buf_init(&mb);
+	manifest_format(&m, &mb);
+	if (splitter_sync_parts(e, &m) < 0 || spool_entry_write(e, "manifest", mb.data, mb.len) < 0)
+		die_temp(e->qid, "cannot write parts of %s/incoming/%s: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	buf_free(&mb);
+	trace_add(e->fd, e->qid, "split parts=%zu unscannable=%zu size=%lld", m.n_parts,
+	          m.n_unscannable, (long long)sb.st_size);
+	/* Every name in the work directory must be durable before the directory moves. */
+	if (spool_entry_sync(e) < 0)
+		die_temp(e->qid, "cannot fsync %s/incoming/%s: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	CRASH_POINT("split-precommit");
+	if (spool_entry_move(e, SD_SCAN) < 0)
+		die_temp(e->qid, "cannot move %s/incoming/%s to scan/: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	log_info(e->qid, "split parts=%zu%s", m.n_parts, m.n_unscannable ? " unscannable" : "");
+	rc = 1;
+	manifest_free(&m);
+	return rc;
+}
+
+static int splitter_handle(struct stage *st, const char *name)
+{
+	struct spool_entry e;
+	struct stat sb;
+	int fd;
+	if (name[0] == '.')
+		return 0;
+	/* Look before claiming: a regular file some writer still has open is left alone
+	 * until its IN_CLOSE_WRITE. Everything else is claimed and judged afterwards. */
+	if (fstatat(st->spool.fd[SD_INBOUND], name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	if (S_ISREG(sb.st_mode)) {
+		fd = openat(st->spool.fd[SD_INBOUND], name,
+		            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+		if (fd >= 0) {
+			int busy = splitter_writer_busy(fd);
+			close(fd);
+			if (busy)
+				return 0;
+		}
+	}
+	int r = spool_inbound_claim(&st->spool, name, &e);
+	if (r == 0)
+		return 0;
+	if (r < 0) {
+		log_warn(NULL, "cannot claim %s/inbound/%s: %s", st->spool.root, name,
+		         strerror(errno));
+		return 0;
+	}
+	struct buf b;
+	buf_init(&b);
+	escape_bytes(&b, name, strlen(name), 1024);
+	trace_add(e.fd, e.qid, "intake name=%s", buf_cstr(&b));
+	log_info(e.qid, "claimed inbound/%s", buf_cstr(&b));
+	buf_addstr(&b, "\n");
+	/* "origin" records the dropped name; best effort, it only serves humans. */
+	if (spool_entry_write(&e, "origin", b.data, b.len) < 0)
+		log_warn(e.qid, "cannot write origin: %s", strerror(errno));
+	buf_free(&b);
+	int did = splitter_work(st, &e);
+	spool_entry_release(&e);
+	return did;
+}
+
+/* Start-up recovery: every unlocked work directory in incoming/ was left by a dead
+ * splitter. With a message it is split again from scratch; without, it is removed. */
+static int splitter_recover_pass(struct stage *st)
+{
+	char **names;
+	size_t n;
+	int pending = 0;
+	if (spool_list(st->spool.fd[SD_INCOMING], 1, &names, &n) < 0)
+		die_temp(NULL, "cannot list %s/incoming: %s", st->spool.root, strerror(errno));
+	for (size_t i = 0; i < n && !stage_stopping(); i++) {
+		struct spool_entry e;
+		struct stat sb;
+		if (spool_entry_claim(&st->spool, SD_INCOMING, names[i], &e) != 1)
+			continue;
+		if (fstatat(e.fd, "message", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+			log_info(e.qid, "removing empty work directory left by a dead splitter");
+			if (spool_entry_trash(&e) < 0)
+				log_warn(e.qid, "cannot remove %s/incoming/%s: %s", st->spool.root,
+				         e.qid, strerror(errno));
+		} else {
+			log_info(e.qid, "recovering interrupted split");
+			if (splitter_work(st, &e) == 0)
+				pending++;
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+	return pending;
+}
+
+static void splitter_recover(struct stage *st)
+{
+	splitter_recover_pass(st);
+}
+
+/* Deferred messages (still being written) wait in incoming/: look again every second. */
+static int splitter_tick(struct stage *st)
+{
+	return splitter_recover_pass(st) ? 1000 : -1;
+}
+
+static int splitter_extract_one(const char *conf_path, const char *file, const char *outdir)
+{
+	char reason[512];
+	struct manifest m;
+	struct mime_limits lim;
+	struct buf b;
+	struct conf *c = NULL;
+	if (conf_path)
+		c = conf_load(conf_path);
+	if (c) {
+		splitter_limits(c, &lim);
+	} else {
+		lim.max_message_size = 100ull << 20;
+		lim.max_parts = 1000;
+		lim.max_depth = 30;
+		lim.max_part_size = 100ull << 20;
+		lim.max_total_size = 400ull << 20;
+		lim.scan_raw = 1;
+	}
+	if (mkdir(outdir, 0750) < 0 && errno != EEXIST)
+		die_perm(EXIT_USAGE, "cannot create %s: %s", outdir, strerror(errno));
+	int dfd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		die_perm(EXIT_USAGE, "cannot open %s: %s", outdir, strerror(errno));
+	/* The raw part is a hard link to the message inside the output directory. */
+	unlinkat(dfd, "message", 0);
+	int src = open(file, O_RDONLY | O_CLOEXEC);
+	if (src < 0)
+		die_perm(EXIT_USAGE, "cannot open %s: %s", file, strerror(errno));
+	int fd = openat(dfd, "message", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0 || copy_fd(src, fd) < 0)
+		die_perm(EXIT_USAGE, "cannot copy %s into %s: %s", file, outdir, strerror(errno));
+	close(src);
+	manifest_init(&m);
+	int r = mime_extract(fd, "message", dfd, &lim, &m, reason, sizeof reason);
+	close(fd);
+	if (r != 0) {
+		fprintf(stderr, "splitter: %s: %s\n", file, reason);
+		return r == 1 ? 1 : EXIT_TEMPFAIL;
+	}
+	buf_init(&b);
+	manifest_format(&m, &b);
+	if (write_all(1, b.data, b.len) < 0)
+		return EXIT_TEMPFAIL;
+	buf_free(&b);
+	manifest_free(&m);
+	close(dfd);
+	conf_free(c);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct stage st = {
+	    .name = "splitter",
+	    .watch_dir = SD_INBOUND,
+	    .recover = splitter_recover,
+	    .handle = splitter_handle,
+	    .tick = splitter_tick,
+	    .tick_ms = 5000,
+	};
+	mime_init();
+	const char *x = NULL, *o = NULL, *c = NULL;
+	for (int i = 1; i + 1 < argc; i++) {
+		if (strcmp(argv[i], "-x") == 0)
+			x = argv[i + 1];
+		else if (strcmp(argv[i], "-o") == 0)
+			o = argv[i + 1];
+		else if (strcmp(argv[i], "-c") == 0)
+			c = argv[i + 1];
+	}
+	if (x || o) {
+		log_init("splitter");
+		if (!x || !o)
+			die_perm(EXIT_USAGE, "usage: splitter [-c CONFIG] -x FILE -o OUTDIR");
+		return splitter_extract_one(c, x, o);
+	}
+	return stage_main(&st, argc, argv);
+}
