@@ -36,8 +36,9 @@ static void conf_fail(struct conf_ctx *cx, const config_setting_t *s, const char
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	snprintf(cx->err, cx->errlen, "%s:%d: %s", cx->file, s ? config_setting_source_line(s) : 0,
-	         msg);
+	/* The root group has no line of its own; a key missing there is reported at line 1. */
+	int line = s ? config_setting_source_line(s) : 0;
+	snprintf(cx->err, cx->errlen, "%s:%d: %s", cx->file, line > 0 ? line : 1, msg);
 	cx->failed = 1;
 }
 

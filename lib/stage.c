@@ -133,6 +133,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 			/* Held for longer than ~200 ms means another instance of this stage is
 			 * working on it: that one moves it on; the rescan is the safety net. */
 			for (size_t i = 0; i < n_pending; i++) {
+				log_debug(NULL, "retrying %s", pending[i]);
 				if (st->handle(st, pending[i]) < 0 && ++pending_tries[i] < 40) {
 					pending_tries[keep] = pending_tries[i];
 					pending[keep++] = pending[i];
@@ -155,7 +156,9 @@ int stage_main(struct stage *st, int argc, char **argv)
 		case WATCH_NAME:
 			if (stage_paused || name[0] == '.')
 				break;
+			log_debug(NULL, "event for %s", name);
 			if (st->handle(st, name) < 0) {
+				log_debug(NULL, "%s is busy; looking again shortly", name);
 				if (n_pending < PENDING_MAX) {
 					pending_tries[n_pending] = 0;
 					pending[n_pending++] = xstrdup(name);

@@ -1,10 +1,9 @@
 /*
  * watch - see watch.h.
  *
- * libinotifytools keeps its inotify descriptor to itself and counts timeouts in whole
- * seconds. We find the descriptor once (the /proc/self/fd entry that is an inotify
- * instance), mark it close-on-exec so scanner children do not inherit it, and poll it
- * with millisecond timeouts; libinotifytools then reads the events without waiting.
+ * libinotifytools keeps its inotify descriptor to itself: we find it once (the
+ * /proc/self/fd entry that is an inotify instance) only to mark it close-on-exec, so
+ * scanner children do not inherit it.
  */
 #include "watch.h"
 
@@ -12,11 +11,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inotifytools/inotifytools.h>
-#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -60,38 +60,53 @@ void watch_open(const char *dir)
 		int fl = fcntl(watch_fd, F_GETFD);
 		if (fl < 0 || fcntl(watch_fd, F_SETFD, fl | FD_CLOEXEC) < 0)
 			die_temp(NULL, "inotify: fcntl: %s", strerror(errno));
-	} else {
-		log_warn(NULL, "inotify: descriptor not found; waits fall back to whole seconds");
 	}
+}
+
+static volatile sig_atomic_t watch_alarm_fired;
+
+static void watch_on_alarm(int sig)
+{
+	(void)sig;
+	watch_alarm_fired = 1;
 }
 
 enum watch_event watch_next(int timeout_ms, char *name, size_t len)
 {
-	struct inotify_event *ev = NULL;
-	if (watch_fd >= 0) {
-		/* libinotifytools reads many events at once and hands them out one by one: take
-		 * a buffered one first, and wait on the descriptor only when there is none. */
-		ev = inotifytools_next_event(0);
-		if (ev == NULL && inotifytools_error() == 0) {
-			struct pollfd pfd = {.fd = watch_fd, .events = POLLIN};
-			int r = poll(&pfd, 1, timeout_ms < 0 ? -1 : timeout_ms);
-			if (r < 0)
-				return errno == EINTR ? WATCH_INTR : WATCH_RESCAN;
-			if (r == 0)
-				return WATCH_TIMEOUT;
-			ev = inotifytools_next_event(0);
-		}
-	} else {
-		/* libinotifytools counts whole seconds; 0 means do not wait. */
-		ev = inotifytools_next_event(timeout_ms <= 0 ? 0 : (timeout_ms + 999) / 1000);
+	static int alarm_installed;
+	if (!alarm_installed) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = watch_on_alarm;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = 0; /* no SA_RESTART: the alarm must interrupt the wait */
+		sigaction(SIGALRM, &sa, NULL);
+		alarm_installed = 1;
 	}
+	/* libinotifytools only waits in whole seconds (and 0 means forever), so the wait is
+	 * bounded by an interval timer whose signal interrupts it. The timer repeats every
+	 * 10 ms, so a signal that lands just before the library starts waiting is followed
+	 * by another. A buffered event is returned at once, without waiting. */
+	struct itimerval it, off;
+	memset(&off, 0, sizeof off);
+	watch_alarm_fired = 0;
+	if (timeout_ms >= 0) {
+		int ms = timeout_ms > 0 ? timeout_ms : 1;
+		it.it_value.tv_sec = ms / 1000;
+		it.it_value.tv_usec = (ms % 1000) * 1000;
+		it.it_interval.tv_sec = 0;
+		it.it_interval.tv_usec = 10000;
+		setitimer(ITIMER_REAL, &it, NULL);
+	}
+	struct inotify_event *ev = inotifytools_next_event(-1);
+	int err = ev ? 0 : inotifytools_error();
+	if (timeout_ms >= 0)
+		setitimer(ITIMER_REAL, &off, NULL);
 	if (ev == NULL) {
-		int err = inotifytools_error();
-		if (err == EINTR)
-			return WATCH_INTR;
-		if (err != 0)
-			log_warn(NULL, "inotify: %s; rescanning", strerror(err));
-		return err ? WATCH_RESCAN : WATCH_TIMEOUT;
+		if (err == EINTR || err == 0)
+			return watch_alarm_fired ? WATCH_TIMEOUT : WATCH_INTR;
+		log_warn(NULL, "inotify: %s; rescanning", strerror(err));
+		return WATCH_RESCAN;
 	}
 	if (ev->mask & IN_Q_OVERFLOW)
 		return WATCH_RESCAN;

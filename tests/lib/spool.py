@@ -1,0 +1,243 @@
+"""Pipeline fixture: a real spool in a temp dir, a generated config, the real binaries.
+
+    p = Pipeline(scanners=[clamscan()])          # writes conf, does not start anything
+    p.start()                                    # bin/spoold -c conf (supervises stages)
+    qid = p.inject("s@x", ["r@y"], msg)          # spoolctl inject
+    p.drop("name", msg)                          # plain drop into inbound/ (tmp + rename)
+    p.wait_final(n)                              # until n messages are in final places
+    p.finals()                                   # {qid: (place, path)} for every final entry
+    p.stop()
+
+Stages can also be run one pass at a time, deterministically: p.stage("splitter", once=True).
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import lib as harness
+
+FINAL = ("quarantine", "hold", "badmail")
+ALL_STATES = ("incoming", "scan", "route", "quarantine", "hold", "badmail")
+
+
+def clamscan(name="clamscan", **kw):
+    d = dict(name=name, type="exec", mode="per-attachment",
+             argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
+                   "--database=" + harness.sigdir(), "{file}"],
+             clean_codes=[0], infected_codes=[1], virus_regex=": (.+) FOUND$",
+             version_argv=["/usr/bin/clamscan", "--version"], timeout=60, max_concurrent=2)
+    d.update(kw)
+    return d
+
+
+def fake(script, name=None, args=(), **kw):
+    d = dict(name=name or script, type="exec", mode="per-attachment",
+             argv=[os.path.join(harness.FAKE, script)] + list(args) + ["{file}"],
+             clean_codes=[0], infected_codes=[1], virus_regex=": (.+) FOUND$",
+             timeout=10, max_concurrent=2)
+    d.update(kw)
+    return d
+
+
+def _val(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return "%dL" % v if v > 2147483647 else str(v)
+    if isinstance(v, str):
+        return '"%s"' % v.replace("\\", "\\\\").replace('"', '\\"')
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(_val(x) for x in v) + " ]"
+    raise TypeError(v)
+
+
+def _group(d, indent="\t"):
+    lines = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append("%s%s = {\n%s%s};" % (indent, k, _group(v, indent + "\t"), indent))
+        else:
+            lines.append("%s%s = %s;" % (indent, k, _val(v)))
+    return "\n".join(lines) + "\n"
+
+
+class Pipeline:
+    def __init__(self, scanners=None, connectors=None, splitter=None, router=None,
+                 runner=None, rescan_interval=30, extra=""):
+        self.dir = harness.tmpdir("p")
+        self.spool = os.path.join(self.dir, "spool")
+        self.conf = os.path.join(self.dir, "spoold.conf")
+        self.log = os.path.join(self.dir, "spoold.log")
+        self.proc = None
+        self.procs = []
+        scanners = scanners if scanners is not None else [clamscan()]
+        connectors = connectors or [dict(name="smtp", domains=["*"])]
+        text = 'spool_dir = "%s";\nrescan_interval = %d;\n' % (self.spool, rescan_interval)
+        text += "log = { level = \"debug\"; };\n"
+        if splitter:
+            text += "splitter = {\n%s};\n" % _group(splitter)
+        if runner:
+            text += "scanner_runner = {\n%s};\n" % _group(runner)
+        r = dict(hold_retry_min=3600, hold_retry_max=7200)
+        r.update(router or {})
+        text += "router = {\n%s};\n" % _group(r)
+        text += "scanners = (\n" + ",\n".join("\t{\n%s\t}" % _group(s, "\t\t") for s in scanners) + "\n);\n"
+        text += "connectors = (\n" + ",\n".join("\t{\n%s\t}" % _group(c, "\t\t") for c in connectors) + "\n);\n"
+        text += extra
+        with open(self.conf, "w") as f:
+            f.write(text)
+        harness.cleanup(self.stop)
+
+    # ---- processes ---------------------------------------------------------------
+    def start(self):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([harness.bin_path("spoold"), "-c", self.conf],
+                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        logf.close()
+        harness.wait_for(lambda: os.path.exists(os.path.join(self.spool, "run", "status")),
+                         timeout=20, what="spoold to write run/status")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+    def stage(self, name, once=True, env=None, timeout=120):
+        """Run one stage; with once=True one recovery + scan pass, returning the result."""
+        argv = [harness.bin_path(name), "-c", self.conf]
+        e = dict(os.environ)
+        e.update(env or {})
+        if once:
+            return harness.run(argv + ["--once"], timeout=timeout, env=e)
+        logf = open(self.log, "ab")
+        p = subprocess.Popen(argv, stdout=logf, stderr=logf, env=e, stdin=subprocess.DEVNULL)
+        logf.close()
+        self.procs.append(p)
+        return p
+
+    def pass_all(self, env=None):
+        """One deterministic pass of every stage, in pipeline order."""
+        out = []
+        for s in ("splitter", "scanner-runner", "router"):
+            out.append(self.stage(s, env=env))
+        return out
+
+    def stage_pids(self):
+        st = self.status_file()
+        return {(s["name"], s["idx"]): s["pid"] for s in st}
+
+    def status_file(self):
+        res = []
+        try:
+            with open(os.path.join(self.spool, "run", "status")) as f:
+                for line in f:
+                    if line.startswith("stage "):
+                        kv = dict(t.split("=", 1) for t in line.split()[1:])
+                        res.append(dict(name=kv["name"], idx=int(kv["idx"]), pid=int(kv["pid"]),
+                                        state=kv["state"], restarts=int(kv["restarts"])))
+        except FileNotFoundError:
+            pass
+        return res
+
+    def logtext(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    # ---- input -------------------------------------------------------------------
+    def drop(self, name, data):
+        inbound = os.path.join(self.spool, "inbound")
+        os.makedirs(inbound, exist_ok=True)
+        tmp = os.path.join(inbound, "." + name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(inbound, name))
+
+    def ctl(self, *args, stdin=None, timeout=60):
+        kw = {}
+        if stdin is not None:
+            kw["input"] = stdin
+            kw["stdin"] = None
+        return harness.run([harness.bin_path("spoolctl"), "-c", self.conf] + list(args),
+                           timeout=timeout, **kw)
+
+    def inject(self, sender, rcpts, data):
+        r = self.ctl("inject", "-f", sender, *rcpts, stdin=data)
+        assert r.returncode == 0, "spoolctl inject exited %d: %s" % (r.returncode, r.out)
+        return r.out.strip().splitlines()[-1]
+
+    # ---- where things are ----------------------------------------------------------
+    def entries(self, state):
+        d = os.path.join(self.spool, state)
+        try:
+            return sorted(n for n in os.listdir(d) if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def outbox(self):
+        """[(connector, qid)] for every outbox entry."""
+        res = []
+        ob = os.path.join(self.spool, "outbox")
+        for c in sorted(os.listdir(ob)) if os.path.isdir(ob) else []:
+            for q in sorted(os.listdir(os.path.join(ob, c))):
+                if not q.startswith("."):
+                    res.append((c, q))
+        return res
+
+    def finals(self):
+        """[(place, qid, path)] of every entry in a final place (outbox/<c>, quarantine,
+        hold, badmail)."""
+        res = []
+        for c, q in self.outbox():
+            res.append(("outbox/" + c, q, os.path.join(self.spool, "outbox", c, q)))
+        for s in FINAL:
+            for q in self.entries(s):
+                res.append((s, q, os.path.join(self.spool, s, q)))
+        return res
+
+    def in_flight(self):
+        return sum(len(self.entries(s)) for s in ("inbound", "incoming", "scan", "route"))
+
+    def wait_final(self, n, timeout=60):
+        harness.wait_for(lambda: len(self.finals()) >= n and self.in_flight() == 0,
+                         timeout=timeout,
+                         what="%d messages in final places (now %d final, %d in flight)\n%s"
+                         % (n, len(self.finals()), self.in_flight(), self.logtext()[-3000:]))
+        return self.finals()
+
+    def read(self, path, name):
+        with open(os.path.join(path, name), "rb") as f:
+            return f.read()
+
+    def check_invariant(self, expected_msgs):
+        """Every message (bytes) appears exactly once per connector (or once in quarantine/hold/
+        badmail), nothing in flight, no orphan work directory. expected_msgs: list of bytes."""
+        assert self.in_flight() == 0, "messages still in flight: %s" % {
+            s: self.entries(s) for s in ("inbound", "incoming", "scan", "route")}
+        seen = {}
+        for place, q, path in self.finals():
+            data = self.read(path, "message") if os.path.exists(os.path.join(path, "message")) else None
+            seen.setdefault(data, []).append((place, q))
+        for m in expected_msgs:
+            places = seen.get(m, [])
+            assert len(places) >= 1, "message lost: %r" % m[:80]
+            qids = set(q for _, q in places)
+            assert len(qids) == 1, "message under several queue IDs: %s" % places
+            kinds = [p for p, _ in places]
+            assert len(kinds) == len(set(kinds)), "message duplicated: %s" % places
+            non_outbox = [k for k in kinds if not k.startswith("outbox/")]
+            assert not non_outbox or len(kinds) == 1, "message in outbox and elsewhere: %s" % kinds
