@@ -279,12 +279,20 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 {
 	char qid[SPOOL_QID_LEN + 1];
 	int fd = -1;
-	for (int tries = 0;; tries++) {
-		spool_qid_new(qid);
-		if (mkdirat(sp->fd[SD_INCOMING], qid, 0750) == 0)
-			break;
-		if (errno != EEXIST || tries > 100)
-			return -1;
+	enum spool_dir where;
+	/* A name that is a queue ID (spoolctl inject names its files so) keeps it, so the ID
+	 * inject printed is the message's ID everywhere - unless that ID is already in use. */
+	if (spool_qid_valid(name) && spool_qid_locate(sp, name, &where, NULL, 0) == 0 &&
+	    mkdirat(sp->fd[SD_INCOMING], name, 0750) == 0) {
+		memcpy(qid, name, sizeof qid);
+	} else {
+		for (int tries = 0;; tries++) {
+			spool_qid_new(qid);
+			if (mkdirat(sp->fd[SD_INCOMING], qid, 0750) == 0)
+				break;
+			if (errno != EEXIST || tries > 100)
+				return -1;
+		}
 	}
 	fd = openat(sp->fd[SD_INCOMING], qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)

@@ -324,9 +324,13 @@ int main(int argc, char **argv)
 		ctl_usage();
 	struct conf *c = conf_load(conf_path);
 	const char *cmd = argv[i++];
+	int rc;
 	if (strcmp(cmd, "inject") == 0)
-		return ctl_inject(c, argc - i, argv + i);
-	if (strcmp(cmd, "status") == 0)
-		return ctl_status(c, argc - i, argv + i);
-	ctl_usage();
+		rc = ctl_inject(c, argc - i, argv + i);
+	else if (strcmp(cmd, "status") == 0)
+		rc = ctl_status(c, argc - i, argv + i);
+	else
+		ctl_usage();
+	conf_free(c);
+	return rc;
 }

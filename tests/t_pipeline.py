@@ -101,7 +101,7 @@ def inject_keeps_envelope():
 
 @test
 def inject_null_sender_and_bad_address():
-    p = Pipeline()
+    p = Pipeline().start()
     r = p.ctl("inject", "-f", "<>", "x@y.example", stdin=msgs.clean())
     assert r.returncode == 0, r.out
     r = p.ctl("inject", "-f", "a@b", "bad\x01addr", stdin=msgs.clean())
@@ -200,6 +200,39 @@ def plain_cp_with_slow_writer_is_not_split_early():
     finals = p.wait_final(1)
     assert finals[0][0] == "outbox/smtp", finals
     assert p.read(finals[0][2], "message") == m, "message was split before the writer finished"
+
+
+@test
+def clamd_mode_detects_and_passes():
+    from lib.clamd import Clamd
+    with Clamd(harness.tmpdir("clamd"), harness.sigdir()) as c:
+        p = Pipeline(scanners=[dict(name="clamd", type="clamd", addresses=[c.unix_addr],
+                                    timeout=30, max_concurrent=4)]).start()
+        m = msgs.clean()
+        p.drop("clean", m)
+        p.drop("virus", msgs.eicar_attachment())
+        finals = sorted(f[0] for f in p.wait_final(2))
+        assert finals == ["outbox/smtp", "quarantine"], finals
+        q = [f for f in p.finals() if f[0] == "quarantine"][0]
+        assert "Spoold.Test.EICAR" in p.read(q[2], "report").decode()
+
+
+@test
+def per_message_mode_attributes_the_infected_part():
+    p = Pipeline(scanners=[dict(name="clamscan-msg", type="exec", mode="per-message",
+                                argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
+                                      "--database=" + harness.sigdir(), "{files}"],
+                                clean_codes=[0], infected_codes=[1],
+                                virus_regex="^(.+): (.+) FOUND$", timeout=60,
+                                max_concurrent=1)]).start()
+    p.drop("clean", msgs.clean())
+    p.drop("virus", msgs.eicar_attachment())
+    finals = sorted(f[0] for f in p.wait_final(2))
+    assert finals == ["outbox/smtp", "quarantine"], finals
+    q = [f for f in p.finals() if f[0] == "quarantine"][0]
+    v = p.read(q[2], "verdicts").decode()
+    assert "verdict=infected virus=Spoold.Test.EICAR" in v, v
+    assert "verdict=clean" in v, "the text part must stay clean: " + v
 
 
 if __name__ == "__main__":

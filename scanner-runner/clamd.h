@@ -1,0 +1,97 @@
+/*
+ * clamd - a clamd protocol client for the scanner-runner's clamd mode: no clamdscan
+ * process, one connection per request, every wait bounded by poll().
+ *
+ * Addresses are "unix:/path/to/clamd.sock" or "tcp:HOST:PORT" (HOST a name, an IPv4
+ * address or a bracketed IPv6 address "[::1]"; PORT decimal). The same syntax as the
+ * spoold config.
+ *
+ *   unix:  a descriptor is passed to clamd (zFILDES, SCM_RIGHTS) and clamd reads the
+ *          file, so stream_max does not apply (clamd's MaxFileSize does). It is a fresh
+ *          read-only open of /proc/self/fd/<fd>, not fd itself: clamd moves the offset
+ *          of the descriptor it gets, and could write through a writable one.
+ *   tcp:   the file is streamed with zINSTREAM from offset 0 with pread(2), in chunks
+ *          of a 4-byte big-endian length, ended by a zero length. A file larger than
+ *          stream_max is never sent (not even in part) and gives V_UNSCANNABLE with reply
+ *          "over StreamMaxLength": a partial stream would be scanned as if it were the
+ *          whole file and could be called clean.
+ *
+ * Either way the caller's file offset is left alone. fd must be a regular file.
+ *
+ * Reply mapping (strict: anything not recognised fails closed):
+ *   "stream: OK", "fd[N]: OK"                          V_CLEAN
+ *   "stream: NAME FOUND", "fd[N]: NAME FOUND"          V_INFECTED, virus = NAME
+ *   NAME starting with "Heuristics.Limits.Exceeded"    V_UNSCANNABLE (a limit stopped the
+ *                                                      scan: never clean, not a virus)
+ *   "... ERROR" saying a limit was exceeded/reached    V_UNSCANNABLE
+ *   "... ERROR" otherwise                              V_ERROR
+ *   anything else, an empty reply, a reply without its NUL, more than one reply, a
+ *   connection closed before the reply, a reply before the stream was complete, or no
+ *   reply within timeout_ms                            V_ERROR
+ *
+ * Beware: clamd itself answers "OK" for a file over its MaxFileSize/MaxScanSize unless
+ * clamd.conf says "AlertExceedsMax yes" (then: Heuristics.Limits.Exceeded.* FOUND).
+ *
+ * DIAGNOSTICS
+ *   clamd_scan_fd and clamd_scan_fd_any return 0 when clamd gave a verdict (V_CLEAN or
+ *   V_INFECTED) and -1 otherwise, with r->verdict V_ERROR or V_UNSCANNABLE and r->reply
+ *   saying why: clamd's own reply line, or our text such as "timeout",
+ *   "over StreamMaxLength", "connect: Connection refused", "connection closed without
+ *   reply", "not a regular file", "bad address (...)". r->reply may hold any byte but
+ *   NUL: escape it before writing it anywhere.
+ *   Nothing is logged here; the caller logs with the queue ID.
+ *
+ * Signals: SIGPIPE is never raised (MSG_NOSIGNAL); EINTR is retried with the remaining
+ * time. Name resolution (getaddrinfo) for a non-numeric HOST is not bounded by
+ * timeout_ms; numeric addresses never block there.
+ */
+#ifndef SPOOLD_CLAMD_H
+#define SPOOLD_CLAMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "verdict.h"
+
+struct clamd_result {
+	enum verdict verdict;
+	char virus[256]; /* signature name when infected, else "" */
+	char reply[512]; /* clamd's raw reply line (bounded, newline stripped) or our error text */
+	char addr[256];  /* which address answered (the last one tried) */
+};
+
+/*
+ * Scan the file open on fd at addr. stream_max is the most bytes ever streamed over tcp
+ * (set it to clamd's StreamMaxLength; 0 allows only an empty file). timeout_ms (> 0)
+ * bounds the whole exchange: connect, send, reply; past it -> V_ERROR "timeout".
+ * Returns 0 on a verdict (clean or infected), -1 otherwise (see DIAGNOSTICS).
+ */
+int clamd_scan_fd(const char *addr, int fd, uint64_t stream_max, int timeout_ms,
+                  struct clamd_result *r);
+
+/*
+ * Try each address of the NULL-terminated addrs in order until one gives a verdict
+ * (failover); each try gets its own timeout_ms. Returns 0 on a verdict, -1 if all
+ * failed, r then describing the last failure (an empty list: V_ERROR "no clamd address").
+ */
+int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeout_ms,
+                      struct clamd_result *r);
+
+/*
+ * zVERSION: clamd's version line, e.g. "ClamAV 1.4.6/27471/Mon Nov 24 09:40:12 2026"
+ * (just "ClamAV 1.4.6" when clamd has no official database). 0 on success; -1 if clamd
+ * did not answer with a "ClamAV " line or the line did not fit in out; on -1 out holds
+ * the reason (or the truncated line), when len > 0.
+ */
+int clamd_version(const char *addr, int timeout_ms, char *out, size_t len);
+
+/* zPING: 0 if clamd answered PONG within timeout_ms, else -1. */
+int clamd_ping(const char *addr, int timeout_ms);
+
+/*
+ * Map one reply line (without its NUL) to r->verdict, r->virus and r->reply per the
+ * table above. Returns 0 for V_CLEAN or V_INFECTED, -1 otherwise. Exposed for tests.
+ */
+int clamd_reply_parse(const char *line, struct clamd_result *r);
+
+#endif
