@@ -165,6 +165,22 @@ static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, int
 	o->keep_fd = slot;
 }
 
+/* Run one scanner process while holding one of its slots; the slot descriptor goes to
+ * the child too, so the slot stays taken for as long as the child lives. */
+static void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
+                                const char *dir, const char *qid, struct exec_result *res)
+{
+	struct exec_opts o;
+	int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
+	if (slot < 0)
+		die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
+		         st->spool.root, strerror(errno));
+	runner_exec_opts(sc, dir, slot, &o);
+	if (exec_run(argv, &o, res) < 0)
+		die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
+	slot_release(slot);
+}
+
 /* Map an exec result for one part: clean and infected only when the exit code says so. */
 static enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res)
 {
@@ -196,20 +212,12 @@ static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *
 	const struct conf_scanner *sc = rs->conf;
 	for (size_t i = 0; i < m->n_parts; i++) {
 		char name[16], exits[64], virus[256], excerpt[OUTPUT_EXCERPT];
-		struct exec_opts o;
 		struct exec_result res;
 		struct buf av;
 		manifest_part_name(m->parts[i].index, name);
 		char *file = xasprintf("%s/%s", dir, name);
 		char **argv = runner_argv(sc, dir, file, NULL);
-		int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-		if (slot < 0)
-			die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
-			         st->spool.root, strerror(errno));
-		runner_exec_opts(sc, dir, slot, &o);
-		if (exec_run(argv, &o, &res) < 0)
-			die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
-		slot_release(slot);
+		runner_exec_slotted(st, sc, argv, dir, qid, &res);
 		enum verdict v = runner_map(rs, &res);
 		exec_result_describe(&res, exits, sizeof exits);
 		virus[0] = '\0';
@@ -241,20 +249,12 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 {
 	const struct conf_scanner *sc = rs->conf;
 	char exits[64], excerpt[OUTPUT_EXCERPT];
-	struct exec_opts o;
 	struct exec_result res;
 	struct buf av;
 	if (m->n_parts == 0)
 		return;
 	char **argv = runner_argv(sc, dir, NULL, m);
-	int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-	if (slot < 0)
-		die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
-		         st->spool.root, strerror(errno));
-	runner_exec_opts(sc, dir, slot, &o);
-	if (exec_run(argv, &o, &res) < 0)
-		die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
-	slot_release(slot);
+	runner_exec_slotted(st, sc, argv, dir, qid, &res);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
 	runner_excerpt(&res, excerpt, sizeof excerpt);
