@@ -2,6 +2,7 @@
 #
 #   make            build bin/ (production) and the test signature database
 #   make asan       build build/asan/bin/ (ASan + UBSan + crash points) for the tests
+#   make O=DIR ...  put build outputs under DIR instead of build/ (parallel work trees)
 #   make test       make deps, both builds, then every test against both builds
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
@@ -22,6 +23,7 @@ BASEFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -Ilib $(PKG_CFLAGS) -DLIBEXECDIR='"$(
 CFLAGS   ?= -O2 -g
 ASANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DSPOOLD_CRASH_POINTS
 
+O       ?= build
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
@@ -37,46 +39,47 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all asan test run deps fuzz install clean bench chaos check-format format
+.PHONY: all prod asan test run deps fuzz install clean bench chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
+prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
 # ---- production build: bin/ -------------------------------------------------
 define prog_rule
-build/prod/bin/$(1): $$(patsubst %.c,build/prod/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
+$(O)/prod/bin/$(1): $$(patsubst %.c,$(O)/prod/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(PKG_LIBS)
-bin/$(1): build/prod/bin/$(1) | bin
+bin/$(1): $(O)/prod/bin/$(1) | bin
 	cp -f $$< $$@
-build/asan/bin/$(1): $$(patsubst %.c,build/asan/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
+$(O)/asan/bin/$(1): $$(patsubst %.c,$(O)/asan/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(ASANFLAGS) -o $$@ $$^ $$(PKG_LIBS)
 endef
 $(foreach p,$(PROGS),$(eval $(call prog_rule,$(p))))
 
 bin-all: $(addprefix bin/,$(PROGS)) unit-prod
-asan: $(addprefix build/asan/bin/,$(PROGS)) unit-asan $(SIGDIR)/spoold-test.hdb
+asan: $(addprefix $(O)/asan/bin/,$(PROGS)) unit-asan $(SIGDIR)/spoold-test.hdb
 
 bin:
 	mkdir -p bin
 
-build/prod/%.o: %.c $(HDRS)
+$(O)/prod/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -c -o $@ $<
-build/asan/%.o: %.c $(HDRS)
+$(O)/asan/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(ASANFLAGS) -c -o $@ $<
 
 # Unit tests: each tests/unit/test_X.c links with lib/ and the module under test, named in
 # a "// links: a.c b.c" comment on its first line.
 unit_links = $(shell sed -n '1s|^// links: ||p' $(1))
-build/prod/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,build/prod/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+$(O)/prod/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(CFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,build/prod/%.o,$(LIB_SRC)) $(PKG_LIBS)
-build/asan/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,build/asan/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(CFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(PKG_LIBS)
+$(O)/asan/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(ASANFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,build/asan/%.o,$(LIB_SRC)) $(PKG_LIBS)
-unit-prod: $(patsubst tests/unit/test_%.c,build/prod/tests/unit_%,$(UNIT_SRC))
-unit-asan: $(patsubst tests/unit/test_%.c,build/asan/tests/unit_%,$(UNIT_SRC))
+	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(ASANFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(PKG_LIBS)
+unit-prod: $(patsubst tests/unit/test_%.c,$(O)/prod/tests/unit_%,$(UNIT_SRC))
+unit-asan: $(patsubst tests/unit/test_%.c,$(O)/asan/tests/unit_%,$(UNIT_SRC))
 
 # ---- test signature database (sigtool) -------------------------------------
 $(SIGDIR)/spoold-test.hdb: conf/mksigs.sh
@@ -88,15 +91,15 @@ deps:
 
 # ---- tests -------------------------------------------------------------------
 test: deps
-	$(MAKE) all asan
-	python3 tests/run.py --bin build/prod/bin --bin build/asan/bin
+	$(MAKE) all prod asan
+	python3 tests/run.py --bin $(O)/prod/bin --bin $(O)/asan/bin
 
 run: deps all
 	@mkdir -p spool
 	exec bin/spoold -c conf/spoold.conf
 
 fuzz: deps
-	$(MAKE) -f tests/fuzz/fuzz.mk FUZZ_SECONDS=$${FUZZ_SECONDS:-60}
+	$(MAKE) -f tests/fuzz/fuzz.mk O=$(O) run
 
 bench: deps all
 	python3 bench/run.py
@@ -119,4 +122,4 @@ format:
 	clang-format -i $(wildcard lib/*.[ch] */*.[ch])
 
 clean:
-	rm -rf bin build
+	rm -rf bin build $(O)

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""A short, bounded libFuzzer run of the MIME extractor (the long run is `make fuzz`),
+seeded from generated test messages and, where present, ../shared/corpus."""
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib as harness  # noqa: E402
+from lib import test  # noqa: E402
+from lib import msgs  # noqa: E402
+
+
+@test(timeout=600)
+def fuzz_mime_short_run():
+    if "asan" not in (harness.BIN or ""):
+        harness.skip("runs once, with the ASan build")
+    if not shutil.which("clang"):
+        harness.skip("clang not installed")
+    out = harness.tmpdir("fuzz")
+    r = harness.run(["make", "-s", "-f", "tests/fuzz/fuzz.mk", "O=" + out, "build"],
+                    timeout=300, cwd=harness.ROOT)
+    assert r.returncode == 0, r.out[-3000:]
+    seeds = os.path.join(out, "seeds")
+    os.mkdir(seeds)
+    samples = [msgs.clean(), msgs.eicar_attachment(), msgs.multipart(5), msgs.nested_rfc822(),
+               msgs.uuencoded(b"\x00\x01binary" * 50), msgs.eicar_inline_text()]
+    for i, m in enumerate(samples):
+        with open(os.path.join(seeds, "seed%d" % i), "wb") as f:
+            f.write(m)
+    dirs = [seeds]
+    shared = os.path.join(harness.ROOT, "..", "shared", "corpus", "msgs")
+    if os.path.isdir(shared):
+        dirs.append(shared)
+    secs = os.environ.get("FUZZ_SECONDS_CI", "30")
+    os.makedirs(os.path.join(out, "work"))
+    r = harness.run([os.path.join(out, "fuzz", "fuzz_mime"), os.path.join(out, "work")] + dirs +
+                    ["-max_total_time=" + secs, "-timeout=10", "-rss_limit_mb=2048",
+                     "-max_len=131072", "-artifact_prefix=" + out + "/"],
+                    timeout=int(secs) + 300, cwd=out)
+    crashes = [f for f in os.listdir(out) if f.startswith(("crash-", "leak-", "timeout-", "oom-"))]
+    assert r.returncode == 0 and not crashes, "fuzzer found %s: %s" % (crashes, r.out[-3000:])
+    assert "Done" in r.out, r.out[-2000:]
+
+
+if __name__ == "__main__":
+    harness.main()
