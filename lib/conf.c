@@ -78,11 +78,47 @@ static void conf_check_keys(struct conf_ctx *cx, const config_setting_t *s, cons
 	}
 }
 
+/* Lexically clean an absolute path ("/a/b/../c/./d" -> "/a/c/d"), so that paths in logs
+ * and status read as the administrator expects. Symlinks are not resolved. */
+static char *conf_path_clean(const char *in)
+{
+	char *out = xmalloc(strlen(in) + 2);
+	size_t n = 0;
+	const char *p = in;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		const char *seg = p;
+		while (*p && *p != '/')
+			p++;
+		size_t len = (size_t)(p - seg);
+		if (len == 0 || (len == 1 && seg[0] == '.'))
+			continue;
+		if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+			while (n > 0 && out[n - 1] != '/')
+				n--;
+			if (n > 0)
+				n--;
+			continue;
+		}
+		out[n++] = '/';
+		memcpy(out + n, seg, len);
+		n += len;
+	}
+	if (n == 0)
+		out[n++] = '/';
+	out[n] = '\0';
+	return out;
+}
+
 static char *conf_path_resolve(struct conf_ctx *cx, const char *p)
 {
 	if (p[0] == '/')
-		return xstrdup(p);
-	return xasprintf("%s/%s", cx->confdir, p);
+		return conf_path_clean(p);
+	char *joined = xasprintf("%s/%s", cx->confdir, p);
+	char *clean = conf_path_clean(joined);
+	free(joined);
+	return clean;
 }
 
 static const config_setting_t *conf_get(const config_setting_t *g, const char *key)
@@ -563,6 +599,12 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen)
 	struct conf_ctx cx = {.file = path, .err = err, .errlen = errlen};
 	struct conf *c = xcalloc(1, sizeof *c);
 	c->path = xstrdup(path);
+	if (access(path, R_OK) < 0) {
+		snprintf(err, errlen, "%s:0: cannot read the config file: %s (give one with -c FILE; "
+		         "conf/spoold.conf is a documented example)", path, strerror(errno));
+		conf_free(c);
+		return NULL;
+	}
 	char *copy = xstrdup(path);
 	char *slash = strrchr(copy, '/');
 	char real[PATH_MAX];

@@ -67,11 +67,19 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 		const struct verdict_line *l = &vs->lines[i];
 		if (l->verdict == V_INFECTED) {
 			infected = 1;
-			buf_printf(why, "part %d (%s): %s found by %s\n", l->part,
-			           l->part > 0 && (size_t)l->part <= m->n_parts
-			               ? m->parts[l->part - 1].filename
-			               : "-",
+			const struct manifest_part *p =
+			    l->part > 0 && (size_t)l->part <= m->n_parts ? &m->parts[l->part - 1] : NULL;
+			struct buf fn;
+			buf_init(&fn);
+			if (p && p->filename[0])
+				escape_bytes(&fn, p->filename, strlen(p->filename), 256);
+			else if (p)
+				buf_printf(&fn, "%s, no filename", manifest_found_name(p->found));
+			else
+				buf_addstr(&fn, "-");
+			buf_printf(why, "part %d (%s): %s found by %s\n", l->part, buf_cstr(&fn),
 			           l->virus, l->scanner);
+			buf_free(&fn);
 		}
 		if (l->part < 0 && l->verdict != V_CLEAN) {
 			failed = 1;
