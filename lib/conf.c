@@ -428,9 +428,11 @@ static void conf_scanner_free(struct conf_scanner *sc)
 
 static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 {
-	static const char *const top_keys[] = {"spool_dir", "log",        "rescan_interval",
-	                                       "splitter",  "scanner_runner", "router",
-	                                       "scanners",  "connectors", NULL};
+	static const char *const top_keys[] = {
+	    "spool_dir", "log",     "rescan_interval", "splitter",      "scanner_runner", "router",
+	    "scanners",  "connectors", "user",          "control_group", "canary_interval",
+	    "metrics",   NULL};
+	static const char *const metrics_keys[] = {"file", "interval", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
 	static const char *const split_keys[] = {
 	    "instances",      "max_message_size", "max_parts",        "max_depth",
@@ -447,6 +449,24 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	c->spool_dir = sd ? conf_path_resolve(cx, sd) : xstrdup("");
 	c->rescan_interval = 30;
 	conf_int(cx, root, "rescan_interval", &c->rescan_interval, 1, 3600);
+	const char *u = conf_str(cx, root, "user", 0);
+	c->user = xstrdup(u ? u : "");
+	const char *cg = conf_str(cx, root, "control_group", 0);
+	c->control_group = xstrdup(cg ? cg : "");
+	c->canary_interval = 300;
+	conf_int(cx, root, "canary_interval", &c->canary_interval, 0, 86400);
+	c->metrics.interval = 15;
+	c->metrics.file = xasprintf("%s/run/metrics.prom", c->spool_dir);
+	const config_setting_t *mg = conf_get(root, "metrics");
+	if (mg) {
+		conf_check_keys(cx, mg, "metrics", metrics_keys);
+		conf_int(cx, mg, "interval", &c->metrics.interval, 1, 3600);
+		const char *mf = conf_str(cx, mg, "file", 0);
+		if (mf) {
+			free(c->metrics.file);
+			c->metrics.file = mf[0] ? conf_path_resolve(cx, mf) : xstrdup("");
+		}
+	}
 
 	c->log_target = LOG_TO_STDERR;
 	c->log_level = LOG_LVL_INFO;
@@ -659,6 +679,9 @@ void conf_free(struct conf *c)
 		return;
 	free(c->path);
 	free(c->spool_dir);
+	free(c->user);
+	free(c->control_group);
+	free(c->metrics.file);
 	for (size_t i = 0; i < c->n_scanners; i++)
 		conf_scanner_free(&c->scanners[i]);
 	free(c->scanners);

@@ -71,9 +71,18 @@ struct conf_router {
 	int max_hold_time;
 };
 
+struct conf_metrics {
+	char *file;   /* absolute; "" disables */
+	int interval; /* seconds between rewrites */
+};
+
 struct conf {
 	char *path;      /* the config file as given */
 	char *spool_dir; /* absolute */
+	char *user;          /* run as this user when started as root; "" keeps root */
+	char *control_group; /* group allowed on the control socket; "" means 0600 */
+	int canary_interval; /* seconds between scanner canary checks; 0 disables */
+	struct conf_metrics metrics;
 	enum log_target log_target;
 	enum log_level log_level;
 	int rescan_interval; /* seconds between full directory scans */

@@ -1,308 +1,38 @@
 /*
- * spoolctl - inspect and operate the spool.
- *
- *   spoolctl [-c CONFIG] status [--json]
- *   spoolctl [-c CONFIG] inject -f SENDER RCPT... < message
- *
- * inject writes a queue file (docs/INTERNALS.md) into tmp/, fsyncs it and renames it
- * into inbound/ under a fresh queue ID, which it prints. It works as a Postfix pipe(8)
- * transport: exit 0 accepted; 75 try again (spool missing, disk full); 64 usage;
- * 65 bad address; 78 config.
- *
- * The config file is -c, else $SPOOLD_CONF, else /etc/spoold/spoold.conf.
+ * spoolctl - inspect and operate the spool. Each subcommand is in its own file; see
+ * ctl.h. The config file is -c, else $SPOOLD_CONF, else /etc/spoold/spoold.conf.
  */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "conf.h"
-#include "envelope.h"
+#include "ctl.h"
 #include "log.h"
 #include "spool.h"
 #include "util.h"
 
-static void ctl_usage(void)
+void ctl_usage(void)
 {
-	die_perm(EXIT_USAGE, "usage: spoolctl [-c CONFIG] status [--json]\n"
-	                     "       spoolctl [-c CONFIG] inject -f SENDER RCPT... < message");
+	die_perm(EXIT_USAGE,
+	         "usage: spoolctl [-c CONFIG] COMMAND ...\n"
+	         "  status [--json]                   queues and stages\n"
+	         "  inject -f SENDER RCPT... < msg    queue a message with an envelope\n"
+	         "  ls QUEUE [--json]                 messages in a queue\n"
+	         "  show ID                           where a message is, and its trace\n"
+	         "  requeue ID | delete ID | hold ID\n"
+	         "  start|stop|restart|pause|resume STAGE\n"
+	         "  quarantine list [--json] | show ID | release ID | delete ID | expire");
 }
 
-/* Open the spool without creating it: a missing spool is the admin's to fix, and for
- * inject a temporary failure (Postfix retries). */
-static void ctl_spool_open(const struct conf *c, struct spool *sp)
+void ctl_spool_open(const struct conf *c, struct spool *sp)
 {
 	struct stat st;
 	if (stat(c->spool_dir, &st) < 0)
 		die_temp(NULL, "spool %s: %s", c->spool_dir, strerror(errno));
 	spool_open(sp, c->spool_dir, 0);
-}
-
-static int ctl_inject(struct conf *c, int argc, char **argv)
-{
-	struct envelope env;
-	const char *sender = NULL;
-	envelope_init(&env);
-	int i = 0;
-	for (; i < argc; i++) {
-		if (strcmp(argv[i], "-f") == 0 && i + 1 < argc)
-			sender = argv[++i];
-		else if (strcmp(argv[i], "--") == 0) {
-			i++;
-			break;
-		} else if (argv[i][0] == '-')
-			ctl_usage();
-		else
-			break;
-	}
-	if (sender == NULL || i >= argc)
-		ctl_usage();
-	/* Postfix passes "<>" or "" for the null sender. */
-	if (strcmp(sender, "<>") == 0)
-		sender = "";
-	if (envelope_addr_valid(sender) < 0)
-		die_perm(EXIT_DATAERR, "invalid sender address");
-	env.sender = xstrdup(sender);
-	for (; i < argc; i++)
-		if (envelope_add_rcpt(&env, argv[i]) < 0)
-			die_perm(EXIT_DATAERR, "invalid recipient address (or more than %d)",
-			         ENV_RCPT_MAX);
-
-	struct spool sp;
-	ctl_spool_open(c, &sp);
-	char qid[SPOOL_QID_LEN + 1], tmpname[SPOOL_QID_LEN + 16];
-	spool_qid_new(qid);
-	snprintf(tmpname, sizeof tmpname, "%s.inject", qid);
-	int fd = openat(sp.fd[SD_TMP], tmpname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0)
-		die_temp(NULL, "cannot create %s/tmp/%s: %s", sp.root, tmpname, strerror(errno));
-	struct buf b;
-	buf_init(&b);
-	buf_addstr(&b, QUEUE_FILE_MAGIC);
-	envelope_format(&env, &b);
-	if (write_all(fd, b.data, b.len) < 0)
-		goto ioerr;
-	uint64_t total = 0;
-	char tmp[65536];
-	for (;;) {
-		ssize_t r = read(0, tmp, sizeof tmp);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			goto ioerr;
-		}
-		if (r == 0)
-			break;
-		total += (uint64_t)r;
-		/* Bounded: a runaway writer must not fill the spool's disk. */
-		if (total > c->splitter.max_message_size * 2 + (1u << 20)) {
-			errno = EFBIG;
-			goto ioerr;
-		}
-		if (write_all(fd, tmp, (size_t)r) < 0)
-			goto ioerr;
-	}
-	/* The data must be durable before the name appears in inbound/: once it is there,
-	 * we have accepted the message and the caller may delete its copy. */
-	if (fsync(fd) < 0 || close(fd) < 0) {
-		fd = -1;
-		goto ioerr;
-	}
-	fd = -1;
-	if (renameat(sp.fd[SD_TMP], tmpname, sp.fd[SD_INBOUND], qid) < 0)
-		goto ioerr;
-	/* And the name itself must be durable before we say "accepted". */
-	if (fsync_dir(sp.fd[SD_INBOUND]) < 0)
-		goto ioerr;
-	printf("%s\n", qid);
-	buf_free(&b);
-	envelope_free(&env);
-	spool_close(&sp);
-	return 0;
-ioerr:;
-	int err = errno;
-	if (fd >= 0)
-		close(fd);
-	unlinkat(sp.fd[SD_TMP], tmpname, 0);
-	die_temp(NULL, "cannot queue the message in %s: %s", sp.root, strerror(err));
-}
-
-struct dirstat {
-	const char *label;
-	size_t count;
-	unsigned long long bytes;
-	long long oldest; /* age in seconds, -1 if empty */
-};
-
-static unsigned long long ctl_tree_bytes(int parent, const char *name)
-{
-	struct stat st;
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return 0;
-	if (!S_ISDIR(st.st_mode))
-		return (unsigned long long)st.st_size;
-	unsigned long long sum = 0;
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	DIR *d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return 0;
-	}
-	struct dirent *de;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			sum += ctl_tree_bytes(dirfd(d), de->d_name);
-	}
-	closedir(d);
-	return sum;
-}
-
-static void ctl_dirstat(int dirfd, int qids, struct dirstat *ds)
-{
-	char **names;
-	size_t n;
-	time_t now = time(NULL);
-	ds->count = 0;
-	ds->bytes = 0;
-	ds->oldest = -1;
-	if (spool_list(dirfd, qids, &names, &n) < 0)
-		return;
-	for (size_t i = 0; i < n; i++) {
-		struct stat st;
-		if (fstatat(dirfd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue;
-		ds->count++;
-		ds->bytes += ctl_tree_bytes(dirfd, names[i]);
-		long long age = (long long)(now - st.st_mtime);
-		if (qids) {
-			/* The queue ID holds the intake time: the age of the message, not of the
-			 * last move. */
-			unsigned long long us = strtoull(names[i], NULL, 16);
-			age = (long long)now - (long long)(us / 1000000);
-		}
-		if (age < 0)
-			age = 0;
-		if (age > ds->oldest)
-			ds->oldest = age;
-	}
-	spool_names_free(names, n);
-}
-
-static int ctl_status(struct conf *c, int argc, char **argv)
-{
-	int json = argc > 0 && strcmp(argv[0], "--json") == 0;
-	struct spool sp;
-	ctl_spool_open(c, &sp);
-	struct dirstat ds[64];
-	size_t nd = 0;
-	static const enum spool_dir dirs[] = {SD_INBOUND, SD_INCOMING, SD_SCAN, SD_ROUTE,
-	                                      SD_QUARANTINE, SD_HOLD, SD_BADMAIL};
-	char labels[64][80];
-	for (size_t i = 0; i < ARRAY_LEN(dirs); i++) {
-		ds[nd].label = spool_dir_name(dirs[i]);
-		ctl_dirstat(sp.fd[dirs[i]], dirs[i] != SD_INBOUND, &ds[nd]);
-		nd++;
-	}
-	for (size_t i = 0; i < c->n_connectors && nd < ARRAY_LEN(ds); i++) {
-		int ofd = spool_outbox_open(&sp, c->connectors[i].name);
-		snprintf(labels[nd], sizeof labels[nd], "outbox/%s", c->connectors[i].name);
-		ds[nd].label = labels[nd];
-		if (ofd >= 0) {
-			ctl_dirstat(ofd, 1, &ds[nd]);
-			close(ofd);
-		} else {
-			ds[nd].count = 0;
-			ds[nd].bytes = 0;
-			ds[nd].oldest = -1;
-		}
-		nd++;
-	}
-	/* Stages, from the supervisor's status file; a pid is shown running only if alive. */
-	struct buf st, v;
-	buf_init(&st);
-	buf_init(&v);
-	int have = read_file_at(sp.fd[SD_RUN], "status", &st, 1 << 20) == 0;
-	long spid = 0;
-	if (have && kv_find(buf_cstr(&st), "pid", &v) == 0)
-		spid = strtol(buf_cstr(&v), NULL, 10);
-	int sup_alive = have && spid > 0 && kill((pid_t)spid, 0) == 0;
-
-	if (json) {
-		printf("{\"spool\":\"");
-		struct buf e;
-		buf_init(&e);
-		json_escape(&e, sp.root, strlen(sp.root));
-		printf("%s\",\"queues\":{", buf_cstr(&e));
-		buf_free(&e);
-		for (size_t i = 0; i < nd; i++)
-			printf("%s\"%s\":{\"count\":%zu,\"bytes\":%llu,\"oldest_age\":%lld}",
-			       i ? "," : "", ds[i].label, ds[i].count, ds[i].bytes, ds[i].oldest);
-		printf("},\"spoold\":{\"running\":%s,\"pid\":%ld},\"stages\":[",
-		       sup_alive ? "true" : "false", sup_alive ? spid : 0L);
-	} else {
-		printf("spool %s\n\n%-22s %8s %12s %10s\n", sp.root, "queue", "count", "bytes",
-		       "oldest");
-		for (size_t i = 0; i < nd; i++) {
-			char age[32] = "-";
-			if (ds[i].oldest >= 0)
-				snprintf(age, sizeof age, "%llds", ds[i].oldest);
-			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].count, ds[i].bytes, age);
-		}
-		printf("\nspoold: %s", sup_alive ? "running" : "not running");
-		if (sup_alive)
-			printf(" (pid %ld)", spid);
-		printf("\n");
-	}
-	int first = 1;
-	if (sup_alive) {
-		char *line = st.data;
-		while (line && *line) {
-			char *nl = strchr(line, '\n');
-			if (!nl)
-				break;
-			*nl = '\0';
-			if (strncmp(line, "stage ", 6) == 0) {
-				char name[64] = "?", state[32] = "?";
-				long pid = 0, restarts = 0, started = 0, idx = 0;
-				if (kv_find(line, "name", &v) == 0)
-					snprintf(name, sizeof name, "%s", buf_cstr(&v));
-				if (kv_find(line, "state", &v) == 0)
-					snprintf(state, sizeof state, "%s", buf_cstr(&v));
-				if (kv_find(line, "pid", &v) == 0)
-					pid = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "idx", &v) == 0)
-					idx = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "restarts", &v) == 0)
-					restarts = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "started", &v) == 0)
-					started = strtol(buf_cstr(&v), NULL, 10);
-				long up = started ? (long)(time(NULL) - started) : 0;
-				if (json)
-					printf("%s{\"name\":\"%s\",\"instance\":%ld,\"pid\":%ld,"
-					       "\"state\":\"%s\",\"uptime\":%ld,\"restarts\":%ld}",
-					       first ? "" : ",", name, idx, pid, state, up, restarts);
-				else
-					printf("  %-16s #%ld %-8s pid %-8ld up %lds restarts %ld\n", name,
-					       idx, state, pid, up, restarts);
-				first = 0;
-			}
-			line = nl + 1;
-		}
-	}
-	if (json)
-		printf("]}\n");
-	buf_free(&st);
-	buf_free(&v);
-	spool_close(&sp);
-	return 0;
 }
 
 int main(int argc, char **argv)
@@ -324,13 +54,22 @@ int main(int argc, char **argv)
 		ctl_usage();
 	struct conf *c = conf_load(conf_path);
 	const char *cmd = argv[i++];
-	int rc;
-	if (strcmp(cmd, "inject") == 0)
-		rc = ctl_inject(c, argc - i, argv + i);
-	else if (strcmp(cmd, "status") == 0)
-		rc = ctl_status(c, argc - i, argv + i);
-	else
-		ctl_usage();
-	conf_free(c);
-	return rc;
+	static const struct {
+		const char *name;
+		ctl_cmd_fn *fn;
+	} cmds[] = {
+	    {"inject", ctl_cmd_inject},   {"status", ctl_cmd_status}, {"ls", ctl_cmd_ls},
+	    {"show", ctl_cmd_show},       {"requeue", ctl_cmd_requeue}, {"delete", ctl_cmd_delete},
+	    {"hold", ctl_cmd_hold},       {"start", ctl_cmd_start},   {"stop", ctl_cmd_stop},
+	    {"restart", ctl_cmd_restart}, {"pause", ctl_cmd_pause},   {"resume", ctl_cmd_resume},
+	    {"quarantine", ctl_cmd_quarantine},
+	};
+	for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {
+		if (strcmp(cmd, cmds[k].name) == 0 && cmds[k].fn != NULL) {
+			int rc = cmds[k].fn(c, argc - i, argv + i);
+			conf_free(c);
+			return rc;
+		}
+	}
+	ctl_usage();
 }

@@ -1,0 +1,37 @@
+/*
+ * spoolctl - shared declarations of the subcommands.
+ *
+ * Each subcommand lives in its own file as ctl_cmd_<name>(conf, argc, argv), where argv
+ * holds the words after the subcommand, and returns the exit code. spoolctl.c dispatches
+ * by name; a subcommand whose file is not linked in is reported as unknown.
+ */
+#ifndef SPOOLCTL_CTL_H
+#define SPOOLCTL_CTL_H
+
+#include "conf.h"
+#include "spool.h"
+
+typedef int ctl_cmd_fn(struct conf *c, int argc, char **argv);
+
+/* Open the spool without creating it: a missing spool is the administrator's to fix, and
+ * for inject a temporary failure (Postfix retries). Dies 75 when it is missing. */
+void ctl_spool_open(const struct conf *c, struct spool *sp);
+/* Print the usage text and exit 64. */
+_Noreturn void ctl_usage(void);
+
+ctl_cmd_fn ctl_cmd_inject;
+ctl_cmd_fn ctl_cmd_status;
+/* Optional subcommands (weak: absent until their file is linked). */
+ctl_cmd_fn ctl_cmd_ls __attribute__((weak));
+ctl_cmd_fn ctl_cmd_show __attribute__((weak));
+ctl_cmd_fn ctl_cmd_requeue __attribute__((weak));
+ctl_cmd_fn ctl_cmd_delete __attribute__((weak));
+ctl_cmd_fn ctl_cmd_hold __attribute__((weak));
+ctl_cmd_fn ctl_cmd_start __attribute__((weak));
+ctl_cmd_fn ctl_cmd_stop __attribute__((weak));
+ctl_cmd_fn ctl_cmd_restart __attribute__((weak));
+ctl_cmd_fn ctl_cmd_pause __attribute__((weak));
+ctl_cmd_fn ctl_cmd_resume __attribute__((weak));
+ctl_cmd_fn ctl_cmd_quarantine __attribute__((weak));
+
+#endif
