@@ -438,9 +438,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	    "instances",      "max_message_size", "max_parts",        "max_depth",
 	    "max_part_size",  "max_total_size",   "scan_raw_message", "poison_attempts", NULL};
 	static const char *const runner_keys[] = {"instances", NULL};
-	static const char *const router_keys[] = {"instances",      "default_connector",
-	                                          "hold_retry_min", "hold_retry_max",
-	                                          "max_hold_time",  NULL};
+	static const char *const router_keys[] = {
+	    "instances",     "default_connector",  "hold_retry_min", "hold_retry_max",
+	    "max_hold_time", "hold_expiry_action", "quarantine_days", NULL};
 	static const char *const conn_keys[] = {"name", "domains", NULL};
 	config_setting_t *root = config_root_setting(cfg);
 
@@ -527,6 +527,8 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	rt->hold_retry_min = 60;
 	rt->hold_retry_max = 3600;
 	rt->max_hold_time = 5 * 86400;
+	rt->quarantine_days = 30;
+	const char *hea = NULL;
 	const char *dc = NULL;
 	g = conf_get(root, "router");
 	if (g) {
@@ -536,10 +538,18 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		conf_int(cx, g, "hold_retry_max", &rt->hold_retry_max, 1, 30 * 86400);
 		conf_int(cx, g, "max_hold_time", &rt->max_hold_time, 1, 365 * 86400);
 		dc = conf_str(cx, g, "default_connector", 0);
+		conf_int(cx, g, "quarantine_days", &rt->quarantine_days, 0, 3650);
+		hea = conf_str(cx, g, "hold_expiry_action", 0);
+		if (hea && strcmp(hea, "quarantine") != 0 && strcmp(hea, "deliver") != 0)
+			conf_fail(cx, conf_get(g, "hold_expiry_action"),
+			          "hold_expiry_action '%s' is unknown (use \"quarantine\", or "
+			          "\"deliver\" to pass mail that could never be scanned)", hea);
 		if (rt->hold_retry_max < rt->hold_retry_min)
 			conf_fail(cx, conf_get(g, "hold_retry_max"),
 			          "hold_retry_max must not be less than hold_retry_min");
 	}
+
+	rt->hold_expiry_action = xstrdup(hea ? hea : "quarantine");
 
 	g = conf_get(root, "scanners");
 	if (g == NULL) {
@@ -691,6 +701,7 @@ void conf_free(struct conf *c)
 	}
 	free(c->connectors);
 	free(c->router.default_connector);
+	free(c->router.hold_expiry_action);
 	free(c);
 }
 

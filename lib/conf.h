@@ -69,6 +69,8 @@ struct conf_router {
 	int hold_retry_min; /* seconds */
 	int hold_retry_max;
 	int max_hold_time;
+	char *hold_expiry_action; /* "quarantine" (default) or "deliver" (with a warning header) */
+	int quarantine_days;      /* quarantine entries older than this are expired; 0 keeps */
 };
 
 struct conf_metrics {

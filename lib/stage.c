@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "trace.h"
 #include "util.h"
 #include "watch.h"
@@ -151,6 +152,9 @@ int stage_main(struct stage *st, int argc, char **argv)
 			if (until_tick < wait)
 				wait = until_tick < 0 ? 0 : (int)until_tick;
 		}
+		metrics_flush(&st->spool, st->name);
+		if (wait > 1000)
+			wait = 1000; /* counters reach run/stats/ within a second */
 		char name[1024];
 		switch (watch_next(wait, name, sizeof name)) {
 		case WATCH_NAME:
