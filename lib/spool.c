@@ -301,6 +301,17 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	 * the new work directory for crash debris. */
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		goto fail;
+	/* Record the dropped name before the claim, so that every claimed message knows
+	 * where it came from even if we die right after the rename. Not fsync'd on its own:
+	 * the splitter's commit makes the whole directory durable. */
+	struct buf ob;
+	buf_init(&ob);
+	escape_bytes(&ob, name, strlen(name), 1024);
+	buf_addstr(&ob, "\n");
+	int wr = write_file_atomic(fd, "origin", ob.data, ob.len, 0640);
+	buf_free(&ob);
+	if (wr < 0)
+		goto fail;
 	/* The claim: one rename moves the dropped name into our private work directory.
 	 * rename(2) neither follows a symlink nor opens a FIFO, so whatever was dropped is
 	 * claimed without touching it; it is checked afterwards where no one can swap it. */

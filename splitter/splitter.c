@@ -393,10 +393,6 @@ static int splitter_handle(struct stage *st, const char *name)
 	escape_bytes(&b, name, strlen(name), 1024);
 	trace_add(e.fd, e.qid, "intake name=%s", buf_cstr(&b));
 	log_info(e.qid, "claimed inbound/%s", buf_cstr(&b));
-	buf_addstr(&b, "\n");
-	/* "origin" records the dropped name; best effort, it only serves humans. */
-	if (spool_entry_write(&e, "origin", b.data, b.len) < 0)
-		log_warn(e.qid, "cannot write origin: %s", strerror(errno));
 	buf_free(&b);
 	int did = splitter_work(st, &e);
 	spool_entry_release(&e);

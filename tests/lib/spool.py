@@ -100,6 +100,36 @@ class Pipeline:
                          timeout=20, what="spoold to write run/status")
         return self
 
+    def start_again(self):
+        """Start a new spoold after the last one died (its lock is free again)."""
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([harness.bin_path("spoold"), "-c", self.conf],
+                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        logf.close()
+        return self
+
+    def pids_using_conf(self):
+        """Every process started with -c <this config> (stages orphaned by a killed spoold)."""
+        res = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if self.conf.encode() in argv and int(d) != os.getpid():
+                res.append(int(d))
+        return res
+
+    def stop_orphans(self):
+        for pid in self.pids_using_conf():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -113,6 +143,7 @@ class Pipeline:
                 p.kill()
                 p.wait()
         self.procs = []
+        self.stop_orphans()
 
     def stage(self, name, once=True, env=None, timeout=120):
         """Run one stage; with once=True one recovery + scan pass, returning the result."""
