@@ -104,7 +104,7 @@ fuzz: deps
 bench: deps all
 	python3 bench/run.py
 
-chaos: deps asan
+chaos: deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long
 
 install: all

@@ -5,6 +5,7 @@
  */
 #include "conf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <libconfig.h>
 #include <limits.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "envelope.h"
 #include "util.h"
 
 struct conf_ctx {
@@ -440,7 +442,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	static const char *const runner_keys[] = {"instances", NULL};
 	static const char *const router_keys[] = {
 	    "instances",     "default_connector",  "hold_retry_min", "hold_retry_max",
-	    "max_hold_time", "hold_expiry_action", "quarantine_days", NULL};
+	    "max_hold_time", "hold_expiry_action", "quarantine_days", "add_scanned_header",
+	    "infected_action", "banned_extensions", "banned_types", "notify_admin",
+	    "notify_recipients", "notify_from", "expire_interval", NULL};
 	static const char *const conn_keys[] = {"name", "domains", NULL};
 	config_setting_t *root = config_root_setting(cfg);
 
@@ -528,7 +532,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	rt->hold_retry_max = 3600;
 	rt->max_hold_time = 5 * 86400;
 	rt->quarantine_days = 30;
-	const char *hea = NULL;
+	rt->add_scanned_header = 1;
+	rt->expire_interval = 3600;
+	const char *hea = NULL, *ia = NULL, *na = NULL, *nf = NULL;
 	const char *dc = NULL;
 	g = conf_get(root, "router");
 	if (g) {
@@ -544,12 +550,58 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			conf_fail(cx, conf_get(g, "hold_expiry_action"),
 			          "hold_expiry_action '%s' is unknown (use \"quarantine\", or "
 			          "\"deliver\" to pass mail that could never be scanned)", hea);
+		conf_bool(cx, g, "add_scanned_header", &rt->add_scanned_header);
+		conf_bool(cx, g, "notify_recipients", &rt->notify_recipients);
+		conf_int(cx, g, "expire_interval", &rt->expire_interval, 1, 86400);
+		ia = conf_str(cx, g, "infected_action", 0);
+		if (ia && strcmp(ia, "quarantine") != 0 && strcmp(ia, "discard") != 0 &&
+		    strcmp(ia, "strip") != 0)
+			conf_fail(cx, conf_get(g, "infected_action"),
+			          "infected_action '%s' is unknown (use \"quarantine\", \"discard\" "
+			          "or \"strip\")", ia);
+		rt->banned_extensions = conf_strv(cx, g, "banned_extensions", 0);
+		rt->banned_types = conf_strv(cx, g, "banned_types", 0);
+		na = conf_str(cx, g, "notify_admin", 0);
+		if (na && na[0] && envelope_addr_valid(na) < 0)
+			conf_fail(cx, conf_get(g, "notify_admin"),
+			          "notify_admin '%s' is not a valid address", na);
+		nf = conf_str(cx, g, "notify_from", 0);
+		if (nf && nf[0] && envelope_addr_valid(nf) < 0)
+			conf_fail(cx, conf_get(g, "notify_from"),
+			          "notify_from '%s' is not a valid address", nf);
 		if (rt->hold_retry_max < rt->hold_retry_min)
 			conf_fail(cx, conf_get(g, "hold_retry_max"),
 			          "hold_retry_max must not be less than hold_retry_min");
 	}
 
 	rt->hold_expiry_action = xstrdup(hea ? hea : "quarantine");
+	rt->infected_action = xstrdup(ia ? ia : "quarantine");
+	rt->notify_admin = xstrdup(na ? na : "");
+	rt->notify_from = xstrdup(nf ? nf : "");
+	/* Safe defaults: executables and scripts Windows runs on a double-click, the set
+	 * amavisd-new's $banned_filename_re and MailScanner's filename.rules agree on. */
+	if (rt->banned_extensions == NULL) {
+		static const char *const def_ext[] = {
+		    "exe", "scr", "pif", "bat", "cmd", "com", "cpl", "js",  "jse", "vbs", "vbe",
+		    "wsf", "wsh", "hta", "msi", "msp", "lnk", "reg", "ps1", "jar", "chm", "inf", NULL};
+		rt->banned_extensions = xcalloc(ARRAY_LEN(def_ext), sizeof(char *));
+		for (size_t i = 0; def_ext[i]; i++)
+			rt->banned_extensions[i] = xstrdup(def_ext[i]);
+	}
+	for (char **e = rt->banned_extensions; *e; e++) {
+		if ((*e)[0] == '.')
+			memmove(*e, *e + 1, strlen(*e));
+		for (char *q = *e; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+	}
+	if (rt->banned_types == NULL) {
+		static const char *const def_types[] = {
+		    "application/x-msdownload", "application/x-msdos-program", "application/x-dosexec",
+		    "application/x-ms-shortcut", "application/hta", NULL};
+		rt->banned_types = xcalloc(ARRAY_LEN(def_types), sizeof(char *));
+		for (size_t i = 0; def_types[i]; i++)
+			rt->banned_types[i] = xstrdup(def_types[i]);
+	}
 
 	g = conf_get(root, "scanners");
 	if (g == NULL) {
@@ -702,6 +754,11 @@ void conf_free(struct conf *c)
 	free(c->connectors);
 	free(c->router.default_connector);
 	free(c->router.hold_expiry_action);
+	free(c->router.infected_action);
+	free(c->router.notify_admin);
+	free(c->router.notify_from);
+	strv_free(c->router.banned_extensions);
+	strv_free(c->router.banned_types);
 	free(c);
 }
 

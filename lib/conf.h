@@ -71,6 +71,14 @@ struct conf_router {
 	int max_hold_time;
 	char *hold_expiry_action; /* "quarantine" (default) or "deliver" (with a warning header) */
 	int quarantine_days;      /* quarantine entries older than this are expired; 0 keeps */
+	int add_scanned_header;   /* X-Virus-Scanned: on delivered mail (default true) */
+	char *infected_action;    /* "quarantine" (default), "discard" or "strip" */
+	char **banned_extensions; /* lower case, no dot; NULL-terminated, never NULL */
+	char **banned_types;      /* fnmatch patterns on the content type; never NULL */
+	char *notify_admin;       /* admin address for infected-mail notices; "" off */
+	int notify_recipients;    /* notice to the recipients of quarantined mail */
+	char *notify_from;        /* sender of the notices; "" is the null sender */
+	int expire_interval;      /* seconds between quarantine expiry runs in the router */
 };
 
 struct conf_metrics {

@@ -4,6 +4,7 @@
 #include "stage.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,21 @@ int stage_scan(struct stage *st)
 	return did;
 }
 
+/* Tell spoold that start-up recovery is done: one line on the descriptor it handed us in
+ * SPOOLD_READY_FD (s6's notification-fd idea), then close it so it never leaks into a
+ * scanner child. Not running under spoold: nothing to do. */
+static void stage_ready_notify(void)
+{
+	const char *s = getenv("SPOOLD_READY_FD");
+	uint64_t fd;
+	if (s == NULL || parse_u64(s, &fd) < 0 || fd < 3 || fd > 1024)
+		return;
+	if (write_all((int)fd, "ready\n", 6) < 0)
+		log_warn(NULL, "cannot signal readiness on fd %d: %s", (int)fd, strerror(errno));
+	close((int)fd);
+	unsetenv("SPOOLD_READY_FD");
+}
+
 static void stage_usage(const char *prog)
 {
 	die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] [--once]", prog);
@@ -98,7 +114,13 @@ int stage_main(struct stage *st, int argc, char **argv)
 	spool_trash_empty(&st->spool);
 	if (st->recover)
 		st->recover(st);
+	/* Started paused (spoold restarted us while the stage was paused): set before the
+	 * first scan so that nothing is claimed. */
+	const char *ps = getenv("SPOOLD_PAUSED");
+	if (ps && strcmp(ps, "1") == 0)
+		stage_paused = 1;
 	log_info(NULL, "started, watching %s", dir);
+	stage_ready_notify();
 
 	/* Names whose entry was still locked when their event came (the previous stage
 	 * finishing its move): looked at again shortly. Bounded; past the bound, rescan. */

@@ -19,19 +19,21 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <ctype.h>
 
 #include "conf.h"
 #include "crash.h"
 #include "envelope.h"
 #include "log.h"
 #include "manifest.h"
+#include "router.h"
 #include "spool.h"
 #include "stage.h"
 #include "trace.h"
 #include "util.h"
 #include "verdict.h"
 
-enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD };
+enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED };
 
 /* The verdict for one part: infected if any scanner says so; clean if every primary
  * said clean, or if a primary failed and the backups all gave a verdict; else error. */
@@ -249,7 +251,7 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 /* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
  * renamed, so an out.<conn>/ that exists is always complete. */
 static void router_prepare_out(struct spool_entry *e, const char *conn,
-                               const struct envelope *sub)
+                               const struct envelope *sub, const char *src)
 {
 	char tmp[128], fin[128];
 	snprintf(tmp, sizeof tmp, "out.%s.tmp", conn);
@@ -263,7 +265,7 @@ static void router_prepare_out(struct spool_entry *e, const char *conn,
 	struct buf b;
 	buf_init(&b);
 	envelope_format(sub, &b);
-	int r = linkat(e->fd, "message", ofd, "message", 0);
+	int r = linkat(e->fd, src, ofd, "message", 0);
 	if (r == 0)
 		r = linkat(e->fd, "trace", ofd, "trace", 0);
 	if (r == 0)
@@ -313,7 +315,8 @@ static void router_fanout_finish(struct spool_entry *e)
 		log_warn(e->qid, "cannot remove the routed work directory: %s", strerror(errno));
 }
 
-static void router_deliver(struct stage *st, struct spool_entry *e, const struct envelope *env)
+static void router_deliver(struct stage *st, struct spool_entry *e, const struct envelope *env,
+                           const char *src)
 {
 	const struct conf *c = st->conf;
 	struct buf plan;
@@ -328,7 +331,7 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 			if (strcmp(router_connector_for(c, env->rcpts[i]), conn) == 0)
 				envelope_add_rcpt(&sub, env->rcpts[i]);
 		if (sub.n_rcpts > 0) {
-			router_prepare_out(e, conn, &sub);
+			router_prepare_out(e, conn, &sub, src);
 			buf_printf(&plan, "%s\n", conn);
 			trace_add(e->fd, e->qid, "route connector=%s rcpts=%zu", conn, sub.n_rcpts);
 		}
@@ -356,97 +359,3 @@ static void router_drop_outs(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
-static int router_handle(struct stage *st, const char *qid)
-{
-	struct spool_entry e;
-	struct manifest m;
-	struct verdicts vs;
-	struct envelope env;
-	struct stat sb;
-	char reason[512];
-	int r = spool_entry_claim(&st->spool, SD_ROUTE, qid, &e);
-	if (r <= 0)
-		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
-	if (fstatat(e.fd, "fanout", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
-		log_info(qid, "resuming an interrupted fan-out");
-		router_fanout_finish(&e);
-		spool_entry_release(&e);
-		return 1;
-	}
-	router_drop_outs(&e);
-	manifest_init(&m);
-	verdicts_init(&vs);
-	envelope_init(&env);
-	struct buf why;
-	buf_init(&why);
-	enum outcome o;
-	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0 ||
-	    verdicts_read_at(e.fd, &vs, reason, sizeof reason) < 0 ||
-	    envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
-		buf_printf(&why, "%s\n", reason);
-		o = OUT_HOLD;
-	} else {
-		o = router_decide(&m, &vs, &why);
-	}
-	CRASH_POINT("route-claimed");
-	if (o == OUT_QUARANTINE) {
-		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "infected");
-	} else if (o == OUT_HOLD) {
-		struct hold_state h;
-		router_hold_read(e.fd, &h);
-		if (h.first && (uint64_t)time(NULL) - h.first > (uint64_t)st->conf->router.max_hold_time)
-			router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "held-too-long");
-		else
-			router_hold(st, &e, buf_cstr(&why));
-	} else {
-		router_deliver(st, &e, &env);
-	}
-	buf_free(&why);
-	manifest_free(&m);
-	verdicts_free(&vs);
-	envelope_free(&env);
-	spool_entry_release(&e);
-	return 1;
-}
-
-/* Retry held messages whose time has come: back to scan/ for a fresh scan. */
-static int router_tick(struct stage *st)
-{
-	char **names;
-	size_t n;
-	uint64_t now = (uint64_t)time(NULL);
-	if (spool_list(st->spool.fd[SD_HOLD], 1, &names, &n) < 0)
-		return -1;
-	for (size_t i = 0; i < n && !stage_stopping(); i++) {
-		struct spool_entry e;
-		struct hold_state h;
-		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
-			continue;
-		router_hold_read(e.fd, &h);
-		if (h.next <= now) {
-			trace_add(e.fd, e.qid, "retry attempts=%llu", (unsigned long long)h.attempts);
-			if (spool_entry_move(&e, SD_SCAN) < 0)
-				log_warn(e.qid, "cannot move hold/%s back to scan/: %s", e.qid,
-				         strerror(errno));
-			else
-				log_info(e.qid, "retrying held message attempts=%llu",
-				         (unsigned long long)h.attempts);
-		}
-		spool_entry_release(&e);
-	}
-	spool_names_free(names, n);
-	return -1;
-}
-
-int main(int argc, char **argv)
-{
-	struct stage st = {
-	    .name = "router",
-	    .watch_dir = SD_ROUTE,
-	    .handle = router_handle,
-	    .tick = router_tick,
-	    .tick_ms = 1000,
-	};
-	srand((unsigned)(getpid() ^ time(NULL)));
-	return stage_main(&st, argc, argv);
-}
