@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "crash.h"
@@ -466,4 +467,12 @@ int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, c
 int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n)
 {
 	return write_file_atomic(e->fd, name, data, n, 0640);
+}
+
+uint64_t spool_space_free(struct spool *sp)
+{
+	struct statvfs v;
+	if (fstatvfs(sp->root_fd, &v) < 0)
+		return UINT64_MAX;
+	return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
 }

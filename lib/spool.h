@@ -15,6 +15,7 @@
 #define SPOOLD_SPOOL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/stat.h>
 
 #define SPOOL_QID_LEN 26 /* TTTTTTTTTTTTTT-PPPPPP-CCCC */
@@ -107,6 +108,12 @@ int spool_trash_empty(struct spool *sp);
  * the connector. Returns the number of places it was found (0 if none). */
 int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, char *conn,
                      size_t connlen);
+
+/* Bytes available to us on the spool's filesystem (statvfs f_bavail), or UINT64_MAX if
+ * it cannot be told. */
+uint64_t spool_space_free(struct spool *sp);
+/* Space kept free for the stages after the splitter: intake stops below this. */
+#define SPOOL_RESERVE_BYTES (4u << 20)
 
 /* Atomically write a small file into the entry (name.tmp, fsync, rename). 0 or -1. */
 int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n);

@@ -37,6 +37,33 @@
 static const char *const splitter_keep[] = {"message", "envelope", "attempts", "trace", "origin",
                                             NULL};
 
+/* Intake is paused while the spool's filesystem is (nearly) full; logged once per change. */
+static int splitter_space_low;
+
+static void splitter_space_mark_low(struct spool *sp, const char *why)
+{
+	if (!splitter_space_low)
+		log_error(NULL, "spool %s is full (%s; %llu bytes free): not claiming new mail until "
+		          "space comes back", sp->root, why,
+		          (unsigned long long)spool_space_free(sp));
+	splitter_space_low = 1;
+}
+
+/* An environment failure while splitting. A full disk defers the message - it stays in
+ * incoming/ with no manifest, so it never looks complete, and is split again from scratch
+ * once space is back - and pauses intake. Anything else is a temporary death. Returns 0
+ * (deferred) or does not return. */
+static int splitter_tempfail(struct spool_entry *e, const char *what)
+{
+	int err = errno;
+	if (err == ENOSPC || err == EDQUOT) {
+		splitter_space_mark_low(e->sp, strerror(err));
+		log_warn(e->qid, "%s: %s; deferred", what, strerror(err));
+		return 0;
+	}
+	die_temp(e->qid, "%s %s/incoming/%s: %s", what, e->sp->root, e->qid, strerror(err));
+}
+
 static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 {
 	lim->max_message_size = c->splitter.max_message_size;
@@ -80,7 +107,7 @@ static int splitter_clean_workdir(struct spool_entry *e)
 }
 
 /* Commit the work directory to badmail/ with a reason. The message stays as it was. */
-static void splitter_badmail(struct spool_entry *e, const char *reason)
+static int splitter_badmail(struct spool_entry *e, const char *reason)
 {
 	struct buf b;
 	buf_init(&b);
@@ -88,18 +115,19 @@ static void splitter_badmail(struct spool_entry *e, const char *reason)
 	log_warn(e->qid, "to badmail: %s", reason);
 	trace_add(e->fd, e->qid, "badmail reason=%s", reason);
 	/* The reason and the trace must be on disk before the entry becomes final. */
-	if (spool_entry_write(e, "reason", b.data, b.len) < 0 || spool_entry_sync(e) < 0)
-		die_temp(e->qid, "cannot write %s/incoming/%s/reason: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	int w = spool_entry_write(e, "reason", b.data, b.len) < 0 || spool_entry_sync(e) < 0;
+	buf_free(&b);
+	if (w)
+		return splitter_tempfail(e, "cannot write the reason of");
 	CRASH_POINT("split-badmail");
 	if (spool_entry_move(e, SD_BADMAIL) < 0)
-		die_temp(e->qid, "cannot move %s/incoming/%s to badmail/: %s", e->sp->root, e->qid,
-		         strerror(errno));
-	buf_free(&b);
+		return splitter_tempfail(e, "cannot move to badmail/");
+	return 1;
 }
 
 /* Read the poison counter, add one, and make it durable before parsing: if the parse
- * crashes the process, the next attempt knows. Returns the new count. */
+ * crashes the process, the next attempt knows. Returns the new count, or -1 when the
+ * message was deferred (disk full). */
 static int splitter_attempt_count(struct spool_entry *e)
 {
 	struct buf b;
@@ -114,10 +142,10 @@ static int splitter_attempt_count(struct spool_entry *e)
 	}
 	buf_reset(&b);
 	buf_printf(&b, "%llu\n", (unsigned long long)n + 1);
-	if (spool_entry_write(e, "attempts", b.data, b.len) < 0 || spool_entry_sync(e) < 0)
-		die_temp(e->qid, "cannot write %s/incoming/%s/attempts: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	int w = spool_entry_write(e, "attempts", b.data, b.len) < 0 || spool_entry_sync(e) < 0;
 	buf_free(&b);
+	if (w)
+		return splitter_tempfail(e, "cannot write the attempt count of") - 1;
 	return (int)n + 1;
 }
 
@@ -267,55 +295,64 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 	struct manifest m;
 	struct mime_limits lim;
 	struct stat sb;
-	int rc = 0;
+	struct buf mb;
+	int rc;
 	manifest_init(&m);
+	buf_init(&mb);
 
 	int fd = spool_message_open(e, reason, sizeof reason);
-	if (fd < 0) {
-		splitter_badmail(e, reason);
-		return 1;
-	}
+	if (fd < 0)
+		return splitter_badmail(e, reason);
 	if (splitter_writer_busy(fd)) {
 		/* Still being written into: parse it only once its writer is done. */
 		log_info(e->qid, "message still open for writing; deferred");
-		close(fd);
-		return 0;
+		rc = 0;
+		goto out;
 	}
-	if (fstat(fd, &sb) < 0)
-		die_temp(e->qid, "cannot stat %s/incoming/%s/message: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	if (fstat(fd, &sb) < 0) {
+		rc = splitter_tempfail(e, "cannot stat the message of");
+		goto out;
+	}
 	if (sb.st_size == 0) {
-		close(fd);
-		splitter_badmail(e, "empty file");
-		return 1;
+		rc = splitter_badmail(e, "empty file");
+		goto out;
 	}
 	int attempts = splitter_attempt_count(e);
+	if (attempts < 0) {
+		rc = 0;
+		goto out;
+	}
 	if (attempts > c->splitter.poison_attempts) {
-		close(fd);
 		snprintf(reason, sizeof reason,
 		         "poison message: the splitter died %d times while splitting it",
 		         attempts - 1);
-		splitter_badmail(e, reason);
-		return 1;
+		rc = splitter_badmail(e, reason);
+		goto out;
 	}
 	/* Durable data before any work: a plain cp into inbound/ did not fsync. */
-	if (fsync(fd) < 0)
-		die_temp(e->qid, "cannot fsync %s/incoming/%s/message: %s", e->sp->root, e->qid,
-		         strerror(errno));
-	CRASH_POINT("split-claimed");
-	if (splitter_clean_workdir(e) < 0)
-		die_temp(e->qid, "cannot clean %s/incoming/%s: %s", e->sp->root, e->qid,
-		         strerror(errno));
-	fd = splitter_envelope(e, fd, reason, sizeof reason);
-	if (fd == -1) {
-		splitter_badmail(e, reason);
-		return 1;
+	if (fsync(fd) < 0) {
+		rc = splitter_tempfail(e, "cannot fsync the message of");
+		goto out;
 	}
-	if (fd == -2)
-		die_temp(e->qid, "%s", reason);
-	if (fstat(fd, &sb) < 0)
-		die_temp(e->qid, "cannot stat %s/incoming/%s/message: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	CRASH_POINT("split-claimed");
+	if (splitter_clean_workdir(e) < 0) {
+		rc = splitter_tempfail(e, "cannot clean");
+		goto out;
+	}
+	int nfd = splitter_envelope(e, fd, reason, sizeof reason);
+	if (nfd == -1) {
+		rc = splitter_badmail(e, reason);
+		goto out;
+	}
+	if (nfd == -2) {
+		rc = splitter_tempfail(e, "cannot write the envelope of");
+		goto out;
+	}
+	fd = nfd;
+	if (fstat(fd, &sb) < 0) {
+		rc = splitter_tempfail(e, "cannot stat the message of");
+		goto out;
+	}
 
 	splitter_limits(c, &lim);
 	if ((uint64_t)sb.st_size > lim.max_message_size) {
@@ -325,36 +362,42 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 	} else {
 		int r = mime_extract(fd, "message", e->fd, &lim, &m, reason, sizeof reason);
 		if (r == 1) {
-			close(fd);
-			manifest_free(&m);
-			splitter_badmail(e, reason);
-			return 1;
+			rc = splitter_badmail(e, reason);
+			goto out;
 		}
-		if (r < 0)
-			die_temp(e->qid, "cannot split %s/incoming/%s: %s", e->sp->root, e->qid,
-			         reason);
+		if (r < 0) {
+			/* Partial parts may be left: without a manifest they never look complete,
+			 * and the next attempt removes them first. */
+			rc = splitter_tempfail(e, "cannot write the parts of");
+			goto out;
+		}
 	}
-	close(fd);
 	CRASH_POINT("split-parts");
-	struct buf mb;
-	buf_init(&mb);
 	manifest_format(&m, &mb);
-	if (splitter_sync_parts(e, &m) < 0 || spool_entry_write(e, "manifest", mb.data, mb.len) < 0)
-		die_temp(e->qid, "cannot write parts of %s/incoming/%s: %s", e->sp->root, e->qid,
-		         strerror(errno));
-	buf_free(&mb);
+	/* Parts first, then the manifest that names them: a manifest never points at data
+	 * that is not on disk. */
+	if (splitter_sync_parts(e, &m) < 0 || spool_entry_write(e, "manifest", mb.data, mb.len) < 0) {
+		rc = splitter_tempfail(e, "cannot write the manifest of");
+		goto out;
+	}
 	trace_add(e->fd, e->qid, "split parts=%zu unscannable=%zu size=%lld", m.n_parts,
 	          m.n_unscannable, (long long)sb.st_size);
 	/* Every name in the work directory must be durable before the directory moves. */
-	if (spool_entry_sync(e) < 0)
-		die_temp(e->qid, "cannot fsync %s/incoming/%s: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	if (spool_entry_sync(e) < 0) {
+		rc = splitter_tempfail(e, "cannot fsync");
+		goto out;
+	}
 	CRASH_POINT("split-precommit");
-	if (spool_entry_move(e, SD_SCAN) < 0)
-		die_temp(e->qid, "cannot move %s/incoming/%s to scan/: %s", e->sp->root, e->qid,
-		         strerror(errno));
+	if (spool_entry_move(e, SD_SCAN) < 0) {
+		rc = splitter_tempfail(e, "cannot move to scan/");
+		goto out;
+	}
 	log_info(e->qid, "split parts=%zu%s", m.n_parts, m.n_unscannable ? " unscannable" : "");
 	rc = 1;
+out:
+	if (fd >= 0)
+		close(fd);
+	buf_free(&mb);
 	manifest_free(&m);
 	return rc;
 }
@@ -371,6 +414,13 @@ static int splitter_handle(struct stage *st, const char *name)
 	if (fstatat(st->spool.fd[SD_INBOUND], name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
 	if (S_ISREG(sb.st_mode)) {
+		/* Claim only what can be split with room to spare for the later stages; a full
+		 * disk must stop intake, not fail messages half-way. */
+		uint64_t need = (uint64_t)sb.st_size * 3 + SPOOL_RESERVE_BYTES;
+		if (splitter_space_low || spool_space_free(&st->spool) < need) {
+			splitter_space_mark_low(&st->spool, "too little free space to split");
+			return 0;
+		}
 		fd = openat(st->spool.fd[SD_INBOUND], name,
 		            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 		if (fd >= 0) {
@@ -413,6 +463,11 @@ static int splitter_recover_pass(struct stage *st)
 		struct stat sb;
 		if (spool_entry_claim(&st->spool, SD_INCOMING, names[i], &e) != 1)
 			continue;
+		if (splitter_space_low) {
+			spool_entry_release(&e);
+			pending++;
+			continue;
+		}
 		if (fstatat(e.fd, "message", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
 			log_info(e.qid, "removing empty work directory left by a dead splitter");
 			if (spool_entry_trash(&e) < 0)
@@ -437,7 +492,16 @@ static void splitter_recover(struct stage *st)
 /* Deferred messages (still being written) wait in incoming/: look again every second. */
 static int splitter_tick(struct stage *st)
 {
-	return splitter_recover_pass(st) ? 1000 : -1;
+	if (splitter_space_low) {
+		if (spool_space_free(&st->spool) < 2 * SPOOL_RESERVE_BYTES)
+			return 1000;
+		splitter_space_low = 0;
+		log_info(NULL, "spool %s has space again (%llu bytes free): resuming intake",
+		         st->spool.root, (unsigned long long)spool_space_free(&st->spool));
+		splitter_recover_pass(st);
+		stage_scan(st);
+	}
+	return splitter_recover_pass(st) || splitter_space_low ? 1000 : -1;
 }
 
 static int splitter_extract_one(const char *conf_path, const char *file, const char *outdir)
@@ -499,7 +563,7 @@ int main(int argc, char **argv)
 	    .recover = splitter_recover,
 	    .handle = splitter_handle,
 	    .tick = splitter_tick,
-	    .tick_ms = 5000,
+	    .tick_ms = 1000,
 	};
 	mime_init();
 	const char *x = NULL, *o = NULL, *c = NULL;

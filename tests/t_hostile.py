@@ -9,15 +9,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import test  # noqa: E402
 from lib import msgs  # noqa: E402
-from lib.spool import Pipeline  # noqa: E402
+from lib.clamd import Clamd  # noqa: E402
+from lib.spool import Pipeline, clamscan  # noqa: E402
 
-TRUE = dict(name="true", type="exec", mode="per-attachment", argv=["/bin/true", "{file}"],
-            clean_codes=[0], infected_codes=[1], timeout=10, max_concurrent=4)
 
 
 @test
 def mode_000_file_has_a_defined_outcome():
-    p = Pipeline(scanners=[TRUE]).start()
+    p = Pipeline(scanners=[clamscan()]).start()
     path = os.path.join(p.spool, "inbound", ".m")
     with open(path, "wb") as f:
         f.write(msgs.clean())
@@ -34,7 +33,7 @@ def mode_000_file_has_a_defined_outcome():
 
 @test
 def hostile_names_are_escaped_and_never_paths():
-    p = Pipeline(scanners=[TRUE]).start()
+    p = Pipeline(scanners=[clamscan()]).start()
     names = [b"new\nline", b"bad-utf8-\xff\xfe", b"dollar$(touch x)", b"-rf", b"spa ce"]
     for i, n in enumerate(names):
         tmp = os.path.join(p.spool.encode(), b"inbound", b".t%d" % i)
@@ -57,7 +56,11 @@ def hostile_names_are_escaped_and_never_paths():
 @test(timeout=900)
 def many_files_dropped_at_once():
     n = int(os.environ.get("HOSTILE_MANY", "10000" if "asan" not in harness.BIN else "3000"))
-    p = Pipeline(scanners=[TRUE], splitter=dict(scan_raw_message=False))
+    clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
+    harness.cleanup(clamd.stop)
+    p = Pipeline(scanners=[dict(name="clamd", type="clamd", addresses=[clamd.unix_addr],
+                                timeout=30, max_concurrent=4)],
+                 splitter=dict(scan_raw_message=False))
     inbound = os.path.join(p.spool, "inbound")
     os.makedirs(inbound)
     p.start()
