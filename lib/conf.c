@@ -280,7 +280,7 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	    "name",          "type",          "mode",       "argv",        "clean_codes",
 	    "infected_codes", "virus_regex",  "version_argv", "timeout",   "max_concurrent",
 	    "backup",        "workdir",       "rlimit_as",  "rlimit_cpu",  "rlimit_nofile",
-	    "addresses",     "stream_max_length", NULL};
+	    "addresses",     "stream_max_length", "canary", NULL};
 	memset(sc, 0, sizeof *sc);
 	sc->line = config_setting_source_line(s);
 	sc->timeout = 60;
@@ -325,6 +325,8 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	conf_int(cx, s, "timeout", &sc->timeout, 1, 86400);
 	conf_int(cx, s, "max_concurrent", &sc->max_concurrent, 1, 1024);
 	conf_bool(cx, s, "backup", &sc->backup);
+	sc->canary = 1;
+	conf_bool(cx, s, "canary", &sc->canary);
 	conf_u64(cx, s, "rlimit_as", &sc->rlimit_as, 0);
 	conf_u64(cx, s, "rlimit_cpu", &sc->rlimit_cpu, 0);
 	conf_u64(cx, s, "rlimit_nofile", &sc->rlimit_nofile, 16);

@@ -35,6 +35,7 @@ struct conf_scanner {
 	int timeout;        /* seconds */
 	int max_concurrent; /* slots across all runner processes */
 	int backup;         /* used only when every primary scanner failed */
+	int canary;         /* run the canary self-test on it (default 1) */
 	char *workdir;      /* cwd of the child; NULL: the message's work directory */
 	uint64_t rlimit_as; /* bytes, 0 = unlimited */
 	uint64_t rlimit_cpu; /* seconds, 0 = unlimited */
