@@ -447,7 +447,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	    "max_hold_time", "hold_expiry_action", "quarantine_days", "add_scanned_header",
 	    "infected_action", "banned_extensions", "banned_types", "notify_admin",
 	    "notify_recipients", "notify_from", "expire_interval", NULL};
-	static const char *const conn_keys[] = {"name", "domains", NULL};
+	static const char *const conn_keys[] = {"name",     "domains",   "type",      "relay",
+	                                        "helo",     "maildir",   "timeout",   "retry_min",
+	                                        "retry_max", "max_age",  NULL};
 	config_setting_t *root = config_root_setting(cfg);
 
 	conf_check_keys(cx, root, "the top level", top_keys);
@@ -659,6 +661,39 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 				          "connector name '%s' may only use letters, digits, '-' and '_' "
 				          "(it names a directory)", nm);
 			cn->domains = conf_strv(cx, e, "domains", 0);
+			cn->timeout = 300;
+			cn->retry_min = 60;
+			cn->retry_max = 3600;
+			cn->max_age = 5 * 86400;
+			conf_int(cx, e, "timeout", &cn->timeout, 1, 3600);
+			conf_int(cx, e, "retry_min", &cn->retry_min, 1, 86400);
+			conf_int(cx, e, "retry_max", &cn->retry_max, 1, 30 * 86400);
+			conf_int(cx, e, "max_age", &cn->max_age, 1, 365 * 86400);
+			const char *ty = conf_str(cx, e, "type", 0);
+			const char *relay = conf_str(cx, e, "relay", 0);
+			const char *helo = conf_str(cx, e, "helo", 0);
+			const char *md = conf_str(cx, e, "maildir", 0);
+			cn->relay = xstrdup(relay ? relay : "");
+			cn->helo = xstrdup(helo ? helo : "localhost");
+			cn->maildir = md ? conf_path_resolve(cx, md) : xstrdup("");
+			if (ty == NULL || strcmp(ty, "none") == 0) {
+				cn->type = CONN_NONE;
+			} else if (strcmp(ty, "smtp") == 0) {
+				cn->type = CONN_SMTP;
+				if (strncmp(cn->relay, "smtp://", 7) != 0)
+					conf_fail(cx, relay ? conf_get(e, "relay") : e,
+					          "connector '%s': an smtp connector needs relay = "
+					          "\"smtp://HOST:PORT\";", cn->name);
+			} else if (strcmp(ty, "maildir") == 0) {
+				cn->type = CONN_MAILDIR;
+				if (!md)
+					conf_fail(cx, e, "connector '%s': a maildir connector needs "
+					          "maildir = \"/path/to/Maildir\";", cn->name);
+			} else {
+				conf_fail(cx, conf_get(e, "type"),
+				          "connector type '%s' is unknown (use \"none\", \"smtp\" or "
+				          "\"maildir\")", ty);
+			}
 			if (cn->domains == NULL)
 				cn->domains = xcalloc(1, sizeof(char *));
 			for (int j = 0; j < i; j++)
@@ -752,6 +787,9 @@ void conf_free(struct conf *c)
 	for (size_t i = 0; i < c->n_connectors; i++) {
 		free(c->connectors[i].name);
 		strv_free(c->connectors[i].domains);
+		free(c->connectors[i].relay);
+		free(c->connectors[i].helo);
+		free(c->connectors[i].maildir);
 	}
 	free(c->connectors);
 	free(c->router.default_connector);

@@ -43,9 +43,19 @@ struct conf_scanner {
 	int line; /* line in the config file, for messages */
 };
 
+enum connector_type { CONN_NONE, CONN_SMTP, CONN_MAILDIR };
+
 struct conf_connector {
 	char *name;
 	char **domains; /* patterns: "example.org", "*.example.org", "*" */
+	enum connector_type type; /* NONE: an outside agent drains the outbox */
+	char *relay;    /* smtp: "smtp://host:port" */
+	char *helo;     /* smtp: name to greet with */
+	char *maildir;  /* maildir: absolute path of the Maildir */
+	int timeout;    /* smtp: seconds per transaction */
+	int retry_min;  /* seconds, first retry after a temporary failure */
+	int retry_max;
+	int max_age;    /* seconds in the outbox before a bounce record */
 	int line;
 };
 
