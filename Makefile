@@ -27,13 +27,16 @@ O       ?= build
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-PROGS     = splitter scanner-runner router spoold spoolctl
+PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir
 LIB_SRC   = $(wildcard lib/*.c)
 splitter_SRC       = $(wildcard splitter/*.c)
 scanner-runner_SRC = $(wildcard scanner-runner/*.c)
 router_SRC         = $(wildcard router/*.c)
 spoold_SRC         = $(wildcard spoold/*.c)
 spoolctl_SRC       = $(wildcard spoolctl/*.c)
+connector-smtp_SRC = $(wildcard connector-smtp/*.c)
+connector-maildir_SRC = $(wildcard connector-maildir/*.c)
+connector-smtp_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
@@ -47,12 +50,12 @@ prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 define prog_rule
 $(O)/prod/bin/$(1): $$(patsubst %.c,$(O)/prod/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(PKG_LIBS) $$($(1)_LIBS)
 bin/$(1): $(O)/prod/bin/$(1) | bin
 	cp -f $$< $$@
 $(O)/asan/bin/$(1): $$(patsubst %.c,$(O)/asan/%.o,$$(LIB_SRC) $$($(1)_SRC) $$($(1)_EXTRA))
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(ASANFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+	$$(CC) $$(ASANFLAGS) -o $$@ $$^ $$(PKG_LIBS) $$($(1)_LIBS)
 endef
 $(foreach p,$(PROGS),$(eval $(call prog_rule,$(p))))
 
@@ -114,6 +117,20 @@ install: all
 	install -m 0755 bin/splitter bin/scanner-runner bin/router $(DESTDIR)$(PREFIX)/libexec/spoold/
 	install -d $(DESTDIR)/etc/spoold
 	install -m 0644 conf/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.example
+	install -d $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 docs/man/spoold.8 docs/man/spoolctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 0644 docs/man/spoold.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/tmpfiles.d \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d
+	# The units name the installed paths: rewrite them for PREFIX.
+	for u in spoold.service spoold-stage@.service; do \
+		sed -e 's|/usr/sbin/spoold|$(PREFIX)/sbin/spoold|' \
+		    -e 's|/usr/libexec/spoold|$(PREFIX)/libexec/spoold|' dist/$$u \
+		    > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u && \
+		chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u || exit 1; \
+	done
+	install -m 0644 dist/spoold.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf
+	install -m 0644 dist/spoold.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
 
 check-format:
 	clang-format --dry-run --Werror $(LIB_SRC) $(wildcard lib/*.h)

@@ -1,0 +1,130 @@
+/*
+ * connector-smtp - relays outbox/<connector>/ entries over SMTP to the connector's next
+ * hop (for example Postfix's re-injection listener on 127.0.0.1:10026), with libcurl.
+ *
+ *   connector-smtp [-c CONFIG] -n CONNECTOR [--once]
+ *
+ * The envelope is kept (MAIL FROM / RCPT TO from the entry's envelope). A 2xx for the
+ * whole transaction removes the entry; a 5xx (any recipient or the data) makes a bounce
+ * record in badmail/; anything else - 4xx, a refused connection, a timeout - keeps the
+ * entry for a retry with back-off. Bare LF line ends are sent as CRLF; libcurl does the
+ * dot-stuffing.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "connector.h"
+#include "log.h"
+#include "util.h"
+
+struct smtp_reader {
+	int fd;
+	off_t off;
+	int last_cr;
+	char buf[32768];
+	size_t len, pos;
+	int eof, err;
+};
+
+/* libcurl pulls the message through here: LF becomes CRLF unless a CR precedes it. */
+static size_t smtp_read(char *out, size_t size, size_t nitems, void *arg)
+{
+	struct smtp_reader *rd = arg;
+	size_t cap = size * nitems, n = 0;
+	while (n + 2 <= cap) {
+		if (rd->pos == rd->len) {
+			if (rd->eof)
+				break;
+			ssize_t r = pread(rd->fd, rd->buf, sizeof rd->buf, rd->off);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				rd->err = errno;
+				return CURL_READFUNC_ABORT;
+			}
+			if (r == 0) {
+				rd->eof = 1;
+				break;
+			}
+			rd->off += r;
+			rd->len = (size_t)r;
+			rd->pos = 0;
+		}
+		char ch = rd->buf[rd->pos++];
+		if (ch == '\n' && !rd->last_cr)
+			out[n++] = '\r';
+		out[n++] = ch;
+		rd->last_cr = ch == '\r';
+	}
+	return n;
+}
+
+static enum conn_result smtp_deliver(const struct conf_connector *cc, struct outbox_entry *e,
+                                     const struct envelope *env, int msgfd, char *reply,
+                                     size_t rlen)
+{
+	(void)e;
+	char errbuf[CURL_ERROR_SIZE] = "";
+	struct curl_slist *rcpts = NULL;
+	struct smtp_reader rd = {.fd = msgfd};
+	enum conn_result res = CONN_TEMP;
+	CURL *c = curl_easy_init();
+	if (c == NULL) {
+		snprintf(reply, rlen, "curl_easy_init failed");
+		return CONN_TEMP;
+	}
+	/* The URL's path is the name libcurl greets with (EHLO). */
+	char *url = xasprintf("%s/%s", cc->relay, cc->helo);
+	char *from = xasprintf("<%s>", env->sender);
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		char *r = xasprintf("<%s>", env->rcpts[i]);
+		rcpts = curl_slist_append(rcpts, r);
+		free(r);
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+	curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
+	curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpts);
+	curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+	curl_easy_setopt(c, CURLOPT_READFUNCTION, smtp_read);
+	curl_easy_setopt(c, CURLOPT_READDATA, &rd);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)cc->timeout);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	CURLcode rc = curl_easy_perform(c);
+	long code = 0;
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	if (rc == CURLE_OK) {
+		snprintf(reply, rlen, "%ld accepted by %s", code, cc->relay);
+		res = CONN_OK;
+	} else {
+		snprintf(reply, rlen, "%ld %s", code, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		/* Only the next hop's own 5xx is permanent; our read errors and every network
+		 * trouble are worth another try. */
+		res = code >= 500 && code <= 599 && !rd.err ? CONN_PERM : CONN_TEMP;
+	}
+	curl_slist_free_all(rcpts);
+	curl_easy_cleanup(c);
+	free(url);
+	free(from);
+	return res;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct connector cn = {
+	    .prog = "connector-smtp",
+	    .type = CONN_SMTP,
+	    .deliver = smtp_deliver,
+	};
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+		die_temp(NULL, "curl_global_init failed");
+	int rc = connector_main(&cn, argc, argv);
+	curl_global_cleanup();
+	return rc;
+}
