@@ -359,3 +359,622 @@ static void router_drop_outs(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
+
+/* Banned attachments: by file name extension (the last one, after the trailing dots and
+ * spaces Windows ignores) and by content type. Names are the manifest's decoded bytes;
+ * they are only compared, never used as paths. Returns how many parts are banned. */
+static int router_banned(const struct conf_router *rc, const struct manifest *m,
+                         struct buf *why, unsigned char *flags)
+{
+	int n = 0;
+	for (size_t i = 0; i < m->n_parts; i++) {
+		const struct manifest_part *p = &m->parts[i];
+		if (p->found == FOUND_RAW)
+			continue; /* the whole message, not an attachment */
+		char name[256];
+		size_t l = strlen(p->filename);
+		if (l >= sizeof name)
+			l = sizeof name - 1;
+		for (size_t k = 0; k < l; k++)
+			name[k] = (char)tolower((unsigned char)p->filename[k]);
+		while (l > 0 && (name[l - 1] == '.' || name[l - 1] == ' ' || name[l - 1] == '\t'))
+			l--;
+		name[l] = '\0';
+		const char *rule = NULL, *what = NULL;
+		const char *dot = strrchr(name, '.');
+		if (dot && dot[1]) {
+			for (char **x = rc->banned_extensions; *x && !rule; x++)
+				if (strcmp(dot + 1, *x) == 0) {
+					/* "invoice.pdf.exe": the first extension is what the user sees. */
+					const char *prev = dot > name ? memrchr(name, '.', (size_t)(dot - name)) : NULL;
+					rule = prev && dot - prev > 1 ? "double extension" : "extension";
+					what = dot;
+				}
+		}
+		for (char **t = rc->banned_types; *t && !rule; t++)
+			if (fnmatch(*t, p->type, FNM_CASEFOLD) == 0) {
+				rule = "content type";
+				what = p->type;
+			}
+		if (!rule)
+			continue;
+		struct buf fn;
+		buf_init(&fn);
+		escape_bytes(&fn, p->filename, strlen(p->filename), 256);
+		buf_printf(why, "part %u (%s): banned %s %s\n", p->index, fn.len ? buf_cstr(&fn) : "-",
+		           rule, what);
+		buf_free(&fn);
+		if (flags)
+			flags[i] = 1;
+		n++;
+	}
+	return n;
+}
+
+/* Header-safe text: printable ASCII only, bounded, so nothing a scanner printed can
+ * start a new header line. */
+static void router_hdr_text(struct buf *h, const char *s, size_t max)
+{
+	for (size_t i = 0; s[i] && i < max; i++)
+		buf_addstr(h, s[i] >= 0x20 && s[i] < 0x7f ? (char[]){s[i], 0} : "?");
+}
+
+/* "X-Virus-Scanned: spoold; clamscan (ClamAV 1.0.x/27000)": one entry per scanner that
+ * gave a verdict, folded one scanner a line so the header stays under 998 bytes a line. */
+static void router_scanned_header(const struct verdicts *vs, const char *eol, struct buf *h)
+{
+	buf_addstr(h, "X-Virus-Scanned: spoold");
+	for (size_t i = 0; i < vs->n; i++) {
+		int seen = 0;
+		for (size_t k = 0; k < i && !seen; k++)
+			seen = strcmp(vs->lines[k].scanner, vs->lines[i].scanner) == 0;
+		if (seen)
+			continue;
+		buf_printf(h, ";%s\t", eol);
+		router_hdr_text(h, vs->lines[i].scanner, 64);
+		buf_addstr(h, " (");
+		router_hdr_text(h, vs->lines[i].version[0] ? vs->lines[i].version : "version unknown",
+		                200);
+		buf_addstr(h, ")");
+	}
+	buf_addstr(h, eol);
+}
+
+static const char *router_msg_eol(struct spool_entry *e)
+{
+	char head[4096];
+	int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return "\n";
+	ssize_t n = pread(fd, head, sizeof head, 0);
+	close(fd);
+	return n > 0 ? strip_eol(head, (size_t)n) : "\n";
+}
+
+/* Write message.out: hdrs, then body (if given) or the original message's bytes. It is
+ * fsync'd before the out.<conn>/ links are made, so an outbox entry never holds a message
+ * whose data is not yet on disk. */
+static void router_write_out(struct spool_entry *e, const struct buf *hdrs,
+                             const struct buf *body)
+{
+	int in = -1, out = -1;
+	if (body == NULL &&
+	    (in = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		goto fail;
+	out = openat(e->fd, "message.out.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+	             0640);
+	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0)
+		goto fail;
+	if (body ? write_all(out, body->data, body->len) < 0 : copy_fd(in, out) < 0)
+		goto fail;
+	if (fsync(out) < 0 || close(out) < 0) {
+		out = -1;
+		goto fail;
+	}
+	out = -1;
+	if (in >= 0)
+		close(in);
+	if (renameat(e->fd, "message.out.tmp", e->fd, "message.out") < 0)
+		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	return;
+fail:
+	die_temp(e->qid, "cannot write %s/route/%s/message.out: %s", e->sp->root, e->qid,
+	         strerror(errno));
+}
+
+struct strip_range {
+	size_t start, end;
+	unsigned part;
+	const char *virus;
+	const char *filename;
+};
+
+static int strip_range_cmp(const void *a, const void *b)
+{
+	const struct strip_range *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Replace every infected leaf by a short text/plain part, copying all other bytes as they
+ * are. Fails (-1, why filled) when a part cannot be cut out cleanly: an embedded payload,
+ * a body that is not a multipart child, or a whole-message verdict that no stripped part
+ * explains. The caller then quarantines: strip never delivers what it cannot remove. */
+static int router_strip(struct stage *st, struct spool_entry *e, const struct manifest *m,
+                        const struct verdicts *vs, struct buf *out, struct buf *why)
+{
+	unsigned char *banned = xcalloc(m->n_parts + 1, 1);
+	struct buf bw;
+	buf_init(&bw);
+	router_banned(&st->conf->router, m, &bw, banned);
+	buf_free(&bw);
+	struct buf msg;
+	struct strip_range *r = xcalloc(vs->n + 1, sizeof *r);
+	size_t nr = 0;
+	int rc = -1;
+	buf_init(&msg);
+	if (read_file_at(e->fd, "message", &msg, st->conf->splitter.max_message_size + 1) < 0) {
+		buf_printf(why, "strip: cannot read the message: %s\n", strerror(errno));
+		goto out;
+	}
+	for (size_t i = 0; i < vs->n; i++) {
+		const struct verdict_line *l = &vs->lines[i];
+		if (l->verdict != V_INFECTED)
+			continue;
+		if (l->part <= 0 || (size_t)l->part > m->n_parts) {
+			buf_printf(why, "strip: %s was found in the message as a whole\n", l->virus);
+			goto out;
+		}
+		const struct manifest_part *p = &m->parts[l->part - 1];
+		if (p->found == FOUND_RAW)
+			continue; /* checked below against the leaves */
+		if (p->found != FOUND_LEAF ||
+		    strip_locate(msg.data, msg.len, p->path, &r[nr].start, &r[nr].end) < 0) {
+			buf_printf(why, "strip: part %u (path %s, %s) cannot be cut out\n", p->index,
+			           p->path, manifest_found_name(p->found));
+			goto out;
+		}
+		r[nr].part = p->index;
+		r[nr].virus = l->virus;
+		r[nr].filename = p->filename;
+		nr++;
+	}
+	/* The raw message's verdict is explained only if the same virus was in a leaf. */
+	for (size_t i = 0; i < vs->n; i++) {
+		const struct verdict_line *l = &vs->lines[i];
+		if (l->verdict != V_INFECTED || l->part <= 0 || (size_t)l->part > m->n_parts ||
+		    m->parts[l->part - 1].found != FOUND_RAW)
+			continue;
+		int ok = 0;
+		for (size_t k = 0; k < nr && !ok; k++)
+			ok = strcmp(r[k].virus, l->virus) == 0;
+		if (!ok) {
+			buf_printf(why, "strip: %s in the whole message is in no strippable part\n",
+			           l->virus);
+			goto out;
+		}
+	}
+	if (nr == 0) {
+		buf_addstr(why, "strip: no part to strip\n");
+		goto out;
+	}
+	/* A banned part that is not itself cut out would be delivered: refuse. */
+	for (size_t i = 0; i < m->n_parts; i++) {
+		size_t bs, be;
+		int ok = 0;
+		if (!banned[i])
+			continue;
+		if (strip_locate(msg.data, msg.len, m->parts[i].path, &bs, &be) == 0)
+			for (size_t k = 0; k < nr && !ok; k++)
+				ok = r[k].start == bs && r[k].end == be;
+		if (!ok) {
+			buf_printf(why, "strip: part %u is banned and not infected\n", m->parts[i].index);
+			goto out;
+		}
+	}
+	qsort(r, nr, sizeof *r, strip_range_cmp);
+	const char *eol = strip_eol(msg.data, msg.len);
+	size_t at = 0;
+	for (size_t k = 0; k < nr; k++) {
+		if (k > 0 && r[k].start == r[k - 1].start && r[k].end == r[k - 1].end)
+			continue; /* two readings or two scanners of one part */
+		if (r[k].start < at) {
+			buf_printf(why, "strip: parts overlap at part %u\n", r[k].part);
+			goto out;
+		}
+		buf_add(out, msg.data + at, r[k].start - at);
+		struct buf v, fn;
+		buf_init(&v);
+		buf_init(&fn);
+		escape_bytes(&v, r[k].virus, strlen(r[k].virus), 200);
+		escape_bytes(&fn, r[k].filename, strlen(r[k].filename), 200);
+		buf_printf(out,
+		           "Content-Type: text/plain; charset=us-ascii%sContent-Transfer-Encoding: 7bit%s"
+		           "Content-Disposition: inline%s%s"
+		           "This part was removed by spoold because it contained a virus.%s"
+		           "Virus: %s%sOriginal file name: %s%s",
+		           eol, eol, eol, eol, eol, buf_cstr(&v), eol, fn.len ? buf_cstr(&fn) : "(none)",
+		           eol);
+		trace_add(e->fd, e->qid, "strip part=%u virus=%s", r[k].part, buf_cstr(&v));
+		buf_free(&v);
+		buf_free(&fn);
+		at = r[k].end;
+	}
+	buf_add(out, msg.data + at, msg.len - at);
+	rc = 0;
+out:
+	free(r);
+	free(banned);
+	buf_free(&msg);
+	return rc;
+}
+
+static void router_viruses(const struct verdicts *vs, struct buf *out)
+{
+	for (size_t i = 0; i < vs->n; i++) {
+		if (vs->lines[i].verdict != V_INFECTED)
+			continue;
+		int seen = 0;
+		for (size_t k = 0; k < i && !seen; k++)
+			seen = vs->lines[k].verdict == V_INFECTED &&
+			       strcmp(vs->lines[k].virus, vs->lines[i].virus) == 0;
+		if (seen)
+			continue;
+		if (out->len)
+			buf_addstr(out, ",");
+		escape_bytes(out, vs->lines[i].virus, strlen(vs->lines[i].virus), 200);
+	}
+}
+
+/* One notice as an RFC 5322 message. Every value that came with the mail is escaped to
+ * printable ASCII, so it can neither break a header nor carry a second one. */
+static void router_notice_one(struct stage *st, const char *about, const char *conn,
+                              const struct envelope *to, const char *subject, const char *body)
+{
+	const struct conf_router *rc = &st->conf->router;
+	char host[256], date[64], qid[SPOOL_QID_LEN + 1];
+	if (gethostname(host, sizeof host) < 0)
+		strcpy(host, "localhost");
+	host[sizeof host - 1] = '\0';
+	for (char *h = host; *h; h++)
+		if (!isalnum((unsigned char)*h) && *h != '.' && *h != '-')
+			*h = '-';
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+	struct buf m, rl;
+	buf_init(&m);
+	buf_init(&rl);
+	for (size_t i = 0; i < to->n_rcpts; i++)
+		buf_printf(&rl, "%s<%s>", i ? ", " : "", to->rcpts[i]);
+	if (rc->notify_from[0])
+		buf_printf(&m, "From: spoold <%s>\n", rc->notify_from);
+	else
+		buf_printf(&m, "From: spoold <MAILER-DAEMON@%s>\n", host);
+	buf_printf(&m,
+	           "To: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s.notice.%lld@%s>\n"
+	           "MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n"
+	           "Content-Transfer-Encoding: 7bit\nAuto-Submitted: auto-generated\n\n%s",
+	           buf_cstr(&rl), subject, date, about, (long long)now_us_wall(), host, body);
+	struct envelope env;
+	envelope_init(&env);
+	/* The null sender by default: a notice must never bounce back into a loop. */
+	env.sender = xstrdup(rc->notify_from);
+	for (size_t i = 0; i < to->n_rcpts; i++)
+		envelope_add_rcpt(&env, to->rcpts[i]);
+	if (notice_write(&st->spool, conn, &env, m.data, m.len, about, qid) < 0)
+		log_warn(about, "cannot write a notice into outbox/%s: %s", conn, strerror(errno));
+	else
+		log_info(about, "notice %s to %s in outbox/%s", qid, buf_cstr(&rl), conn);
+	envelope_free(&env);
+	buf_free(&m);
+	buf_free(&rl);
+}
+
+/* Admin and recipient notices for infected or banned mail (off by default). Never to the
+ * sender: the envelope sender of virus mail is almost always forged, so a notice would go
+ * to an innocent third party (backscatter). */
+static void router_notify(struct stage *st, const char *qid, const struct envelope *env,
+                          const struct verdicts *vs, const char *action, const char *reason,
+                          const char *why)
+{
+	const struct conf *c = st->conf;
+	const struct conf_router *rc = &c->router;
+	if (!rc->notify_admin[0] && !rc->notify_recipients)
+		return;
+	struct buf v, s, b, subj;
+	buf_init(&v);
+	buf_init(&s);
+	buf_init(&b);
+	buf_init(&subj);
+	router_viruses(vs, &v);
+	escape_bytes(&s, env->sender, strlen(env->sender), 998);
+	if (rc->notify_admin[0]) {
+		buf_printf(&subj, "spoold: %s message %s (%s)", reason, qid, action);
+		buf_printf(&b, "Queue ID: %s\nAction: %s\nReason: %s\nViruses: %s\nSender: %s\n"
+		           "Recipients:\n", qid, action, reason, v.len ? buf_cstr(&v) : "-",
+		           s.len ? buf_cstr(&s) : "<>");
+		for (size_t i = 0; i < env->n_rcpts; i++)
+			buf_printf(&b, "  %s\n", env->rcpts[i]);
+		buf_printf(&b, "\nDetails (escaped):\n%s", why);
+		struct envelope to;
+		envelope_init(&to);
+		envelope_add_rcpt(&to, rc->notify_admin);
+		router_notice_one(st, qid, rc->default_connector, &to, buf_cstr(&subj), buf_cstr(&b));
+		envelope_free(&to);
+	}
+	if (rc->notify_recipients) {
+		for (size_t ci = 0; ci < c->n_connectors; ci++) {
+			struct envelope to;
+			envelope_init(&to);
+			for (size_t i = 0; i < env->n_rcpts; i++)
+				if (strcmp(router_connector_for(c, env->rcpts[i]), c->connectors[ci].name) == 0)
+					envelope_add_rcpt(&to, env->rcpts[i]);
+			if (to.n_rcpts) {
+				buf_reset(&b);
+				buf_reset(&subj);
+				buf_printf(&subj, "A message to you was %s by the virus filter",
+				           strcmp(action, "strip") == 0 ? "cleaned" : "stopped");
+				buf_printf(&b, "A message to you from %s was stopped or cleaned by the "
+				           "virus filter.\n\nQueue ID: %s\nAction: %s\nReason: %s\n"
+				           "Viruses: %s\n\nAsk your administrator if you need it.\n",
+				           s.len ? buf_cstr(&s) : "<>", qid, action, reason,
+				           v.len ? buf_cstr(&v) : "-");
+				router_notice_one(st, qid, c->connectors[ci].name, &to, buf_cstr(&subj),
+				                  buf_cstr(&b));
+			}
+			envelope_free(&to);
+		}
+	}
+	buf_free(&v);
+	buf_free(&s);
+	buf_free(&b);
+	buf_free(&subj);
+}
+
+/* discard: the message ends nowhere, through trash/ (never half-deleted in route/), with
+ * one log line that keeps the envelope and the virus names: amavisd-new's D_DISCARD. */
+static void router_discard(struct spool_entry *e, const struct envelope *env,
+                           const struct verdicts *vs)
+{
+	struct buf v, s;
+	buf_init(&v);
+	buf_init(&s);
+	router_viruses(vs, &v);
+	escape_bytes(&s, env->sender, strlen(env->sender), 998);
+	trace_add(e->fd, e->qid, "discard viruses=%s", buf_cstr(&v));
+	CRASH_POINT("route-discard");
+	if (spool_entry_trash(e) < 0)
+		die_temp(e->qid, "cannot move %s/route/%s to trash/: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	log_warn(e->qid, "discarded infected message sender=%s rcpts=%zu viruses=%s",
+	         s.len ? buf_cstr(&s) : "<>", env->n_rcpts, buf_cstr(&v));
+	buf_free(&v);
+	buf_free(&s);
+}
+
+/* Remove quarantine entries older than quarantine_days (by their report's time). */
+static void router_expire(struct stage *st)
+{
+	int days = st->conf->router.quarantine_days;
+	char **names;
+	size_t n;
+	if (days <= 0 || spool_list(st->spool.fd[SD_QUARANTINE], 1, &names, &n) < 0)
+		return;
+	time_t now = time(NULL);
+	for (size_t i = 0; i < n && !stage_stopping(); i++) {
+		struct spool_entry e;
+		struct stat sb;
+		if (spool_entry_claim(&st->spool, SD_QUARANTINE, names[i], &e) != 1)
+			continue;
+		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
+			spool_entry_release(&e);
+			continue;
+		}
+		if (now - sb.st_mtime > (time_t)days * 86400) {
+			if (spool_entry_trash(&e) < 0)
+				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid, strerror(errno));
+			else
+				log_info(e.qid, "expired from quarantine after %d days", days);
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+}
+
+static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
+                                   const struct envelope *env, const struct verdicts *vs,
+                                   const char *extra_hdr, const struct buf *body)
+{
+	struct buf h;
+	buf_init(&h);
+	const char *eol = router_msg_eol(e);
+	if (extra_hdr)
+		buf_printf(&h, "%s%s", extra_hdr, eol);
+	if (st->conf->router.add_scanned_header)
+		router_scanned_header(vs, eol, &h);
+	if (h.len || body) {
+		router_write_out(e, &h, body);
+		router_deliver(st, e, env, "message.out");
+	} else {
+		router_deliver(st, e, env, "message");
+	}
+	buf_free(&h);
+}
+
+static void router_infected(struct stage *st, struct spool_entry *e, const struct envelope *env,
+                            const struct manifest *m, const struct verdicts *vs,
+                            struct buf *why)
+{
+	const char *action = st->conf->router.infected_action;
+	if (strcmp(action, "discard") == 0) {
+		router_discard(e, env, vs);
+		router_notify(st, e->qid, env, vs, "discard", "infected", buf_cstr(why));
+		return;
+	}
+	if (strcmp(action, "strip") == 0) {
+		struct buf body;
+		buf_init(&body);
+		if (router_strip(st, e, m, vs, &body, why) == 0) {
+			char qid[SPOOL_QID_LEN + 1];
+			memcpy(qid, e->qid, sizeof qid);
+			log_warn(qid, "stripped infected parts, delivering the rest: %s", buf_cstr(why));
+			router_deliver_scanned(st, e, env, vs, NULL, &body);
+			buf_free(&body);
+			router_notify(st, qid, env, vs, "strip", "infected", buf_cstr(why));
+			return;
+		}
+		buf_free(&body);
+		log_warn(e->qid, "cannot strip, quarantining instead");
+	}
+	char qid[SPOOL_QID_LEN + 1];
+	memcpy(qid, e->qid, sizeof qid);
+	router_quarantine(e, env, m, vs, buf_cstr(why), "infected");
+	router_notify(st, qid, env, vs, "quarantine", "infected", buf_cstr(why));
+}
+
+static int router_handle(struct stage *st, const char *qid)
+{
+	struct spool_entry e;
+	struct manifest m;
+	struct verdicts vs;
+	struct envelope env;
+	struct stat sb;
+	char reason[512];
+	int r = spool_entry_claim(&st->spool, SD_ROUTE, qid, &e);
+	if (r <= 0)
+		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
+	if (fstatat(e.fd, "fanout", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+		log_info(qid, "resuming an interrupted fan-out");
+		router_fanout_finish(&e);
+		spool_entry_release(&e);
+		return 1;
+	}
+	router_drop_outs(&e);
+	manifest_init(&m);
+	verdicts_init(&vs);
+	envelope_init(&env);
+	struct buf why;
+	buf_init(&why);
+	/* A quarantine entry that spoolctl released: delivered as it was received, without a
+	 * rescan and without looking at its verdicts (the administrator decided). */
+	if (fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
+			buf_printf(&why, "released, but %s\n", reason);
+			router_hold(st, &e, buf_cstr(&why));
+		} else {
+			trace_add(e.fd, e.qid, "release deliver");
+			log_info(e.qid, "delivering a message released from quarantine");
+			router_deliver(st, &e, &env, "message");
+		}
+		goto done;
+	}
+	enum outcome o;
+	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0 ||
+	    verdicts_read_at(e.fd, &vs, reason, sizeof reason) < 0 ||
+	    envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
+		buf_printf(&why, "%s\n", reason);
+		o = OUT_HOLD;
+	} else {
+		o = router_decide(&m, &vs, &why);
+		/* A banned name needs no scanner: it is quarantined even while a scan failed. */
+		if (o != OUT_QUARANTINE) {
+			struct buf bw;
+			buf_init(&bw);
+			if (router_banned(&st->conf->router, &m, &bw, NULL) > 0) {
+				o = OUT_BANNED;
+				buf_reset(&why);
+				buf_add(&why, bw.data, bw.len);
+			}
+			buf_free(&bw);
+		}
+	}
+	CRASH_POINT("route-claimed");
+	if (o == OUT_QUARANTINE) {
+		router_infected(st, &e, &env, &m, &vs, &why);
+	} else if (o == OUT_BANNED) {
+		char q[SPOOL_QID_LEN + 1];
+		memcpy(q, e.qid, sizeof q);
+		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "banned");
+		router_notify(st, q, &env, &vs, "quarantine", "banned", buf_cstr(&why));
+	} else if (o == OUT_HOLD) {
+		struct hold_state h;
+		const struct conf_router *rc = &st->conf->router;
+		router_hold_read(e.fd, &h);
+		if (h.first && (uint64_t)time(NULL) - h.first > (uint64_t)rc->max_hold_time) {
+			if (strcmp(rc->hold_expiry_action, "deliver") == 0 && env.n_rcpts > 0) {
+				char hdr[256];
+				snprintf(hdr, sizeof hdr,
+				         "X-Virus-Scan-Warning: NOT SCANNED: delivered unscanned after %d "
+				         "seconds on hold (hold_expiry_action = deliver)",
+				         rc->max_hold_time);
+				trace_add(e.fd, e.qid, "hold-expired deliver-unscanned");
+				log_warn(e.qid, "delivering UNSCANNED after max_hold_time: %s",
+				         buf_cstr(&why));
+				router_deliver_scanned(st, &e, &env, &vs, hdr, NULL);
+			} else {
+				router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "held-too-long");
+			}
+		} else {
+			router_hold(st, &e, buf_cstr(&why));
+		}
+	} else {
+		router_deliver_scanned(st, &e, &env, &vs, NULL, NULL);
+	}
+done:
+	buf_free(&why);
+	manifest_free(&m);
+	verdicts_free(&vs);
+	envelope_free(&env);
+	spool_entry_release(&e);
+	return 1;
+}
+
+/* Retry held messages whose time has come: back to scan/ for a fresh scan. Expire the
+ * quarantine every expire_interval. */
+static int router_tick(struct stage *st)
+{
+	static int64_t next_expire;
+	char **names;
+	size_t n;
+	uint64_t now = (uint64_t)time(NULL);
+	if (now_ms_monotonic() >= next_expire) {
+		router_expire(st);
+		next_expire = now_ms_monotonic() + (int64_t)st->conf->router.expire_interval * 1000;
+	}
+	if (spool_list(st->spool.fd[SD_HOLD], 1, &names, &n) < 0)
+		return -1;
+	for (size_t i = 0; i < n && !stage_stopping(); i++) {
+		struct spool_entry e;
+		struct hold_state h;
+		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
+			continue;
+		router_hold_read(e.fd, &h);
+		if (h.next <= now) {
+			trace_add(e.fd, e.qid, "retry attempts=%llu", (unsigned long long)h.attempts);
+			if (spool_entry_move(&e, SD_SCAN) < 0)
+				log_warn(e.qid, "cannot move hold/%s back to scan/: %s", e.qid,
+				         strerror(errno));
+			else
+				log_info(e.qid, "retrying held message attempts=%llu",
+				         (unsigned long long)h.attempts);
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+	return -1;
+}
+
+int main(int argc, char **argv)
+{
+	struct stage st = {
+	    .name = "router",
+	    .watch_dir = SD_ROUTE,
+	    .handle = router_handle,
+	    .tick = router_tick,
+	    .tick_ms = 1000,
+	};
+	srand((unsigned)(getpid() ^ time(NULL)));
+	return stage_main(&st, argc, argv);
+}

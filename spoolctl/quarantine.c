@@ -1,0 +1,295 @@
+/*
+ * spoolctl quarantine - the quarantine as a store (docs/OUTBOX.md, docs/INTERNALS.md).
+ *
+ *   list [--json]   ID, date, sender, recipients, reason, virus names
+ *   show ID         the report, then the trace
+ *   release ID      back to route/ with a "release" marker: the router delivers it through
+ *                   its own fan-out, without a rescan and without looking at the verdicts
+ *   delete ID       through trash/
+ *   expire          remove entries older than router.quarantine_days
+ *
+ * Every ID is checked with spool_qid_valid before it is used in a path. Each change is
+ * one rename of a claimed (flock'd) entry, so it races safely with the router.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "ctl.h"
+#include "envelope.h"
+#include "log.h"
+#include "spool.h"
+#include "trace.h"
+#include "util.h"
+
+/* The raw (still JSON-escaped) string value of "key":"..." in a report.json. */
+static void qr_json_str(const char *j, const char *key, struct buf *out)
+{
+	char pat[64];
+	snprintf(pat, sizeof pat, "\"%s\":\"", key);
+	const char *p = strstr(j, pat);
+	if (!p)
+		return;
+	for (p += strlen(pat); *p && *p != '"'; p++) {
+		if (*p == '\\' && p[1])
+			buf_add(out, p++, 1);
+		buf_add(out, p, 1);
+	}
+}
+
+struct qr_entry {
+	char qid[SPOOL_QID_LEN + 1];
+	long long time;
+	struct buf reason, viruses_json, viruses_text, sender, rcpts_json, rcpts_text;
+};
+
+static int qr_load(int qfd, const char *qid, struct qr_entry *q)
+{
+	struct buf j;
+	struct envelope env;
+	char reason[256];
+	int dfd = openat(qfd, qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return -1;
+	memcpy(q->qid, qid, sizeof q->qid);
+	buf_init(&q->reason);
+	buf_init(&q->viruses_json);
+	buf_init(&q->viruses_text);
+	buf_init(&q->sender);
+	buf_init(&q->rcpts_json);
+	buf_init(&q->rcpts_text);
+	buf_init(&j);
+	envelope_init(&env);
+	q->time = 0;
+	if (read_file_at(dfd, "report.json", &j, 1 << 20) == 0) {
+		const char *s = buf_cstr(&j);
+		qr_json_str(s, "reason", &q->reason);
+		const char *t = strstr(s, "\"time\":");
+		if (t)
+			q->time = strtoll(t + 7, NULL, 10);
+		for (const char *v = strstr(s, "\"virus\":\""); v;
+		     v = strstr(v + 1, "\"virus\":\"")) {
+			struct buf one;
+			buf_init(&one);
+			qr_json_str(v, "virus", &one);
+			/* Several scanners, or the part and the whole message, name one virus. */
+			struct buf wrap, pat;
+			buf_init(&wrap);
+			buf_init(&pat);
+			buf_printf(&wrap, ",%s,", buf_cstr(&q->viruses_text));
+			buf_printf(&pat, ",%s,", buf_cstr(&one));
+			int dup = strstr(buf_cstr(&wrap), buf_cstr(&pat)) != NULL;
+			buf_free(&wrap);
+			buf_free(&pat);
+			if (dup) {
+				buf_free(&one);
+				continue;
+			}
+			buf_printf(&q->viruses_json, "%s\"%s\"", q->viruses_json.len ? "," : "",
+			           buf_cstr(&one));
+			buf_printf(&q->viruses_text, "%s%s", q->viruses_text.len ? "," : "",
+			           buf_cstr(&one));
+			buf_free(&one);
+		}
+	}
+	if (q->reason.len == 0)
+		buf_addstr(&q->reason, "unknown");
+	if (envelope_read_at(dfd, &env, reason, sizeof reason) == 0) {
+		json_escape(&q->sender, env.sender, strlen(env.sender));
+		for (size_t i = 0; i < env.n_rcpts; i++) {
+			buf_printf(&q->rcpts_json, "%s\"", i ? "," : "");
+			json_escape(&q->rcpts_json, env.rcpts[i], strlen(env.rcpts[i]));
+			buf_addstr(&q->rcpts_json, "\"");
+			if (i)
+				buf_addstr(&q->rcpts_text, ",");
+			escape_bytes(&q->rcpts_text, env.rcpts[i], strlen(env.rcpts[i]), 998);
+		}
+	}
+	envelope_free(&env);
+	buf_free(&j);
+	close(dfd);
+	return 0;
+}
+
+static void qr_free(struct qr_entry *q)
+{
+	buf_free(&q->reason);
+	buf_free(&q->viruses_json);
+	buf_free(&q->viruses_text);
+	buf_free(&q->sender);
+	buf_free(&q->rcpts_json);
+	buf_free(&q->rcpts_text);
+}
+
+static int qr_list(struct spool *sp, int json)
+{
+	char **names;
+	size_t n;
+	if (spool_list(sp->fd[SD_QUARANTINE], 1, &names, &n) < 0)
+		die_temp(NULL, "cannot list %s/quarantine: %s", sp->root, strerror(errno));
+	if (json)
+		printf("[");
+	else
+		printf("%-26s %-20s %-10s %-30s %s %s\n", "ID", "DATE", "REASON", "SENDER",
+		       "RECIPIENTS", "VIRUSES");
+	int first = 1;
+	for (size_t i = 0; i < n; i++) {
+		struct qr_entry q;
+		if (qr_load(sp->fd[SD_QUARANTINE], names[i], &q) < 0)
+			continue; /* released or deleted meanwhile */
+		char date[32] = "-";
+		time_t t = (time_t)q.time;
+		struct tm tm;
+		if (q.time > 0 && gmtime_r(&t, &tm))
+			strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		if (json)
+			printf(
+			    "%s\n {\"id\":\"%s\",\"date\":\"%s\",\"time\":%lld,\"sender\":\"%s\","
+			    "\"recipients\":[%s],\"reason\":\"%s\",\"viruses\":[%s]}",
+			    first ? "" : ",", q.qid, date, q.time, buf_cstr(&q.sender),
+			    buf_cstr(&q.rcpts_json), buf_cstr(&q.reason),
+			    buf_cstr(&q.viruses_json));
+		else
+			printf("%-26s %-20s %-10s %-30s %s %s\n", q.qid, date, buf_cstr(&q.reason),
+			       q.sender.len ? buf_cstr(&q.sender) : "<>", buf_cstr(&q.rcpts_text),
+			       q.viruses_text.len ? buf_cstr(&q.viruses_text) : "-");
+		first = 0;
+		qr_free(&q);
+	}
+	if (json)
+		printf("%s]\n", first ? "" : "\n");
+	spool_names_free(names, n);
+	return 0;
+}
+
+static void qr_print_file(int dfd, const char *name)
+{
+	struct buf b;
+	buf_init(&b);
+	if (read_file_at(dfd, name, &b, 16 << 20) == 0)
+		fwrite(b.data, 1, b.len, stdout);
+	buf_free(&b);
+}
+
+/* Claim quarantine/ID; exits 1 with a message when it is not there. */
+static void qr_claim(struct spool *sp, const char *qid, struct spool_entry *e)
+{
+	int r = spool_entry_claim(sp, SD_QUARANTINE, qid, e);
+	if (r == 1)
+		return;
+	if (r == 0 && errno == EWOULDBLOCK)
+		die_temp(qid, "quarantine/%s is busy (the router is working on it); try again",
+		         qid);
+	fprintf(stderr, "spoolctl: %s is not in quarantine\n", qid);
+	exit(1);
+}
+
+/* Remove quarantine entries older than days, by the time of their report. */
+static int qr_expire(struct spool *sp, int days)
+{
+	char **names;
+	size_t n;
+	int removed = 0;
+	if (days <= 0)
+		return 0;
+	if (spool_list(sp->fd[SD_QUARANTINE], 1, &names, &n) < 0)
+		die_temp(NULL, "cannot list %s/quarantine: %s", sp->root, strerror(errno));
+	time_t now = time(NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct spool_entry e;
+		struct stat sb;
+		if (spool_entry_claim(sp, SD_QUARANTINE, names[i], &e) != 1)
+			continue;
+		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
+			spool_entry_release(&e);
+			continue;
+		}
+		if (now - sb.st_mtime > (time_t)days * 86400) {
+			if (spool_entry_trash(&e) < 0) {
+				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid,
+				         strerror(errno));
+			} else {
+				log_info(e.qid, "expired from quarantine after %d days", days);
+				removed++;
+			}
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+	return removed;
+}
+
+int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
+{
+	struct spool sp;
+	struct spool_entry e;
+	if (argc < 1)
+		ctl_usage();
+	const char *sub = argv[0];
+	int want_id =
+	    strcmp(sub, "show") == 0 || strcmp(sub, "release") == 0 || strcmp(sub, "delete") == 0;
+	if (want_id && argc != 2)
+		ctl_usage();
+	/* The ID names a directory: checked before any path is built from it. */
+	if (want_id && !spool_qid_valid(argv[1])) {
+		fprintf(stderr, "spoolctl: '%s' is not a queue ID\n", argv[1]);
+		return EXIT_USAGE;
+	}
+	trace_set_prog("spoolctl");
+	ctl_spool_open(c, &sp);
+	int rc = 0;
+	if (strcmp(sub, "list") == 0) {
+		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0))
+			ctl_usage();
+		rc = qr_list(&sp, argc == 2);
+	} else if (strcmp(sub, "show") == 0) {
+		int dfd = openat(sp.fd[SD_QUARANTINE], argv[1],
+		                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (dfd < 0) {
+			fprintf(stderr, "spoolctl: %s is not in quarantine\n", argv[1]);
+			rc = 1;
+		} else {
+			qr_print_file(dfd, "report");
+			printf("\nTrace:\n");
+			qr_print_file(dfd, "trace");
+			close(dfd);
+		}
+	} else if (strcmp(sub, "release") == 0) {
+		qr_claim(&sp, argv[1], &e);
+		static const char marker[] = "released by spoolctl\n";
+		/* The marker is durable before the rename: a router that finds the entry in
+		 * route/ always knows it was released, even after a crash. */
+		trace_add(e.fd, e.qid, "release requested uid=%ld", (long)getuid());
+		if (spool_entry_write(&e, "release", marker, sizeof marker - 1) < 0 ||
+		    spool_entry_sync(&e) < 0)
+			die_temp(e.qid, "cannot write %s/quarantine/%s/release: %s", sp.root, e.qid,
+			         strerror(errno));
+		if (spool_entry_move(&e, SD_ROUTE) < 0)
+			die_temp(e.qid, "cannot move quarantine/%s to route/: %s", e.qid,
+			         strerror(errno));
+		log_info(argv[1], "released from quarantine; the router delivers it");
+		printf("%s released\n", argv[1]);
+	} else if (strcmp(sub, "delete") == 0) {
+		qr_claim(&sp, argv[1], &e);
+		if (spool_entry_trash(&e) < 0)
+			die_temp(e.qid, "cannot delete quarantine/%s: %s", e.qid, strerror(errno));
+		spool_entry_release(&e);
+		log_info(argv[1], "deleted from quarantine");
+		printf("%s deleted\n", argv[1]);
+	} else if (strcmp(sub, "expire") == 0) {
+		if (argc != 1)
+			ctl_usage();
+		int n = qr_expire(&sp, c->router.quarantine_days);
+		printf("%d expired\n", n);
+	} else {
+		ctl_usage();
+	}
+	spool_close(&sp);
+	return rc;
+}
