@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crash.h"
@@ -475,4 +476,64 @@ uint64_t spool_space_free(struct spool *sp)
 	if (fstatvfs(sp->root_fd, &v) < 0)
 		return UINT64_MAX;
 	return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+}
+
+int spool_quarantine_expire(struct spool *sp, int days)
+{
+	char **names;
+	size_t n;
+	int removed = 0;
+	if (days <= 0)
+		return 0;
+	if (spool_list(sp->fd[SD_QUARANTINE], 1, &names, &n) < 0)
+		return -1;
+	time_t now = time(NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct spool_entry e;
+		struct stat sb;
+		if (spool_entry_claim(sp, SD_QUARANTINE, names[i], &e) != 1)
+			continue;
+		/* The report's time is the quarantine time; an entry without one counts from
+		 * its directory's. */
+		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
+			spool_entry_release(&e);
+			continue;
+		}
+		if (now - sb.st_mtime > (time_t)days * 86400) {
+			if (spool_entry_trash(&e) < 0) {
+				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid, strerror(errno));
+			} else {
+				log_info(e.qid, "expired from quarantine after %d days", days);
+				removed++;
+			}
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+	return removed;
+}
+
+int spool_tmp_sweep(struct spool *sp, int max_age)
+{
+	char **names;
+	size_t n;
+	int removed = 0;
+	if (spool_list(sp->fd[SD_TMP], 0, &names, &n) < 0)
+		return 0;
+	time_t now = time(NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct stat sb;
+		if (fstatat(sp->fd[SD_TMP], names[i], &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    now - sb.st_mtime <= max_age)
+			continue;
+		/* Nothing in tmp/ is ever a message yet: writers move things out of it by one
+		 * rename when they are complete, so what stays this long was abandoned. */
+		if (remove_tree_at(sp->fd[SD_TMP], names[i]) == 0) {
+			log_warn(NULL, "removed %s/tmp/%s, abandoned by a crashed writer", sp->root,
+			         names[i]);
+			removed++;
+		}
+	}
+	spool_names_free(names, n);
+	return removed;
 }

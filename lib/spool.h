@@ -109,6 +109,14 @@ int spool_trash_empty(struct spool *sp);
 int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, char *conn,
                      size_t connlen);
 
+/* Remove quarantine entries whose report is older than days (entries that are claimed are
+ * skipped). Logs each removal. Returns how many were removed; -1 if quarantine/ cannot
+ * be listed. */
+int spool_quarantine_expire(struct spool *sp, int days);
+/* Remove what a crashed writer left in tmp/ (inject files, notices being built) once it
+ * is older than max_age seconds. Returns how many were removed. */
+int spool_tmp_sweep(struct spool *sp, int max_age);
+
 /* Bytes available to us on the spool's filesystem (statvfs f_bavail), or UINT64_MAX if
  * it cannot be told. */
 uint64_t spool_space_free(struct spool *sp);

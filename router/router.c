@@ -754,34 +754,6 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 	buf_free(&s);
 }
 
-/* Remove quarantine entries older than quarantine_days (by their report's time). */
-static void router_expire(struct stage *st)
-{
-	int days = st->conf->router.quarantine_days;
-	char **names;
-	size_t n;
-	if (days <= 0 || spool_list(st->spool.fd[SD_QUARANTINE], 1, &names, &n) < 0)
-		return;
-	time_t now = time(NULL);
-	for (size_t i = 0; i < n && !stage_stopping(); i++) {
-		struct spool_entry e;
-		struct stat sb;
-		if (spool_entry_claim(&st->spool, SD_QUARANTINE, names[i], &e) != 1)
-			continue;
-		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
-			spool_entry_release(&e);
-			continue;
-		}
-		if (now - sb.st_mtime > (time_t)days * 86400) {
-			if (spool_entry_trash(&e) < 0)
-				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid, strerror(errno));
-			else
-				log_info(e.qid, "expired from quarantine after %d days", days);
-		}
-		spool_entry_release(&e);
-	}
-	spool_names_free(names, n);
-}
 
 static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
                                    const struct envelope *env, const struct verdicts *vs,
@@ -940,7 +912,9 @@ static int router_tick(struct stage *st)
 	size_t n;
 	uint64_t now = (uint64_t)time(NULL);
 	if (now_ms_monotonic() >= next_expire) {
-		router_expire(st);
+		if (spool_quarantine_expire(&st->spool, st->conf->router.quarantine_days) < 0)
+			log_warn(NULL, "cannot list %s/quarantine: %s", st->spool.root,
+			         strerror(errno));
 		next_expire = now_ms_monotonic() + (int64_t)st->conf->router.expire_interval * 1000;
 	}
 	if (spool_list(st->spool.fd[SD_HOLD], 1, &names, &n) < 0)

@@ -492,6 +492,11 @@ static void splitter_recover(struct stage *st)
 /* Deferred messages (still being written) wait in incoming/: look again every second. */
 static int splitter_tick(struct stage *st)
 {
+	static int64_t next_sweep;
+	if (now_ms_monotonic() >= next_sweep) {
+		spool_tmp_sweep(&st->spool, 86400);
+		next_sweep = now_ms_monotonic() + 3600 * 1000;
+	}
 	if (splitter_space_low) {
 		if (spool_space_free(&st->spool) < 2 * SPOOL_RESERVE_BYTES)
 			return 1000;

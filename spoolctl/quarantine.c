@@ -191,39 +191,6 @@ static void qr_claim(struct spool *sp, const char *qid, struct spool_entry *e)
 }
 
 /* Remove quarantine entries older than days, by the time of their report. */
-static int qr_expire(struct spool *sp, int days)
-{
-	char **names;
-	size_t n;
-	int removed = 0;
-	if (days <= 0)
-		return 0;
-	if (spool_list(sp->fd[SD_QUARANTINE], 1, &names, &n) < 0)
-		die_temp(NULL, "cannot list %s/quarantine: %s", sp->root, strerror(errno));
-	time_t now = time(NULL);
-	for (size_t i = 0; i < n; i++) {
-		struct spool_entry e;
-		struct stat sb;
-		if (spool_entry_claim(sp, SD_QUARANTINE, names[i], &e) != 1)
-			continue;
-		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
-			spool_entry_release(&e);
-			continue;
-		}
-		if (now - sb.st_mtime > (time_t)days * 86400) {
-			if (spool_entry_trash(&e) < 0) {
-				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid,
-				         strerror(errno));
-			} else {
-				log_info(e.qid, "expired from quarantine after %d days", days);
-				removed++;
-			}
-		}
-		spool_entry_release(&e);
-	}
-	spool_names_free(names, n);
-	return removed;
-}
 
 int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 {
@@ -285,7 +252,9 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 	} else if (strcmp(sub, "expire") == 0) {
 		if (argc != 1)
 			ctl_usage();
-		int n = qr_expire(&sp, c->router.quarantine_days);
+		int n = spool_quarantine_expire(&sp, c->router.quarantine_days);
+		if (n < 0)
+			die_temp(NULL, "cannot list %s/quarantine: %s", sp.root, strerror(errno));
 		printf("%d expired\n", n);
 	} else {
 		ctl_usage();

@@ -53,6 +53,21 @@ def hostile_names_are_escaped_and_never_paths():
             assert x not in ("x",) and "touch" not in x, (root, x)
 
 
+@test
+def abandoned_tmp_entries_are_swept():
+    p = Pipeline(scanners=[clamscan()])
+    tmp = os.path.join(p.spool, "tmp")
+    os.makedirs(tmp)
+    old, new = os.path.join(tmp, "old.inject"), os.path.join(tmp, "new.inject")
+    for path in (old, new):
+        with open(path, "wb") as f:
+            f.write(b"half a message")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    p.start()
+    harness.wait_for(lambda: not os.path.exists(old), timeout=20, what="old tmp entry removed")
+    assert os.path.exists(new), "a fresh tmp entry (a writer at work) must stay"
+
+
 @test(timeout=900)
 def many_files_dropped_at_once():
     n = int(os.environ.get("HOSTILE_MANY", "10000" if "asan" not in harness.BIN else "3000"))
