@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,27 +17,13 @@
 int outbox_entry_claim(struct spool *sp, int dirfd, const char *conn, const char *qid,
                        struct outbox_entry *e)
 {
-	struct stat a, b;
 	if (!spool_qid_valid(qid)) {
 		errno = EINVAL;
 		return -1;
 	}
-	int fd = openat(dirfd, qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = spool_lock_at(dirfd, qid);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		int err = errno;
-		close(fd);
-		errno = err;
-		return err == EWOULDBLOCK ? 0 : -1;
-	}
-	/* Another agent may have finished it between our open and our lock. */
-	if (fstat(fd, &a) < 0 || fstatat(dirfd, qid, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
-	    a.st_ino != b.st_ino) {
-		close(fd);
-		errno = ENOENT;
-		return 0;
-	}
+		return errno == ENOENT || errno == EWOULDBLOCK ? 0 : -1;
 	e->sp = sp;
 	e->dirfd = dirfd;
 	e->fd = fd;

@@ -194,31 +194,39 @@ void spool_names_free(char **names, size_t n)
 	free(names);
 }
 
-int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
-                      struct spool_entry *e)
+int spool_lock_at(int dirfd, const char *name)
 {
 	struct stat a, b;
-	if (!spool_qid_valid(qid)) {
-		errno = EINVAL;
-		return -1;
-	}
-	int fd = openat(sp->fd[where], qid, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
+		return -1;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int err = errno;
 		close(fd);
 		errno = err;
-		return err == EWOULDBLOCK ? 0 : -1;
+		return -1;
 	}
 	/* Between our open and our lock, the holder may have renamed the directory on: only
 	 * the same inode still under the same name is ours to work on. */
-	if (fstat(fd, &a) < 0 || fstatat(sp->fd[where], qid, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+	if (fstat(fd, &a) < 0 || fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
 		close(fd);
 		errno = ENOENT;
-		return 0;
+		return -1;
 	}
+	return fd;
+}
+
+int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
+                      struct spool_entry *e)
+{
+	if (!spool_qid_valid(qid)) {
+		errno = EINVAL;
+		return -1;
+	}
+	int fd = spool_lock_at(sp->fd[where], qid);
+	if (fd < 0)
+		return errno == ENOENT || errno == EWOULDBLOCK ? 0 : -1;
 	e->sp = sp;
 	e->where = where;
 	memcpy(e->qid, qid, SPOOL_QID_LEN + 1);

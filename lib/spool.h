@@ -63,6 +63,12 @@ int spool_qid_valid(const char *s);
 int spool_list(int dirfd, int want_qids, char ***names, size_t *n);
 void spool_names_free(char **names, size_t n);
 
+/* Open dirfd/name as a directory and take flock(LOCK_EX|LOCK_NB) on it, checking that the
+ * name still refers to the locked inode. Returns the descriptor; -1 with errno ENOENT
+ * (gone, or moved on by its holder), EWOULDBLOCK (held by another process), or another
+ * errno for a real error. The claim primitive of every spool directory, outboxes too. */
+int spool_lock_at(int dirfd, const char *name);
+
 /* A claimed entry: the directory's descriptor, flock'd exclusively. */
 struct spool_entry {
 	struct spool *sp;
