@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""splitter program tests (issue 3): poison messages, limits, memory on a 100 MB message."""
+import base64
+import os
+import resource
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib as harness  # noqa: E402
+from lib import test  # noqa: E402
+from lib import msgs  # noqa: E402
+from lib.spool import Pipeline, clamscan  # noqa: E402
+
+
+@test
+def poison_message_goes_to_badmail_after_three_crashes():
+    if "asan" not in (harness.BIN or ""):
+        harness.skip("simulates the crash with a crash point (test build only)")
+    p = Pipeline(scanners=[clamscan()])
+    p.drop("poison", msgs.clean())
+    for i in range(3):
+        r = p.stage("splitter", env={"SPOOLD_CRASH_AT": "split-claimed"})
+        assert r.returncode == 99, "run %d: want the crash, got exit %d: %s" % (i, r.returncode, r.out)
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out
+    assert p.entries("badmail"), "no badmail entry: %s" % p.entries("incoming")
+    q = p.entries("badmail")[0]
+    reason = p.read(os.path.join(p.spool, "badmail", q), "reason").decode()
+    assert "poison" in reason and "3 times" in reason, reason
+    # the rest of the mail keeps flowing
+    p.drop("next", msgs.clean(subject="after the poison"))
+    p.pass_all()
+    assert [f[0] for f in p.finals()].count("outbox/smtp") == 1, p.finals()
+
+
+@test
+def over_limit_is_held_with_the_mark_in_the_reason():
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=3))
+    p.drop("many", msgs.multipart(10))
+    p.pass_all()
+    finals = p.finals()
+    assert [f[0] for f in finals] == ["hold"], finals
+    reason = p.read(finals[0][2], "reason").decode()
+    assert "over limit (max_parts)" in reason, reason
+    assert "unscannable over\\x20limit\\x20(max_parts)" in p.read(finals[0][2], "manifest").decode()
+
+
+@test
+def over_size_message_is_held_never_passed():
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_message_size=10000))
+    p.drop("big", msgs.with_attachment(os.urandom(20000), "big.bin"))
+    p.pass_all()
+    finals = p.finals()
+    assert [f[0] for f in finals] == ["hold"], finals
+    assert "max_message_size" in p.read(finals[0][2], "reason").decode()
+
+
+@test(timeout=300)
+def hundred_megabyte_message_stays_under_32_mb():
+    if "asan" in (harness.BIN or ""):
+        harness.skip("ASan's shadow memory makes RSS meaningless; measured on the production build")
+    d = harness.tmpdir("big")
+    path = os.path.join(d, "big.eml")
+    with open(path, "wb") as f:
+        f.write(b"From: a@example.org\nTo: b@example.org\nSubject: big\nMIME-Version: 1.0\n"
+                b"Content-Type: multipart/mixed; boundary=XYZ\n\n--XYZ\nContent-Type: text/plain\n\n"
+                b"see attachment\n--XYZ\nContent-Type: application/octet-stream; name=big.bin\n"
+                b"Content-Transfer-Encoding: base64\n\n")
+        chunk = base64.encodebytes(os.urandom(57 * 1000))
+        written = 0
+        while written < 100 * 1000 * 1000:
+            f.write(chunk)
+            written += len(chunk)
+        f.write(b"--XYZ--\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run([harness.bin_path("splitter"), "-x", path, "-o", os.path.join(d, "out")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=240)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb > before or before < 32 * 1024, "measurement polluted by an earlier child"
+    print("    peak RSS %.1f MB for a %d MB message" % (peak_kb / 1024, written // 1000000))
+    assert peak_kb < 32 * 1024, "peak RSS %d kB" % peak_kb
+
+
+if __name__ == "__main__":
+    harness.main()
