@@ -22,12 +22,10 @@ static int slot_open(struct spool *sp, const char *scanner, int n)
 	return openat(sp->fd[SD_SLOTS], name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
 }
 
-int slot_acquire(struct spool *sp, const char *scanner, int max)
+/* Try every slot without waiting; the locked descriptor, or -1 (errno EWOULDBLOCK when
+ * all are busy). */
+static int slot_try_all(struct spool *sp, const char *scanner, int max)
 {
-	static unsigned rr;
-	if (max < 1)
-		max = 1;
-	/* First look for a free slot without waiting. */
 	for (int i = 0; i < max; i++) {
 		int fd = slot_open(sp, scanner, i);
 		if (fd < 0)
@@ -41,20 +39,60 @@ int slot_acquire(struct spool *sp, const char *scanner, int max)
 			return -1;
 		}
 	}
-	/* All taken: sleep in the kernel on one slot (rotating which, with the pid mixed in,
-	 * so waiting runners spread over the slots), burning no CPU while we wait. */
-	int n = (int)((rr++ + (unsigned)getpid()) % (unsigned)max);
-	int fd = slot_open(sp, scanner, n);
-	if (fd < 0)
+	errno = EWOULDBLOCK;
+	return -1;
+}
+
+int slot_acquire(struct spool *sp, const char *scanner, int max)
+{
+	if (max < 1)
+		max = 1;
+	int fd = slot_try_all(sp, scanner, max);
+	if (fd >= 0 || errno != EWOULDBLOCK)
+		return fd;
+	/* All taken. Waiters line up on slots/<scanner>.wait, sleeping in flock; the one at
+	 * the head sleeps on one slot at a time for at most 100 ms (a timer interrupts the
+	 * wait), then looks at all of them again. So a waiter takes whichever slot frees
+	 * first, within 100 ms, at a cost of ten wake-ups a second and no busy loop. */
+	char wname[128];
+	if (bsnprintf(wname, sizeof wname, "%s.wait", scanner) < 0) {
+		errno = ENAMETOOLONG;
 		return -1;
-	while (flock(fd, LOCK_EX) < 0) {
+	}
+	int wfd = openat(sp->fd[SD_SLOTS], wname, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (wfd < 0)
+		return -1;
+	while (flock(wfd, LOCK_EX) < 0) {
 		if (errno != EINTR) {
 			int e = errno;
-			close(fd);
+			close(wfd);
 			errno = e;
 			return -1;
 		}
 	}
+	for (int n = 0;; n = (n + 1) % max) {
+		fd = slot_try_all(sp, scanner, max);
+		if (fd >= 0 || errno != EWOULDBLOCK)
+			break;
+		fd = slot_open(sp, scanner, n);
+		if (fd < 0)
+			break;
+		alarm_interval_arm(100, 100);
+		int r = flock(fd, LOCK_EX);
+		int e = errno;
+		alarm_interval_disarm();
+		if (r == 0)
+			break;
+		close(fd);
+		fd = -1;
+		if (e != EINTR) {
+			errno = e;
+			break;
+		}
+	}
+	int e = errno;
+	close(wfd); /* the next waiter moves to the head of the line */
+	errno = e;
 	return fd;
 }
 

@@ -4,6 +4,8 @@
 #include "util.h"
 
 #include <dirent.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -413,4 +415,47 @@ void json_escape(struct buf *out, const void *p, size_t n)
 		else
 			buf_add(out, &c, 1);
 	}
+}
+
+static volatile sig_atomic_t alarm_flag;
+
+static void alarm_on_signal(int sig)
+{
+	(void)sig;
+	alarm_flag = 1;
+}
+
+void alarm_interval_arm(int first_ms, int every_ms)
+{
+	static int installed;
+	if (!installed) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = alarm_on_signal;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = 0; /* no SA_RESTART: interrupting the wait is the point */
+		sigaction(SIGALRM, &sa, NULL);
+		installed = 1;
+	}
+	struct itimerval it;
+	if (first_ms < 1)
+		first_ms = 1;
+	it.it_value.tv_sec = first_ms / 1000;
+	it.it_value.tv_usec = (first_ms % 1000) * 1000;
+	it.it_interval.tv_sec = every_ms / 1000;
+	it.it_interval.tv_usec = (every_ms % 1000) * 1000;
+	alarm_flag = 0;
+	setitimer(ITIMER_REAL, &it, NULL);
+}
+
+void alarm_interval_disarm(void)
+{
+	struct itimerval off;
+	memset(&off, 0, sizeof off);
+	setitimer(ITIMER_REAL, &off, NULL);
+}
+
+int alarm_fired(void)
+{
+	return alarm_flag;
 }

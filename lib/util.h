@@ -84,6 +84,14 @@ int fsync_path(const char *dir);
 /* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. */
 int remove_tree_at(int dirfd, const char *name);
 
+/* A repeating SIGALRM whose only job is to interrupt one blocking call (installed without
+ * SA_RESTART), for libraries and locks that cannot wait with a timeout themselves. Arm it
+ * right before the call and disarm it right after. alarm_fired() says whether it went off
+ * since the last arm. */
+void alarm_interval_arm(int first_ms, int every_ms);
+void alarm_interval_disarm(void);
+int alarm_fired(void);
+
 /* Monotonic and wall clocks. */
 int64_t now_ms_monotonic(void);
 int64_t now_us_wall(void);

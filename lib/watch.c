@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 static int watch_fd = -1;
 
@@ -63,48 +64,21 @@ void watch_open(const char *dir)
 	}
 }
 
-static volatile sig_atomic_t watch_alarm_fired;
-
-static void watch_on_alarm(int sig)
-{
-	(void)sig;
-	watch_alarm_fired = 1;
-}
-
 enum watch_event watch_next(int timeout_ms, char *name, size_t len)
 {
-	static int alarm_installed;
-	if (!alarm_installed) {
-		struct sigaction sa;
-		memset(&sa, 0, sizeof sa);
-		sa.sa_handler = watch_on_alarm;
-		sigemptyset(&sa.sa_mask);
-		sa.sa_flags = 0; /* no SA_RESTART: the alarm must interrupt the wait */
-		sigaction(SIGALRM, &sa, NULL);
-		alarm_installed = 1;
-	}
 	/* libinotifytools only waits in whole seconds (and 0 means forever), so the wait is
 	 * bounded by an interval timer whose signal interrupts it. The timer repeats every
 	 * 10 ms, so a signal that lands just before the library starts waiting is followed
 	 * by another. A buffered event is returned at once, without waiting. */
-	struct itimerval it, off;
-	memset(&off, 0, sizeof off);
-	watch_alarm_fired = 0;
-	if (timeout_ms >= 0) {
-		int ms = timeout_ms > 0 ? timeout_ms : 1;
-		it.it_value.tv_sec = ms / 1000;
-		it.it_value.tv_usec = (ms % 1000) * 1000;
-		it.it_interval.tv_sec = 0;
-		it.it_interval.tv_usec = 10000;
-		setitimer(ITIMER_REAL, &it, NULL);
-	}
+	if (timeout_ms >= 0)
+		alarm_interval_arm(timeout_ms, 10);
 	struct inotify_event *ev = inotifytools_next_event(-1);
 	int err = ev ? 0 : inotifytools_error();
 	if (timeout_ms >= 0)
-		setitimer(ITIMER_REAL, &off, NULL);
+		alarm_interval_disarm();
 	if (ev == NULL) {
 		if (err == EINTR || err == 0)
-			return watch_alarm_fired ? WATCH_TIMEOUT : WATCH_INTR;
+			return alarm_fired() ? WATCH_TIMEOUT : WATCH_INTR;
 		log_warn(NULL, "inotify: %s; rescanning", strerror(err));
 		return WATCH_RESCAN;
 	}

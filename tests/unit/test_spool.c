@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "envelope.h"
+#include "slot.h"
 #include "manifest.h"
 #include "spool.h"
 #include "util.h"
@@ -115,6 +116,42 @@ int main(void)
 	CHECK("trash", spool_entry_trash(&e) == 0 && !exists(&sp, SD_SCAN, qid));
 	spool_entry_release(&e);
 	CHECK("trash_empty_after", spool_trash_empty(&sp) == 0);
+
+	/* slots: at most max holders; a waiter takes whichever slot frees, not only the
+	 * one it sleeps on */
+	int s0 = slot_acquire(&sp, "unit", 2), s1 = slot_acquire(&sp, "unit", 2);
+	CHECK("slot_two_free", s0 >= 0 && s1 >= 0 && slot_count_busy(&sp, "unit", 2) == 2);
+	int pfd[2];
+	CHECK("slot_pipe", pipe(pfd) == 0);
+	pid = fork();
+	if (pid == 0) {
+		struct spool sp2;
+		/* fork copied the parent's slot descriptors: drop them, or they keep the locks */
+		close(s0);
+		close(s1);
+		spool_open(&sp2, root, 0);
+		int64_t t0 = now_ms_monotonic();
+		int s = slot_acquire(&sp2, "unit", 2);
+		long waited = (long)(now_ms_monotonic() - t0);
+		(void)!write(pfd[1], &waited, sizeof waited);
+		_exit(s >= 0 ? 0 : 1);
+	}
+	usleep(300000);
+	long early = -1;
+	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+	CHECK("slot_waiter_blocks_while_full", read(pfd[0], &early, sizeof early) < 0);
+	/* free the slot the waiter is NOT sleeping on first, then the other: either way it
+	 * must get one */
+	slot_release(s1);
+	waitpid(pid, &status, 0);
+	long waited = 0;
+	fcntl(pfd[0], F_SETFL, 0);
+	CHECK("slot_waiter_gets_a_freed_slot", WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+	                                           read(pfd[0], &waited, sizeof waited) > 0 &&
+	                                           waited >= 250);
+	slot_release(s0);
+	close(pfd[0]);
+	close(pfd[1]);
 
 	/* envelope round trip and limits */
 	struct envelope env, env2;
