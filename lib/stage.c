@@ -58,8 +58,8 @@ int stage_scan(struct stage *st)
 	int did = 0;
 	int fd = st->spool.fd[st->watch_dir];
 	if (spool_list(fd, st->watch_dir != SD_INBOUND, &names, &n) < 0) {
-		log_warn(NULL, "cannot list %s/%s: %s", st->spool.root, spool_dir_name(st->watch_dir),
-		         strerror(errno));
+		log_warn(NULL, "cannot list %s/%s: %s", st->spool.root,
+		         spool_dir_name(st->watch_dir), strerror(errno));
 		return 0;
 	}
 	for (size_t i = 0; i < n && !stage_stop && !stage_paused; i++)
@@ -69,19 +69,32 @@ int stage_scan(struct stage *st)
 	return did;
 }
 
-/* Tell spoold that start-up recovery is done: one line on the descriptor it handed us in
- * SPOOLD_READY_FD (s6's notification-fd idea), then close it so it never leaks into a
- * scanner child. Not running under spoold: nothing to do. */
-static void stage_ready_notify(void)
+/* The readiness descriptor spoold handed us in SPOOLD_READY_FD (s6's notification-fd
+ * idea), or -1. Taken at start and made close-on-exec at once, so that scanner children
+ * started during recovery (the canary) never inherit it. */
+static int stage_ready_fd = -1;
+
+static void stage_ready_take(void)
 {
 	const char *s = getenv("SPOOLD_READY_FD");
 	uint64_t fd;
 	if (s == NULL || parse_u64(s, &fd) < 0 || fd < 3 || fd > 1024)
 		return;
-	if (write_all((int)fd, "ready\n", 6) < 0)
-		log_warn(NULL, "cannot signal readiness on fd %d: %s", (int)fd, strerror(errno));
-	close((int)fd);
 	unsetenv("SPOOLD_READY_FD");
+	if (fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0)
+		return; /* not open: not started by spoold after all */
+	stage_ready_fd = (int)fd;
+}
+
+/* Start-up recovery is done: one line to spoold, then close. */
+static void stage_ready_notify(void)
+{
+	if (stage_ready_fd < 0)
+		return;
+	if (write_all(stage_ready_fd, "ready\n", 6) < 0)
+		log_warn(NULL, "cannot signal readiness to spoold: %s", strerror(errno));
+	close(stage_ready_fd);
+	stage_ready_fd = -1;
 }
 
 static void stage_usage(const char *prog)
@@ -94,6 +107,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 	const char *conf_path = "/etc/spoold/spoold.conf";
 	log_init(st->name);
 	trace_set_prog(st->name);
+	stage_ready_take();
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
 			conf_path = argv[++i];

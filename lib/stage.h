@@ -7,6 +7,10 @@
  * that is paused (SIGUSR1) finishes its current message and claims nothing new until
  * resumed (SIGUSR2). SIGTERM and SIGINT stop the loop between messages.
  *
+ * Under spoold: once recovery is done the stage writes "ready\n" to the descriptor named
+ * in $SPOOLD_READY_FD and closes it (spoold shows starting/ready); with $SPOOLD_PAUSED=1
+ * it starts paused (spoold restarted it while its stage was paused).
+ *
  * Options: -c FILE (config, default /etc/spoold/spoold.conf), --once (recover, scan once,
  * exit: for tests and batch use).
  */

@@ -1,7 +1,12 @@
 /*
- * spoolctl status [--json] - queue depths, bytes and oldest ages, and the stages.
+ * spoolctl status [--json] - queue depths, bytes and oldest ages, the stages, scanner
+ * slots and scanner health.
+ *
+ * Stages come from spoold's run/status (a pid is shown only while spoold is alive);
+ * scanner health from run/scanners, written by the scanner-runner's canary ("unknown"
+ * when absent). A loud warning is printed when router.hold_expiry_action is "deliver":
+ * held messages that expire are then delivered unscanned.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -14,72 +19,63 @@
 
 #include "conf.h"
 #include "ctl.h"
-#include "envelope.h"
 #include "log.h"
+#include "qstat.h"
+#include "slot.h"
 #include "spool.h"
 #include "util.h"
 
 struct dirstat {
-	const char *label;
-	size_t count;
-	unsigned long long bytes;
-	long long oldest; /* age in seconds, -1 if empty */
+	char label[300];
+	struct qstat q;
 };
 
-static unsigned long long ctl_tree_bytes(int parent, const char *name)
+struct health {
+	char state[32];
+	long long since;
+	struct buf reason;
+};
+
+static void st_json_str(const char *s)
 {
-	struct stat st;
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return 0;
-	if (!S_ISDIR(st.st_mode))
-		return (unsigned long long)st.st_size;
-	unsigned long long sum = 0;
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	DIR *d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return 0;
-	}
-	struct dirent *de;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			sum += ctl_tree_bytes(dirfd(d), de->d_name);
-	}
-	closedir(d);
-	return sum;
+	struct buf e;
+	buf_init(&e);
+	json_escape(&e, s, strlen(s));
+	printf("\"%s\"", buf_cstr(&e));
+	buf_free(&e);
 }
 
-static void ctl_dirstat(int dirfd, int qids, struct dirstat *ds)
+/* The health line of scanner name in run/scanners, if the file is complete ("end"). */
+static void st_health(const char *text, const char *name, struct health *h)
 {
-	char **names;
-	size_t n;
-	time_t now = time(NULL);
-	ds->count = 0;
-	ds->bytes = 0;
-	ds->oldest = -1;
-	if (spool_list(dirfd, qids, &names, &n) < 0)
-		return;
-	for (size_t i = 0; i < n; i++) {
-		struct stat st;
-		if (fstatat(dirfd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue;
-		ds->count++;
-		ds->bytes += ctl_tree_bytes(dirfd, names[i]);
-		long long age = (long long)(now - st.st_mtime);
-		if (qids) {
-			/* The queue ID holds the intake time: the age of the message, not of the
-			 * last move. */
-			unsigned long long us = strtoull(names[i], NULL, 16);
-			age = (long long)now - (long long)(us / 1000000);
-		}
-		if (age < 0)
-			age = 0;
-		if (age > ds->oldest)
-			ds->oldest = age;
+	struct buf v;
+	buf_init(&v);
+	snprintf(h->state, sizeof h->state, "unknown");
+	h->since = 0;
+	buf_reset(&h->reason);
+	if (text == NULL || strstr(text, "\nend") == NULL) {
+		if (!(text && strncmp(text, "end", 3) == 0))
+			goto out;
 	}
-	spool_names_free(names, n);
+	for (const char *line = text; line && *line;) {
+		const char *nl = strchr(line, '\n');
+		size_t len = nl ? (size_t)(nl - line) : strlen(line);
+		char one[4096];
+		if (len < sizeof one && strncmp(line, "scanner ", 8) == 0) {
+			memcpy(one, line, len);
+			one[len] = '\0';
+			if (kv_find(one, "name", &v) == 0 && strcmp(buf_cstr(&v), name) == 0) {
+				if (kv_find(one, "state", &v) == 0)
+					snprintf(h->state, sizeof h->state, "%s", buf_cstr(&v));
+				if (kv_find(one, "since", &v) == 0)
+					h->since = strtoll(buf_cstr(&v), NULL, 10);
+				kv_find(one, "reason", &h->reason);
+			}
+		}
+		line = nl ? nl + 1 : NULL;
+	}
+out:
+	buf_free(&v);
 }
 
 int ctl_cmd_status(struct conf *c, int argc, char **argv)
@@ -89,58 +85,62 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 	ctl_spool_open(c, &sp);
 	struct dirstat ds[64];
 	size_t nd = 0;
-	static const enum spool_dir dirs[] = {SD_INBOUND, SD_INCOMING, SD_SCAN, SD_ROUTE,
-	                                      SD_QUARANTINE, SD_HOLD, SD_BADMAIL};
-	char labels[64][80];
+	static const enum spool_dir dirs[] = {SD_INBOUND,    SD_INCOMING, SD_SCAN,   SD_ROUTE,
+	                                      SD_QUARANTINE, SD_HOLD,     SD_BADMAIL};
 	for (size_t i = 0; i < ARRAY_LEN(dirs); i++) {
-		ds[nd].label = spool_dir_name(dirs[i]);
-		ctl_dirstat(sp.fd[dirs[i]], dirs[i] != SD_INBOUND, &ds[nd]);
+		snprintf(ds[nd].label, sizeof ds[nd].label, "%s", spool_dir_name(dirs[i]));
+		qstat_dir(sp.fd[dirs[i]], dirs[i] != SD_INBOUND, &ds[nd].q);
 		nd++;
 	}
 	for (size_t i = 0; i < c->n_connectors && nd < ARRAY_LEN(ds); i++) {
-		int ofd = spool_outbox_open(&sp, c->connectors[i].name);
-		snprintf(labels[nd], sizeof labels[nd], "outbox/%s", c->connectors[i].name);
-		ds[nd].label = labels[nd];
-		if (ofd >= 0) {
-			ctl_dirstat(ofd, 1, &ds[nd]);
+		int ofd = openat(sp.fd[SD_OUTBOX], c->connectors[i].name,
+		                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		snprintf(ds[nd].label, sizeof ds[nd].label, "outbox/%s", c->connectors[i].name);
+		qstat_dir(ofd, 1, &ds[nd].q);
+		if (ofd >= 0)
 			close(ofd);
-		} else {
-			ds[nd].count = 0;
-			ds[nd].bytes = 0;
-			ds[nd].oldest = -1;
-		}
 		nd++;
 	}
 	/* Stages, from the supervisor's status file; a pid is shown running only if alive. */
-	struct buf st, v;
+	struct buf st, v, sc;
 	buf_init(&st);
 	buf_init(&v);
+	buf_init(&sc);
 	int have = read_file_at(sp.fd[SD_RUN], "status", &st, 1 << 20) == 0;
 	long spid = 0;
 	if (have && kv_find(buf_cstr(&st), "pid", &v) == 0)
 		spid = strtol(buf_cstr(&v), NULL, 10);
-	int sup_alive = have && spid > 0 && kill((pid_t)spid, 0) == 0;
+	int sup_alive = have && spid > 0 && (kill((pid_t)spid, 0) == 0 || errno == EPERM);
+	int have_sc = read_file_at(sp.fd[SD_RUN], "scanners", &sc, 1 << 20) == 0;
+	int deliver =
+	    c->router.hold_expiry_action && strcmp(c->router.hold_expiry_action, "deliver") == 0;
 
 	if (json) {
-		printf("{\"spool\":\"");
-		struct buf e;
-		buf_init(&e);
-		json_escape(&e, sp.root, strlen(sp.root));
-		printf("%s\",\"queues\":{", buf_cstr(&e));
-		buf_free(&e);
-		for (size_t i = 0; i < nd; i++)
-			printf("%s\"%s\":{\"count\":%zu,\"bytes\":%llu,\"oldest_age\":%lld}",
-			       i ? "," : "", ds[i].label, ds[i].count, ds[i].bytes, ds[i].oldest);
-		printf("},\"spoold\":{\"running\":%s,\"pid\":%ld},\"stages\":[",
+		printf("{\"spool\":");
+		st_json_str(sp.root);
+		printf(",\"queues\":{");
+		for (size_t i = 0; i < nd; i++) {
+			printf("%s", i ? "," : "");
+			st_json_str(ds[i].label);
+			printf(":{\"count\":%zu,\"bytes\":%llu,\"oldest_age\":%lld}", ds[i].q.count,
+			       ds[i].q.bytes, ds[i].q.oldest);
+		}
+		printf("},\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
+		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"stages\":[",
 		       sup_alive ? "true" : "false", sup_alive ? spid : 0L);
 	} else {
+		if (deliver)
+			printf(
+			    "WARNING: router.hold_expiry_action = \"deliver\": held messages that "
+			    "expire are DELIVERED UNSCANNED (with a warning header)\n\n");
 		printf("spool %s\n\n%-22s %8s %12s %10s\n", sp.root, "queue", "count", "bytes",
 		       "oldest");
 		for (size_t i = 0; i < nd; i++) {
 			char age[32] = "-";
-			if (ds[i].oldest >= 0)
-				snprintf(age, sizeof age, "%llds", ds[i].oldest);
-			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].count, ds[i].bytes, age);
+			if (ds[i].q.oldest >= 0)
+				snprintf(age, sizeof age, "%llds", ds[i].q.oldest);
+			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].q.count,
+			       ds[i].q.bytes, age);
 		}
 		printf("\nspoold: %s", sup_alive ? "running" : "not running");
 		if (sup_alive)
@@ -148,46 +148,105 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		printf("\n");
 	}
 	int first = 1;
-	if (sup_alive) {
-		char *line = st.data;
-		while (line && *line) {
-			char *nl = strchr(line, '\n');
-			if (!nl)
-				break;
-			*nl = '\0';
-			if (strncmp(line, "stage ", 6) == 0) {
-				char name[64] = "?", state[32] = "?";
-				long pid = 0, restarts = 0, started = 0, idx = 0;
-				if (kv_find(line, "name", &v) == 0)
-					snprintf(name, sizeof name, "%s", buf_cstr(&v));
-				if (kv_find(line, "state", &v) == 0)
-					snprintf(state, sizeof state, "%s", buf_cstr(&v));
-				if (kv_find(line, "pid", &v) == 0)
-					pid = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "idx", &v) == 0)
-					idx = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "restarts", &v) == 0)
-					restarts = strtol(buf_cstr(&v), NULL, 10);
-				if (kv_find(line, "started", &v) == 0)
-					started = strtol(buf_cstr(&v), NULL, 10);
-				long up = started ? (long)(time(NULL) - started) : 0;
-				if (json)
-					printf("%s{\"name\":\"%s\",\"instance\":%ld,\"pid\":%ld,"
-					       "\"state\":\"%s\",\"uptime\":%ld,\"restarts\":%ld}",
-					       first ? "" : ",", name, idx, pid, state, up, restarts);
-				else
-					printf("  %-16s #%ld %-8s pid %-8ld up %lds restarts %ld\n", name,
-					       idx, state, pid, up, restarts);
-				first = 0;
+	char *line = sup_alive ? st.data : NULL;
+	while (line && *line) {
+		char *nl = strchr(line, '\n');
+		if (!nl)
+			break;
+		*nl = '\0';
+		if (strncmp(line, "stagedef ", 9) == 0 && !json) {
+			char name[64] = "?";
+			long inst = 0, down = 0, paused = 0, restarts = 0;
+			if (kv_find(line, "name", &v) == 0)
+				snprintf(name, sizeof name, "%s", buf_cstr(&v));
+			if (kv_find(line, "instances", &v) == 0)
+				inst = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "down", &v) == 0)
+				down = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "paused", &v) == 0)
+				paused = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "restarts", &v) == 0)
+				restarts = strtol(buf_cstr(&v), NULL, 10);
+			printf("%-16s instances %ld restarts %ld%s%s\n", name, inst, restarts,
+			       down ? " STOPPED (spoolctl start to start)" : "",
+			       paused ? " PAUSED (spoolctl resume to resume)" : "");
+		} else if (strncmp(line, "stage ", 6) == 0) {
+			char name[64] = "?", state[32] = "?";
+			long pid = 0, restarts = 0, started = 0, idx = 0, ready = 0, paused = 0;
+			if (kv_find(line, "name", &v) == 0)
+				snprintf(name, sizeof name, "%s", buf_cstr(&v));
+			if (kv_find(line, "state", &v) == 0)
+				snprintf(state, sizeof state, "%s", buf_cstr(&v));
+			if (kv_find(line, "pid", &v) == 0)
+				pid = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "idx", &v) == 0)
+				idx = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "restarts", &v) == 0)
+				restarts = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "started", &v) == 0)
+				started = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "ready", &v) == 0)
+				ready = strtol(buf_cstr(&v), NULL, 10);
+			if (kv_find(line, "paused", &v) == 0)
+				paused = strtol(buf_cstr(&v), NULL, 10);
+			int running = strcmp(state, "running") == 0;
+			long up = running && started ? (long)(time(NULL) - started) : 0;
+			if (json)
+				printf("%s{\"name\":\"%s\",\"instance\":%ld,\"pid\":%ld,"
+				       "\"state\":\"%s\",\"ready\":%s,\"paused\":%s,\"uptime\":%ld,"
+				       "\"restarts\":%ld}",
+				       first ? "" : ",", name, idx, pid, state,
+				       ready && running ? "true" : "false",
+				       paused ? "true" : "false", up, restarts);
+			else
+				printf("  %-16s #%ld %-8s %-8s pid %-8ld up %lds restarts %ld%s\n",
+				       name, idx, state,
+				       running ? (ready ? "ready" : "starting") : "-", pid, up,
+				       restarts, paused ? " paused" : "");
+			first = 0;
+		}
+		line = nl + 1;
+	}
+	if (json)
+		printf("],\"scanners\":[");
+	else
+		printf("\nscanners\n");
+	struct health h;
+	buf_init(&h.reason);
+	for (size_t i = 0; i < c->n_scanners; i++) {
+		const struct conf_scanner *s = &c->scanners[i];
+		int busy = slot_count_busy(&sp, s->name, s->max_concurrent);
+		st_health(have_sc ? buf_cstr(&sc) : NULL, s->name, &h);
+		if (json) {
+			printf("%s{\"name\":", i ? "," : "");
+			st_json_str(s->name);
+			printf(",\"slots_busy\":%d,\"slots_max\":%d,\"health\":", busy,
+			       s->max_concurrent);
+			st_json_str(h.state);
+			printf(",\"since\":%lld,\"reason\":", h.since);
+			st_json_str(buf_cstr(&h.reason));
+			printf("}");
+		} else {
+			struct buf e;
+			buf_init(&e);
+			escape_bytes(&e, s->name, strlen(s->name), 128);
+			printf("  %-16s slots %d/%d health %s", buf_cstr(&e), busy,
+			       s->max_concurrent, h.state);
+			if (h.reason.len) {
+				buf_reset(&e);
+				escape_bytes(&e, h.reason.data, h.reason.len, 512);
+				printf(" (%s)", buf_cstr(&e));
 			}
-			line = nl + 1;
+			printf("\n");
+			buf_free(&e);
 		}
 	}
+	buf_free(&h.reason);
 	if (json)
 		printf("]}\n");
 	buf_free(&st);
 	buf_free(&v);
+	buf_free(&sc);
 	spool_close(&sp);
 	return 0;
 }
-

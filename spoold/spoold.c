@@ -3,14 +3,27 @@
  *
  * Starts splitter, scanner-runner and router, each with its configured number of
  * instances, as children in the same session. A stage that dies is restarted after a
- * delay that starts at 1 s and doubles up to 60 s; a stage that dies 5 times within 60 s
- * is marked failed, loudly, and left down until spoold is restarted. SIGTERM stops every
- * stage (SIGTERM, then SIGKILL after 10 s) and exits. SIGHUP re-reads the config: an
- * invalid one is rejected with its error and the old one stays in force; a valid one
- * restarts the stages with it.
+ * delay that starts at 1 s and doubles up to 60 s; a stage instance that dies 5 times
+ * within 60 s is marked failed, loudly, and left down until `spoolctl start STAGE`.
+ *
+ * Readiness: each child gets the write end of a pipe in SPOOLD_READY_FD and writes one
+ * line once its start-up recovery is done (lib/stage.c); run/status shows it. When every
+ * stage that should run is ready for the first time, spoold tells systemd (READY=1).
+ *
+ * Signals. SIGTERM stops every stage (SIGTERM, then SIGKILL after 10 s) and exits. SIGHUP
+ * re-reads the config: an invalid one is rejected with its error and the old one stays in
+ * force; with a valid one, only the stages whose settings changed are restarted (all of
+ * them when a shared setting changed: spool, log, rescan interval, user).
+ *
+ * Control: run/control (lib/control.h) takes start, stop, restart, pause, resume for one
+ * stage (all its instances). stop creates run/down/<stage> and start removes it: a stage
+ * with a down file is not started, also not by the next spoold (s6's down file). pause
+ * sends SIGUSR1 (finish the current message, claim nothing new); resume sends SIGUSR2;
+ * an instance started while its stage is paused starts paused (SPOOLD_PAUSED=1).
  *
  * run/status is rewritten atomically on every change, for spoolctl status. run/spoold.lock
- * is flock'd while spoold runs, so two supervisors never share a spool.
+ * is flock'd while spoold runs, so two supervisors never share a spool. Every
+ * metrics.interval seconds the metrics file is rewritten (promfile.c).
  *
  * DIAGNOSTICS
  *   Exit 78 on a config error at start, 75 when the spool is unusable or another spoold
@@ -26,29 +39,38 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <libconfig.h>
+
 #include "conf.h"
+#include "control.h"
 #include "log.h"
 #include "spool.h"
+#include "spoold.h"
 #include "util.h"
 
 #define RESTART_FLOOR_MS 1000
-#define RESTART_MAX_MS 60000
-#define FAIL_DEATHS 5
-#define FAIL_WINDOW_MS 60000
-#define STOP_GRACE_MS 10000
+#define RESTART_MAX_MS   60000
+#define FAIL_DEATHS      5
+#define FAIL_WINDOW_MS   60000
+#define STOP_GRACE_MS    10000
+#define N_STAGES         3
 
-enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED };
+enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED, CH_STOPPED };
 
 struct child {
-	char stage[32];
+	int si; /* index into sup_stages */
 	int idx;
 	pid_t pid;
 	enum child_state state;
+	int ready;
+	int ready_fd;       /* read end of the readiness pipe, -1 when none */
+	int stopping;       /* we asked it to stop: its exit is not a death */
 	int64_t started_ms; /* monotonic */
 	time_t started_wall;
 	int64_t restart_at;
@@ -58,17 +80,39 @@ struct child {
 	int n_deaths;
 };
 
+struct stage_def {
+	const char *name;
+	int instances;
+	int down;   /* run/down/<name> exists: not started until `spoolctl start` */
+	int paused; /* SIGUSR1 sent; new instances start paused */
+	int restarts;
+};
+
+static struct stage_def sup_stages[N_STAGES] = {
+    {.name = "splitter"}, {.name = "scanner-runner"}, {.name = "router"}};
 static struct child *sup_children;
 static size_t sup_n;
 static char sup_bindir[PATH_MAX];
 static const char *sup_conf_path;
 static struct conf *sup_conf;
 static struct spool sup_spool;
+static sigset_t sup_oldmask;
+static int sup_notified_ready;
+/* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
+static char *sup_sig[N_STAGES + 1];
 
 static const char *sup_state_name(enum child_state s)
 {
-	static const char *n[] = {"down", "running", "backoff", "failed"};
+	static const char *n[] = {"down", "running", "backoff", "failed", "stopped"};
 	return n[s];
+}
+
+static int sup_stage_lookup(const char *name)
+{
+	for (int i = 0; i < N_STAGES; i++)
+		if (strcmp(sup_stages[i].name, name) == 0)
+			return i;
+	return -1;
 }
 
 static void sup_find_bindir(void)
@@ -91,27 +135,156 @@ static void sup_find_bindir(void)
 	snprintf(sup_bindir, sizeof sup_bindir, "%s", LIBEXECDIR);
 }
 
-static void sup_children_build(const struct conf *c)
+/* ---- settings signatures (SIGHUP restarts only what changed) ---------------------- */
+
+/* A signature is the canonical text of the config settings a stage reads, taken from the
+ * file with libconfig after conf_try_load has validated it. Working on the parsed file
+ * rather than on struct conf means a key added to conf.c later is covered without
+ * touching spoold. */
+static void sig_setting(struct buf *b, const config_setting_t *s)
 {
-	struct {
-		const char *name;
-		int n;
-	} stages[] = {{"splitter", c->splitter.instances},
-	              {"scanner-runner", c->runner.instances},
-	              {"router", c->router.instances}};
-	sup_n = 0;
-	for (size_t s = 0; s < ARRAY_LEN(stages); s++)
-		sup_n += (size_t)stages[s].n;
-	sup_children = xcalloc(sup_n ? sup_n : 1, sizeof *sup_children);
+	const char *name = config_setting_name(s);
+	if (name)
+		kv_addstr(b, "", name);
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+		buf_printf(b, "=i%d", config_setting_get_int(s));
+		break;
+	case CONFIG_TYPE_INT64:
+		buf_printf(b, "=l%lld", (long long)config_setting_get_int64(s));
+		break;
+	case CONFIG_TYPE_FLOAT:
+		buf_printf(b, "=f%.17g", config_setting_get_float(s));
+		break;
+	case CONFIG_TYPE_BOOL:
+		buf_printf(b, "=b%d", config_setting_get_bool(s));
+		break;
+	case CONFIG_TYPE_STRING: {
+		const char *v = config_setting_get_string(s);
+		buf_addstr(b, "=s");
+		escape_bytes(b, v, strlen(v), 1 << 20);
+		break;
+	}
+	default: /* group, list, array */
+		buf_addstr(b, "{");
+		for (int i = 0; i < config_setting_length(s); i++)
+			sig_setting(b, config_setting_get_elem(s, (unsigned)i));
+		buf_addstr(b, "}");
+		break;
+	}
+}
+
+/* Top-level keys each stage reads; every other key is shared (read by all), except the
+ * ones only spoold itself uses. */
+static const char *const sig_keys[N_STAGES][4] = {
+    {"splitter", NULL},
+    {"scanner_runner", "scanners", "canary_interval", NULL},
+    {"router", "connectors", "scanners", NULL}};
+static const char *const sig_spoold_only[] = {"metrics", "control_group", NULL};
+
+static int sig_in(const char *const *list, const char *name)
+{
+	for (size_t i = 0; list[i]; i++)
+		if (strcmp(list[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+/* Signatures of the shared part (index N_STAGES) and of each stage, into out[]. 0, or -1
+ * when the file cannot be read now (then everything counts as changed). */
+static int sig_compute(const char *path, char *out[N_STAGES + 1])
+{
+	config_t cfg;
+	config_init(&cfg);
+	for (int i = 0; i <= N_STAGES; i++)
+		out[i] = NULL;
+	if (config_read_file(&cfg, path) != CONFIG_TRUE) {
+		config_destroy(&cfg);
+		return -1;
+	}
+	config_setting_t *root = config_root_setting(&cfg);
+	struct buf b[N_STAGES + 1];
+	for (int i = 0; i <= N_STAGES; i++)
+		buf_init(&b[i]);
+	for (int k = 0; k < config_setting_length(root); k++) {
+		config_setting_t *s = config_setting_get_elem(root, (unsigned)k);
+		const char *name = config_setting_name(s);
+		int mine = 0;
+		for (int st = 0; st < N_STAGES; st++)
+			if (sig_in(sig_keys[st], name)) {
+				sig_setting(&b[st], s);
+				mine = 1;
+			}
+		if (!mine && !sig_in(sig_spoold_only, name))
+			sig_setting(&b[N_STAGES], s);
+	}
+	for (int i = 0; i <= N_STAGES; i++) {
+		buf_cstr(&b[i]);
+		out[i] = b[i].data;
+	}
+	config_destroy(&cfg);
+	return 0;
+}
+
+/* ---- children ------------------------------------------------------------------------ */
+
+static int sup_down_file(const char *stage, int create)
+{
+	char path[128];
+	snprintf(path, sizeof path, "down/%s", stage);
+	if (!create)
+		return unlinkat(sup_spool.fd[SD_RUN], path, 0) < 0 && errno != ENOENT ? -1 : 0;
+	if (mkdirat(sup_spool.fd[SD_RUN], "down", 0750) < 0 && errno != EEXIST)
+		return -1;
+	/* The down file must survive a crash of the machine, or a stopped stage could come
+	 * back by itself after a reboot. */
+	int fd = openat(sup_spool.fd[SD_RUN], path, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -1;
+	int r = fsync(fd);
+	close(fd);
+	return r;
+}
+
+static int sup_down_exists(const char *stage)
+{
+	char path[128];
+	struct stat st;
+	snprintf(path, sizeof path, "down/%s", stage);
+	return fstatat(sup_spool.fd[SD_RUN], path, &st, 0) == 0;
+}
+
+/* Rebuild the child table for the current config; instances of stages not in
+ * `rebuild` (a bitmask) are carried over unchanged from the old table. */
+static void sup_children_build(unsigned rebuild)
+{
+	size_t total = 0;
+	for (int s = 0; s < N_STAGES; s++)
+		total += (size_t)sup_stages[s].instances;
+	struct child *nc = xcalloc(total ? total : 1, sizeof *nc);
 	size_t k = 0;
-	for (size_t s = 0; s < ARRAY_LEN(stages); s++)
-		for (int i = 0; i < stages[s].n; i++) {
-			struct child *ch = &sup_children[k++];
-			snprintf(ch->stage, sizeof ch->stage, "%s", stages[s].name);
+	for (int s = 0; s < N_STAGES; s++) {
+		for (int i = 0; i < sup_stages[s].instances; i++) {
+			struct child *ch = &nc[k++];
+			struct child *old = NULL;
+			if (!(rebuild & (1u << s)))
+				for (size_t j = 0; j < sup_n; j++)
+					if (sup_children[j].si == s && sup_children[j].idx == i)
+						old = &sup_children[j];
+			if (old) {
+				*ch = *old;
+				continue;
+			}
+			ch->si = s;
 			ch->idx = i;
-			ch->state = CH_DOWN;
+			ch->ready_fd = -1;
+			ch->state = sup_stages[s].down ? CH_STOPPED : CH_DOWN;
 			ch->delay_ms = RESTART_FLOOR_MS;
 		}
+	}
+	free(sup_children);
+	sup_children = nc;
+	sup_n = total;
 }
 
 static void sup_status_write(void)
@@ -121,11 +294,19 @@ static void sup_status_write(void)
 	buf_printf(&b, "spoold pid=%ld conf=", (long)getpid());
 	escape_bytes(&b, sup_conf_path, strlen(sup_conf_path), 1024);
 	buf_addstr(&b, "\n");
+	for (int s = 0; s < N_STAGES; s++)
+		buf_printf(&b, "stagedef name=%s instances=%d down=%d paused=%d restarts=%d\n",
+		           sup_stages[s].name, sup_stages[s].instances, sup_stages[s].down,
+		           sup_stages[s].paused, sup_stages[s].restarts);
 	for (size_t i = 0; i < sup_n; i++) {
 		struct child *ch = &sup_children[i];
-		buf_printf(&b, "stage name=%s idx=%d pid=%ld state=%s started=%lld restarts=%d\n",
-		           ch->stage, ch->idx, (long)(ch->state == CH_RUNNING ? ch->pid : 0),
-		           sup_state_name(ch->state), (long long)ch->started_wall, ch->restarts);
+		buf_printf(
+		    &b,
+		    "stage name=%s idx=%d pid=%ld state=%s started=%lld restarts=%d ready=%d "
+		    "paused=%d\n",
+		    sup_stages[ch->si].name, ch->idx, (long)(ch->state == CH_RUNNING ? ch->pid : 0),
+		    sup_state_name(ch->state), (long long)ch->started_wall, ch->restarts, ch->ready,
+		    sup_stages[ch->si].paused);
 	}
 	buf_addstr(&b, "end\n");
 	if (write_file_atomic(sup_spool.fd[SD_RUN], "status", b.data, b.len, 0640) < 0)
@@ -133,40 +314,88 @@ static void sup_status_write(void)
 	buf_free(&b);
 }
 
-static void sup_child_start(struct child *ch, const sigset_t *oldmask)
+static void sup_child_start(struct child *ch)
 {
+	const char *stage = sup_stages[ch->si].name;
 	char path[PATH_MAX + 64];
-	snprintf(path, sizeof path, "%s/%s", sup_bindir, ch->stage);
+	snprintf(path, sizeof path, "%s/%s", sup_bindir, stage);
+	int rp[2];
+	if (pipe2(rp, O_CLOEXEC | O_NONBLOCK) < 0) {
+		log_warn(NULL, "cannot make the readiness pipe for %s: %s", stage, strerror(errno));
+		rp[0] = rp[1] = -1;
+	}
 	pid_t pid = fork();
 	if (pid < 0) {
-		log_warn(NULL, "cannot fork %s: %s", ch->stage, strerror(errno));
+		log_warn(NULL, "cannot fork %s: %s", stage, strerror(errno));
+		if (rp[0] >= 0) {
+			close(rp[0]);
+			close(rp[1]);
+		}
 		ch->state = CH_BACKOFF;
 		ch->restart_at = now_ms_monotonic() + ch->delay_ms;
 		return;
 	}
 	if (pid == 0) {
-		sigprocmask(SIG_SETMASK, oldmask, NULL);
+		sigprocmask(SIG_SETMASK, &sup_oldmask, NULL);
+		if (rp[1] >= 0) {
+			/* The one descriptor the stage inherits on purpose. The write end must be
+			 * blocking for the child: clear O_NONBLOCK as well as FD_CLOEXEC. */
+			char num[16];
+			fcntl(rp[1], F_SETFL, 0);
+			fcntl(rp[1], F_SETFD, 0);
+			snprintf(num, sizeof num, "%d", rp[1]);
+			setenv("SPOOLD_READY_FD", num, 1);
+		}
+		if (sup_stages[ch->si].paused)
+			setenv("SPOOLD_PAUSED", "1", 1);
+		else
+			unsetenv("SPOOLD_PAUSED");
 		char *argv[] = {path, "-c", (char *)sup_conf_path, NULL};
 		execv(path, argv);
 		fprintf(stderr, "spoold: cannot exec %s: %s\n", path, strerror(errno));
 		_exit(EXIT_TEMPFAIL);
 	}
+	if (rp[1] >= 0)
+		close(rp[1]);
+	if (ch->ready_fd >= 0)
+		close(ch->ready_fd);
+	ch->ready_fd = rp[0];
+	ch->ready = 0;
 	ch->pid = pid;
+	ch->stopping = 0;
 	ch->state = CH_RUNNING;
 	ch->started_ms = now_ms_monotonic();
 	ch->started_wall = time(NULL);
-	log_info(NULL, "started %s[%d] pid=%ld", ch->stage, ch->idx, (long)pid);
+	log_info(NULL, "started %s[%d] pid=%ld", stage, ch->idx, (long)pid);
+}
+
+static void sup_child_gone(struct child *ch)
+{
+	ch->pid = 0;
+	ch->ready = 0;
+	if (ch->ready_fd >= 0) {
+		close(ch->ready_fd);
+		ch->ready_fd = -1;
+	}
 }
 
 static void sup_child_died(struct child *ch, int status)
 {
+	const char *stage = sup_stages[ch->si].name;
 	int64_t now = now_ms_monotonic();
 	char how[64];
 	if (WIFEXITED(status))
 		snprintf(how, sizeof how, "exit %d", WEXITSTATUS(status));
 	else
 		snprintf(how, sizeof how, "signal %d", WTERMSIG(status));
-	ch->pid = 0;
+	sup_child_gone(ch);
+	if (ch->stopping) {
+		/* We asked for it (stop, restart, reload): not a death. */
+		ch->stopping = 0;
+		ch->state = sup_stages[ch->si].down ? CH_STOPPED : CH_DOWN;
+		log_info(NULL, "%s[%d] stopped (%s)", stage, ch->idx, how);
+		return;
+	}
 	/* A stage that ran well for a while earns a fresh back-off. */
 	if (now - ch->started_ms > RESTART_MAX_MS)
 		ch->delay_ms = RESTART_FLOOR_MS;
@@ -176,54 +405,310 @@ static void sup_child_died(struct child *ch, int status)
 		ch->n_deaths++;
 	if (ch->n_deaths == FAIL_DEATHS && now - ch->deaths[0] < FAIL_WINDOW_MS) {
 		ch->state = CH_FAILED;
-		log_error(NULL, "%s[%d] died %d times within %d s (last: %s): marked FAILED, not "
-		          "restarted; fix the cause and restart spoold",
-		          ch->stage, ch->idx, FAIL_DEATHS, FAIL_WINDOW_MS / 1000, how);
+		log_error(NULL,
+		          "%s[%d] died %d times within %d s (last: %s): marked FAILED, not "
+		          "restarted; fix the cause, then `spoolctl start %s`",
+		          stage, ch->idx, FAIL_DEATHS, FAIL_WINDOW_MS / 1000, how, stage);
 		return;
 	}
 	ch->state = CH_BACKOFF;
 	ch->restart_at = now + ch->delay_ms;
-	log_warn(NULL, "%s[%d] died (%s); restart in %d ms", ch->stage, ch->idx, how, ch->delay_ms);
+	log_warn(NULL, "%s[%d] died (%s); restart in %d ms", stage, ch->idx, how, ch->delay_ms);
 	ch->delay_ms = ch->delay_ms * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : ch->delay_ms * 2;
 	ch->restarts++;
+	sup_stages[ch->si].restarts++;
 }
 
-static void sup_stop_all(void)
+static void sup_reap(void)
 {
-	for (size_t i = 0; i < sup_n; i++)
-		if (sup_children[i].state == CH_RUNNING)
-			kill(sup_children[i].pid, SIGTERM);
+	int status;
+	pid_t p;
+	while ((p = waitpid(-1, &status, WNOHANG)) > 0)
+		for (size_t i = 0; i < sup_n; i++)
+			if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p)
+				sup_child_died(&sup_children[i], status);
+}
+
+/* Stop the instances of the stages in mask (all: ~0u) and wait for them: SIGTERM, then
+ * SIGKILL after STOP_GRACE_MS. Other children that die meanwhile are handled as usual. */
+static void sup_stop(unsigned mask)
+{
+	for (size_t i = 0; i < sup_n; i++) {
+		struct child *ch = &sup_children[i];
+		if (!(mask & (1u << ch->si)))
+			continue;
+		if (ch->state == CH_RUNNING) {
+			ch->stopping = 1;
+			kill(ch->pid, SIGTERM);
+		} else if (ch->state == CH_BACKOFF) {
+			ch->state = CH_DOWN;
+		}
+	}
 	int64_t deadline = now_ms_monotonic() + STOP_GRACE_MS;
+	int killed = 0;
 	for (;;) {
+		sup_reap();
 		size_t running = 0;
 		for (size_t i = 0; i < sup_n; i++)
-			if (sup_children[i].state == CH_RUNNING)
+			if (sup_children[i].stopping && sup_children[i].state == CH_RUNNING)
 				running++;
 		if (running == 0)
 			break;
-		int status;
-		pid_t p = waitpid(-1, &status, WNOHANG);
-		if (p > 0) {
+		if (!killed && now_ms_monotonic() > deadline) {
 			for (size_t i = 0; i < sup_n; i++)
-				if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p) {
-					sup_children[i].state = CH_DOWN;
-					sup_children[i].pid = 0;
-				}
-			continue;
-		}
-		if (p < 0 && errno == ECHILD)
-			break;
-		if (now_ms_monotonic() > deadline) {
-			for (size_t i = 0; i < sup_n; i++)
-				if (sup_children[i].state == CH_RUNNING) {
-					log_warn(NULL, "%s[%d] did not stop in time; SIGKILL",
-					         sup_children[i].stage, sup_children[i].idx);
+				if (sup_children[i].stopping &&
+				    sup_children[i].state == CH_RUNNING) {
+					log_warn(NULL, "%s[%d] did not stop in %d s; SIGKILL",
+					         sup_stages[sup_children[i].si].name,
+					         sup_children[i].idx, STOP_GRACE_MS / 1000);
 					kill(sup_children[i].pid, SIGKILL);
 				}
-			deadline = now_ms_monotonic() + 60000;
+			killed = 1;
 		}
 		poll(NULL, 0, 20);
 	}
+}
+
+static void sup_start_stage(int si)
+{
+	for (size_t i = 0; i < sup_n; i++) {
+		struct child *ch = &sup_children[i];
+		if (ch->si != si || ch->state == CH_RUNNING)
+			continue;
+		ch->n_deaths = 0;
+		ch->delay_ms = RESTART_FLOOR_MS;
+		sup_child_start(ch);
+	}
+}
+
+static void sup_signal_stage(int si, int sig)
+{
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].si == si && sup_children[i].state == CH_RUNNING)
+			kill(sup_children[i].pid, sig);
+}
+
+/* ---- control socket ---------------------------------------------------------------- */
+
+static void sup_control_do(const char *cmd, const char *stage, struct buf *reply)
+{
+	int si = sup_stage_lookup(stage);
+	if (si < 0) {
+		buf_printf(reply,
+		           "error unknown stage \"%.64s\" (splitter, scanner-runner, router)",
+		           stage);
+		return;
+	}
+	struct stage_def *sd = &sup_stages[si];
+	if (strcmp(cmd, "start") == 0) {
+		if (sup_down_file(stage, 0) < 0) {
+			buf_printf(reply, "error cannot remove run/down/%s: %s", stage,
+			           strerror(errno));
+			return;
+		}
+		sd->down = 0;
+		for (size_t i = 0; i < sup_n; i++)
+			if (sup_children[i].si == si && sup_children[i].state != CH_RUNNING)
+				sup_children[i].state = CH_DOWN;
+		sup_start_stage(si);
+		log_info(NULL, "control: start %s", stage);
+		buf_printf(reply, "ok %s started", stage);
+	} else if (strcmp(cmd, "stop") == 0) {
+		if (sup_down_file(stage, 1) < 0) {
+			buf_printf(reply, "error cannot create run/down/%s: %s", stage,
+			           strerror(errno));
+			return;
+		}
+		sd->down = 1;
+		log_info(NULL, "control: stop %s", stage);
+		sup_stop(1u << si);
+		for (size_t i = 0; i < sup_n; i++)
+			if (sup_children[i].si == si && sup_children[i].state != CH_RUNNING)
+				sup_children[i].state = CH_STOPPED;
+		buf_printf(reply, "ok %s stopped", stage);
+	} else if (strcmp(cmd, "restart") == 0) {
+		if (sd->down) {
+			buf_printf(reply, "error %s is stopped; use start", stage);
+			return;
+		}
+		log_info(NULL, "control: restart %s", stage);
+		sup_stop(1u << si);
+		sup_start_stage(si);
+		buf_printf(reply, "ok %s restarted", stage);
+	} else if (strcmp(cmd, "pause") == 0) {
+		sd->paused = 1;
+		sup_signal_stage(si, SIGUSR1);
+		log_info(NULL, "control: pause %s", stage);
+		buf_printf(reply, "ok %s paused", stage);
+	} else if (strcmp(cmd, "resume") == 0) {
+		sd->paused = 0;
+		sup_signal_stage(si, SIGUSR2);
+		log_info(NULL, "control: resume %s", stage);
+		buf_printf(reply, "ok %s resumed", stage);
+	} else {
+		buf_printf(reply, "error unknown command \"%.32s\"", cmd);
+	}
+}
+
+static void sup_control_accept(int lfd)
+{
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			log_warn(NULL, "control socket accept: %s", strerror(errno));
+		return;
+	}
+	/* A client that connects and says nothing must not stall supervision. */
+	struct timeval tv = {.tv_sec = 2};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	char line[CONTROL_LINE_MAX];
+	size_t n = 0;
+	while (n < sizeof line - 1) {
+		ssize_t r = read(fd, line + n, sizeof line - 1 - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		if (memchr(line, '\n', n))
+			break;
+	}
+	line[n] = '\0';
+	struct buf reply;
+	buf_init(&reply);
+	char *nl = strchr(line, '\n');
+	char *sp = strchr(line, ' ');
+	if (nl == NULL || sp == NULL || sp > nl) {
+		buf_addstr(&reply, "error malformed request");
+	} else {
+		*nl = '\0';
+		*sp = '\0';
+		sup_control_do(line, sp + 1, &reply);
+	}
+	/* run/status first: whoever got "ok" may look at it at once. */
+	sup_status_write();
+	buf_addstr(&reply, "\n");
+	if (write_all(fd, reply.data, reply.len) < 0)
+		log_warn(NULL, "control socket reply: %s", strerror(errno));
+	buf_free(&reply);
+	close(fd);
+}
+
+/* ---- readiness --------------------------------------------------------------------- */
+
+static int sup_ready_poll(struct pollfd *pfd, size_t *map, size_t max)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < sup_n && k < max; i++)
+		if (sup_children[i].ready_fd >= 0) {
+			pfd[k].fd = sup_children[i].ready_fd;
+			pfd[k].events = POLLIN;
+			pfd[k].revents = 0;
+			map[k++] = i;
+		}
+	return (int)k;
+}
+
+static int sup_ready_read(struct child *ch)
+{
+	char tmp[64];
+	ssize_t r = read(ch->ready_fd, tmp, sizeof tmp);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	/* A line means ready; EOF without it means the stage exited or closed the descriptor
+	 * early: either way there is nothing more to read. */
+	if (r > 0 && memchr(tmp, '\n', (size_t)r) && ch->state == CH_RUNNING) {
+		ch->ready = 1;
+		log_info(NULL, "%s[%d] ready pid=%ld", sup_stages[ch->si].name, ch->idx,
+		         (long)ch->pid);
+	}
+	close(ch->ready_fd);
+	ch->ready_fd = -1;
+	return 1;
+}
+
+static void sup_maybe_notify_ready(void)
+{
+	if (sup_notified_ready)
+		return;
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].state == CH_RUNNING && !sup_children[i].ready)
+			return;
+	sup_notified_ready = 1;
+	notify_send("READY=1\nSTATUS=supervising the stages");
+}
+
+/* ---- reload ------------------------------------------------------------------------ */
+
+static void sup_stage_defs(const struct conf *c)
+{
+	int n[N_STAGES] = {c->splitter.instances, c->runner.instances, c->router.instances};
+	for (int s = 0; s < N_STAGES; s++) {
+		sup_stages[s].instances = n[s];
+		sup_stages[s].down = sup_down_exists(sup_stages[s].name);
+	}
+}
+
+static void sup_sig_free(char *sig[N_STAGES + 1])
+{
+	for (int i = 0; i <= N_STAGES; i++) {
+		free(sig[i]);
+		sig[i] = NULL;
+	}
+}
+
+static void sup_reload(void)
+{
+	char err[2048];
+	struct conf *nc = conf_try_load(sup_conf_path, err, sizeof err);
+	if (nc == NULL) {
+		log_error(NULL, "SIGHUP: new config rejected, the old one stays in force: %s", err);
+		return;
+	}
+	notify_send("RELOADING=1");
+	char *nsig[N_STAGES + 1];
+	int known = sig_compute(sup_conf_path, nsig) == 0 && sup_sig[N_STAGES] != NULL;
+	int all = !known || strcmp(nsig[N_STAGES], sup_sig[N_STAGES]) != 0;
+	unsigned mask = 0;
+	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
+	                       sup_conf->router.instances};
+	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances};
+	for (int s = 0; s < N_STAGES; s++)
+		if (all || strcmp(nsig[s], sup_sig[s]) != 0 || n_old[s] != n_new[s])
+			mask |= 1u << s;
+	sup_sig_free(sup_sig);
+	memcpy(sup_sig, nsig, sizeof sup_sig);
+	if (mask == 0)
+		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
+	else
+		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s",
+		         all ? " all stages (shared settings changed):" : "",
+		         mask & 1 ? " splitter" : "", mask & 2 ? " scanner-runner" : "",
+		         mask & 4 ? " router" : "");
+	sup_stop(mask);
+	conf_free(sup_conf);
+	sup_conf = nc;
+	log_configure(nc->log_target, nc->log_level);
+	sup_stage_defs(sup_conf);
+	sup_children_build(mask);
+	for (size_t i = 0; i < sup_n; i++)
+		if ((mask & (1u << sup_children[i].si)) && sup_children[i].state == CH_DOWN)
+			sup_child_start(&sup_children[i]);
+	notify_send("READY=1");
+}
+
+static void sup_metrics(void)
+{
+	struct sup_stage_info info[N_STAGES];
+	for (int s = 0; s < N_STAGES; s++) {
+		info[s].name = sup_stages[s].name;
+		info[s].instances = sup_stages[s].instances;
+		info[s].restarts = sup_stages[s].restarts;
+		info[s].up = 0;
+	}
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].state == CH_RUNNING)
+			info[sup_children[i].si].up++;
+	prom_write(sup_conf, &sup_spool, info, N_STAGES);
 }
 
 int main(int argc, char **argv)
@@ -236,13 +721,17 @@ int main(int argc, char **argv)
 		else
 			die_perm(EXIT_USAGE, "usage: spoold [-c CONFIG]");
 	}
+	/* Files 0640, directories 0750 at most: the spool holds other people's mail. The
+	 * stages inherit this umask. */
+	umask(027);
 	sup_conf = conf_load(sup_conf_path);
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
 	sup_find_bindir();
 
 	int lock = openat(sup_spool.fd[SD_RUN], "spoold.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640);
 	if (lock < 0)
-		die_temp(NULL, "cannot open %s/run/spoold.lock: %s", sup_spool.root, strerror(errno));
+		die_temp(NULL, "cannot open %s/run/spoold.lock: %s", sup_spool.root,
+		         strerror(errno));
 	if (flock(lock, LOCK_EX | LOCK_NB) < 0)
 		die_temp(NULL, "another spoold already supervises %s (run/spoold.lock is locked)",
 		         sup_spool.root);
@@ -251,87 +740,129 @@ int main(int argc, char **argv)
 	if (ftruncate(lock, 0) < 0 || pwrite(lock, pidline, (size_t)pl, 0) != pl)
 		log_warn(NULL, "cannot write the pid into run/spoold.lock: %s", strerror(errno));
 
-	sigset_t mask, oldmask;
+	/* The socket is made before dropping privileges so that its group can be set to
+	 * control_group even when the spoold user is not a member. */
+	gid_t cgid = privs_control_gid(sup_conf);
+	int cfd = control_listen(sup_spool.root, cgid);
+	/* Supervision matters more than remote control: without the socket (a spool path
+	 * too long for sun_path, say) the stages still run, and spoolctl says why not. */
+	if (cfd < 0)
+		log_error(NULL,
+		          "cannot listen on %s/run/" CONTROL_NAME ": %s; spoolctl start, "
+		          "stop, restart, pause and resume will not work",
+		          sup_spool.root, strerror(errno));
+	privs_drop(sup_conf, &sup_spool, cgid);
+
+	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
-	if (sigprocmask(SIG_BLOCK, &mask, &oldmask) < 0)
+	if (sigprocmask(SIG_BLOCK, &mask, &sup_oldmask) < 0)
 		die_temp(NULL, "sigprocmask: %s", strerror(errno));
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 	if (sfd < 0)
 		die_temp(NULL, "signalfd: %s", strerror(errno));
 	signal(SIGPIPE, SIG_IGN);
 
-	sup_children_build(sup_conf);
-	for (size_t i = 0; i < sup_n; i++)
-		sup_child_start(&sup_children[i], &oldmask);
+	sup_stage_defs(sup_conf);
+	if (sig_compute(sup_conf_path, sup_sig) < 0)
+		log_warn(NULL,
+		         "cannot re-read %s for change detection; a reload will restart all "
+		         "stages",
+		         sup_conf_path);
+	sup_children_build(~0u);
+	for (size_t i = 0; i < sup_n; i++) {
+		if (sup_children[i].state == CH_STOPPED)
+			log_info(NULL, "%s[%d] stays stopped (run/down/%s exists)",
+			         sup_stages[sup_children[i].si].name, sup_children[i].idx,
+			         sup_stages[sup_children[i].si].name);
+		else
+			sup_child_start(&sup_children[i]);
+	}
 	sup_status_write();
+	sup_metrics();
+	int64_t next_metrics = now_ms_monotonic() + sup_conf->metrics.interval * 1000LL;
 	log_info(NULL, "supervising %zu stage processes on %s", sup_n, sup_spool.root);
 
 	int stop = 0;
 	while (!stop) {
 		int64_t now = now_ms_monotonic();
-		int wait = 5000;
+		int64_t wait = next_metrics - now;
+		if (wait > 5000)
+			wait = 5000;
 		for (size_t i = 0; i < sup_n; i++)
 			if (sup_children[i].state == CH_BACKOFF) {
 				int64_t d = sup_children[i].restart_at - now;
 				if (d < wait)
-					wait = d < 0 ? 0 : (int)d;
+					wait = d;
 			}
-		struct pollfd pfd = {.fd = sfd, .events = POLLIN};
-		int pr = poll(&pfd, 1, wait);
+		if (wait < 0)
+			wait = 0;
+		struct pollfd pfd[2 + 256];
+		size_t map[256];
+		pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+		pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
+		int nr = sup_ready_poll(pfd + 2, map, 256);
+		int pr = poll(pfd, (nfds_t)(2 + nr), (int)wait);
+		if (pr < 0 && errno != EINTR)
+			die_temp(NULL, "poll: %s", strerror(errno));
 		int changed = 0;
-		if (pr > 0) {
+		if (pr > 0 && (pfd[0].revents & POLLIN)) {
 			struct signalfd_siginfo si;
 			if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
 				if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
 					stop = 1;
 				} else if (si.ssi_signo == SIGHUP) {
-					char err[2048];
-					struct conf *nc = conf_try_load(sup_conf_path, err, sizeof err);
-					if (nc == NULL) {
-						log_error(NULL, "SIGHUP: new config rejected, the old one "
-						          "stays in force: %s", err);
-					} else {
-						log_info(NULL, "SIGHUP: config reloaded; restarting the "
-						         "stages");
-						sup_stop_all();
-						free(sup_children);
-						conf_free(sup_conf);
-						sup_conf = nc;
-						log_configure(nc->log_target, nc->log_level);
-						sup_children_build(sup_conf);
-						for (size_t i = 0; i < sup_n; i++)
-							sup_child_start(&sup_children[i], &oldmask);
-						changed = 1;
-					}
-				}
-			}
-		}
-		int status;
-		pid_t p;
-		while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
-			for (size_t i = 0; i < sup_n; i++)
-				if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p) {
-					sup_child_died(&sup_children[i], status);
+					sup_reload();
 					changed = 1;
 				}
+			}
 		}
+		if (pr > 0)
+			for (int k = 0; k < nr; k++)
+				if (pfd[2 + k].revents && map[k] < sup_n &&
+				    sup_children[map[k]].ready_fd == pfd[2 + k].fd)
+					changed |= sup_ready_read(&sup_children[map[k]]);
+		size_t before = 0;
+		for (size_t i = 0; i < sup_n; i++)
+			before += sup_children[i].state == CH_RUNNING;
+		sup_reap();
+		size_t after = 0;
+		for (size_t i = 0; i < sup_n; i++)
+			after += sup_children[i].state == CH_RUNNING;
+		if (after != before)
+			changed = 1;
 		now = now_ms_monotonic();
 		for (size_t i = 0; i < sup_n && !stop; i++)
-			if (sup_children[i].state == CH_BACKOFF && sup_children[i].restart_at <= now) {
-				sup_child_start(&sup_children[i], &oldmask);
+			if (sup_children[i].state == CH_BACKOFF &&
+			    sup_children[i].restart_at <= now) {
+				sup_child_start(&sup_children[i]);
 				changed = 1;
 			}
+		if (!stop && pr > 0 && (pfd[1].revents & POLLIN))
+			sup_control_accept(cfd);
 		if (changed)
 			sup_status_write();
+		sup_maybe_notify_ready();
+		if (now_ms_monotonic() >= next_metrics) {
+			sup_metrics();
+			next_metrics = now_ms_monotonic() + sup_conf->metrics.interval * 1000LL;
+		}
 	}
+	notify_send("STOPPING=1");
 	log_info(NULL, "stopping all stages");
-	sup_stop_all();
+	sup_stop(~0u);
+	sup_metrics();
 	sup_status_write();
 	unlinkat(sup_spool.fd[SD_RUN], "status", 0);
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof sock, "%s/run/" CONTROL_NAME, sup_spool.root);
+	if (cfd >= 0) {
+		close(cfd);
+		unlink(sock);
+	}
 	log_info(NULL, "stopped");
 	return 0;
 }

@@ -1,0 +1,35 @@
+/*
+ * spoold internals shared by its files: the metrics writer, privileges, sd_notify.
+ */
+#ifndef SPOOLD_SPOOLD_H
+#define SPOOLD_SPOOLD_H
+
+#include <sys/types.h>
+
+#include "conf.h"
+#include "spool.h"
+
+/* One stage as the metrics writer sees it. */
+struct sup_stage_info {
+	const char *name;
+	int instances; /* configured */
+	int up;        /* running now */
+	int restarts;  /* since spoold started */
+};
+
+/* Write conf's metrics file atomically: the sum of the run/stats/ files of live processes
+ * (files of dead ones are folded into a carry and removed), plus queue, slot and stage
+ * gauges. Best effort: failures are logged. */
+void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n);
+
+/* When root and c->user is set: chown the spool to the user, then drop to it (setgroups,
+ * setgid, setuid). The control socket goes to the user and control_gid ((gid_t)-1: the
+ * user's group). Dies on failure: running as root by accident is worse than not running. */
+void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid);
+/* The gid of c->control_group, or (gid_t)-1 when unset. Dies when the group is unknown. */
+gid_t privs_control_gid(const struct conf *c);
+
+/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. No-op without it. */
+void notify_send(const char *state);
+
+#endif
