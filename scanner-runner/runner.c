@@ -8,13 +8,19 @@
  * failed, writes "verdicts" and commits to route/ with one rename. The router decides;
  * this stage only records. Anything unmapped is an error, never clean.
  *
+ * Before the first message, every canary_interval seconds and when a scanner's version
+ * changes, canary.c checks each scanner (EICAR infected with a name, a clean file clean,
+ * a missing file an error); a degraded scanner's parts get an extra error line, so its
+ * mail is held (run/scanners shows the health). Every verdict line also goes to the
+ * message's trace, and to the metrics spoold_parts_scanned_total{scanner,verdict} and
+ * spoold_scan_seconds{scanner}.
+ *
  * DIAGNOSTICS
  *   Exit 75 when the spool is unusable, 78 on a config error. A scanner failure is a
  *   verdict (error), not an exit.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +32,8 @@
 #include "exec.h"
 #include "log.h"
 #include "manifest.h"
+#include "metrics.h"
+#include "runner.h"
 #include "slot.h"
 #include "spool.h"
 #include "stage.h"
@@ -34,13 +42,6 @@
 #include "verdict.h"
 
 #define OUTPUT_EXCERPT 512
-
-struct runner_scanner {
-	const struct conf_scanner *conf;
-	regex_t rx;
-	int has_rx;
-	char version[256];
-};
 
 struct runner {
 	struct runner_scanner *sc;
@@ -72,8 +73,8 @@ static char *runner_word_expand(const char *w, const char *file, const char *dir
 
 /* Build the argv: every word expanded; a word that is exactly {files} becomes one word per
  * part. Paths come from the spool root and part indexes only, never from the message. */
-static char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *file,
-                          const struct manifest *m)
+char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *file,
+                   const struct manifest *m)
 {
 	size_t n = 0, cap = 8;
 	char **v = xmalloc(cap * sizeof(char *));
@@ -88,6 +89,13 @@ static char **runner_argv(const struct conf_scanner *sc, const char *dir, const 
 			}
 			continue;
 		}
+		if (strcmp(*w, "{files}") == 0 && file) {
+			/* The canary: per-message scanners get their one test file. */
+			if (n + 2 > cap)
+				v = xrealloc(v, (cap *= 2) * sizeof(char *));
+			v[n++] = xstrdup(file);
+			continue;
+		}
 		if (n + 2 > cap)
 			v = xrealloc(v, (cap *= 2) * sizeof(char *));
 		v[n++] = runner_word_expand(*w, file, dir);
@@ -96,14 +104,14 @@ static char **runner_argv(const struct conf_scanner *sc, const char *dir, const 
 	return v;
 }
 
-static void runner_argv_free(char **v)
+void runner_argv_free(char **v)
 {
 	for (char **p = v; *p; p++)
 		free(*p);
 	free(v);
 }
 
-static void runner_argv_escape(char **v, struct buf *out)
+void runner_argv_escape(char **v, struct buf *out)
 {
 	for (char **p = v; *p; p++) {
 		if (p != v)
@@ -121,8 +129,8 @@ static int runner_code_in(int code, const int *codes, size_t n)
 }
 
 /* The virus name from the scanner's output, from the first line the regex matches. */
-static void runner_virus_name(const struct runner_scanner *rs, const char *out, const char *only,
-                              char *name, size_t len)
+void runner_virus_name(const struct runner_scanner *rs, const char *out, const char *only,
+                       char *name, size_t len)
 {
 	name[0] = '\0';
 	if (!rs->has_rx || out == NULL)
@@ -167,8 +175,8 @@ static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, int
 
 /* Run one scanner process while holding one of its slots; the slot descriptor goes to
  * the child too, so the slot stays taken for as long as the child lives. */
-static void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
-                                const char *dir, const char *qid, struct exec_result *res)
+void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
+                         const char *dir, const char *qid, struct exec_result *res)
 {
 	struct exec_opts o;
 	int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
@@ -182,7 +190,7 @@ static void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc,
 }
 
 /* Map an exec result for one part: clean and infected only when the exit code says so. */
-static enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res)
+enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res)
 {
 	const struct conf_scanner *sc = rs->conf;
 	if (res->timed_out || res->exec_failed || !res->exited)
@@ -192,6 +200,15 @@ static enum verdict runner_map(const struct runner_scanner *rs, const struct exe
 	if (runner_code_in(res->exit_code, sc->infected_codes, sc->n_infected))
 		return V_INFECTED;
 	return V_ERROR;
+}
+
+/* Scan time per scanner run (one process, or one clamd request), for the histogram. */
+static void runner_observe(const struct conf_scanner *sc, long ms)
+{
+	char esc[256], labels[300];
+	metrics_label_escape(sc->name, esc, sizeof esc);
+	snprintf(labels, sizeof labels, "scanner=\"%s\"", esc);
+	metrics_observe("spoold_scan_seconds", labels, (double)ms / 1000.0);
 }
 
 static void runner_excerpt(const struct exec_result *res, char *out, size_t len)
@@ -205,9 +222,9 @@ static void runner_excerpt(const struct exec_result *res, char *out, size_t len)
 	buf_free(&b);
 }
 
-static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *rs,
-                                       const char *dir, const struct manifest *m,
-                                       struct verdicts *vs, const char *qid, int backup)
+static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *rs, const char *dir,
+                                       const struct manifest *m, struct verdicts *vs,
+                                       const char *qid, int backup)
 {
 	const struct conf_scanner *sc = rs->conf;
 	for (size_t i = 0; i < m->n_parts; i++) {
@@ -218,6 +235,7 @@ static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *
 		char *file = xasprintf("%s/%s", dir, name);
 		char **argv = runner_argv(sc, dir, file, NULL);
 		runner_exec_slotted(st, sc, argv, dir, qid, &res);
+		runner_observe(sc, res.ms);
 		enum verdict v = runner_map(rs, &res);
 		exec_result_describe(&res, exits, sizeof exits);
 		virus[0] = '\0';
@@ -234,8 +252,9 @@ static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *
 		                 rs->version, buf_cstr(&av), excerpt);
 		l->backup = backup;
 		if (v != V_CLEAN)
-			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld", sc->name,
-			         m->parts[i].index, verdict_name(v), virus, exits, res.ms);
+			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld",
+			         sc->name, m->parts[i].index, verdict_name(v), virus, exits,
+			         res.ms);
 		buf_free(&av);
 		exec_result_free(&res);
 		runner_argv_free(argv);
@@ -243,9 +262,9 @@ static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *
 	}
 }
 
-static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
-                                    const char *dir, const struct manifest *m,
-                                    struct verdicts *vs, const char *qid, int backup)
+static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs, const char *dir,
+                                    const struct manifest *m, struct verdicts *vs, const char *qid,
+                                    int backup)
 {
 	const struct conf_scanner *sc = rs->conf;
 	char exits[64], excerpt[OUTPUT_EXCERPT];
@@ -255,6 +274,7 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 		return;
 	char **argv = runner_argv(sc, dir, NULL, m);
 	runner_exec_slotted(st, sc, argv, dir, qid, &res);
+	runner_observe(sc, res.ms);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
 	runner_excerpt(&res, excerpt, sizeof excerpt);
@@ -263,13 +283,14 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	/* Which parts are infected comes from the output lines naming them; an infected exit
 	 * code with no part named cannot be attributed, so every part becomes an error. */
 	size_t named = 0;
-	char (*names)[256] = xcalloc(m->n_parts, sizeof *names);
+	char(*names)[256] = xcalloc(m->n_parts, sizeof *names);
 	if (v == V_INFECTED) {
 		for (size_t i = 0; i < m->n_parts; i++) {
 			char pn[16], key[32];
 			manifest_part_name(m->parts[i].index, pn);
 			snprintf(key, sizeof key, "/%s:", pn);
-			runner_virus_name(rs, buf_cstr(&res.output), key, names[i], sizeof names[i]);
+			runner_virus_name(rs, buf_cstr(&res.output), key, names[i],
+			                  sizeof names[i]);
 			if (names[i][0])
 				named++;
 		}
@@ -285,13 +306,14 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 			else
 				pv = V_CLEAN;
 		}
-		struct verdict_line *l = verdicts_add(vs, (int)m->parts[i].index, sc->name, pv, virus,
-		                                      exits, res.ms, rs->version, buf_cstr(&av),
-		                                      excerpt);
+		struct verdict_line *l =
+		    verdicts_add(vs, (int)m->parts[i].index, sc->name, pv, virus, exits, res.ms,
+		                 rs->version, buf_cstr(&av), excerpt);
 		l->backup = backup;
 		if (pv != V_CLEAN)
-			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld", sc->name,
-			         m->parts[i].index, verdict_name(pv), virus, exits, res.ms);
+			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld",
+			         sc->name, m->parts[i].index, verdict_name(pv), virus, exits,
+			         res.ms);
 	}
 	free(names);
 	buf_free(&av);
@@ -325,9 +347,10 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 			close(fd);
 		}
 		long ms = (long)(now_ms_monotonic() - t0);
-		struct verdict_line *l = verdicts_add(vs, (int)m->parts[i].index, sc->name,
-		                                      r.verdict, r.virus, r.addr, ms, rs->version,
-		                                      "clamd", r.reply);
+		runner_observe(sc, ms);
+		struct verdict_line *l =
+		    verdicts_add(vs, (int)m->parts[i].index, sc->name, r.verdict, r.virus, r.addr,
+		                 ms, rs->version, "clamd", r.reply);
 		l->backup = backup;
 		if (r.verdict != V_CLEAN)
 			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
@@ -350,6 +373,64 @@ static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct
 	case MODE_CLAMD:
 		runner_scan_clamd(st, rs, e->fd, m, vs, e->qid, backup);
 		break;
+	}
+	/* A degraded scanner still ran (its verdicts stay on record, and an infected one still
+	 * quarantines), but whatever it said cannot be trusted as clean: one error line per
+	 * part, from the same scanner, so that a backup can cover it as for any failed
+	 * primary, and without one the message is held. */
+	if (rs->degraded) {
+		char why[600];
+		snprintf(why, sizeof why, "scanner degraded: %s", rs->reason);
+		for (size_t i = 0; i < m->n_parts; i++) {
+			struct verdict_line *l =
+			    verdicts_add(vs, (int)m->parts[i].index, rs->conf->name, V_ERROR, "",
+			                 "degraded", 0, rs->version, "", why);
+			l->backup = backup;
+		}
+		log_warn(e->qid, "scanner %s is degraded (%s); the message will be held",
+		         rs->conf->name, rs->reason);
+		trace_add(e->fd, e->qid, "canary scanner=%s state=degraded since=%lld",
+		          rs->conf->name, (long long)rs->since);
+	}
+}
+
+/* One trace line per verdict line; values escaped (a virus name or an output excerpt is
+ * the scanner's text, not ours). Clean lines stay short: the output is for failures. */
+static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *vs)
+{
+	for (size_t i = 0; i < vs->n; i++) {
+		const struct verdict_line *l = &vs->lines[i];
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "scan part=%d", l->part);
+		kv_addstr(&b, "scanner", l->scanner);
+		kv_addstr(&b, "verdict", verdict_name(l->verdict));
+		kv_addstr(&b, "virus", l->virus);
+		kv_addstr(&b, "exit", l->exit);
+		buf_printf(&b, " ms=%ld backup=%d", l->ms, l->backup);
+		kv_addstr(&b, "version", l->version);
+		if (l->verdict != V_CLEAN) {
+			kv_addstr(&b, "argv", l->argv);
+			kv_add(&b, "output", l->output,
+			       strlen(l->output) > 200 ? 200 : strlen(l->output));
+		}
+		trace_add(e->fd, e->qid, "%s", buf_cstr(&b));
+		buf_free(&b);
+	}
+}
+
+/* spoold_parts_scanned_total{scanner,verdict}: one per part and scanner. */
+static void runner_count_verdicts(const struct verdicts *vs)
+{
+	for (size_t i = 0; i < vs->n; i++) {
+		const struct verdict_line *l = &vs->lines[i];
+		char esc[256], labels[400];
+		if (l->part < 0)
+			continue;
+		metrics_label_escape(l->scanner, esc, sizeof esc);
+		snprintf(labels, sizeof labels, "scanner=\"%s\",verdict=\"%s\"", esc,
+		         verdict_name(l->verdict));
+		metrics_inc("spoold_parts_scanned_total", labels, 1);
 	}
 }
 
@@ -398,15 +479,11 @@ static int runner_handle(struct stage *st, const char *qid)
 		goto out;
 	}
 	size_t bad = 0;
-	for (size_t i = 0; i < vs.n; i++) {
-		struct verdict_line *l = &vs.lines[i];
-		if (l->verdict != V_CLEAN)
+	for (size_t i = 0; i < vs.n; i++)
+		if (vs.lines[i].verdict != V_CLEAN)
 			bad++;
-		if (l->part >= 0 && l->verdict == V_CLEAN)
-			continue;
-		trace_add(e.fd, qid, "scan part=%d scanner=%s verdict=%s virus=%s exit=%s ms=%ld",
-		          l->part, l->scanner, verdict_name(l->verdict), l->virus, l->exit, l->ms);
-	}
+	runner_trace_verdicts(&e, &vs);
+	runner_count_verdicts(&vs);
 	trace_add(e.fd, qid, "scanned results=%zu not_clean=%zu", vs.n, bad);
 	struct buf b;
 	buf_init(&b);
@@ -426,37 +503,35 @@ out:
 	return 1;
 }
 
-/* Learn each scanner's version once, for the verdict record and the X-Virus-Scanned header. */
-static void runner_versions(void)
+/* The scanner's version line, for the verdict record and the canary's change check. */
+void runner_version_fetch(const struct runner_scanner *rs, char *out, size_t len)
 {
-	for (size_t i = 0; i < runner_g.n; i++) {
-		struct runner_scanner *rs = &runner_g.sc[i];
-		const struct conf_scanner *sc = rs->conf;
-		snprintf(rs->version, sizeof rs->version, "unknown");
-		if (sc->type == SCANNER_CLAMD) {
-			for (char **a = sc->clamd_addrs; a && *a; a++)
-				if (clamd_version(*a, 5000, rs->version, sizeof rs->version) == 0)
-					break;
-			continue;
-		}
-		if (sc->version_argv == NULL || sc->version_argv[0] == NULL)
-			continue;
-		struct exec_opts o;
-		struct exec_result res;
-		exec_opts_init(&o);
-		o.timeout_ms = 30000;
-		o.output_max = 1024;
-		if (exec_run(sc->version_argv, &o, &res) == 0 && res.exited && res.exit_code == 0 &&
-		    res.output.len) {
-			const char *out = buf_cstr(&res.output);
-			size_t l = strcspn(out, "\n");
-			if (l >= sizeof rs->version)
-				l = sizeof rs->version - 1;
-			memcpy(rs->version, out, l);
-			rs->version[l] = '\0';
-		}
-		exec_result_free(&res);
+	const struct conf_scanner *sc = rs->conf;
+	snprintf(out, len, "unknown");
+	if (sc->type == SCANNER_CLAMD) {
+		for (char **a = sc->clamd_addrs; a && *a; a++)
+			if (clamd_version(*a, 5000, out, len) == 0)
+				return;
+		snprintf(out, len, "unknown");
+		return;
 	}
+	if (sc->version_argv == NULL || sc->version_argv[0] == NULL)
+		return;
+	struct exec_opts o;
+	struct exec_result res;
+	exec_opts_init(&o);
+	o.timeout_ms = 30000;
+	o.output_max = 1024;
+	if (exec_run(sc->version_argv, &o, &res) == 0 && res.exited && res.exit_code == 0 &&
+	    res.output.len) {
+		const char *txt = buf_cstr(&res.output);
+		size_t l = strcspn(txt, "\n");
+		if (l >= len)
+			l = len - 1;
+		memcpy(out, txt, l);
+		out[l] = '\0';
+	}
+	exec_result_free(&res);
 }
 
 static void runner_recover(struct stage *st)
@@ -467,15 +542,27 @@ static void runner_recover(struct stage *st)
 		struct runner_scanner *rs = &runner_g.sc[i];
 		rs->conf = &st->conf->scanners[i];
 		if (rs->conf->virus_regex) {
-			if (regcomp(&rs->rx, rs->conf->virus_regex, REG_EXTENDED | REG_NEWLINE) != 0)
+			if (regcomp(&rs->rx, rs->conf->virus_regex, REG_EXTENDED | REG_NEWLINE) !=
+			    0)
 				die_perm(EXIT_CONFIG, "%s:%d: virus_regex does not compile",
 				         st->conf->path, rs->conf->line);
 			rs->has_rx = 1;
 		}
 	}
-	runner_versions();
+	for (size_t i = 0; i < runner_g.n; i++)
+		runner_version_fetch(&runner_g.sc[i], runner_g.sc[i].version,
+		                     sizeof runner_g.sc[i].version);
+	/* The canary runs before the first message: mail is never scanned by a scanner
+	 * whose health is unknown. */
+	canary_start(st, runner_g.sc, runner_g.n);
 	/* Nothing else to recover: an unlocked entry in scan/ is ordinary work, and a
 	 * verdicts file left by a dead runner is overwritten by a fresh scan. */
+}
+
+static int runner_tick(struct stage *st)
+{
+	canary_tick(st, runner_g.sc, runner_g.n);
+	return -1;
 }
 
 int main(int argc, char **argv)
@@ -485,6 +572,8 @@ int main(int argc, char **argv)
 	    .watch_dir = SD_SCAN,
 	    .recover = runner_recover,
 	    .handle = runner_handle,
+	    .tick = runner_tick,
+	    .tick_ms = 1000,
 	};
 	return stage_main(&st, argc, argv);
 }
