@@ -601,6 +601,17 @@ static void mime_embed_abort(struct mime_embed *e)
 	e->st = EMB_IDLE;
 }
 
+/* An embedded part cut short by a limit: keep what was written and record its size and
+ * hash, so the manifest always describes the file that is there (the limit's mark already
+ * makes the message unscannable). */
+static int mime_embed_cut(struct mime_ctx *c, struct mime_embed *e)
+{
+	int rc = mime_out_close(c, &e->out);
+	mime_out_reset(&e->out);
+	e->st = EMB_IDLE;
+	return rc;
+}
+
 /* ---- decoding one leaf ------------------------------------------------------------- */
 
 /* Copy the stream src through the transfer decoding enc into o (and into the embedded
@@ -682,7 +693,10 @@ static int mime_write_text(struct mime_ctx *c, const char *path, enum part_found
 		mime_out_abort(&o);
 		return -1;
 	}
-	mime_embed_abort(&emb); /* only open if cut short by a limit */
+	if (mime_embed_cut(c, &emb) < 0) { /* only open if cut short by a limit */
+		mime_out_abort(&o);
+		return -1;
+	}
 	return mime_out_close(c, &o);
 }
 
@@ -723,7 +737,10 @@ static int mime_leaf_enc(struct mime_ctx *c, GMimeObject *obj, const char *path,
 	} else if (!o.full && !c->stop && mime_embed_finish(c, &emb) < 0) {
 		rc = -1;
 	}
-	mime_embed_abort(&emb);
+	if (rc < 0)
+		mime_embed_abort(&emb);
+	else if (mime_embed_cut(c, &emb) < 0)
+		rc = -1;
 	if (rc < 0)
 		mime_out_abort(&o);
 	else

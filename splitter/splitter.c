@@ -266,6 +266,37 @@ static int splitter_envelope(struct spool_entry *e, int fd, char *reason, size_t
 	return rc;
 }
 
+/* Make the claimed message ours: a file dropped by another user stays that user's after
+ * the rename, and with fs.protected_hardlinks the router could not link it into an outbox
+ * entry. Such a file is copied into one we own (written, fsync'd, renamed over the name);
+ * our own file just gets mode 0640. Returns the message fd (perhaps new), or -1. */
+static int splitter_message_own(struct spool_entry *e, int fd, const struct stat *sb)
+{
+	if (sb->st_uid == geteuid()) {
+		if ((sb->st_mode & 07777) != 0640 && fchmod(fd, 0640) < 0)
+			return -1;
+		return fd;
+	}
+	int out = openat(e->fd, "message.own", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	                 0640);
+	if (out < 0)
+		return -1;
+	/* The copy must be durable before it replaces the dropped file. */
+	if (copy_fd(fd, out) < 0 || fsync(out) < 0) {
+		int err = errno;
+		close(out);
+		errno = err;
+		return -1;
+	}
+	if (close(out) < 0 || renameat(e->fd, "message.own", e->fd, "message") < 0)
+		return -1;
+	int nfd = openat(e->fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (nfd < 0)
+		return -1;
+	close(fd);
+	return nfd;
+}
+
 /* fsync every part: they must be durable before the manifest that names them. */
 static int splitter_sync_parts(struct spool_entry *e, const struct manifest *m)
 {
@@ -317,6 +348,12 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		rc = splitter_badmail(e, "empty file");
 		goto out;
 	}
+	int ofd = splitter_message_own(e, fd, &sb);
+	if (ofd < 0) {
+		rc = splitter_tempfail(e, "cannot take ownership of the message of");
+		goto out;
+	}
+	fd = ofd;
 	int attempts = splitter_attempt_count(e);
 	if (attempts < 0) {
 		rc = 0;

@@ -920,6 +920,35 @@ static void t_limits(void)
 	check_consistent("limit_max_parts_consistent", &r);
 	run_free(&r);
 
+	/* max_total_size reached inside an embedded uuencode block (found by the fuzzer): the
+	 * cut-short embedded part keeps a manifest entry that matches its file */
+	{
+		static unsigned char big[40000];
+		for (size_t i = 0; i < sizeof big; i++)
+			big[i] = (unsigned char)(i * 7 + 3);
+		buf_reset(&msg);
+		buf_printf(&msg, "%sContent-Type: text/plain\n\nsee below\n", HDR);
+		uuencode(&msg, "blob.bin", big, sizeof big);
+		/* the limit falls at every point of the leaf and of the embedded part */
+		int all_ok = 1;
+		char why[256] = "";
+		for (uint64_t t = 20000; t <= 110000; t += 2500) {
+			lim = default_limits;
+			lim.max_total_size = t;
+			run_lim(&r, msg.data, msg.len, &lim);
+			const char *bad = dir_consistent(&r, why, sizeof why);
+			if (r.rc != 0 || bad) {
+				all_ok = 0;
+				snprintf(why, sizeof why, "max_total_size=%llu: %s",
+				         (unsigned long long)t, bad ? bad : summary(&r));
+			}
+			run_free(&r);
+			if (!all_ok)
+				break;
+		}
+		check("limit_total_inside_uuencode_consistent", all_ok, "%s", why);
+	}
+
 	/* max_part_size: truncated while writing, marked */
 	buf_reset(&msg);
 	buf_printf(&msg, "%sContent-Type: multipart/mixed; boundary=b\n\n--b\n\n", HDR);
