@@ -54,6 +54,27 @@ def hostile_names_are_escaped_and_never_paths():
 
 
 @test
+def foreign_owned_drop_becomes_ours_and_0640():
+    if os.geteuid() != 0:
+        harness.skip("needs root to drop a file owned by another user")
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    p = Pipeline(scanners=[clamscan()]).start()
+    m = msgs.clean()
+    tmp = os.path.join(p.spool, "inbound", ".f")
+    with open(tmp, "wb") as f:
+        f.write(m)
+    os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(p.spool, "inbound", "foreign"))
+    finals = p.wait_final(1)
+    assert finals[0][0] == "outbox/smtp", finals
+    st = os.stat(os.path.join(finals[0][2], "message"))
+    assert st.st_uid == os.geteuid() and (st.st_mode & 0o777) == 0o640, (st.st_uid, oct(st.st_mode))
+    assert p.read(finals[0][2], "message") == m
+
+
+@test
 def abandoned_tmp_entries_are_swept():
     p = Pipeline(scanners=[clamscan()])
     tmp = os.path.join(p.spool, "tmp")

@@ -138,7 +138,7 @@ def status_counts_and_stages():
 @test
 def killed_stage_is_restarted_and_loses_nothing():
     rec = os.path.join(harness.tmpdir("rec"), "record")
-    p = Pipeline(scanners=[fake("record", args=["--sleep=1", rec], max_concurrent=1)]).start()
+    p = Pipeline(scanners=[fake("record", args=["--sleep=1", rec], max_concurrent=1, canary=False)]).start()
     msgs_in = [msgs.clean(subject="m%d" % i) for i in range(4)]
     for i, m in enumerate(msgs_in):
         p.drop("m%d" % i, m)

@@ -36,7 +36,7 @@ def fake(script, name=None, args=(), **kw):
     d = dict(name=name or script, type="exec", mode="per-attachment",
              argv=[os.path.join(harness.FAKE, script)] + list(args) + ["{file}"],
              clean_codes=[0], infected_codes=[1], virus_regex=": (.+) FOUND$",
-             timeout=10, max_concurrent=2, canary=False)
+             timeout=10, max_concurrent=2)
     d.update(kw)
     return d
 
