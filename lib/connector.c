@@ -14,16 +14,22 @@
 
 #include "log.h"
 #include "spool.h"
+#include "stage.h"
 #include "trace.h"
 #include "util.h"
 #include "watch.h"
 
 static volatile sig_atomic_t connector_stop;
+static volatile sig_atomic_t connector_paused;
 
 static void connector_on_signal(int sig)
 {
-	(void)sig;
-	connector_stop = 1;
+	if (sig == SIGUSR1)
+		connector_paused = 1; /* spoolctl pause: finish the current entry, take no new */
+	else if (sig == SIGUSR2)
+		connector_paused = 0;
+	else
+		connector_stop = 1;
 }
 
 /* One entry. Returns 1 when it still waits for a retry, else 0. */
@@ -113,7 +119,7 @@ static int connector_scan(const struct connector *cn, const struct conf_connecto
 		log_warn(NULL, "cannot list outbox/%s: %s", cc->name, strerror(errno));
 		return 0;
 	}
-	for (size_t i = 0; i < n && !connector_stop; i++)
+	for (size_t i = 0; i < n && !connector_stop && !connector_paused; i++)
 		waiting += connector_one(cn, cc, sp, dirfd, names[i]);
 	spool_names_free(names, n);
 	return waiting;
@@ -125,6 +131,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	int once = 0;
 	log_init(cn->prog);
 	trace_set_prog(cn->prog);
+	stage_ready_take();
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
 			conf_path = argv[++i];
@@ -154,6 +161,10 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	sa.sa_handler = connector_on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGUSR2, &sa, NULL);
+	const char *ps = getenv("SPOOLD_PAUSED");
+	connector_paused = ps && strcmp(ps, "1") == 0;
 	signal(SIGPIPE, SIG_IGN);
 	srand((unsigned)(getpid() ^ time(NULL)));
 	char dir[4096];
@@ -161,11 +172,16 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	if (!once)
 		watch_open(dir);
 	log_info(NULL, "started, delivering outbox/%s", cc->name);
+	stage_ready_notify();
 	int64_t next_scan = 0;
 	int waiting = 0;
+	int was_paused = connector_paused;
 	while (!connector_stop) {
 		int64_t now = now_ms_monotonic();
-		if (now >= next_scan) {
+		if (was_paused && !connector_paused)
+			next_scan = 0; /* resumed: look at what came meanwhile */
+		was_paused = connector_paused;
+		if (now >= next_scan && !connector_paused) {
 			waiting = connector_scan(cn, cc, &sp, dirfd);
 			next_scan = now_ms_monotonic() +
 			            (waiting ? 1000 : (int64_t)c->rescan_interval * 1000);
@@ -176,7 +192,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 		int64_t wait = next_scan - now_ms_monotonic();
 		switch (watch_next(wait < 0 ? 0 : (int)wait, ev, sizeof ev)) {
 		case WATCH_NAME:
-			if (ev[0] != '.' && spool_qid_valid(ev))
+			if (ev[0] != '.' && spool_qid_valid(ev) && !connector_paused)
 				waiting += connector_one(cn, cc, &sp, dirfd, ev);
 			if (waiting && next_scan > now_ms_monotonic() + 1000)
 				next_scan = now_ms_monotonic() + 1000;

@@ -74,7 +74,7 @@ int stage_scan(struct stage *st)
  * started during recovery (the canary) never inherit it. */
 static int stage_ready_fd = -1;
 
-static void stage_ready_take(void)
+void stage_ready_take(void)
 {
 	const char *s = getenv("SPOOLD_READY_FD");
 	uint64_t fd;
@@ -87,7 +87,7 @@ static void stage_ready_take(void)
 }
 
 /* Start-up recovery is done: one line to spoold, then close. */
-static void stage_ready_notify(void)
+void stage_ready_notify(void)
 {
 	if (stage_ready_fd < 0)
 		return;

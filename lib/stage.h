@@ -39,6 +39,11 @@ struct stage {
 
 /* Parse argv, load config, open the spool, run the loop. Returns the exit code. */
 int stage_main(struct stage *st, int argc, char **argv);
+/* Readiness for spoold (SPOOLD_READY_FD): take the descriptor at start, notify once the
+ * start-up recovery is done. stage_main does both; other programs spoold supervises (the
+ * connectors) call them themselves. */
+void stage_ready_take(void);
+void stage_ready_notify(void);
 /* Set when a stop was requested; long work checks it between units. */
 int stage_stopping(void);
 /* Scan the watch directory and handle every name. Returns how many did work. */

@@ -1,7 +1,7 @@
 /*
  * spoolctl start|stop|restart|pause|resume STAGE - talk to spoold over run/control.
  *
- * STAGE is splitter, scanner-runner or router (all its instances). Exit 0 when spoold
+ * STAGE is splitter, scanner-runner, router or connectors (all its instances). Exit 0 when spoold
  * did it; 69 (EX_UNAVAILABLE) when spoold is not running; 75 when it did not answer in
  * time; 1 when spoold refused (its message is printed); 64 on usage errors.
  */

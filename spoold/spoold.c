@@ -59,7 +59,7 @@
 #define FAIL_DEATHS      5
 #define FAIL_WINDOW_MS   60000
 #define STOP_GRACE_MS    10000
-#define N_STAGES         3
+#define N_STAGES         4
 
 enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED, CH_STOPPED };
 
@@ -88,8 +88,13 @@ struct stage_def {
 	int restarts;
 };
 
-static struct stage_def sup_stages[N_STAGES] = {
-    {.name = "splitter"}, {.name = "scanner-runner"}, {.name = "router"}};
+/* The fourth "stage" is the bundled delivery agents: one instance per connector whose type
+ * is smtp or maildir, each running connector-<type> -n <name>. */
+#define SI_CONNECTORS 3
+static struct stage_def sup_stages[N_STAGES] = {{.name = "splitter"},
+                                                {.name = "scanner-runner"},
+                                                {.name = "router"},
+                                                {.name = "connectors"}};
 static struct child *sup_children;
 static size_t sup_n;
 static char sup_bindir[PATH_MAX];
@@ -179,7 +184,8 @@ static void sig_setting(struct buf *b, const config_setting_t *s)
 static const char *const sig_keys[N_STAGES][4] = {
     {"splitter", NULL},
     {"scanner_runner", "scanners", "canary_interval", NULL},
-    {"router", "connectors", "scanners", NULL}};
+    {"router", "connectors", "scanners", NULL},
+    {"connectors", NULL}};
 static const char *const sig_spoold_only[] = {"metrics", "control_group", NULL};
 
 static int sig_in(const char *const *list, const char *name)
@@ -227,6 +233,23 @@ static int sig_compute(const char *path, char *out[N_STAGES + 1])
 }
 
 /* ---- children ------------------------------------------------------------------------ */
+
+/* The n-th connector that has a bundled delivery agent (type smtp or maildir), or NULL. */
+static const struct conf_connector *sup_connector_nth(const struct conf *c, int n)
+{
+	for (size_t i = 0; i < c->n_connectors; i++)
+		if (c->connectors[i].type != CONN_NONE && n-- == 0)
+			return &c->connectors[i];
+	return NULL;
+}
+
+static int sup_connector_count(const struct conf *c)
+{
+	int n = 0;
+	while (sup_connector_nth(c, n))
+		n++;
+	return n;
+}
 
 static int sup_down_file(const char *stage, int create)
 {
@@ -318,7 +341,17 @@ static void sup_child_start(struct child *ch)
 {
 	const char *stage = sup_stages[ch->si].name;
 	char path[PATH_MAX + 64];
-	snprintf(path, sizeof path, "%s/%s", sup_bindir, stage);
+	const char *conn = NULL;
+	if (ch->si == SI_CONNECTORS) {
+		const struct conf_connector *cc = sup_connector_nth(sup_conf, ch->idx);
+		if (cc == NULL)
+			return;
+		conn = cc->name;
+		snprintf(path, sizeof path, "%s/connector-%s", sup_bindir,
+		         cc->type == CONN_SMTP ? "smtp" : "maildir");
+	} else {
+		snprintf(path, sizeof path, "%s/%s", sup_bindir, stage);
+	}
 	int rp[2];
 	if (pipe2(rp, O_CLOEXEC | O_NONBLOCK) < 0) {
 		log_warn(NULL, "cannot make the readiness pipe for %s: %s", stage, strerror(errno));
@@ -350,7 +383,8 @@ static void sup_child_start(struct child *ch)
 			setenv("SPOOLD_PAUSED", "1", 1);
 		else
 			unsetenv("SPOOLD_PAUSED");
-		char *argv[] = {path, "-c", (char *)sup_conf_path, NULL};
+		char *argv[] = {path, "-c", (char *)sup_conf_path, conn ? "-n" : NULL, (char *)conn,
+		                NULL};
 		execv(path, argv);
 		fprintf(stderr, "spoold: cannot exec %s: %s\n", path, strerror(errno));
 		_exit(EXIT_TEMPFAIL);
@@ -495,7 +529,7 @@ static void sup_control_do(const char *cmd, const char *stage, struct buf *reply
 	int si = sup_stage_lookup(stage);
 	if (si < 0) {
 		buf_printf(reply,
-		           "error unknown stage \"%.64s\" (splitter, scanner-runner, router)",
+		           "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors)",
 		           stage);
 		return;
 	}
@@ -641,7 +675,8 @@ static void sup_maybe_notify_ready(void)
 
 static void sup_stage_defs(const struct conf *c)
 {
-	int n[N_STAGES] = {c->splitter.instances, c->runner.instances, c->router.instances};
+	int n[N_STAGES] = {c->splitter.instances, c->runner.instances, c->router.instances,
+	                   sup_connector_count(c)};
 	for (int s = 0; s < N_STAGES; s++) {
 		sup_stages[s].instances = n[s];
 		sup_stages[s].down = sup_down_exists(sup_stages[s].name);
@@ -670,8 +705,9 @@ static void sup_reload(void)
 	int all = !known || strcmp(nsig[N_STAGES], sup_sig[N_STAGES]) != 0;
 	unsigned mask = 0;
 	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
-	                       sup_conf->router.instances};
-	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances};
+	                       sup_conf->router.instances, sup_connector_count(sup_conf)};
+	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances,
+	                       sup_connector_count(nc)};
 	for (int s = 0; s < N_STAGES; s++)
 		if (all || strcmp(nsig[s], sup_sig[s]) != 0 || n_old[s] != n_new[s])
 			mask |= 1u << s;
@@ -680,10 +716,10 @@ static void sup_reload(void)
 	if (mask == 0)
 		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
 	else
-		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s",
+		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s%s",
 		         all ? " all stages (shared settings changed):" : "",
 		         mask & 1 ? " splitter" : "", mask & 2 ? " scanner-runner" : "",
-		         mask & 4 ? " router" : "");
+		         mask & 4 ? " router" : "", mask & 8 ? " connectors" : "");
 	sup_stop(mask);
 	conf_free(sup_conf);
 	sup_conf = nc;
