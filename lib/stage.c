@@ -51,12 +51,35 @@ static void stage_signals(void)
 	signal(SIGHUP, SIG_IGN); /* spoold re-reads the config and restarts us if needed */
 }
 
+/* A (nearly) full spool filesystem: claim nothing, log it once, look again every second.
+ * Writing verdicts or reports into a full disk would only fail half-way; waiting costs
+ * nothing and loses nothing. The splitter also keeps a larger reserve of its own. */
+static int stage_space_low;
+
+static int stage_space_ok(struct stage *st)
+{
+	uint64_t free_bytes = spool_space_free(&st->spool);
+	if (free_bytes < SPOOL_RESERVE_BYTES / 4) {
+		if (!stage_space_low)
+			log_error(NULL, "spool %s has %llu bytes free: claiming nothing until space "
+			          "comes back", st->spool.root, (unsigned long long)free_bytes);
+		stage_space_low = 1;
+		return 0;
+	}
+	if (stage_space_low)
+		log_info(NULL, "spool %s has space again: resuming", st->spool.root);
+	stage_space_low = 0;
+	return 1;
+}
+
 int stage_scan(struct stage *st)
 {
 	char **names;
 	size_t n;
 	int did = 0;
 	int fd = st->spool.fd[st->watch_dir];
+	if (!stage_space_ok(st))
+		return 0;
 	if (spool_list(fd, st->watch_dir != SD_INBOUND, &names, &n) < 0) {
 		log_warn(NULL, "cannot list %s/%s: %s", st->spool.root,
 		         spool_dir_name(st->watch_dir), strerror(errno));
@@ -183,6 +206,12 @@ int stage_main(struct stage *st, int argc, char **argv)
 		}
 		if (n_pending && wait > 5)
 			wait = 5;
+		if (stage_space_low) {
+			if (stage_space_ok(st))
+				next_rescan = 0; /* space is back: look at everything */
+			else if (wait > 1000)
+				wait = 1000;
+		}
 		if (st->tick) {
 			int64_t until_tick = next_tick - now_ms_monotonic();
 			if (until_tick < wait)
@@ -196,6 +225,10 @@ int stage_main(struct stage *st, int argc, char **argv)
 		case WATCH_NAME:
 			if (stage_paused || name[0] == '.')
 				break;
+			if (!stage_space_ok(st)) {
+				next_rescan = now_ms_monotonic() + 1000;
+				break;
+			}
 			log_debug(NULL, "event for %s", name);
 			if (st->handle(st, name) < 0) {
 				log_debug(NULL, "%s is busy; looking again shortly", name);
