@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,6 +103,9 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 		exec_child(argv, o, outp[1], errp[1]);
 	/* Also set the group from the parent: whichever runs first, kill(-pid) works. */
 	setpgid(pid, pid);
+	/* A pidfd becomes readable when the child exits, so the reap below can sleep in
+	 * poll() instead of napping in fixed steps. It is close-on-exec by construction. */
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	close(outp[1]);
 	close(errp[1]);
 	outp[1] = errp[1] = -1;
@@ -170,6 +174,7 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	/* The pipe closed: the child has exited or closed its output. Wait for it, still
 	 * under the deadline: a child that closed stdout and hangs must not hang us. */
 	int status;
+	int backoff_us = 100;
 	for (;;) {
 		pid_t w = waitpid(pid, &status, WNOHANG);
 		if (w == pid)
@@ -188,10 +193,23 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 			exec_kill_group(pid, SIGKILL);
 			kill_at = -2;
 		}
-		poll(NULL, 0, 5);
+		int64_t until = kill_at >= 0 ? kill_at : deadline >= 0 && !res->timed_out ? deadline : -1;
+		int wait_ms = until < 0 ? 1000 : (int)(until - now > 1000 ? 1000 : until - now + 1);
+		if (pidfd >= 0) {
+			struct pollfd pp = {.fd = pidfd, .events = POLLIN};
+			poll(&pp, 1, wait_ms);
+		} else {
+			/* No pidfds (old kernel): short naps first, since most children are
+			 * reaped within microseconds of closing their output. */
+			usleep((useconds_t)backoff_us);
+			if (backoff_us < 5000)
+				backoff_us *= 2;
+		}
 	}
 	/* Reap the group's stragglers' signal target too: nothing of it may outlive us. */
 	exec_kill_group(pid, SIGKILL);
+	if (pidfd >= 0)
+		close(pidfd);
 	res->ms = (long)(now_ms_monotonic() - start);
 	if (WIFEXITED(status)) {
 		res->exited = 1;
