@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +68,19 @@ void spool_open(struct spool *sp, const char *root, int create)
 	}
 	if (create && fsync_dir(sp->root_fd) < 0)
 		die_temp(NULL, "cannot fsync %s: %s", root, strerror(errno));
+	struct statfs fs;
+	sp->rename_journaled = 0;
+	if (fstatfs(sp->root_fd, &fs) == 0)
+		switch ((unsigned long)fs.f_type) {
+		case 0xEF53UL:     /* ext2/3/4: ext2 has no journal, but is not used for spools */
+		case 0x58465342UL: /* XFS */
+		case 0x9123683EUL: /* btrfs */
+		case 0x01021994UL: /* tmpfs */
+			sp->rename_journaled = 1;
+			break;
+		default:
+			break;
+		}
 }
 
 void spool_close(struct spool *sp)
@@ -243,6 +257,8 @@ void spool_entry_release(struct spool_entry *e)
 
 int spool_entry_sync(struct spool_entry *e)
 {
+	if (syncfs(e->fd) == 0)
+		return 0;
 	return fsync_dir(e->fd);
 }
 
@@ -265,7 +281,9 @@ int spool_entry_move(struct spool_entry *e, enum spool_dir to)
 	 * must no longer, or a crash could show the entry in both places or neither. */
 	enum spool_dir from = e->where;
 	e->where = to;
-	if (fsync_dir(sp->fd[to]) < 0 || fsync_dir(sp->fd[from]) < 0)
+	if (fsync_dir(sp->fd[to]) < 0)
+		return -1;
+	if (!sp->rename_journaled && fsync_dir(sp->fd[from]) < 0)
 		return -1;
 	return 0;
 }
@@ -411,7 +429,7 @@ int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const
 			goto out;
 		}
 	}
-	if (fsync_dir(ofd) < 0 || fsync_dir(e->fd) < 0)
+	if (fsync_dir(ofd) < 0 || (!e->sp->rename_journaled && fsync_dir(e->fd) < 0))
 		rc = -1;
 out:;
 	int err = errno;
@@ -475,7 +493,7 @@ int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, c
 
 int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n)
 {
-	return write_file_atomic(e->fd, name, data, n, 0640);
+	return write_file_replace(e->fd, name, data, n, 0640);
 }
 
 uint64_t spool_space_free(struct spool *sp)

@@ -40,6 +40,10 @@ struct spool {
 	char *root;
 	int root_fd;
 	int fd[SD__COUNT];
+	/* The filesystem commits a rename of both directories in one journal transaction
+	 * (ext4, XFS, btrfs; tmpfs has nothing to lose): one directory fsync then makes a
+	 * move durable on both sides. Elsewhere both parents are fsync'd. */
+	int rename_journaled;
 };
 
 /* The name of a state directory relative to the root ("inbound", "outbox", ...). */
@@ -84,7 +88,10 @@ int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
                       struct spool_entry *e);
 /* Unlock and close. */
 void spool_entry_release(struct spool_entry *e);
-/* Make the entry's file names durable (fsync of the directory itself). */
+/* Make everything written into the entry durable - file data and names - with one
+ * syncfs(2) of the spool's filesystem. This is the group commit: one flush covers every
+ * file the caller wrote for this step (and whatever other stages wrote meanwhile), instead
+ * of one fsync per file. */
 int spool_entry_sync(struct spool_entry *e);
 /* Commit: rename(where/qid, to/qid), release the claim (the next stage may take the
  * entry at once), then fsync both parents. The caller has fsync'd the files and called
@@ -129,7 +136,8 @@ uint64_t spool_space_free(struct spool *sp);
 /* Space kept free for the stages after the splitter: intake stops below this. */
 #define SPOOL_RESERVE_BYTES (4u << 20)
 
-/* Atomically write a small file into the entry (name.tmp, fsync, rename). 0 or -1. */
+/* Write a small file into the entry (name.tmp, rename): readers see it whole or not at
+ * all; it is durable after the next spool_entry_sync. 0 or -1. */
 int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n);
 
 #endif

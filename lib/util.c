@@ -242,7 +242,8 @@ fail:;
 	return -1;
 }
 
-int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode)
+static int write_file_tmp_rename(int dirfd, const char *name, const void *data, size_t n,
+                                 mode_t mode, int sync)
 {
 	char tmp[256];
 	if (bsnprintf(tmp, sizeof tmp, "%s.tmp", name) < 0) {
@@ -252,14 +253,15 @@ int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, m
 	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0)
 		return -1;
-	/* fsync before the rename: the name must never point at data that is not on disk. */
-	if (write_all(fd, data, n) < 0 || fsync(fd) < 0)
+	if (write_all(fd, data, n) < 0 || (sync && fsync(fd) < 0))
 		goto fail;
 	if (close(fd) < 0) {
 		fd = -1;
 		goto fail;
 	}
 	fd = -1;
+	/* The rename makes the file appear whole or not at all, to readers and after a
+	 * crash of the process; with sync, the data is on disk before the name points at it. */
 	if (renameat(dirfd, tmp, dirfd, name) < 0)
 		goto fail;
 	return 0;
@@ -270,6 +272,16 @@ fail:;
 	unlinkat(dirfd, tmp, 0);
 	errno = e;
 	return -1;
+}
+
+int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode)
+{
+	return write_file_tmp_rename(dirfd, name, data, n, mode, 1);
+}
+
+int write_file_replace(int dirfd, const char *name, const void *data, size_t n, mode_t mode)
+{
+	return write_file_tmp_rename(dirfd, name, data, n, mode, 0);
 }
 
 int copy_fd(int src, int dst)

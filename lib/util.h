@@ -75,6 +75,9 @@ int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
 /* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The
  * directory itself is not fsync'd: the caller batches that (group commit). */
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode);
+/* The same without the fsync: durable only after a later sync of the filesystem
+ * (spool_entry_sync). For files that are part of one commit. */
+int write_file_replace(int dirfd, const char *name, const void *data, size_t n, mode_t mode);
 /* Copy all bytes of fd src (from offset 0) into fd dst. 0 or -1. */
 int copy_fd(int src, int dst);
 

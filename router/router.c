@@ -261,7 +261,8 @@ static void router_prepare_out(struct spool_entry *e, const char *conn,
 	int ofd = openat(e->fd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (ofd < 0)
 		goto fail;
-	/* A hard link shares the already-fsync'd message: no copy, no new data to sync. */
+	/* A hard link shares the message: no copy. Nothing here is fsync'd on its own: the
+	 * fanout commit below syncs the filesystem once for every out.<conn>/ together. */
 	struct buf b;
 	buf_init(&b);
 	envelope_format(sub, &b);
@@ -269,9 +270,7 @@ static void router_prepare_out(struct spool_entry *e, const char *conn,
 	if (r == 0)
 		r = linkat(e->fd, "trace", ofd, "trace", 0);
 	if (r == 0)
-		r = write_file_atomic(ofd, "envelope", b.data, b.len, 0640);
-	if (r == 0)
-		r = fsync_dir(ofd);
+		r = write_file_replace(ofd, "envelope", b.data, b.len, 0640);
 	int err = errno;
 	close(ofd);
 	buf_free(&b);
@@ -452,8 +451,8 @@ static const char *router_msg_eol(struct spool_entry *e)
 }
 
 /* Write message.out: hdrs, then body (if given) or the original message's bytes. It is
- * fsync'd before the out.<conn>/ links are made, so an outbox entry never holds a message
- * whose data is not yet on disk. */
+ * made durable with the rest of the fan-out by the fanout commit's sync, before any
+ * out.<conn>/ leaves for an outbox. */
 static void router_write_out(struct spool_entry *e, const struct buf *hdrs,
                              const struct buf *body)
 {
@@ -467,7 +466,7 @@ static void router_write_out(struct spool_entry *e, const struct buf *hdrs,
 		goto fail;
 	if (body ? write_all(out, body->data, body->len) < 0 : copy_fd(in, out) < 0)
 		goto fail;
-	if (fsync(out) < 0 || close(out) < 0) {
+	if (close(out) < 0) {
 		out = -1;
 		goto fail;
 	}

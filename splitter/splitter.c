@@ -125,8 +125,8 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 	return 1;
 }
 
-/* Read the poison counter, add one, and make it durable before parsing: if the parse
- * crashes the process, the next attempt knows. Returns the new count, or -1 when the
+/* Read the poison counter and add one before parsing: if the parse crashes the
+ * process, the next attempt knows. Returns the new count, or -1 when the
  * message was deferred (disk full). */
 static int splitter_attempt_count(struct spool_entry *e)
 {
@@ -142,7 +142,9 @@ static int splitter_attempt_count(struct spool_entry *e)
 	}
 	buf_reset(&b);
 	buf_printf(&b, "%llu\n", (unsigned long long)n + 1);
-	int w = spool_entry_write(e, "attempts", b.data, b.len) < 0 || spool_entry_sync(e) < 0;
+	/* No sync: the counter must survive a crash of this process (the page cache does),
+	 * not a power cut, after which one more attempt is harmless. */
+	int w = spool_entry_write(e, "attempts", b.data, b.len) < 0;
 	buf_free(&b);
 	if (w)
 		return splitter_tempfail(e, "cannot write the attempt count of") - 1;
@@ -187,7 +189,9 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 	if (envelope_parse(head.data + ml, head.len - ml, &env, &used, reason, rlen) < 0)
 		goto out;
 	envelope_format(&env, &env_out);
-	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0)
+	/* The envelope must be durable before the message loses its prefix below, or a power
+	 * cut could leave a bare message and no envelope. */
+	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0 || spool_entry_sync(e) < 0)
 		goto ioerr;
 	out = openat(e->fd, "message.body", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 	             0640);
@@ -297,25 +301,6 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 	return nfd;
 }
 
-/* fsync every part: they must be durable before the manifest that names them. */
-static int splitter_sync_parts(struct spool_entry *e, const struct manifest *m)
-{
-	for (size_t i = 0; i < m->n_parts; i++) {
-		char name[16];
-		manifest_part_name(m->parts[i].index, name);
-		int fd = openat(e->fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0)
-			return -1;
-		int r = fsync(fd);
-		int err = errno;
-		close(fd);
-		if (r < 0) {
-			errno = err;
-			return -1;
-		}
-	}
-	return 0;
-}
 
 /* Split one claimed work directory (fresh, or left by a killed predecessor).
  * Returns 1 when it moved on, 0 when deferred. */
@@ -366,11 +351,6 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		rc = splitter_badmail(e, reason);
 		goto out;
 	}
-	/* Durable data before any work: a plain cp into inbound/ did not fsync. */
-	if (fsync(fd) < 0) {
-		rc = splitter_tempfail(e, "cannot fsync the message of");
-		goto out;
-	}
 	CRASH_POINT("split-claimed");
 	if (splitter_clean_workdir(e) < 0) {
 		rc = splitter_tempfail(e, "cannot clean");
@@ -411,17 +391,18 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 	}
 	CRASH_POINT("split-parts");
 	manifest_format(&m, &mb);
-	/* Parts first, then the manifest that names them: a manifest never points at data
-	 * that is not on disk. */
-	if (splitter_sync_parts(e, &m) < 0 || spool_entry_write(e, "manifest", mb.data, mb.len) < 0) {
+	if (spool_entry_write(e, "manifest", mb.data, mb.len) < 0) {
 		rc = splitter_tempfail(e, "cannot write the manifest of");
 		goto out;
 	}
 	trace_add(e->fd, e->qid, "split parts=%zu unscannable=%zu size=%lld", m.n_parts,
 	          m.n_unscannable, (long long)sb.st_size);
-	/* Every name in the work directory must be durable before the directory moves. */
+	/* The group commit: one syncfs makes the message (a plain cp into inbound/ did not
+	 * fsync it), every part, the envelope, the manifest and all their names durable
+	 * before the directory moves. Until the move, nothing here is visible to the next
+	 * stage, and a power cut only leaves an incoming/ entry that is split again. */
 	if (spool_entry_sync(e) < 0) {
-		rc = splitter_tempfail(e, "cannot fsync");
+		rc = splitter_tempfail(e, "cannot sync");
 		goto out;
 	}
 	CRASH_POINT("split-precommit");
