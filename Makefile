@@ -132,11 +132,13 @@ install: all
 	install -m 0644 dist/spoold.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf
 	install -m 0644 dist/spoold.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
 
+FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \
+               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 check-format:
-	clang-format --dry-run --Werror $(LIB_SRC) $(wildcard lib/*.h)
+	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 format:
-	clang-format -i $(wildcard lib/*.[ch] */*.[ch])
+	clang-format -i $(FORMAT_SRC)
 
 clean:
 	rm -rf bin build $(O)

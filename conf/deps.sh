@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config clang libgmime-3.0-dev libconfig-dev libinotifytools0-dev
 clamav clamav-daemon clamav-testfiles python3 ripmime libcurl4-openssl-dev
-postfix swaks"
+postfix swaks clang-format"
 missing=""
 for p in $PKGS; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -55,7 +55,8 @@ static int maildir_has(const char *root, const char *base)
 	size_t bl = strlen(base);
 	struct dirent *de;
 	while ((de = readdir(d)) != NULL)
-		if (strncmp(de->d_name, base, bl) == 0 && (de->d_name[bl] == ':' || !de->d_name[bl]))
+		if (strncmp(de->d_name, base, bl) == 0 &&
+		    (de->d_name[bl] == ':' || !de->d_name[bl]))
 			found = 1;
 	closedir(d);
 	return found;
@@ -80,7 +81,8 @@ static enum conn_result maildir_deliver(const struct conf_connector *cc, struct 
 		return CONN_TEMP;
 	}
 	if (maildir_has(cc->maildir, base)) {
-		snprintf(reply, rlen, "already in %s (an earlier delivery was interrupted)", cc->maildir);
+		snprintf(reply, rlen, "already in %s (an earlier delivery was interrupted)",
+		         cc->maildir);
 		return CONN_OK;
 	}
 	tmp = xasprintf("%s/tmp/%s", cc->maildir, base);

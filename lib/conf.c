@@ -73,8 +73,8 @@ static void conf_check_keys(struct conf_ctx *cx, const config_setting_t *s, cons
 			buf_init(&b);
 			for (const char *const *k = keys; *k; k++)
 				buf_printf(&b, "%s%s", k == keys ? "" : ", ", *k);
-			conf_fail(cx, m, "unknown key '%s' in %s (known keys: %s)", name ? name : "?",
-			          what, buf_cstr(&b));
+			conf_fail(cx, m, "unknown key '%s' in %s (known keys: %s)",
+			          name ? name : "?", what, buf_cstr(&b));
 			buf_free(&b);
 		}
 	}
@@ -147,16 +147,18 @@ static void conf_int(struct conf_ctx *cx, const config_setting_t *g, const char 
 	*out = (int)v;
 }
 
-static void conf_u64(struct conf_ctx *cx, const config_setting_t *g, const char *key,
-                     uint64_t *out, uint64_t min)
+static void conf_u64(struct conf_ctx *cx, const config_setting_t *g, const char *key, uint64_t *out,
+                     uint64_t min)
 {
 	const config_setting_t *s = conf_get(g, key);
 	if (s == NULL)
 		return;
 	int t = config_setting_type(s);
 	if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64) {
-		conf_fail(cx, s, "'%s' must be an integer (bytes or a count); use an L suffix "
-		          "for values over 2147483647", key);
+		conf_fail(cx, s,
+		          "'%s' must be an integer (bytes or a count); use an L suffix "
+		          "for values over 2147483647",
+		          key);
 		return;
 	}
 	long long v = config_setting_get_int64(s);
@@ -276,11 +278,25 @@ static int argv_has(char **argv, const char *ph)
 static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
                                struct conf_scanner *sc)
 {
-	static const char *const keys[] = {
-	    "name",          "type",          "mode",       "argv",        "clean_codes",
-	    "infected_codes", "virus_regex",  "version_argv", "timeout",   "max_concurrent",
-	    "backup",        "workdir",       "rlimit_as",  "rlimit_cpu",  "rlimit_nofile",
-	    "addresses",     "stream_max_length", "canary", NULL};
+	static const char *const keys[] = {"name",
+	                                   "type",
+	                                   "mode",
+	                                   "argv",
+	                                   "clean_codes",
+	                                   "infected_codes",
+	                                   "virus_regex",
+	                                   "version_argv",
+	                                   "timeout",
+	                                   "max_concurrent",
+	                                   "backup",
+	                                   "workdir",
+	                                   "rlimit_as",
+	                                   "rlimit_cpu",
+	                                   "rlimit_nofile",
+	                                   "addresses",
+	                                   "stream_max_length",
+	                                   "canary",
+	                                   NULL};
 	memset(sc, 0, sizeof *sc);
 	sc->line = config_setting_source_line(s);
 	sc->timeout = 60;
@@ -308,19 +324,21 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 		else if (strcmp(mode, "per-message") == 0)
 			sc->mode = MODE_PER_MESSAGE;
 		else
-			conf_fail(cx, conf_get(s, "mode"),
-			          "mode '%s' is unknown for an exec scanner (use \"per-attachment\" "
-			          "or \"per-message\")",
-			          mode);
+			conf_fail(
+			    cx, conf_get(s, "mode"),
+			    "mode '%s' is unknown for an exec scanner (use \"per-attachment\" "
+			    "or \"per-message\")",
+			    mode);
 	} else if (strcmp(type, "clamd") == 0) {
 		sc->type = SCANNER_CLAMD;
 		sc->mode = MODE_CLAMD;
 		if (mode && strcmp(mode, "clamd") != 0)
-			conf_fail(cx, conf_get(s, "mode"), "a clamd scanner has no mode other than "
+			conf_fail(cx, conf_get(s, "mode"),
+			          "a clamd scanner has no mode other than "
 			          "\"clamd\"; remove the mode line");
 	} else {
-		conf_fail(cx, conf_get(s, "type"), "type '%s' is unknown (use \"exec\" or \"clamd\")",
-		          type);
+		conf_fail(cx, conf_get(s, "type"),
+		          "type '%s' is unknown (use \"exec\" or \"clamd\")", type);
 	}
 	conf_int(cx, s, "timeout", &sc->timeout, 1, 86400);
 	conf_int(cx, s, "max_concurrent", &sc->max_concurrent, 1, 1024);
@@ -346,7 +364,8 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 				}
 			} else if (strncmp(*a, "tcp:", 4) != 0 || strchr(*a + 4, ':') == NULL) {
 				conf_fail(cx, conf_get(s, "addresses"),
-				          "clamd address '%s' must be \"unix:/path\" or \"tcp:HOST:PORT\"",
+				          "clamd address '%s' must be \"unix:/path\" or "
+				          "\"tcp:HOST:PORT\"",
 				          *a);
 			}
 		}
@@ -364,13 +383,15 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 			          "scanner '%s': %s: %s (install it, or fix argv[0])", sc->name,
 			          sc->argv[0], strerror(errno));
 		if (sc->mode == MODE_PER_ATTACHMENT && !argv_has(sc->argv, "{file}"))
-			conf_fail(cx, conf_get(s, "argv"),
-			          "scanner '%s': a per-attachment argv needs the {file} placeholder",
-			          sc->name);
+			conf_fail(
+			    cx, conf_get(s, "argv"),
+			    "scanner '%s': a per-attachment argv needs the {file} placeholder",
+			    sc->name);
 		if (sc->mode == MODE_PER_MESSAGE && !argv_has(sc->argv, "{files}") &&
 		    !argv_has(sc->argv, "{dir}"))
 			conf_fail(cx, conf_get(s, "argv"),
-			          "scanner '%s': a per-message argv needs {files} or {dir}", sc->name);
+			          "scanner '%s': a per-message argv needs {files} or {dir}",
+			          sc->name);
 	}
 	sc->version_argv = conf_strv(cx, s, "version_argv", 0);
 	if (sc->version_argv && sc->version_argv[0] && sc->version_argv[0][0] != '/') {
@@ -381,18 +402,22 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	sc->clean_codes = conf_intv(cx, s, "clean_codes", &sc->n_clean);
 	sc->infected_codes = conf_intv(cx, s, "infected_codes", &sc->n_infected);
 	if (sc->n_clean == 0)
-		conf_fail(cx, s, "scanner '%s': missing clean_codes (for clamscan: clean_codes = [ 0 ];)",
+		conf_fail(cx, s,
+		          "scanner '%s': missing clean_codes (for clamscan: clean_codes = [ 0 ];)",
 		          sc->name);
 	if (sc->n_infected == 0)
-		conf_fail(cx, s, "scanner '%s': missing infected_codes (for clamscan: "
-		          "infected_codes = [ 1 ];)", sc->name);
+		conf_fail(cx, s,
+		          "scanner '%s': missing infected_codes (for clamscan: "
+		          "infected_codes = [ 1 ];)",
+		          sc->name);
 	for (size_t i = 0; i < sc->n_clean; i++)
 		for (size_t j = 0; j < sc->n_infected; j++)
 			if (sc->clean_codes[i] == sc->infected_codes[j])
-				conf_fail(cx, conf_get(s, "infected_codes"),
-				          "scanner '%s': exit code %d is both clean and infected; an "
-				          "exit code must mean one thing",
-				          sc->name, sc->clean_codes[i]);
+				conf_fail(
+				    cx, conf_get(s, "infected_codes"),
+				    "scanner '%s': exit code %d is both clean and infected; an "
+				    "exit code must mean one thing",
+				    sc->name, sc->clean_codes[i]);
 	const char *re = conf_str(cx, s, "virus_regex", 0);
 	if (re) {
 		regex_t rx;
@@ -400,21 +425,25 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 		if (rc != 0) {
 			char msg[256];
 			regerror(rc, &rx, msg, sizeof msg);
-			conf_fail(cx, conf_get(s, "virus_regex"),
-			          "scanner '%s': virus_regex is not a valid POSIX extended regex: %s",
-			          sc->name, msg);
+			conf_fail(
+			    cx, conf_get(s, "virus_regex"),
+			    "scanner '%s': virus_regex is not a valid POSIX extended regex: %s",
+			    sc->name, msg);
 		} else {
 			if (rx.re_nsub < 1)
-				conf_fail(cx, conf_get(s, "virus_regex"),
-				          "scanner '%s': virus_regex needs one capture group for the "
-				          "virus name, e.g. \": (.+) FOUND$\"",
-				          sc->name);
+				conf_fail(
+				    cx, conf_get(s, "virus_regex"),
+				    "scanner '%s': virus_regex needs one capture group for the "
+				    "virus name, e.g. \": (.+) FOUND$\"",
+				    sc->name);
 			regfree(&rx);
 		}
 		sc->virus_regex = xstrdup(re);
 	} else if (sc->mode == MODE_PER_MESSAGE) {
-		conf_fail(cx, s, "scanner '%s': per-message mode needs virus_regex to tell which "
-		          "file is infected, e.g. \"^(.+): (.+) FOUND$\"", sc->name);
+		conf_fail(cx, s,
+		          "scanner '%s': per-message mode needs virus_regex to tell which "
+		          "file is infected, e.g. \"^(.+): (.+) FOUND$\"",
+		          sc->name);
 	}
 }
 
@@ -432,24 +461,33 @@ static void conf_scanner_free(struct conf_scanner *sc)
 
 static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 {
-	static const char *const top_keys[] = {
-	    "spool_dir", "log",     "rescan_interval", "splitter",      "scanner_runner", "router",
-	    "scanners",  "connectors", "user",          "control_group", "canary_interval",
-	    "metrics",   NULL};
+	static const char *const top_keys[] = {"spool_dir",
+	                                       "log",
+	                                       "rescan_interval",
+	                                       "splitter",
+	                                       "scanner_runner",
+	                                       "router",
+	                                       "scanners",
+	                                       "connectors",
+	                                       "user",
+	                                       "control_group",
+	                                       "canary_interval",
+	                                       "metrics",
+	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
 	static const char *const split_keys[] = {
-	    "instances",      "max_message_size", "max_parts",        "max_depth",
-	    "max_part_size",  "max_total_size",   "scan_raw_message", "poison_attempts", NULL};
+	    "instances",      "max_message_size", "max_parts",       "max_depth", "max_part_size",
+	    "max_total_size", "scan_raw_message", "poison_attempts", NULL};
 	static const char *const runner_keys[] = {"instances", NULL};
 	static const char *const router_keys[] = {
-	    "instances",     "default_connector",  "hold_retry_min", "hold_retry_max",
-	    "max_hold_time", "hold_expiry_action", "quarantine_days", "add_scanned_header",
-	    "infected_action", "banned_extensions", "banned_types", "notify_admin",
-	    "notify_recipients", "notify_from", "expire_interval", NULL};
-	static const char *const conn_keys[] = {"name",     "domains",   "type",      "relay",
-	                                        "helo",     "maildir",   "timeout",   "retry_min",
-	                                        "retry_max", "max_age",  NULL};
+	    "instances",         "default_connector",  "hold_retry_min",  "hold_retry_max",
+	    "max_hold_time",     "hold_expiry_action", "quarantine_days", "add_scanned_header",
+	    "infected_action",   "banned_extensions",  "banned_types",    "notify_admin",
+	    "notify_recipients", "notify_from",        "expire_interval", NULL};
+	static const char *const conn_keys[] = {"name",      "domains", "type",    "relay",
+	                                        "helo",      "maildir", "timeout", "retry_min",
+	                                        "retry_max", "max_age", NULL};
 	config_setting_t *root = config_root_setting(cfg);
 
 	conf_check_keys(cx, root, "the top level", top_keys);
@@ -497,9 +535,10 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			for (i = 0; i < ARRAY_LEN(levels) && strcmp(l, levels[i]) != 0; i++)
 				;
 			if (i == ARRAY_LEN(levels))
-				conf_fail(cx, conf_get(lg, "level"),
-				          "log level '%s' is unknown (use debug, info, warning or error)",
-				          l);
+				conf_fail(
+				    cx, conf_get(lg, "level"),
+				    "log level '%s' is unknown (use debug, info, warning or error)",
+				    l);
 		}
 	}
 
@@ -553,16 +592,19 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		if (hea && strcmp(hea, "quarantine") != 0 && strcmp(hea, "deliver") != 0)
 			conf_fail(cx, conf_get(g, "hold_expiry_action"),
 			          "hold_expiry_action '%s' is unknown (use \"quarantine\", or "
-			          "\"deliver\" to pass mail that could never be scanned)", hea);
+			          "\"deliver\" to pass mail that could never be scanned)",
+			          hea);
 		conf_bool(cx, g, "add_scanned_header", &rt->add_scanned_header);
 		conf_bool(cx, g, "notify_recipients", &rt->notify_recipients);
 		conf_int(cx, g, "expire_interval", &rt->expire_interval, 1, 86400);
 		ia = conf_str(cx, g, "infected_action", 0);
 		if (ia && strcmp(ia, "quarantine") != 0 && strcmp(ia, "discard") != 0 &&
 		    strcmp(ia, "strip") != 0)
-			conf_fail(cx, conf_get(g, "infected_action"),
-			          "infected_action '%s' is unknown (use \"quarantine\", \"discard\" "
-			          "or \"strip\")", ia);
+			conf_fail(
+			    cx, conf_get(g, "infected_action"),
+			    "infected_action '%s' is unknown (use \"quarantine\", \"discard\" "
+			    "or \"strip\")",
+			    ia);
 		rt->banned_extensions = conf_strv(cx, g, "banned_extensions", 0);
 		rt->banned_types = conf_strv(cx, g, "banned_types", 0);
 		na = conf_str(cx, g, "notify_admin", 0);
@@ -585,9 +627,10 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	/* Safe defaults: executables and scripts Windows runs on a double-click, the set
 	 * amavisd-new's $banned_filename_re and MailScanner's filename.rules agree on. */
 	if (rt->banned_extensions == NULL) {
-		static const char *const def_ext[] = {
-		    "exe", "scr", "pif", "bat", "cmd", "com", "cpl", "js",  "jse", "vbs", "vbe",
-		    "wsf", "wsh", "hta", "msi", "msp", "lnk", "reg", "ps1", "jar", "chm", "inf", NULL};
+		static const char *const def_ext[] = {"exe", "scr", "pif", "bat", "cmd", "com",
+		                                      "cpl", "js",  "jse", "vbs", "vbe", "wsf",
+		                                      "wsh", "hta", "msi", "msp", "lnk", "reg",
+		                                      "ps1", "jar", "chm", "inf", NULL};
 		rt->banned_extensions = xcalloc(ARRAY_LEN(def_ext), sizeof(char *));
 		for (size_t i = 0; def_ext[i]; i++)
 			rt->banned_extensions[i] = xstrdup(def_ext[i]);
@@ -600,8 +643,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	}
 	if (rt->banned_types == NULL) {
 		static const char *const def_types[] = {
-		    "application/x-msdownload", "application/x-msdos-program", "application/x-dosexec",
-		    "application/x-ms-shortcut", "application/hta", NULL};
+		    "application/x-msdownload", "application/x-msdos-program",
+		    "application/x-dosexec",    "application/x-ms-shortcut",
+		    "application/hta",          NULL};
 		rt->banned_types = xcalloc(ARRAY_LEN(def_types), sizeof(char *));
 		for (size_t i = 0; def_types[i]; i++)
 			rt->banned_types[i] = xstrdup(def_types[i]);
@@ -609,7 +653,8 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 
 	g = conf_get(root, "scanners");
 	if (g == NULL) {
-		conf_fail(cx, root, "no 'scanners' list: mail cannot be passed unscanned; configure "
+		conf_fail(cx, root,
+		          "no 'scanners' list: mail cannot be passed unscanned; configure "
 		          "at least one scanner");
 	} else if (!config_setting_is_list(g)) {
 		conf_fail(cx, g, "'scanners' must be a list of groups: scanners = ( { ... } );");
@@ -625,22 +670,26 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			for (int j = 0; j < i; j++)
 				if (strcmp(c->scanners[j].name, c->scanners[i].name) == 0)
 					conf_fail(cx, config_setting_get_elem(g, (unsigned)i),
-					          "scanner name '%s' is used twice", c->scanners[i].name);
+					          "scanner name '%s' is used twice",
+					          c->scanners[i].name);
 		}
 		int primaries = 0;
 		for (size_t i = 0; i < c->n_scanners; i++)
 			primaries += !c->scanners[i].backup;
 		if (n > 0 && primaries == 0)
-			conf_fail(cx, g, "every scanner is a backup; at least one must be primary "
+			conf_fail(cx, g,
+			          "every scanner is a backup; at least one must be primary "
 			          "(backup = false)");
 	}
 
 	g = conf_get(root, "connectors");
 	if (g == NULL) {
-		conf_fail(cx, root, "no 'connectors' list: add connectors = ( { name = \"smtp\"; "
+		conf_fail(cx, root,
+		          "no 'connectors' list: add connectors = ( { name = \"smtp\"; "
 		          "domains = [ \"*\" ]; } );");
 	} else if (!config_setting_is_list(g)) {
-		conf_fail(cx, g, "'connectors' must be a list of groups: connectors = ( { ... } );");
+		conf_fail(cx, g,
+		          "'connectors' must be a list of groups: connectors = ( { ... } );");
 	} else {
 		int n = config_setting_length(g);
 		c->connectors = xcalloc((size_t)n + 1, sizeof *c->connectors);
@@ -649,7 +698,8 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			struct conf_connector *cn = &c->connectors[c->n_connectors++];
 			cn->line = config_setting_source_line(e);
 			if (!config_setting_is_group(e)) {
-				conf_fail(cx, e, "each connector must be a group: { name = \"...\"; }");
+				conf_fail(cx, e,
+				          "each connector must be a group: { name = \"...\"; }");
 				cn->name = xstrdup("?");
 				continue;
 			}
@@ -657,9 +707,11 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			const char *nm = conf_str(cx, e, "name", 1);
 			cn->name = xstrdup(nm ? nm : "?");
 			if (nm && !conf_name_safe(nm))
-				conf_fail(cx, conf_get(e, "name"),
-				          "connector name '%s' may only use letters, digits, '-' and '_' "
-				          "(it names a directory)", nm);
+				conf_fail(
+				    cx, conf_get(e, "name"),
+				    "connector name '%s' may only use letters, digits, '-' and '_' "
+				    "(it names a directory)",
+				    nm);
 			cn->domains = conf_strv(cx, e, "domains", 0);
 			cn->timeout = 300;
 			cn->retry_min = 60;
@@ -683,22 +735,28 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 				if (strncmp(cn->relay, "smtp://", 7) != 0)
 					conf_fail(cx, relay ? conf_get(e, "relay") : e,
 					          "connector '%s': an smtp connector needs relay = "
-					          "\"smtp://HOST:PORT\";", cn->name);
+					          "\"smtp://HOST:PORT\";",
+					          cn->name);
 			} else if (strcmp(ty, "maildir") == 0) {
 				cn->type = CONN_MAILDIR;
 				if (!md)
-					conf_fail(cx, e, "connector '%s': a maildir connector needs "
-					          "maildir = \"/path/to/Maildir\";", cn->name);
+					conf_fail(cx, e,
+					          "connector '%s': a maildir connector needs "
+					          "maildir = \"/path/to/Maildir\";",
+					          cn->name);
 			} else {
-				conf_fail(cx, conf_get(e, "type"),
-				          "connector type '%s' is unknown (use \"none\", \"smtp\" or "
-				          "\"maildir\")", ty);
+				conf_fail(
+				    cx, conf_get(e, "type"),
+				    "connector type '%s' is unknown (use \"none\", \"smtp\" or "
+				    "\"maildir\")",
+				    ty);
 			}
 			if (cn->domains == NULL)
 				cn->domains = xcalloc(1, sizeof(char *));
 			for (int j = 0; j < i; j++)
 				if (strcmp(c->connectors[j].name, cn->name) == 0)
-					conf_fail(cx, e, "connector name '%s' is used twice", cn->name);
+					conf_fail(cx, e, "connector name '%s' is used twice",
+					          cn->name);
 		}
 		if (n == 0)
 			conf_fail(cx, g, "'connectors' is empty: configure at least one connector");
@@ -719,8 +777,10 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen)
 	struct conf *c = xcalloc(1, sizeof *c);
 	c->path = xstrdup(path);
 	if (access(path, R_OK) < 0) {
-		snprintf(err, errlen, "%s:0: cannot read the config file: %s (give one with -c FILE; "
-		         "conf/spoold.conf is a documented example)", path, strerror(errno));
+		snprintf(err, errlen,
+		         "%s:0: cannot read the config file: %s (give one with -c FILE; "
+		         "conf/spoold.conf is a documented example)",
+		         path, strerror(errno));
 		conf_free(c);
 		return NULL;
 	}
@@ -730,7 +790,8 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen)
 	if (slash)
 		*slash = '\0';
 	if (realpath(slash ? (copy[0] ? copy : "/") : ".", real) == NULL) {
-		snprintf(err, errlen, "%s:0: cannot resolve its directory: %s", path, strerror(errno));
+		snprintf(err, errlen, "%s:0: cannot resolve its directory: %s", path,
+		         strerror(errno));
 		free(copy);
 		conf_free(c);
 		return NULL;
@@ -743,7 +804,8 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen)
 			snprintf(err, errlen, "%s:0: cannot read the config file: %s", path,
 			         strerror(errno));
 		else
-			snprintf(err, errlen, "%s:%d: %s (a syntax error: check the line and the one "
+			snprintf(err, errlen,
+			         "%s:%d: %s (a syntax error: check the line and the one "
 			         "before it for a missing ';' or quote)",
 			         config_error_file(&cfg) ? config_error_file(&cfg) : path,
 			         config_error_line(&cfg), config_error_text(&cfg));

@@ -32,12 +32,12 @@ struct conf_scanner {
 	char **version_argv; /* argv that prints the version, may be NULL */
 	char **clamd_addrs;  /* "unix:/path" or "tcp:host:port", NULL-terminated */
 	uint64_t stream_max_length;
-	int timeout;        /* seconds */
-	int max_concurrent; /* slots across all runner processes */
-	int backup;         /* used only when every primary scanner failed */
-	int canary;         /* run the canary self-test on it (default 1) */
-	char *workdir;      /* cwd of the child; NULL: the message's work directory */
-	uint64_t rlimit_as; /* bytes, 0 = unlimited */
+	int timeout;         /* seconds */
+	int max_concurrent;  /* slots across all runner processes */
+	int backup;          /* used only when every primary scanner failed */
+	int canary;          /* run the canary self-test on it (default 1) */
+	char *workdir;       /* cwd of the child; NULL: the message's work directory */
+	uint64_t rlimit_as;  /* bytes, 0 = unlimited */
 	uint64_t rlimit_cpu; /* seconds, 0 = unlimited */
 	uint64_t rlimit_nofile;
 	int line; /* line in the config file, for messages */
@@ -47,15 +47,15 @@ enum connector_type { CONN_NONE, CONN_SMTP, CONN_MAILDIR };
 
 struct conf_connector {
 	char *name;
-	char **domains; /* patterns: "example.org", "*.example.org", "*" */
+	char **domains;           /* patterns: "example.org", "*.example.org", "*" */
 	enum connector_type type; /* NONE: an outside agent drains the outbox */
-	char *relay;    /* smtp: "smtp://host:port" */
-	char *helo;     /* smtp: name to greet with */
-	char *maildir;  /* maildir: absolute path of the Maildir */
-	int timeout;    /* smtp: seconds per transaction */
-	int retry_min;  /* seconds, first retry after a temporary failure */
+	char *relay;              /* smtp: "smtp://host:port" */
+	char *helo;               /* smtp: name to greet with */
+	char *maildir;            /* maildir: absolute path of the Maildir */
+	int timeout;              /* smtp: seconds per transaction */
+	int retry_min;            /* seconds, first retry after a temporary failure */
 	int retry_max;
-	int max_age;    /* seconds in the outbox before a bounce record */
+	int max_age; /* seconds in the outbox before a bounce record */
 	int line;
 };
 
@@ -98,8 +98,8 @@ struct conf_metrics {
 };
 
 struct conf {
-	char *path;      /* the config file as given */
-	char *spool_dir; /* absolute */
+	char *path;          /* the config file as given */
+	char *spool_dir;     /* absolute */
 	char *user;          /* run as this user when started as root; "" keeps root */
 	char *control_group; /* group allowed on the control socket; "" means 0600 */
 	int canary_interval; /* seconds between scanner canary checks; 0 disables */

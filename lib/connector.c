@@ -44,7 +44,8 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 	int r = outbox_entry_claim(sp, dirfd, cc->name, qid, &e);
 	if (r <= 0) {
 		if (r < 0)
-			log_warn(qid, "cannot claim outbox/%s/%s: %s", cc->name, qid, strerror(errno));
+			log_warn(qid, "cannot claim outbox/%s/%s: %s", cc->name, qid,
+			         strerror(errno));
 		return 0;
 	}
 	outbox_state_read(&e, &st);
@@ -79,10 +80,9 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		log_info(qid, "delivered connector=%s rcpts=%zu ms=%ld reply=%s", cc->name,
 		         env.n_rcpts, ms, buf_cstr(&esc));
 		if (outbox_done(&e) < 0)
-			log_warn(qid, "delivered, but cannot remove outbox/%s/%s: %s", cc->name, qid,
-			         strerror(errno));
-	} else if (res == CONN_PERM ||
-	           (st.first && now - st.first > (uint64_t)cc->max_age)) {
+			log_warn(qid, "delivered, but cannot remove outbox/%s/%s: %s", cc->name,
+			         qid, strerror(errno));
+	} else if (res == CONN_PERM || (st.first && now - st.first > (uint64_t)cc->max_age)) {
 		const char *why = res == CONN_PERM ? "rejected" : "expired, still failing";
 		trace_add(e.fd, qid, "bounce connector=%s why=%s reply=%s", cc->name,
 		          res == CONN_PERM ? "rejected" : "expired", buf_cstr(&esc));
@@ -140,7 +140,8 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 		else if (strcmp(argv[i], "--once") == 0)
 			once = 1;
 		else
-			die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]", cn->prog);
+			die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]",
+			         cn->prog);
 	}
 	if (name == NULL)
 		die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]", cn->prog);
@@ -149,8 +150,8 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	if (cc == NULL)
 		die_perm(EXIT_CONFIG, "%s: no connector named '%s'", conf_path, name);
 	if (cc->type != cn->type)
-		die_perm(EXIT_CONFIG, "%s:%d: connector '%s' is not of the type %s delivers", conf_path,
-		         cc->line, name, cn->prog);
+		die_perm(EXIT_CONFIG, "%s:%d: connector '%s' is not of the type %s delivers",
+		         conf_path, cc->line, name, cn->prog);
 	struct spool sp;
 	spool_open(&sp, c->spool_dir, 1);
 	int dirfd = spool_outbox_open(&sp, cc->name);

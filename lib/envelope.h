@@ -12,8 +12,8 @@
 
 #include "util.h"
 
-#define ENV_ADDR_MAX 998
-#define ENV_RCPT_MAX 10000
+#define ENV_ADDR_MAX     998
+#define ENV_RCPT_MAX     10000
 #define QUEUE_FILE_MAGIC "SPOOLD-QUEUE-FILE 1\n"
 
 struct envelope {

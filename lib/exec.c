@@ -145,7 +145,8 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 		}
 		if (pr == 0) {
 			if (kill_at == -2)
-				break; /* a grandchild keeps the pipe open after SIGKILL: stop reading */
+				break; /* a grandchild keeps the pipe open after SIGKILL: stop
+				          reading */
 			continue;
 		}
 		ssize_t r = read(outp[0], tmp, sizeof tmp);
@@ -193,7 +194,9 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 			exec_kill_group(pid, SIGKILL);
 			kill_at = -2;
 		}
-		int64_t until = kill_at >= 0 ? kill_at : deadline >= 0 && !res->timed_out ? deadline : -1;
+		int64_t until = kill_at >= 0                       ? kill_at
+		                : deadline >= 0 && !res->timed_out ? deadline
+		                                                   : -1;
 		int wait_ms = until < 0 ? 1000 : (int)(until - now > 1000 ? 1000 : until - now + 1);
 		if (pidfd >= 0) {
 			struct pollfd pp = {.fd = pidfd, .events = POLLIN};
@@ -248,9 +251,8 @@ void exec_result_describe(const struct exec_result *res, char *out, size_t len)
 	if (res->timed_out)
 		snprintf(out, len, "timeout");
 	else if (res->exec_failed)
-		snprintf(out, len, "exec:%s", strerrorname_np(res->exec_errno)
-		                                  ? strerrorname_np(res->exec_errno)
-		                                  : "?");
+		snprintf(out, len, "exec:%s",
+		         strerrorname_np(res->exec_errno) ? strerrorname_np(res->exec_errno) : "?");
 	else if (res->signaled)
 		snprintf(out, len, "sig:%d", res->signo);
 	else

@@ -28,18 +28,18 @@ struct exec_opts {
 	uint64_t rlimit_as;  /* 0: unchanged */
 	uint64_t rlimit_cpu; /* seconds, 0: unchanged */
 	uint64_t rlimit_nofile;
-	int keep_fd;         /* a descriptor the child inherits on purpose, or -1 */
+	int keep_fd; /* a descriptor the child inherits on purpose, or -1 */
 };
 
 struct exec_result {
-	int exited;      /* 1 if it exited normally */
+	int exited; /* 1 if it exited normally */
 	int exit_code;
-	int signaled;    /* 1 if killed by a signal */
+	int signaled; /* 1 if killed by a signal */
 	int signo;
 	int timed_out;   /* 1 if we killed it at the deadline */
 	int exec_failed; /* 1 if execve failed (exit_code then 127) */
 	int exec_errno;
-	long ms;         /* wall time */
+	long ms; /* wall time */
 	struct buf output;
 	int output_truncated;
 };

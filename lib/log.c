@@ -50,11 +50,11 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 	} else {
 		int n;
 		if (qid)
-			n = snprintf(line, sizeof line, "%s[%ld]: %s: qid=%s %s\n", log_prog, (long)getpid(),
-			             names[lvl], qid, msg);
+			n = snprintf(line, sizeof line, "%s[%ld]: %s: qid=%s %s\n", log_prog,
+			             (long)getpid(), names[lvl], qid, msg);
 		else
-			n = snprintf(line, sizeof line, "%s[%ld]: %s: %s\n", log_prog, (long)getpid(),
-			             names[lvl], msg);
+			n = snprintf(line, sizeof line, "%s[%ld]: %s: %s\n", log_prog,
+			             (long)getpid(), names[lvl], msg);
 		if (n < 0)
 			n = 0;
 		if ((size_t)n >= sizeof line) {

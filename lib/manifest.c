@@ -10,8 +10,8 @@
 
 #define MANIFEST_MAX_BYTES (64u << 20)
 
-static const char *found_names[] = {"leaf", "preamble", "epilogue", "embedded-uuencode",
-                                    "embedded-yenc", "embedded-binhex", "raw"};
+static const char *found_names[] = {
+    "leaf", "preamble", "epilogue", "embedded-uuencode", "embedded-yenc", "embedded-binhex", "raw"};
 
 const char *manifest_found_name(enum part_found f)
 {

@@ -18,16 +18,24 @@
 
 #include "util.h"
 
-enum part_found { FOUND_LEAF, FOUND_PREAMBLE, FOUND_EPILOGUE, FOUND_UUENCODE, FOUND_YENC, FOUND_BINHEX, FOUND_RAW };
+enum part_found {
+	FOUND_LEAF,
+	FOUND_PREAMBLE,
+	FOUND_EPILOGUE,
+	FOUND_UUENCODE,
+	FOUND_YENC,
+	FOUND_BINHEX,
+	FOUND_RAW
+};
 
 struct manifest_part {
-	unsigned index;  /* file is %04u.ATT */
-	char *path;      /* MIME path, e.g. "1.2" */
+	unsigned index; /* file is %04u.ATT */
+	char *path;     /* MIME path, e.g. "1.2" */
 	enum part_found found;
-	char *type;      /* content type, lower case */
-	char *charset;   /* may be "" */
-	char *cte;       /* transfer encoding, may be "" */
-	char *filename;  /* raw decoded bytes, may contain anything; "" if none */
+	char *type;     /* content type, lower case */
+	char *charset;  /* may be "" */
+	char *cte;      /* transfer encoding, may be "" */
+	char *filename; /* raw decoded bytes, may contain anything; "" if none */
 	uint64_t size;
 	char sha256[65];
 };

@@ -22,8 +22,8 @@ struct series {
 	char *name;
 	char *labels;
 	int histogram;
-	uint64_t value;              /* counter */
-	uint64_t bucket[N_BUCKETS];  /* histogram, cumulative at output */
+	uint64_t value;             /* counter */
+	uint64_t bucket[N_BUCKETS]; /* histogram, cumulative at output */
 	uint64_t count;
 	double sum;
 };
@@ -35,7 +35,8 @@ static int metrics_dirty;
 static struct series *metrics_find(const char *name, const char *labels, int histogram)
 {
 	for (size_t i = 0; i < metrics_n; i++)
-		if (strcmp(metrics_s[i].name, name) == 0 && strcmp(metrics_s[i].labels, labels) == 0)
+		if (strcmp(metrics_s[i].name, name) == 0 &&
+		    strcmp(metrics_s[i].labels, labels) == 0)
 			return &metrics_s[i];
 	metrics_s = xrealloc(metrics_s, (metrics_n + 1) * sizeof *metrics_s);
 	struct series *s = &metrics_s[metrics_n++];

@@ -74,8 +74,9 @@ int outbox_defer(struct outbox_entry *e, struct outbox_state *st, int min, int m
 	st->next = now + delay;
 	struct buf b;
 	buf_init(&b);
-	buf_printf(&b, "deliver attempts=%llu first=%llu next=%llu", (unsigned long long)st->attempts,
-	           (unsigned long long)st->first, (unsigned long long)st->next);
+	buf_printf(&b, "deliver attempts=%llu first=%llu next=%llu",
+	           (unsigned long long)st->attempts, (unsigned long long)st->first,
+	           (unsigned long long)st->next);
 	kv_addstr(&b, "last", reply);
 	buf_addstr(&b, "\n");
 	/* Atomic and durable: a restarted connector must keep the back-off schedule. */
@@ -117,9 +118,11 @@ int outbox_bounce(struct outbox_entry *e, const char *reason)
 			 * badmail/, with both reasons. */
 			int bfd = openat(e->sp->fd[SD_BADMAIL], e->qid,
 			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			int afd = bfd < 0 ? -1
-			                  : openat(bfd, "reason", O_WRONLY | O_APPEND | O_CREAT |
-			                                              O_CLOEXEC | O_NOFOLLOW, 0640);
+			int afd =
+			    bfd < 0 ? -1
+			            : openat(bfd, "reason",
+			                     O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+			                     0640);
 			r = afd < 0 || write_all(afd, b.data, b.len) < 0 || fsync(afd) < 0 ? -1 : 0;
 			if (afd >= 0)
 				close(afd);

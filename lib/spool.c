@@ -61,10 +61,11 @@ void spool_open(struct spool *sp, const char *root, int create)
 		/* rename(2) is atomic only within one filesystem: a mount point inside the spool
 		 * would turn every hand-off into EXDEV. */
 		if (st.st_dev != rst.st_dev)
-			die_perm(EXIT_CONFIG,
-			         "%s/%s is on another filesystem than %s: every spool directory must "
-			         "be on one filesystem",
-			         root, n, root);
+			die_perm(
+			    EXIT_CONFIG,
+			    "%s/%s is on another filesystem than %s: every spool directory must "
+			    "be on one filesystem",
+			    root, n, root);
 	}
 	if (create && fsync_dir(sp->root_fd) < 0)
 		die_temp(NULL, "cannot fsync %s: %s", root, strerror(errno));
@@ -369,7 +370,8 @@ fail:;
 int spool_message_open(struct spool_entry *e, char *reason, size_t rlen)
 {
 	struct stat st;
-	int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	int fd =
+	    openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		int err = errno;
 		if (err == ELOOP)
@@ -389,10 +391,10 @@ int spool_message_open(struct spool_entry *e, char *reason, size_t rlen)
 		return -1;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		const char *what = S_ISFIFO(st.st_mode)  ? "FIFO"
-		                   : S_ISDIR(st.st_mode) ? "directory"
-		                   : S_ISCHR(st.st_mode) ? "character device"
-		                   : S_ISBLK(st.st_mode) ? "block device"
+		const char *what = S_ISFIFO(st.st_mode)   ? "FIFO"
+		                   : S_ISDIR(st.st_mode)  ? "directory"
+		                   : S_ISCHR(st.st_mode)  ? "character device"
+		                   : S_ISBLK(st.st_mode)  ? "block device"
 		                   : S_ISSOCK(st.st_mode) ? "socket"
 		                                          : "special file";
 		snprintf(reason, rlen, "not a regular file (%s)", what);
@@ -455,7 +457,7 @@ int spool_trash_empty(struct spool *sp)
 int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, char *conn,
                      size_t connlen)
 {
-	static const enum spool_dir order[] = {SD_INCOMING, SD_SCAN,    SD_ROUTE,
+	static const enum spool_dir order[] = {SD_INCOMING,   SD_SCAN, SD_ROUTE,
 	                                       SD_QUARANTINE, SD_HOLD, SD_BADMAIL};
 	struct stat st;
 	int found = 0;
@@ -527,7 +529,8 @@ int spool_quarantine_expire(struct spool *sp, int days)
 		}
 		if (now - sb.st_mtime > (time_t)days * 86400) {
 			if (spool_entry_trash(&e) < 0) {
-				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid, strerror(errno));
+				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid,
+				         strerror(errno));
 			} else {
 				log_info(e.qid, "expired from quarantine after %d days", days);
 				removed++;

@@ -61,8 +61,10 @@ static int stage_space_ok(struct stage *st)
 	uint64_t free_bytes = spool_space_free(&st->spool);
 	if (free_bytes < SPOOL_RESERVE_BYTES / 4) {
 		if (!stage_space_low)
-			log_error(NULL, "spool %s has %llu bytes free: claiming nothing until space "
-			          "comes back", st->spool.root, (unsigned long long)free_bytes);
+			log_error(NULL,
+			          "spool %s has %llu bytes free: claiming nothing until space "
+			          "comes back",
+			          st->spool.root, (unsigned long long)free_bytes);
 		stage_space_low = 1;
 		return 0;
 	}

@@ -38,7 +38,8 @@ void trace_add(int dirfd, const char *qid, const char *fmt, ...)
 		n = sizeof line - 1;
 		line[n - 1] = '\n';
 	}
-	int fd = openat(dirfd, "trace", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	int fd =
+	    openat(dirfd, "trace", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
 	if (fd < 0) {
 		log_warn(qid, "cannot append to trace: %s", strerror(errno));
 		return;

@@ -11,6 +11,7 @@
 
 void trace_set_prog(const char *prog);
 /* fmt produces the "event k=v ..." part. */
-void trace_add(int dirfd, const char *qid, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void trace_add(int dirfd, const char *qid, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

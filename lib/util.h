@@ -16,11 +16,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define EX_OK_ 0
-#define EXIT_USAGE 64    /* EX_USAGE */
-#define EXIT_DATAERR 65  /* EX_DATAERR */
+#define EX_OK_        0
+#define EXIT_USAGE    64 /* EX_USAGE */
+#define EXIT_DATAERR  65 /* EX_DATAERR */
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
-#define EXIT_CONFIG 78   /* EX_CONFIG */
+#define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

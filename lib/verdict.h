@@ -21,8 +21,8 @@ struct verdict_line {
 	int part; /* -1 for the whole message */
 	char *scanner;
 	enum verdict verdict;
-	char *virus;   /* "" if none */
-	char *exit;    /* "0", "sig:9", "timeout", "exec" ... */
+	char *virus; /* "" if none */
+	char *exit;  /* "0", "sig:9", "timeout", "exec" ... */
 	long ms;
 	char *version; /* "" if unknown */
 	char *argv;    /* escaped, for the record */

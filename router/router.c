@@ -69,8 +69,9 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 		const struct verdict_line *l = &vs->lines[i];
 		if (l->verdict == V_INFECTED) {
 			infected = 1;
-			const struct manifest_part *p =
-			    l->part > 0 && (size_t)l->part <= m->n_parts ? &m->parts[l->part - 1] : NULL;
+			const struct manifest_part *p = l->part > 0 && (size_t)l->part <= m->n_parts
+			                                    ? &m->parts[l->part - 1]
+			                                    : NULL;
 			struct buf fn;
 			buf_init(&fn);
 			if (p && p->filename[0])
@@ -85,8 +86,8 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 		}
 		if (l->part < 0 && l->verdict != V_CLEAN) {
 			failed = 1;
-			buf_printf(why, "message: %s by %s: %s\n", verdict_name(l->verdict), l->scanner,
-			           l->output);
+			buf_printf(why, "message: %s by %s: %s\n", verdict_name(l->verdict),
+			           l->scanner, l->output);
 		}
 	}
 	if (infected)
@@ -95,8 +96,10 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 		enum verdict v = router_part_verdict(vs, (int)m->parts[i].index);
 		if (v != V_CLEAN) {
 			failed = 1;
-			buf_printf(why, "part %u: not scanned clean (scanner error, timeout or no "
-			           "verdict)\n", m->parts[i].index);
+			buf_printf(why,
+			           "part %u: not scanned clean (scanner error, timeout or no "
+			           "verdict)\n",
+			           m->parts[i].index);
 		}
 	}
 	if (m->n_unscannable)
@@ -132,8 +135,8 @@ static void router_drop_parts(struct spool_entry *e)
 }
 
 static void router_quarantine(struct spool_entry *e, const struct envelope *env,
-                              const struct manifest *m, const struct verdicts *vs,
-                              const char *why, const char *reason)
+                              const struct manifest *m, const struct verdicts *vs, const char *why,
+                              const char *reason)
 {
 	struct buf r, j;
 	buf_init(&r);
@@ -162,8 +165,8 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 		struct buf v;
 		buf_init(&v);
 		json_escape(&v, vs->lines[i].virus, strlen(vs->lines[i].virus));
-		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"%s\",\"virus\":\"%s\"}", first ? "" : ",",
-		           vs->lines[i].part, vs->lines[i].scanner, buf_cstr(&v));
+		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"%s\",\"virus\":\"%s\"}",
+		           first ? "" : ",", vs->lines[i].part, vs->lines[i].scanner, buf_cstr(&v));
 		first = 0;
 		buf_free(&v);
 	}
@@ -250,8 +253,8 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 
 /* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
  * renamed, so an out.<conn>/ that exists is always complete. */
-static void router_prepare_out(struct spool_entry *e, const char *conn,
-                               const struct envelope *sub, const char *src)
+static void router_prepare_out(struct spool_entry *e, const char *conn, const struct envelope *sub,
+                               const char *src)
 {
 	char tmp[128], fin[128];
 	snprintf(tmp, sizeof tmp, "out.%s.tmp", conn);
@@ -300,7 +303,8 @@ static void router_fanout_finish(struct spool_entry *e)
 		snprintf(sub, sizeof sub, "out.%s", line);
 		int r = spool_entry_move_sub_to_outbox(e, sub, line);
 		if (r < 0)
-			die_temp(e->qid, "cannot move %s to outbox/%s: %s", sub, line, strerror(errno));
+			die_temp(e->qid, "cannot move %s to outbox/%s: %s", sub, line,
+			         strerror(errno));
 		if (r == 1) {
 			log_info(e->qid, "delivered to outbox/%s", line);
 			if (moved++ == 0)
@@ -358,12 +362,11 @@ static void router_drop_outs(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
-
 /* Banned attachments: by file name extension (the last one, after the trailing dots and
  * spaces Windows ignores) and by content type. Names are the manifest's decoded bytes;
  * they are only compared, never used as paths. Returns how many parts are banned. */
-static int router_banned(const struct conf_router *rc, const struct manifest *m,
-                         struct buf *why, unsigned char *flags)
+static int router_banned(const struct conf_router *rc, const struct manifest *m, struct buf *why,
+                         unsigned char *flags)
 {
 	int n = 0;
 	for (size_t i = 0; i < m->n_parts; i++) {
@@ -384,9 +387,13 @@ static int router_banned(const struct conf_router *rc, const struct manifest *m,
 		if (dot && dot[1]) {
 			for (char **x = rc->banned_extensions; *x && !rule; x++)
 				if (strcmp(dot + 1, *x) == 0) {
-					/* "invoice.pdf.exe": the first extension is what the user sees. */
-					const char *prev = dot > name ? memrchr(name, '.', (size_t)(dot - name)) : NULL;
-					rule = prev && dot - prev > 1 ? "double extension" : "extension";
+					/* "invoice.pdf.exe": the first extension is what the user
+					 * sees. */
+					const char *prev =
+					    dot > name ? memrchr(name, '.', (size_t)(dot - name))
+					               : NULL;
+					rule = prev && dot - prev > 1 ? "double extension"
+					                              : "extension";
 					what = dot;
 				}
 		}
@@ -400,8 +407,8 @@ static int router_banned(const struct conf_router *rc, const struct manifest *m,
 		struct buf fn;
 		buf_init(&fn);
 		escape_bytes(&fn, p->filename, strlen(p->filename), 256);
-		buf_printf(why, "part %u (%s): banned %s %s\n", p->index, fn.len ? buf_cstr(&fn) : "-",
-		           rule, what);
+		buf_printf(why, "part %u (%s): banned %s %s\n", p->index,
+		           fn.len ? buf_cstr(&fn) : "-", rule, what);
 		buf_free(&fn);
 		if (flags)
 			flags[i] = 1;
@@ -432,8 +439,8 @@ static void router_scanned_header(const struct verdicts *vs, const char *eol, st
 		buf_printf(h, ";%s\t", eol);
 		router_hdr_text(h, vs->lines[i].scanner, 64);
 		buf_addstr(h, " (");
-		router_hdr_text(h, vs->lines[i].version[0] ? vs->lines[i].version : "version unknown",
-		                200);
+		router_hdr_text(
+		    h, vs->lines[i].version[0] ? vs->lines[i].version : "version unknown", 200);
 		buf_addstr(h, ")");
 	}
 	buf_addstr(h, eol);
@@ -453,15 +460,13 @@ static const char *router_msg_eol(struct spool_entry *e)
 /* Write message.out: hdrs, then body (if given) or the original message's bytes. It is
  * made durable with the rest of the fan-out by the fanout commit's sync, before any
  * out.<conn>/ leaves for an outbox. */
-static void router_write_out(struct spool_entry *e, const struct buf *hdrs,
-                             const struct buf *body)
+static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const struct buf *body)
 {
 	int in = -1, out = -1;
-	if (body == NULL &&
-	    (in = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+	if (body == NULL && (in = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		goto fail;
-	out = openat(e->fd, "message.out.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-	             0640);
+	out = openat(e->fd, "message.out.tmp",
+	             O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0)
 		goto fail;
 	if (body ? write_all(out, body->data, body->len) < 0 : copy_fd(in, out) < 0)
@@ -474,8 +479,8 @@ static void router_write_out(struct spool_entry *e, const struct buf *hdrs,
 	if (in >= 0)
 		close(in);
 	if (renameat(e->fd, "message.out.tmp", e->fd, "message.out") < 0)
-		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root, e->qid,
-		         strerror(errno));
+		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root,
+		         e->qid, strerror(errno));
 	return;
 fail:
 	die_temp(e->qid, "cannot write %s/route/%s/message.out: %s", e->sp->root, e->qid,
@@ -521,7 +526,8 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 		if (l->verdict != V_INFECTED)
 			continue;
 		if (l->part <= 0 || (size_t)l->part > m->n_parts) {
-			buf_printf(why, "strip: %s was found in the message as a whole\n", l->virus);
+			buf_printf(why, "strip: %s was found in the message as a whole\n",
+			           l->virus);
 			goto out;
 		}
 		const struct manifest_part *p = &m->parts[l->part - 1];
@@ -529,8 +535,8 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 			continue; /* checked below against the leaves */
 		if (p->found != FOUND_LEAF ||
 		    strip_locate(msg.data, msg.len, p->path, &r[nr].start, &r[nr].end) < 0) {
-			buf_printf(why, "strip: part %u (path %s, %s) cannot be cut out\n", p->index,
-			           p->path, manifest_found_name(p->found));
+			buf_printf(why, "strip: part %u (path %s, %s) cannot be cut out\n",
+			           p->index, p->path, manifest_found_name(p->found));
 			goto out;
 		}
 		r[nr].part = p->index;
@@ -567,7 +573,8 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 			for (size_t k = 0; k < nr && !ok; k++)
 				ok = r[k].start == bs && r[k].end == be;
 		if (!ok) {
-			buf_printf(why, "strip: part %u is banned and not infected\n", m->parts[i].index);
+			buf_printf(why, "strip: part %u is banned and not infected\n",
+			           m->parts[i].index);
 			goto out;
 		}
 	}
@@ -587,13 +594,14 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 		buf_init(&fn);
 		escape_bytes(&v, r[k].virus, strlen(r[k].virus), 200);
 		escape_bytes(&fn, r[k].filename, strlen(r[k].filename), 200);
-		buf_printf(out,
-		           "Content-Type: text/plain; charset=us-ascii%sContent-Transfer-Encoding: 7bit%s"
-		           "Content-Disposition: inline%s%s"
-		           "This part was removed by spoold because it contained a virus.%s"
-		           "Virus: %s%sOriginal file name: %s%s",
-		           eol, eol, eol, eol, eol, buf_cstr(&v), eol, fn.len ? buf_cstr(&fn) : "(none)",
-		           eol);
+		buf_printf(
+		    out,
+		    "Content-Type: text/plain; charset=us-ascii%sContent-Transfer-Encoding: 7bit%s"
+		    "Content-Disposition: inline%s%s"
+		    "This part was removed by spoold because it contained a virus.%s"
+		    "Virus: %s%sOriginal file name: %s%s",
+		    eol, eol, eol, eol, eol, buf_cstr(&v), eol, fn.len ? buf_cstr(&fn) : "(none)",
+		    eol);
 		trace_add(e->fd, e->qid, "strip part=%u virus=%s", r[k].part, buf_cstr(&v));
 		buf_free(&v);
 		buf_free(&fn);
@@ -691,8 +699,10 @@ static void router_notify(struct stage *st, const char *qid, const struct envelo
 	escape_bytes(&s, env->sender, strlen(env->sender), 998);
 	if (rc->notify_admin[0]) {
 		buf_printf(&subj, "spoold: %s message %s (%s)", reason, qid, action);
-		buf_printf(&b, "Queue ID: %s\nAction: %s\nReason: %s\nViruses: %s\nSender: %s\n"
-		           "Recipients:\n", qid, action, reason, v.len ? buf_cstr(&v) : "-",
+		buf_printf(&b,
+		           "Queue ID: %s\nAction: %s\nReason: %s\nViruses: %s\nSender: %s\n"
+		           "Recipients:\n",
+		           qid, action, reason, v.len ? buf_cstr(&v) : "-",
 		           s.len ? buf_cstr(&s) : "<>");
 		for (size_t i = 0; i < env->n_rcpts; i++)
 			buf_printf(&b, "  %s\n", env->rcpts[i]);
@@ -700,7 +710,8 @@ static void router_notify(struct stage *st, const char *qid, const struct envelo
 		struct envelope to;
 		envelope_init(&to);
 		envelope_add_rcpt(&to, rc->notify_admin);
-		router_notice_one(st, qid, rc->default_connector, &to, buf_cstr(&subj), buf_cstr(&b));
+		router_notice_one(st, qid, rc->default_connector, &to, buf_cstr(&subj),
+		                  buf_cstr(&b));
 		envelope_free(&to);
 	}
 	if (rc->notify_recipients) {
@@ -708,20 +719,23 @@ static void router_notify(struct stage *st, const char *qid, const struct envelo
 			struct envelope to;
 			envelope_init(&to);
 			for (size_t i = 0; i < env->n_rcpts; i++)
-				if (strcmp(router_connector_for(c, env->rcpts[i]), c->connectors[ci].name) == 0)
+				if (strcmp(router_connector_for(c, env->rcpts[i]),
+				           c->connectors[ci].name) == 0)
 					envelope_add_rcpt(&to, env->rcpts[i]);
 			if (to.n_rcpts) {
 				buf_reset(&b);
 				buf_reset(&subj);
 				buf_printf(&subj, "A message to you was %s by the virus filter",
 				           strcmp(action, "strip") == 0 ? "cleaned" : "stopped");
-				buf_printf(&b, "A message to you from %s was stopped or cleaned by the "
-				           "virus filter.\n\nQueue ID: %s\nAction: %s\nReason: %s\n"
-				           "Viruses: %s\n\nAsk your administrator if you need it.\n",
-				           s.len ? buf_cstr(&s) : "<>", qid, action, reason,
-				           v.len ? buf_cstr(&v) : "-");
-				router_notice_one(st, qid, c->connectors[ci].name, &to, buf_cstr(&subj),
-				                  buf_cstr(&b));
+				buf_printf(
+				    &b,
+				    "A message to you from %s was stopped or cleaned by the "
+				    "virus filter.\n\nQueue ID: %s\nAction: %s\nReason: %s\n"
+				    "Viruses: %s\n\nAsk your administrator if you need it.\n",
+				    s.len ? buf_cstr(&s) : "<>", qid, action, reason,
+				    v.len ? buf_cstr(&v) : "-");
+				router_notice_one(st, qid, c->connectors[ci].name, &to,
+				                  buf_cstr(&subj), buf_cstr(&b));
 			}
 			envelope_free(&to);
 		}
@@ -753,7 +767,6 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 	buf_free(&s);
 }
 
-
 static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
                                    const struct envelope *env, const struct verdicts *vs,
                                    const char *extra_hdr, const struct buf *body)
@@ -775,8 +788,7 @@ static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
 }
 
 static void router_infected(struct stage *st, struct spool_entry *e, const struct envelope *env,
-                            const struct manifest *m, const struct verdicts *vs,
-                            struct buf *why)
+                            const struct manifest *m, const struct verdicts *vs, struct buf *why)
 {
 	const char *action = st->conf->router.infected_action;
 	if (strcmp(action, "discard") == 0) {
@@ -790,7 +802,8 @@ static void router_infected(struct stage *st, struct spool_entry *e, const struc
 		if (router_strip(st, e, m, vs, &body, why) == 0) {
 			char qid[SPOOL_QID_LEN + 1];
 			memcpy(qid, e->qid, sizeof qid);
-			log_warn(qid, "stripped infected parts, delivering the rest: %s", buf_cstr(why));
+			log_warn(qid, "stripped infected parts, delivering the rest: %s",
+			         buf_cstr(why));
 			router_deliver_scanned(st, e, env, vs, NULL, &body);
 			buf_free(&body);
 			router_notify(st, qid, env, vs, "strip", "infected", buf_cstr(why));
@@ -877,7 +890,8 @@ static int router_handle(struct stage *st, const char *qid)
 			if (strcmp(rc->hold_expiry_action, "deliver") == 0 && env.n_rcpts > 0) {
 				char hdr[256];
 				snprintf(hdr, sizeof hdr,
-				         "X-Virus-Scan-Warning: NOT SCANNED: delivered unscanned after %d "
+				         "X-Virus-Scan-Warning: NOT SCANNED: delivered unscanned "
+				         "after %d "
 				         "seconds on hold (hold_expiry_action = deliver)",
 				         rc->max_hold_time);
 				trace_add(e.fd, e.qid, "hold-expired deliver-unscanned");
@@ -885,7 +899,8 @@ static int router_handle(struct stage *st, const char *qid)
 				         buf_cstr(&why));
 				router_deliver_scanned(st, &e, &env, &vs, hdr, NULL);
 			} else {
-				router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "held-too-long");
+				router_quarantine(&e, &env, &m, &vs, buf_cstr(&why),
+				                  "held-too-long");
 			}
 		} else {
 			router_hold(st, &e, buf_cstr(&why));
@@ -925,7 +940,8 @@ static int router_tick(struct stage *st)
 			continue;
 		router_hold_read(e.fd, &h);
 		if (h.next <= now) {
-			trace_add(e.fd, e.qid, "retry attempts=%llu", (unsigned long long)h.attempts);
+			trace_add(e.fd, e.qid, "retry attempts=%llu",
+			          (unsigned long long)h.attempts);
 			if (spool_entry_move(&e, SD_SCAN) < 0)
 				log_warn(e.qid, "cannot move hold/%s back to scan/: %s", e.qid,
 				         strerror(errno));

@@ -243,9 +243,10 @@ static void canary_health_write(struct stage *st, struct runner_scanner *sc, siz
 	for (size_t i = 0; i < n; i++) {
 		buf_addstr(&b, "scanner");
 		kv_addstr(&b, "name", sc[i].conf->name);
-		kv_addstr(&b, "state", !sc[i].conf->canary ? "unchecked"
-		                       : sc[i].degraded   ? "degraded"
-		                                          : "ok");
+		kv_addstr(&b, "state",
+		          !sc[i].conf->canary ? "unchecked"
+		          : sc[i].degraded    ? "degraded"
+		                              : "ok");
 		buf_printf(&b, " since=%lld", (long long)sc[i].since);
 		kv_addstr(&b, "reason", sc[i].reason);
 		buf_addstr(&b, "\n");

@@ -34,8 +34,8 @@
 #include "util.h"
 
 /* Files of a work directory that survive a re-split; everything else is redone. */
-static const char *const splitter_keep[] = {"message", "envelope", "attempts", "trace", "origin",
-                                            NULL};
+static const char *const splitter_keep[] = {"message", "envelope", "attempts",
+                                            "trace",   "origin",   NULL};
 
 /* Intake is paused while the spool's filesystem is (nearly) full; logged once per change. */
 static int splitter_space_low;
@@ -43,9 +43,10 @@ static int splitter_space_low;
 static void splitter_space_mark_low(struct spool *sp, const char *why)
 {
 	if (!splitter_space_low)
-		log_error(NULL, "spool %s is full (%s; %llu bytes free): not claiming new mail until "
-		          "space comes back", sp->root, why,
-		          (unsigned long long)spool_space_free(sp));
+		log_error(NULL,
+		          "spool %s is full (%s; %llu bytes free): not claiming new mail until "
+		          "space comes back",
+		          sp->root, why, (unsigned long long)spool_space_free(sp));
 	splitter_space_low = 1;
 }
 
@@ -191,7 +192,8 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 	envelope_format(&env, &env_out);
 	/* The envelope must be durable before the message loses its prefix below, or a power
 	 * cut could leave a bare message and no envelope. */
-	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0 || spool_entry_sync(e) < 0)
+	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0 ||
+	    spool_entry_sync(e) < 0)
 		goto ioerr;
 	out = openat(e->fd, "message.body", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 	             0640);
@@ -281,8 +283,8 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 			return -1;
 		return fd;
 	}
-	int out = openat(e->fd, "message.own", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-	                 0640);
+	int out = openat(e->fd, "message.own",
+	                 O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
 	if (out < 0)
 		return -1;
 	/* The copy must be durable before it replaces the dropped file. */
@@ -300,7 +302,6 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 	close(fd);
 	return nfd;
 }
-
 
 /* Split one claimed work directory (fresh, or left by a killed predecessor).
  * Returns 1 when it moved on, 0 when deferred. */

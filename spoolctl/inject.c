@@ -112,4 +112,3 @@ ioerr:;
 	unlinkat(sp.fd[SD_TMP], tmpname, 0);
 	die_temp(NULL, "cannot queue the message in %s: %s", sp.root, strerror(err));
 }
-

@@ -58,10 +58,18 @@ int main(int argc, char **argv)
 		const char *name;
 		ctl_cmd_fn *fn;
 	} cmds[] = {
-	    {"inject", ctl_cmd_inject},   {"status", ctl_cmd_status}, {"ls", ctl_cmd_ls},
-	    {"show", ctl_cmd_show},       {"requeue", ctl_cmd_requeue}, {"delete", ctl_cmd_delete},
-	    {"hold", ctl_cmd_hold},       {"start", ctl_cmd_start},   {"stop", ctl_cmd_stop},
-	    {"restart", ctl_cmd_restart}, {"pause", ctl_cmd_pause},   {"resume", ctl_cmd_resume},
+	    {"inject", ctl_cmd_inject},
+	    {"status", ctl_cmd_status},
+	    {"ls", ctl_cmd_ls},
+	    {"show", ctl_cmd_show},
+	    {"requeue", ctl_cmd_requeue},
+	    {"delete", ctl_cmd_delete},
+	    {"hold", ctl_cmd_hold},
+	    {"start", ctl_cmd_start},
+	    {"stop", ctl_cmd_stop},
+	    {"restart", ctl_cmd_restart},
+	    {"pause", ctl_cmd_pause},
+	    {"resume", ctl_cmd_resume},
 	    {"quarantine", ctl_cmd_quarantine},
 	};
 	for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {

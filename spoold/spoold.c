@@ -91,10 +91,8 @@ struct stage_def {
 /* The fourth "stage" is the bundled delivery agents: one instance per connector whose type
  * is smtp or maildir, each running connector-<type> -n <name>. */
 #define SI_CONNECTORS 3
-static struct stage_def sup_stages[N_STAGES] = {{.name = "splitter"},
-                                                {.name = "scanner-runner"},
-                                                {.name = "router"},
-                                                {.name = "connectors"}};
+static struct stage_def sup_stages[N_STAGES] = {
+    {.name = "splitter"}, {.name = "scanner-runner"}, {.name = "router"}, {.name = "connectors"}};
 static struct child *sup_children;
 static size_t sup_n;
 static char sup_bindir[PATH_MAX];
@@ -383,8 +381,8 @@ static void sup_child_start(struct child *ch)
 			setenv("SPOOLD_PAUSED", "1", 1);
 		else
 			unsetenv("SPOOLD_PAUSED");
-		char *argv[] = {path, "-c", (char *)sup_conf_path, conn ? "-n" : NULL, (char *)conn,
-		                NULL};
+		char *argv[] = {path,         "-c", (char *)sup_conf_path, conn ? "-n" : NULL,
+		                (char *)conn, NULL};
 		execv(path, argv);
 		fprintf(stderr, "spoold: cannot exec %s: %s\n", path, strerror(errno));
 		_exit(EXIT_TEMPFAIL);
@@ -528,9 +526,10 @@ static void sup_control_do(const char *cmd, const char *stage, struct buf *reply
 {
 	int si = sup_stage_lookup(stage);
 	if (si < 0) {
-		buf_printf(reply,
-		           "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors)",
-		           stage);
+		buf_printf(
+		    reply,
+		    "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors)",
+		    stage);
 		return;
 	}
 	struct stage_def *sd = &sup_stages[si];

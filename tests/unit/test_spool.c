@@ -26,7 +26,7 @@ static int failures;
 		if (cond)                                                                          \
 			printf("PASS %s\n", name);                                                 \
 		else {                                                                             \
-			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                   \
+			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                  \
 			failures++;                                                                \
 		}                                                                                  \
 	} while (0)
@@ -53,7 +53,8 @@ int main(void)
 	spool_qid_new(b);
 	CHECK("qid_valid", spool_qid_valid(a) && spool_qid_valid(b));
 	CHECK("qid_unique_sorted", strcmp(a, b) < 0);
-	CHECK("qid_rejects_traversal", !spool_qid_valid("../../etc/passwd") && !spool_qid_valid("") &&
+	CHECK("qid_rejects_traversal", !spool_qid_valid("../../etc/passwd") &&
+	                                   !spool_qid_valid("") &&
 	                                   !spool_qid_valid("0661495476ff78-002456-000G") &&
 	                                   !spool_qid_valid("0661495476ff78/002456-0004"));
 	int ok = 1;
@@ -73,7 +74,8 @@ int main(void)
 	close(fd);
 	struct spool_entry e;
 	CHECK("inbound_claim", spool_inbound_claim(&sp, "drop1", &e) == 1);
-	CHECK("claim_moved_name", !exists(&sp, SD_INBOUND, "drop1") && exists(&sp, SD_INCOMING, e.qid));
+	CHECK("claim_moved_name",
+	      !exists(&sp, SD_INBOUND, "drop1") && exists(&sp, SD_INCOMING, e.qid));
 	struct spool_entry e2;
 	CHECK("claim_lost_race_is_zero", spool_inbound_claim(&sp, "drop1", &e2) == 0);
 
@@ -165,17 +167,19 @@ int main(void)
 	envelope_format(&env, &eb);
 	size_t used;
 	char reason[256];
-	CHECK("env_parse", envelope_parse(eb.data, eb.len, &env2, &used, reason, sizeof reason) == 0 &&
-	                       used == eb.len && env2.n_rcpts == 1 && env2.sender[0] == '\0');
+	CHECK("env_parse",
+	      envelope_parse(eb.data, eb.len, &env2, &used, reason, sizeof reason) == 0 &&
+	          used == eb.len && env2.n_rcpts == 1 && env2.sender[0] == '\0');
 	envelope_free(&env2);
-	CHECK("env_incomplete", envelope_parse("Sa\nRb\n", 6, &env2, &used, reason, sizeof reason) < 0);
+	CHECK("env_incomplete",
+	      envelope_parse("Sa\nRb\n", 6, &env2, &used, reason, sizeof reason) < 0);
 
 	/* manifest round trip with hostile filename */
 	struct manifest m, m2;
 	manifest_init(&m);
 	const char evil[] = "../../etc/passwd\n end 0 x=y\xff";
-	struct manifest_part *p =
-	    manifest_add(&m, "1.2", FOUND_LEAF, "text/plain", "utf-8", "base64", evil, sizeof evil - 1);
+	struct manifest_part *p = manifest_add(&m, "1.2", FOUND_LEAF, "text/plain", "utf-8",
+	                                       "base64", evil, sizeof evil - 1);
 	p->size = 42;
 	memcpy(p->sha256, "ab", 3);
 	manifest_add_unscannable(&m, "over limit (max_parts)");
@@ -185,8 +189,8 @@ int main(void)
 	mkdirat(sp.root_fd, "mdir", 0750);
 	int mfd = openat(sp.root_fd, "mdir", O_RDONLY | O_DIRECTORY);
 	CHECK("manifest_write", write_file_atomic(mfd, "manifest", mb.data, mb.len, 0640) == 0);
-	CHECK("manifest_one_line_per_part", strchr(mb.data, '\n') != NULL &&
-	                                        strstr(mb.data, "etc/passwd\\x0a") != NULL);
+	CHECK("manifest_one_line_per_part",
+	      strchr(mb.data, '\n') != NULL && strstr(mb.data, "etc/passwd\\x0a") != NULL);
 	CHECK("manifest_read", manifest_read_at(mfd, &m2, reason, sizeof reason) == 0 &&
 	                           m2.n_parts == 1 && strcmp(m2.parts[0].filename, evil) == 0 &&
 	                           m2.parts[0].size == 42 && m2.n_unscannable == 1);
