@@ -114,7 +114,8 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/spoold
 	install -m 0755 bin/spoold $(DESTDIR)$(PREFIX)/sbin/spoold
 	install -m 0755 bin/spoolctl $(DESTDIR)$(PREFIX)/bin/spoolctl
-	install -m 0755 bin/splitter bin/scanner-runner bin/router $(DESTDIR)$(PREFIX)/libexec/spoold/
+	install -m 0755 bin/splitter bin/scanner-runner bin/router bin/connector-smtp \
+	    bin/connector-maildir $(DESTDIR)$(PREFIX)/libexec/spoold/
 	install -d $(DESTDIR)/etc/spoold
 	install -m 0644 conf/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.example
 	install -d $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
