@@ -65,6 +65,15 @@ asan: $(addprefix $(O)/asan/bin/,$(PROGS)) unit-asan $(SIGDIR)/spoold-test.hdb
 bin:
 	mkdir -p bin
 
+# spoold looks for the stages in LIBEXECDIR, compiled in from PREFIX: rebuild it when
+# PREFIX changes (make install PREFIX=/usr after a plain make).
+PREFIX_STAMP = $(O)/prefix.stamp
+$(PREFIX_STAMP): FORCE
+	@mkdir -p $(O)
+	@echo '$(PREFIX)' | cmp -s - $@ || echo '$(PREFIX)' > $@
+$(O)/prod/spoold/spoold.o $(O)/asan/spoold/spoold.o: $(PREFIX_STAMP)
+FORCE:
+
 $(O)/prod/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -c -o $@ $<
