@@ -289,6 +289,17 @@ int spool_entry_move(struct spool_entry *e, enum spool_dir to)
 	return 0;
 }
 
+int spool_entry_retire(struct spool_entry *e)
+{
+	struct spool *sp = e->sp;
+	char name[SPOOL_QID_LEN + 32];
+	snprintf(name, sizeof name, "%s.%s", e->qid, spool_dir_names[e->where]);
+	if (renameat(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) < 0)
+		return -1;
+	e->where = SD_TRASH;
+	return 0;
+}
+
 int spool_entry_trash(struct spool_entry *e)
 {
 	struct spool *sp = e->sp;

@@ -100,6 +100,11 @@ int spool_entry_sync(struct spool_entry *e);
 int spool_entry_move(struct spool_entry *e, enum spool_dir to);
 /* Remove the entry: rename into trash/ then delete the tree. 0 or -1. */
 int spool_entry_trash(struct spool_entry *e);
+/* Retire an entry whose work is done (a delivered route/ entry): one rename into trash/,
+ * neither synced nor deleted now. The stages empty trash/ when idle, off the path of the
+ * next message; if a power cut undoes the rename, the stage finds its work already done
+ * and retires the entry again. 0 or -1. */
+int spool_entry_retire(struct spool_entry *e);
 
 /* Intake. Creates incoming/<qid>/, locks it, and claims inbound/<name> by renaming it to
  * incoming/<qid>/message. 1: claimed (e is the locked work directory); 0: the name was

@@ -247,12 +247,17 @@ int stage_main(struct stage *st, int argc, char **argv)
 			next_rescan = 0;
 			break;
 		case WATCH_TIMEOUT:
+			/* Idle: delete what finished work left in trash/, off the message path. */
+			if (n_pending == 0)
+				spool_trash_empty(&st->spool);
+			break;
 		case WATCH_INTR:
 			break;
 		}
 	}
 	for (size_t i = 0; i < n_pending; i++)
 		free(pending[i]);
+	spool_trash_empty(&st->spool); /* what retired entries left, before we go */
 	log_info(NULL, "stopping");
 	spool_close(&st->spool);
 	conf_free(st->conf);

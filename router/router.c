@@ -314,8 +314,8 @@ static void router_fanout_finish(struct spool_entry *e)
 	}
 	buf_free(&b);
 	CRASH_POINT("route-fanout-done");
-	if (spool_entry_trash(e) < 0)
-		log_warn(e->qid, "cannot remove the routed work directory: %s", strerror(errno));
+	if (spool_entry_retire(e) < 0)
+		log_warn(e->qid, "cannot retire the routed work directory: %s", strerror(errno));
 }
 
 static void router_deliver(struct stage *st, struct spool_entry *e, const struct envelope *env,
