@@ -306,6 +306,9 @@ static void router_fanout_finish(struct spool_entry *e)
 			die_temp(e->qid, "cannot move %s to outbox/%s: %s", sub, line,
 			         strerror(errno));
 		if (r == 1) {
+			/* The outbox entry's trace is the same file (a hard link): it records its
+			 * own arrival. */
+			trace_add(e->fd, e->qid, "outbox connector=%s", line);
 			log_info(e->qid, "delivered to outbox/%s", line);
 			if (moved++ == 0)
 				CRASH_POINT("route-fanout-one");

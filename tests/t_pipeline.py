@@ -26,6 +26,10 @@ def clean_drop_reaches_outbox_byte_for_byte():
     env = p.read(path, "envelope").decode()
     assert "Rbob@example.org\n" in env and env.endswith("E\n"), env
     assert sorted(os.listdir(path)) == ["envelope", "message", "trace"], os.listdir(path)
+    trace = p.read(path, "trace").decode()
+    for event in ("splitter intake", "splitter split", "scanner-runner scanned",
+                  "router route connector=smtp", "router outbox connector=smtp"):
+        assert event in trace, "%r missing from the trace:\n%s" % (event, trace)
 
 
 @test
