@@ -3,7 +3,7 @@
 #   make            build bin/ (production) and the test signature database
 #   make asan       build build/asan/bin/ (ASan + UBSan + crash points) for the tests
 #   make O=DIR ...  put build outputs under DIR instead of build/ (parallel work trees)
-#   make test       make deps, both builds, then every test against both builds
+#   make test       make test-deps (adds Postfix, swaks, clang...), both builds, every test
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -42,7 +42,7 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps fuzz install clean bench chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install clean bench chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -101,8 +101,11 @@ $(SIGDIR)/spoold-test.hdb: conf/mksigs.sh
 deps:
 	@sh conf/deps.sh
 
+test-deps:
+	@sh conf/deps.sh --test
+
 # ---- tests -------------------------------------------------------------------
-test: deps
+test: test-deps
 	$(MAKE) all prod asan
 	python3 tests/run.py --bin $(O)/prod/bin --bin $(O)/asan/bin
 
@@ -110,13 +113,13 @@ run: deps all
 	@mkdir -p spool
 	exec bin/spoold -c conf/spoold.conf
 
-fuzz: deps
+fuzz: test-deps
 	$(MAKE) -f tests/fuzz/fuzz.mk O=$(O) run
 
-bench: deps all
+bench: test-deps all
 	python3 bench/run.py
 
-chaos: deps all
+chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long
 
 install: all

@@ -1,10 +1,17 @@
 #!/bin/sh
-# Install the Debian packages spoold needs to build, run and test, if any are missing.
+# Install the Debian packages spoold needs, if any are missing.
+#   conf/deps.sh          to build and run (make run)
+#   conf/deps.sh --test   also what the tests and benchmarks use (make test): Postfix and
+#                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format.
+# Postfix is only installed for the tests: on a machine with another MTA, apt-get would
+# replace it, so `make run` never asks for it.
 # Run as root it calls apt-get; otherwise it prints the exact command to run.
 set -eu
-PKGS="build-essential pkg-config clang libgmime-3.0-dev libconfig-dev libinotifytools0-dev
-clamav clamav-daemon clamav-testfiles python3 ripmime libcurl4-openssl-dev
-postfix swaks clang-format"
+PKGS="build-essential pkg-config libgmime-3.0-dev libconfig-dev libinotifytools0-dev
+libcurl4-openssl-dev clamav clamav-daemon clamav-testfiles python3"
+if [ "${1:-}" = "--test" ]; then
+	PKGS="$PKGS clang clang-format ripmime postfix swaks"
+fi
 missing=""
 for p in $PKGS; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -25,5 +32,3 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null || apt-get update
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $missing
-# clamav-daemon's maintainer scripts may start a system clamd/freshclam; the tests start
-# their own clamd on a private socket, so the system ones are left as the package set them.
