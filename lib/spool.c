@@ -263,7 +263,7 @@ int spool_entry_sync(struct spool_entry *e)
 	return fsync_dir(e->fd);
 }
 
-int spool_entry_move(struct spool_entry *e, enum spool_dir to)
+int spool_entry_rename(struct spool_entry *e, enum spool_dir to)
 {
 	struct spool *sp = e->sp;
 	/* The commit: one rename of the whole directory. Its contents are already durable. */
@@ -278,15 +278,29 @@ int spool_entry_move(struct spool_entry *e, enum spool_dir to)
 	snprintf(point, sizeof point, "moved-to-%s", spool_dir_names[to]);
 	CRASH_POINT(point);
 #endif
-	/* Make the move itself durable: the destination must hold the name and the source
-	 * must no longer, or a crash could show the entry in both places or neither. */
-	enum spool_dir from = e->where;
 	e->where = to;
+	return 0;
+}
+
+int spool_dirs_sync(struct spool *sp, enum spool_dir from, enum spool_dir to)
+{
+	/* Make the moves durable: the destination must hold the names and the source must
+	 * no longer, or a crash could show an entry in both places or neither. On a
+	 * journaling filesystem one rename is one transaction, and the destination's fsync
+	 * commits it whole. */
 	if (fsync_dir(sp->fd[to]) < 0)
 		return -1;
 	if (!sp->rename_journaled && fsync_dir(sp->fd[from]) < 0)
 		return -1;
 	return 0;
+}
+
+int spool_entry_move(struct spool_entry *e, enum spool_dir to)
+{
+	enum spool_dir from = e->where;
+	if (spool_entry_rename(e, to) < 0)
+		return -1;
+	return spool_dirs_sync(e->sp, from, to);
 }
 
 int spool_entry_retire(struct spool_entry *e)

@@ -98,6 +98,15 @@ int spool_entry_sync(struct spool_entry *e);
  * spool_entry_sync, and must not use e->fd afterwards. 0, or -1 with errno (EEXIST or
  * ENOTEMPTY if the destination exists; the claim is kept when the rename failed). */
 int spool_entry_move(struct spool_entry *e, enum spool_dir to);
+/* The rename half of spool_entry_move, for a stage that commits several entries at once:
+ * rename(where/qid, to/qid) and release the claim, with no fsync. The caller has synced
+ * the entries' contents (one spool_entry_sync covers all of them) and calls
+ * spool_dirs_sync(sp, from, to) once after the last rename. 0 or -1. */
+int spool_entry_rename(struct spool_entry *e, enum spool_dir to);
+/* Make renames from `from` into `to` durable: fsync of to/, and of from/ too where the
+ * filesystem does not journal renames (see rename_journaled). 0 or -1. */
+int spool_dirs_sync(struct spool *sp, enum spool_dir from, enum spool_dir to);
+
 /* Remove the entry: rename into trash/ then delete the tree. 0 or -1. */
 int spool_entry_trash(struct spool_entry *e);
 /* Retire an entry whose work is done (a delivered route/ entry): one rename into trash/,

@@ -91,6 +91,8 @@ int stage_scan(struct stage *st)
 		if (st->handle(st, names[i]) > 0)
 			did++;
 	spool_names_free(names, n);
+	if (st->flush)
+		st->flush(st);
 	return did;
 }
 
@@ -232,7 +234,10 @@ int stage_main(struct stage *st, int argc, char **argv)
 				break;
 			}
 			log_debug(NULL, "event for %s", name);
-			if (st->handle(st, name) < 0) {
+			int hr = st->handle(st, name);
+			if (st->flush)
+				st->flush(st);
+			if (hr < 0) {
 				log_debug(NULL, "%s is busy; looking again shortly", name);
 				if (n_pending < PENDING_MAX) {
 					pending_tries[n_pending] = 0;
@@ -257,6 +262,8 @@ int stage_main(struct stage *st, int argc, char **argv)
 	}
 	for (size_t i = 0; i < n_pending; i++)
 		free(pending[i]);
+	if (st->flush)
+		st->flush(st);
 	spool_trash_empty(&st->spool); /* what retired entries left, before we go */
 	log_info(NULL, "stopping");
 	spool_close(&st->spool);

@@ -31,6 +31,10 @@ struct stage {
 	/* Called at least every tick_ms; may return a shorter wait in ms (or -1). */
 	int (*tick)(struct stage *st);
 	int tick_ms;
+	/* Optional: commit what handle() prepared but did not commit yet (a stage that
+	 * batches its commits). Called after every directory scan, after every event, and
+	 * before the stage stops. */
+	void (*flush)(struct stage *st);
 	struct conf *conf;
 	struct spool spool;
 	int once;

@@ -434,6 +434,32 @@ static void runner_count_verdicts(const struct verdicts *vs)
 	}
 }
 
+/* Group commit: entries whose verdicts are written, waiting for one sync and their
+ * renames into route/. Flushed when full, after every scan pass and every event (so a
+ * lone message is not delayed), and before the stage stops. A crash before the flush
+ * leaves them in scan/, where they are scanned again. */
+#define RUNNER_BATCH 32
+static struct spool_entry runner_batch[RUNNER_BATCH];
+static size_t runner_nbatch;
+
+static void runner_flush(struct stage *st)
+{
+	if (runner_nbatch == 0)
+		return;
+	/* One sync makes every verdicts file of the batch durable before any of them moves. */
+	if (spool_entry_sync(&runner_batch[0]) < 0)
+		die_temp(NULL, "cannot sync %s: %s", st->spool.root, strerror(errno));
+	CRASH_POINT("scan-verdicts");
+	for (size_t i = 0; i < runner_nbatch; i++)
+		if (spool_entry_rename(&runner_batch[i], SD_ROUTE) < 0)
+			die_temp(runner_batch[i].qid, "cannot move %s/scan/%s to route/: %s",
+			         st->spool.root, runner_batch[i].qid, strerror(errno));
+	/* And one directory sync makes all the moves durable. */
+	if (spool_dirs_sync(&st->spool, SD_SCAN, SD_ROUTE) < 0)
+		die_temp(NULL, "cannot sync %s/route: %s", st->spool.root, strerror(errno));
+	runner_nbatch = 0;
+}
+
 static int runner_handle(struct stage *st, const char *qid)
 {
 	struct spool_entry e;
@@ -488,14 +514,16 @@ static int runner_handle(struct stage *st, const char *qid)
 	struct buf b;
 	buf_init(&b);
 	verdicts_format(&vs, &b);
-	/* verdicts, then the directory, then the move: route/ only ever sees complete ones. */
-	if (spool_entry_write(&e, "verdicts", b.data, b.len) < 0 || spool_entry_sync(&e) < 0)
+	/* verdicts now; the sync and the move to route/ come in runner_flush, together with
+	 * the other entries of this batch: route/ only ever sees complete, durable verdicts. */
+	if (spool_entry_write(&e, "verdicts", b.data, b.len) < 0)
 		die_temp(qid, "cannot write %s/verdicts: %s", dir, strerror(errno));
 	buf_free(&b);
-	CRASH_POINT("scan-verdicts");
-	if (spool_entry_move(&e, SD_ROUTE) < 0)
-		die_temp(qid, "cannot move %s to route/: %s", dir, strerror(errno));
 	log_info(qid, "scanned results=%zu not_clean=%zu", vs.n, bad);
+	runner_batch[runner_nbatch++] = e; /* still claimed: the lock goes with the rename */
+	e.fd = -1;
+	if (runner_nbatch == RUNNER_BATCH)
+		runner_flush(st);
 out:
 	verdicts_free(&vs);
 	free(dir);
@@ -572,6 +600,7 @@ int main(int argc, char **argv)
 	    .watch_dir = SD_SCAN,
 	    .recover = runner_recover,
 	    .handle = runner_handle,
+	    .flush = runner_flush,
 	    .tick = runner_tick,
 	    .tick_ms = 1000,
 	};
