@@ -224,6 +224,10 @@ int stage_main(struct stage *st, int argc, char **argv)
 		metrics_flush(&st->spool, st->name);
 		if (wait > 1000)
 			wait = 1000; /* counters reach run/stats/ within a second */
+		/* Commit whatever the handlers prepared (events, retries, ticks) before waiting:
+		 * nothing prepared may wait for the next event. */
+		if (st->flush)
+			st->flush(st);
 		char name[1024];
 		switch (watch_next(wait, name, sizeof name)) {
 		case WATCH_NAME:
@@ -234,10 +238,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 				break;
 			}
 			log_debug(NULL, "event for %s", name);
-			int hr = st->handle(st, name);
-			if (st->flush)
-				st->flush(st);
-			if (hr < 0) {
+			if (st->handle(st, name) < 0) {
 				log_debug(NULL, "%s is busy; looking again shortly", name);
 				if (n_pending < PENDING_MAX) {
 					pending_tries[n_pending] = 0;

@@ -32,8 +32,8 @@ struct stage {
 	int (*tick)(struct stage *st);
 	int tick_ms;
 	/* Optional: commit what handle() prepared but did not commit yet (a stage that
-	 * batches its commits). Called after every directory scan, after every event, and
-	 * before the stage stops. */
+	 * batches its commits). Called after every directory scan, before every wait for
+	 * events, and before the stage stops. */
 	void (*flush)(struct stage *st);
 	struct conf *conf;
 	struct spool spool;

@@ -207,6 +207,21 @@ def plain_cp_with_slow_writer_is_not_split_early():
 
 
 @test
+def many_runners_never_leave_a_scanned_entry_waiting():
+    # Several runners race for the same events; every entry a runner scanned must be
+    # committed before it waits again, not at the next rescan (an hour away here).
+    from lib.clamd import Clamd
+    with Clamd(harness.tmpdir("clamd"), harness.sigdir()) as c:
+        p = Pipeline(scanners=[dict(name="clamd", type="clamd", addresses=[c.unix_addr],
+                                    timeout=30, max_concurrent=8)],
+                     runner=dict(instances=4), rescan_interval=3600).start()
+        n = 150
+        for i in range(n):
+            p.drop("m%03d" % i, msgs.clean(subject="m%d" % i))
+        p.wait_final(n, timeout=90)
+
+
+@test
 def clamd_mode_detects_and_passes():
     from lib.clamd import Clamd
     with Clamd(harness.tmpdir("clamd"), harness.sigdir()) as c:
