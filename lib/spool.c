@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/file.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/vfs.h>
@@ -69,19 +71,50 @@ void spool_open(struct spool *sp, const char *root, int create)
 	}
 	if (create && fsync_dir(sp->root_fd) < 0)
 		die_temp(NULL, "cannot fsync %s: %s", root, strerror(errno));
+	sp->rename_journaled = spool_fs_journaled(sp->root_fd, &rst);
+}
+
+/* Is there a jbd2 journal for the block device dev? ext4 names it "<device>-<inode>"
+ * under /proc/fs/jbd2 (for example "vda-8" or "dm-0-8"); the device's name is the
+ * last component of its /sys/dev/block/MAJ:MIN link. Anything unreadable says no. */
+static int spool_ext4_journaled(dev_t dev)
+{
+	char link[64], target[PATH_MAX], prefix[NAME_MAX + 2];
+	snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major(dev), minor(dev));
+	ssize_t n = readlink(link, target, sizeof target - 1);
+	if (n <= 0)
+		return 0;
+	target[n] = '\0';
+	const char *name = strrchr(target, '/');
+	name = name ? name + 1 : target;
+	if (bsnprintf(prefix, sizeof prefix, "%s-", name) < 0)
+		return 0;
+	DIR *d = opendir("/proc/fs/jbd2");
+	if (d == NULL)
+		return 0;
+	int found = 0;
+	struct dirent *de;
+	while (!found && (de = readdir(d)) != NULL)
+		found = strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+	closedir(d);
+	return found;
+}
+
+int spool_fs_journaled(int fd, const struct stat *st)
+{
 	struct statfs fs;
-	sp->rename_journaled = 0;
-	if (fstatfs(sp->root_fd, &fs) == 0)
-		switch ((unsigned long)fs.f_type) {
-		case 0xEF53UL:     /* ext2/3/4: ext2 has no journal, but is not used for spools */
-		case 0x58465342UL: /* XFS */
-		case 0x9123683EUL: /* btrfs */
-		case 0x01021994UL: /* tmpfs */
-			sp->rename_journaled = 1;
-			break;
-		default:
-			break;
-		}
+	if (fstatfs(fd, &fs) < 0)
+		return 0;
+	switch ((unsigned long)fs.f_type) {
+	case 0xEF53UL: /* ext2/3/4: only with a journal; ext4 can run without one */
+		return spool_ext4_journaled(st->st_dev);
+	case 0x58465342UL: /* XFS: always journaled */
+	case 0x9123683EUL: /* btrfs */
+	case 0x01021994UL: /* tmpfs: nothing survives a crash anyway */
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 void spool_close(struct spool *sp)

@@ -41,10 +41,15 @@ struct spool {
 	int root_fd;
 	int fd[SD__COUNT];
 	/* The filesystem commits a rename of both directories in one journal transaction
-	 * (ext4, XFS, btrfs; tmpfs has nothing to lose): one directory fsync then makes a
-	 * move durable on both sides. Elsewhere both parents are fsync'd. */
+	 * (ext3/4 with a journal, XFS, btrfs; tmpfs has nothing to lose): one directory
+	 * fsync then makes a move durable on both sides. Elsewhere, ext4 without a journal
+	 * included, both parents are fsync'd. */
 	int rename_journaled;
 };
+
+struct stat;
+/* 1 if the filesystem of fd (st its fstat) journals renames as above, else 0. */
+int spool_fs_journaled(int fd, const struct stat *st);
 
 /* The name of a state directory relative to the root ("inbound", "outbox", ...). */
 const char *spool_dir_name(enum spool_dir d);

@@ -125,7 +125,8 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf(":{\"count\":%zu,\"bytes\":%llu,\"oldest_age\":%lld}", ds[i].q.count,
 			       ds[i].q.bytes, ds[i].q.oldest);
 		}
-		printf("},\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
+		printf("},\"renames_journaled\":%s", sp.rename_journaled ? "true" : "false");
+		printf(",\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
 		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"stages\":[",
 		       sup_alive ? "true" : "false", sup_alive ? spid : 0L);
 	} else {
@@ -133,8 +134,13 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf(
 			    "WARNING: router.hold_expiry_action = \"deliver\": held messages that "
 			    "expire are DELIVERED UNSCANNED (with a warning header)\n\n");
-		printf("spool %s\n\n%-22s %8s %12s %10s\n", sp.root, "queue", "count", "bytes",
-		       "oldest");
+		/* Whether the filesystem journals renames decides how many directory fsyncs a
+		 * hand-off costs (docs/INTERNALS.md, "Durability"). */
+		printf("spool %s\nfilesystem: %s\n\n%-22s %8s %12s %10s\n", sp.root,
+		       sp.rename_journaled
+		           ? "journals renames (one directory fsync per move)"
+		           : "does not journal renames (both directories fsync'd per move)",
+		       "queue", "count", "bytes", "oldest");
 		for (size_t i = 0; i < nd; i++) {
 			char age[32] = "-";
 			if (ds[i].q.oldest >= 0)

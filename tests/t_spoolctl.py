@@ -4,6 +4,8 @@ running pipeline where the point is to race with it)."""
 import fcntl
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -100,6 +102,62 @@ def status_is_loud_about_hold_expiry_deliver():
     out = p.ctl("status").out
     assert out.startswith("WARNING") and "DELIVERED UNSCANNED" in out, out
     assert ctl_json(p, "status", "--json")["hold_expiry_delivers_unscanned"] is True
+
+
+def fs_journaled(path):
+    """What the filesystem of path does with a rename, found independently of the C code:
+    ext4 journals only when /proc/fs/jbd2 has an entry for its device."""
+    magic = {0xEF53: "ext", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs"}
+    out = subprocess.run(["stat", "-f", "-c", "%t", path], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout.strip()
+    kind = magic.get(int(out, 16))
+    if kind != "ext":
+        return kind is not None
+    st = os.stat(path)
+    dev = os.path.basename(os.readlink("/sys/dev/block/%d:%d" % (os.major(st.st_dev),
+                                                                os.minor(st.st_dev))))
+    try:
+        return any(n.startswith(dev + "-") for n in os.listdir("/proc/fs/jbd2"))
+    except FileNotFoundError:
+        return False
+
+
+@test
+def status_says_whether_renames_are_journaled():
+    p = pipeline()
+    want = fs_journaled(p.spool)
+    assert ctl_json(p, "status", "--json")["renames_journaled"] is want
+    out = p.ctl("status").out
+    assert ("filesystem: journals renames" if want else
+            "filesystem: does not journal renames") in out, out
+
+
+@test
+def ext4_without_a_journal_is_not_taken_for_journaled():
+    """ext4 made without a journal (mkfs.ext4 -O ^has_journal) must not be taken for a
+    journaling filesystem: a rename there is not one transaction, so a move needs both
+    parents fsync'd (lib/spool.c decides this once, in spool_open, and spoolctl status
+    shows the decision). Checked on real loop-mounted images, with and without a
+    journal."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        harness.skip("needs root and mkfs.ext4 to loop-mount ext4 images")
+    base = harness.tmpdir("ext4")
+    seen = {}
+    for label, opts in (("nojournal", ["-O", "^has_journal"]), ("journal", [])):
+        img, mnt = os.path.join(base, label + ".img"), os.path.join(base, label)
+        os.makedirs(mnt)
+        with open(img, "wb") as f:
+            f.truncate(32 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F"] + opts + [img], check=True)
+        r = subprocess.run(["mount", "-o", "loop", img, mnt], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            harness.skip("cannot loop-mount an ext4 image: %s" % r.stdout.decode().strip())
+        harness.cleanup(lambda m=mnt: subprocess.run(["umount", "-l", m]))
+        p = pipeline(spool=os.path.join(mnt, "spool"))
+        seen[label] = ctl_json(p, "status", "--json")["renames_journaled"]
+        assert seen[label] is fs_journaled(p.spool), (label, seen[label])
+    assert seen == {"nojournal": False, "journal": True}, seen
 
 
 @test

@@ -77,9 +77,9 @@ def _group(d, indent="\t"):
 
 class Pipeline:
     def __init__(self, scanners=None, connectors=None, splitter=None, router=None,
-                 runner=None, rescan_interval=30, extra=""):
+                 runner=None, rescan_interval=30, extra="", spool=None):
         self.dir = harness.tmpdir("p")
-        self.spool = os.path.join(self.dir, "spool")
+        self.spool = spool or os.path.join(self.dir, "spool")
         self.conf = os.path.join(self.dir, "spoold.conf")
         self.log = os.path.join(self.dir, "spoold.log")
         self.proc = None
