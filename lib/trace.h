@@ -13,5 +13,8 @@ void trace_set_prog(const char *prog);
 /* fmt produces the "event k=v ..." part. */
 void trace_add(int dirfd, const char *qid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Several events, one per line of events (no trailing newline needed), with one time
+ * stamp and one write: the lines of one step land together. */
+void trace_add_lines(int dirfd, const char *qid, const char *events);
 
 #endif

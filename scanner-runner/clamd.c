@@ -33,13 +33,9 @@
 _Static_assert(CLAMD_REPLY_MAX > sizeof(((struct clamd_result *)0)->reply),
                "a reply line buffer must hold a whole clamd_result.reply");
 
-/* A parsed address: either a unix socket path, or a host and a numeric port. */
-struct clamd_addr {
-	int is_unix;
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char host[256];
-	char port[6];
-};
+_Static_assert(sizeof(((struct clamd_addr *)0)->path) ==
+                   sizeof(((struct sockaddr_un *)0)->sun_path),
+               "a unix address path is a sun_path");
 
 /* Set the verdict and our own reply text; returns -1 so callers can "return clamd_fail()". */
 static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, ...)
@@ -608,17 +604,184 @@ out:
 	return rc;
 }
 
-int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeout_ms,
-                      struct clamd_result *r)
+/* Try addrs[from], addrs[from + 1]... until one gives a verdict. */
+static int clamd_scan_fd_from(char *const *addrs, size_t from, int fd, uint64_t stream_max,
+                              int timeout_ms, struct clamd_result *r)
 {
-	size_t i;
-
-	clamd_result_reset(r, "");
-	clamd_fail(r, V_ERROR, "no clamd address");
-	for (i = 0; addrs != NULL && addrs[i] != NULL; i++)
+	for (size_t i = from; addrs != NULL && addrs[i] != NULL; i++)
 		if (clamd_scan_fd(addrs[i], fd, stream_max, timeout_ms, r) == 0)
 			return 0;
 	return -1;
+}
+
+int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeout_ms,
+                      struct clamd_result *r)
+{
+	clamd_result_reset(r, "");
+	clamd_fail(r, V_ERROR, "no clamd address");
+	return clamd_scan_fd_from(addrs, 0, fd, stream_max, timeout_ms, r);
+}
+
+/*
+ * Sessions. One connection carries every request for one message: "zIDSESSION\0" once,
+ * then a zFILDES or zINSTREAM per part, each answered "<id>: <reply>\0" with ids counting
+ * from 1, and "zEND\0" at the end. This saves a connect, an accept and a clamd thread
+ * hand-off per part. It is only a fast path: whatever goes wrong in a session closes it,
+ * and the part is scanned again by the one-request-per-connection path above, so every
+ * error mapping and the failover stay exactly the same.
+ */
+void clamd_session_init(struct clamd_session *cs, char *const *addrs)
+{
+	memset(cs, 0, sizeof *cs);
+	cs->s = -1;
+	cs->addrs = addrs;
+}
+
+void clamd_session_close(struct clamd_session *cs)
+{
+	static const char end[] = "zEND";
+
+	if (cs->s < 0)
+		return;
+	/* Best effort and never waiting: clamd ends the session on zEND or on the close. */
+	(void)send(cs->s, end, sizeof end, MSG_NOSIGNAL | MSG_DONTWAIT);
+	close(cs->s);
+	cs->s = -1;
+}
+
+/* Open the session on the first address that accepts a connection, from cs->at on.
+ * 0, or -1 (no session; the caller uses the per-request path). */
+static int clamd_session_open(struct clamd_session *cs, int timeout_ms)
+{
+	static const char cmd[] = "zIDSESSION";
+	struct clamd_result r;
+
+	for (; cs->addrs != NULL && cs->addrs[cs->at] != NULL; cs->at++) {
+		int64_t deadline = now_ms_monotonic() + timeout_ms;
+		int s;
+
+		if (clamd_addr_parse(cs->addrs[cs->at], &cs->a, &r) < 0)
+			continue;
+		s = clamd_open(&cs->a, deadline, &r);
+		if (s < 0)
+			continue;
+		if (clamd_send_all(s, cmd, sizeof cmd, deadline, &r) != 0) {
+			close(s);
+			continue;
+		}
+		cs->s = s;
+		cs->next_id = 1;
+		return 0;
+	}
+	return -1;
+}
+
+/* Read one "<id>: <reply>\0" of the session and check its id; the reply, without the
+ * id, goes into line (CLAMD_REPLY_MAX bytes). 0, or -1 with r set. */
+static int clamd_session_reply(struct clamd_session *cs, int64_t deadline, char *line,
+                               struct clamd_result *r)
+{
+	char buf[CLAMD_REPLY_MAX], want[24];
+	size_t n = 0, len, wl;
+	const char *nul = NULL;
+
+	while (nul == NULL) {
+		ssize_t k;
+
+		if (n == sizeof buf)
+			return clamd_fail(r, V_ERROR, "reply too long");
+		k = recv(cs->s, buf + n, sizeof buf - n, 0);
+		if (k > 0) {
+			nul = memchr(buf + n, '\0', (size_t)k);
+			n += (size_t)k;
+			continue;
+		}
+		if (k == 0)
+			return clamd_fail(r, V_ERROR, "session closed");
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return clamd_fail(r, V_ERROR, "recv: %s", strerror(errno));
+		if (clamd_wait(cs->s, POLLIN, deadline, r) < 0)
+			return -1;
+	}
+	len = (size_t)(nul - buf);
+	/* We send one request at a time: anything after its reply is not clamd's protocol. */
+	if (len + 1 != n)
+		return clamd_fail(r, V_ERROR, "more than one reply in a session");
+	wl = (size_t)snprintf(want, sizeof want, "%u: ", cs->next_id);
+	if (len < wl || memcmp(buf, want, wl) != 0)
+		return clamd_fail(r, V_ERROR, "session reply for another request");
+	while (len > wl && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+		len--;
+	memcpy(line, buf + wl, len - wl);
+	line[len - wl] = '\0';
+	return 0;
+}
+
+/* One request in the open session. 0 on a verdict, -1 otherwise (r set). */
+static int clamd_session_request(struct clamd_session *cs, int fd, const struct stat *st,
+                                 uint64_t stream_max, int timeout_ms, struct clamd_result *r)
+{
+	char line[CLAMD_REPLY_MAX];
+	int64_t deadline = now_ms_monotonic() + timeout_ms;
+	int sent;
+
+	clamd_result_reset(r, cs->addrs[cs->at]);
+	if (cs->a.is_unix) {
+		sent = clamd_fildes_send(cs->s, fd, deadline, r);
+	} else {
+		if ((uint64_t)st->st_size > stream_max)
+			return clamd_fail(r, V_UNSCANNABLE, "over StreamMaxLength");
+		sent = clamd_instream_send(cs->s, fd, stream_max, deadline, r);
+	}
+	/* clamd refusing or closing mid-request: leave it to the per-request path. */
+	if (sent != 0)
+		return -1;
+	if (clamd_session_reply(cs, deadline, line, r) < 0)
+		return -1;
+	cs->next_id++;
+	return clamd_reply_parse(line, r);
+}
+
+int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max, int timeout_ms,
+                          struct clamd_result *r)
+{
+	struct stat st;
+
+	clamd_result_reset(r, "");
+	if (timeout_ms <= 0)
+		return clamd_fail(r, V_ERROR, "bad timeout %d ms", timeout_ms);
+	if (fstat(fd, &st) < 0)
+		return clamd_fail(r, V_ERROR, "fstat: %s", strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return clamd_fail(r, V_ERROR, "not a regular file");
+	if (cs->s < 0 && !cs->failed && clamd_session_open(cs, timeout_ms) < 0) {
+		/* No address took a session: the per-request path tries them all and says
+		 * why each failed. */
+		cs->failed = 1;
+		cs->at = 0;
+	}
+	if (cs->s >= 0) {
+		if (clamd_session_request(cs, fd, &st, stream_max, timeout_ms, r) == 0)
+			return 0;
+		/* Whatever the session said that was not a verdict, the session ends here. */
+		clamd_session_close(cs);
+		cs->failed = 1;
+		/* A clamd that let a whole timeout pass is not asked again for this message (the
+		 * per-request path would wait as long once more): the next address is. */
+		if (strcmp(r->reply, "timeout") == 0) {
+			cs->last = *r;
+			cs->at++;
+		}
+	}
+	if (cs->addrs == NULL || cs->addrs[cs->at] == NULL) {
+		if (cs->at == 0)
+			return clamd_fail(r, V_ERROR, "no clamd address");
+		*r = cs->last;
+		return -1;
+	}
+	return clamd_scan_fd_from(cs->addrs, cs->at, fd, stream_max, timeout_ms, r);
 }
 
 /* Send the z-command "z<cmd>\0" and read its one reply into line (CLAMD_REPLY_MAX bytes).

@@ -78,6 +78,39 @@ int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeo
                       struct clamd_result *r);
 
 /*
+ * A session: every request for one message over one connection (zIDSESSION ... zEND),
+ * opened on the first request. clamd_session_scan_fd gives the same results as
+ * clamd_scan_fd_any: anything but a verdict ends the session, and that part and the
+ * rest of the message go through the per-request path (a clamd that timed out is not
+ * asked again within the session's life; the next address is). On a unix socket fd
+ * itself is passed to clamd, which moves its offset: open the file read-only for this
+ * one scan.
+ */
+/* A parsed address: either a unix socket path, or a host and a numeric port. */
+struct clamd_addr {
+	int is_unix;
+	char path[108]; /* sizeof sun_path on Linux */
+	char host[256];
+	char port[6];
+};
+
+struct clamd_session {
+	char *const *addrs;
+	size_t at; /* the address in use: the session's, or where the per-request path starts */
+	int s;     /* the session's socket, -1 when none */
+	int failed; /* no (more) session for this message */
+	unsigned next_id;
+	struct clamd_addr a;
+	struct clamd_result last; /* what ended the session on a timeout */
+};
+
+void clamd_session_init(struct clamd_session *cs, char *const *addrs);
+int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max, int timeout_ms,
+                          struct clamd_result *r);
+/* zEND and close; harmless on a session never opened or already closed. */
+void clamd_session_close(struct clamd_session *cs);
+
+/*
  * zVERSION: clamd's version line, e.g. "ClamAV 1.4.6/27471/Mon Nov 24 09:40:12 2026"
  * (just "ClamAV 1.4.6" when clamd has no official database). 0 on success; -1 if clamd
  * did not answer with a "ClamAV " line or the line did not fit in out; on -1 out holds

@@ -321,29 +321,36 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	runner_argv_free(argv);
 }
 
+/* One slot and one clamd session for all of the message's parts: the slot bounds how many
+ * of our requests clamd serves at once, and a session costs one connection per message
+ * instead of one per part (clamd.c falls back to a connection per part on any trouble). */
 static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
                               const struct manifest *m, struct verdicts *vs, const char *qid,
                               int backup)
 {
 	const struct conf_scanner *sc = rs->conf;
+	struct clamd_session cs;
+	int slot = -1;
+	if (m->n_parts == 0)
+		return;
+	slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
+	if (slot < 0)
+		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
+	clamd_session_init(&cs, sc->clamd_addrs);
 	for (size_t i = 0; i < m->n_parts; i++) {
 		char name[16];
 		struct clamd_result r;
 		manifest_part_name(m->parts[i].index, name);
 		int64_t t0 = now_ms_monotonic();
+		/* Read-only and for this scan alone: in a session clamd gets this very
+		 * descriptor and moves its offset. */
 		int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		if (fd < 0) {
 			memset(&r, 0, sizeof r);
 			r.verdict = V_ERROR;
 			snprintf(r.reply, sizeof r.reply, "open %s: %s", name, strerror(errno));
 		} else {
-			int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-			if (slot < 0)
-				die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name,
-				         strerror(errno));
-			clamd_scan_fd_any(sc->clamd_addrs, fd, sc->stream_max_length,
-			                  sc->timeout * 1000, &r);
-			slot_release(slot);
+			clamd_session_scan_fd(&cs, fd, sc->stream_max_length, sc->timeout * 1000, &r);
 			close(fd);
 		}
 		long ms = (long)(now_ms_monotonic() - t0);
@@ -357,6 +364,8 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 			         sc->name, m->parts[i].index, verdict_name(r.verdict), r.virus,
 			         r.reply, ms);
 	}
+	clamd_session_close(&cs);
+	slot_release(slot);
 }
 
 static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct spool_entry *e,
@@ -394,14 +403,15 @@ static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct
 	}
 }
 
-/* One trace line per verdict line; values escaped (a virus name or an output excerpt is
- * the scanner's text, not ours). Clean lines stay short: the output is for failures. */
-static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *vs)
+/* One trace line per verdict line, and the summary line, in one write; values escaped (a
+ * virus name or an output excerpt is the scanner's text, not ours). Clean lines stay
+ * short: the output is for failures. */
+static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *vs, size_t bad)
 {
+	struct buf b;
+	buf_init(&b);
 	for (size_t i = 0; i < vs->n; i++) {
 		const struct verdict_line *l = &vs->lines[i];
-		struct buf b;
-		buf_init(&b);
 		buf_printf(&b, "scan part=%d", l->part);
 		kv_addstr(&b, "scanner", l->scanner);
 		kv_addstr(&b, "verdict", verdict_name(l->verdict));
@@ -414,9 +424,11 @@ static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *
 			kv_add(&b, "output", l->output,
 			       strlen(l->output) > 200 ? 200 : strlen(l->output));
 		}
-		trace_add(e->fd, e->qid, "%s", buf_cstr(&b));
-		buf_free(&b);
+		buf_add(&b, "\n", 1);
 	}
+	buf_printf(&b, "scanned results=%zu not_clean=%zu", vs->n, bad);
+	trace_add_lines(e->fd, e->qid, buf_cstr(&b));
+	buf_free(&b);
 }
 
 /* spoold_parts_scanned_total{scanner,verdict}: one per part and scanner. */
@@ -508,9 +520,8 @@ static int runner_handle(struct stage *st, const char *qid)
 	for (size_t i = 0; i < vs.n; i++)
 		if (vs.lines[i].verdict != V_CLEAN)
 			bad++;
-	runner_trace_verdicts(&e, &vs);
+	runner_trace_verdicts(&e, &vs, bad);
 	runner_count_verdicts(&vs);
-	trace_add(e.fd, qid, "scanned results=%zu not_clean=%zu", vs.n, bad);
 	struct buf b;
 	buf_init(&b);
 	verdicts_format(&vs, &b);

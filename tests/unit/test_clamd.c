@@ -177,6 +177,19 @@ static int fd_count(void)
 
 /* Create tmpdir/name holding data, then extended (sparse, zeros) to size if size > n;
  * returns a fresh O_RDONLY descriptor, as the runner would hold. */
+/* A fresh read-only descriptor of a file file_make made (a session hands it to clamd). */
+static int file_ro(const char *name)
+{
+	char path[256];
+	int fd;
+
+	snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die_setup(path);
+	return fd;
+}
+
 static int file_make(const char *name, const void *data, size_t n, off_t size)
 {
 	char path[256];
@@ -552,6 +565,39 @@ static void check_bad_addresses(int fd)
 	}
 }
 
+/* Four parts in one session at addr: each verdict right, all on the one connection. */
+static void check_session(const char *addr, const char *prefix, const char *eicar_name,
+                          uint64_t stream_max)
+{
+	static const char *const files[] = {"eicar.com", "clean.txt", "eicar.com", "empty"};
+	char *const addrs[] = {(char *)addr, NULL};
+	struct clamd_session cs;
+	struct clamd_result r;
+	char name[64];
+	int ok = 1;
+
+	clamd_session_init(&cs, addrs);
+	for (size_t i = 0; i < ARRAY_LEN(files); i++) {
+		int fd = file_ro(files[i]);
+		int rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		int infected = strcmp(files[i], "eicar.com") == 0;
+
+		close(fd);
+		snprintf(name, sizeof name, "session_%s_%zu_%s", addr[0] == 'u' ? "unix" : "tcp",
+		         i, files[i]);
+		ok &= expect(name, rc, &r, 0, infected ? V_INFECTED : V_CLEAN,
+		             infected ? eicar_name : "", prefix);
+	}
+	snprintf(name, sizeof name, "session_%s_one_connection", addr[0] == 'u' ? "unix" : "tcp");
+	if (ok && cs.s >= 0 && cs.next_id == 5 && !cs.failed)
+		pass(name);
+	else
+		fail(name, "the session did not carry all four requests (s=%d next_id=%u failed=%d)",
+		     cs.s, cs.next_id, cs.failed);
+	clamd_session_close(&cs);
+	check(name, cs.s == -1, "the session is still open after close");
+}
+
 int main(int argc, char **argv)
 {
 	/* The EICAR test file in two halves, joined at run time, so that neither this source
@@ -759,6 +805,73 @@ int main(int argc, char **argv)
 	addrs[0] = NULL;
 	rc = clamd_scan_fd_any(addrs, fd_eicar, stream_max, OK_MS, &r);
 	expect("failover_empty_list", rc, &r, -1, V_ERROR, "", "no clamd address");
+
+	/* -- sessions (zIDSESSION): several parts over one connection -- */
+	check_session(ux, "fd[", eicar_name, stream_max);
+	check_session(tc, "stream: ", eicar_name, stream_max);
+	{
+		struct clamd_session cs;
+		char *const dead_then_live[] = {dead_unix, (char *)ux, NULL};
+		char *const dead_only[] = {dead_unix, NULL};
+		char *const none[] = {NULL};
+		char *const tcp_only[] = {(char *)tc, NULL};
+		int fd;
+
+		clamd_session_init(&cs, dead_then_live);
+		fd = file_ro("eicar.com");
+		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		close(fd);
+		if (expect("session_failover", rc, &r, 0, V_INFECTED, eicar_name, "fd["))
+			check("session_failover_addr", strcmp(r.addr, ux) == 0 && cs.s >= 0,
+			      "not a session on the live address");
+		clamd_session_close(&cs);
+
+		clamd_session_init(&cs, dead_only);
+		fd = file_ro("clean.txt");
+		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		close(fd);
+		expect("session_all_dead", rc, &r, -1, V_ERROR, "", "connect: ");
+		clamd_session_close(&cs);
+
+		clamd_session_init(&cs, none);
+		fd = file_ro("clean.txt");
+		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		close(fd);
+		expect("session_no_address", rc, &r, -1, V_ERROR, "", "no clamd address");
+		clamd_session_close(&cs);
+
+		/* Over StreamMaxLength in a session: unscannable, and nothing is sent. */
+		clamd_session_init(&cs, tcp_only);
+		fd = file_ro("over");
+		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		close(fd);
+		expect("session_over_stream_max", rc, &r, -1, V_UNSCANNABLE, "",
+		       "over StreamMaxLength");
+		clamd_session_close(&cs);
+
+		/* A clamd that never answers costs one timeout, not one per attempt. */
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_SILENT;
+		fake_start(&f, 0, &sp);
+		{
+			char *const silent[] = {f.addr, NULL};
+
+			clamd_session_init(&cs, silent);
+			fd = file_ro("clean.txt");
+			t0 = now_ms();
+			rc = clamd_session_scan_fd(&cs, fd, stream_max, SHORT_MS, &r);
+			expect_timed("session_timeout_once", now_ms() - t0, rc, &r, -1, V_ERROR,
+			             "timeout", SHORT_MS);
+			/* The rest of the message is not sent to it again. */
+			t0 = now_ms();
+			rc = clamd_session_scan_fd(&cs, fd, stream_max, SHORT_MS, &r);
+			expect_timed("session_timeout_rest_of_message", now_ms() - t0, rc, &r, -1,
+			             V_ERROR, "timeout", 0);
+			close(fd);
+			clamd_session_close(&cs);
+		}
+		fake_stop(&f);
+	}
 
 	/* -- timeouts -- */
 	memset(&sp, 0, sizeof sp);
