@@ -96,8 +96,8 @@ struct clamd_addr {
 
 struct clamd_session {
 	char *const *addrs;
-	size_t at; /* the address in use: the session's, or where the per-request path starts */
-	int s;     /* the session's socket, -1 when none */
+	size_t at;  /* the address in use: the session's, or where the per-request path starts */
+	int s;      /* the session's socket, -1 when none */
 	int failed; /* no (more) session for this message */
 	unsigned next_id;
 	struct clamd_addr a;

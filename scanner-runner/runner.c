@@ -350,7 +350,8 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 			r.verdict = V_ERROR;
 			snprintf(r.reply, sizeof r.reply, "open %s: %s", name, strerror(errno));
 		} else {
-			clamd_session_scan_fd(&cs, fd, sc->stream_max_length, sc->timeout * 1000, &r);
+			clamd_session_scan_fd(&cs, fd, sc->stream_max_length, sc->timeout * 1000,
+			                      &r);
 			close(fd);
 		}
 		long ms = (long)(now_ms_monotonic() - t0);

@@ -583,8 +583,8 @@ static void check_session(const char *addr, const char *prefix, const char *eica
 		int infected = strcmp(files[i], "eicar.com") == 0;
 
 		close(fd);
-		snprintf(name, sizeof name, "session_%s_%zu_%s", addr[0] == 'u' ? "unix" : "tcp",
-		         i, files[i]);
+		snprintf(name, sizeof name, "session_%s_%zu_%s", addr[0] == 'u' ? "unix" : "tcp", i,
+		         files[i]);
 		ok &= expect(name, rc, &r, 0, infected ? V_INFECTED : V_CLEAN,
 		             infected ? eicar_name : "", prefix);
 	}
@@ -592,7 +592,8 @@ static void check_session(const char *addr, const char *prefix, const char *eica
 	if (ok && cs.s >= 0 && cs.next_id == 5 && !cs.failed)
 		pass(name);
 	else
-		fail(name, "the session did not carry all four requests (s=%d next_id=%u failed=%d)",
+		fail(name,
+		     "the session did not carry all four requests (s=%d next_id=%u failed=%d)",
 		     cs.s, cs.next_id, cs.failed);
 	clamd_session_close(&cs);
 	check(name, cs.s == -1, "the session is still open after close");
