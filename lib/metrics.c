@@ -126,8 +126,9 @@ void metrics_flush(struct spool *sp, const char *prog)
 		dfd = openat(sp->fd[SD_RUN], "stats", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	char name[128];
 	snprintf(name, sizeof name, "%s.%ld.prom", prog, (long)getpid());
-	/* Not on the commit path: no fsync needed beyond what write_file_atomic does. */
-	if (dfd < 0 || write_file_atomic(dfd, name, b.data ? b.data : "", b.len, 0640) < 0)
+	/* Not on the commit path and not worth a sync: after a crash the counters start
+	 * again anyway. Replaced whole, so a reader never sees half a file. */
+	if (dfd < 0 || write_file_replace(dfd, name, b.data ? b.data : "", b.len, 0640) < 0)
 		log_warn(NULL, "cannot write %s/run/stats/%s: %s", sp->root, name, strerror(errno));
 	else
 		metrics_dirty = 0;

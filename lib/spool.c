@@ -395,7 +395,7 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	buf_init(&ob);
 	escape_bytes(&ob, name, strlen(name), 1024);
 	buf_addstr(&ob, "\n");
-	int wr = write_file_atomic(fd, "origin", ob.data, ob.len, 0640);
+	int wr = write_file_replace(fd, "origin", ob.data, ob.len, 0640);
 	buf_free(&ob);
 	if (wr < 0)
 		goto fail;

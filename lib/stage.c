@@ -174,6 +174,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 	int rescan_ms = st->conf->rescan_interval * 1000;
 	int64_t next_rescan = 0;
 	int64_t next_tick = 0;
+	int64_t next_metrics = 0;
 	while (!stage_stop) {
 		int64_t now = now_ms_monotonic();
 		int wait = rescan_ms;
@@ -221,13 +222,19 @@ int stage_main(struct stage *st, int argc, char **argv)
 			if (until_tick < wait)
 				wait = until_tick < 0 ? 0 : (int)until_tick;
 		}
-		metrics_flush(&st->spool, st->name);
-		if (wait > 1000)
-			wait = 1000; /* counters reach run/stats/ within a second */
 		/* Commit whatever the handlers prepared (events, retries, ticks) before waiting:
-		 * nothing prepared may wait for the next event. */
+		 * nothing prepared may wait for the next event, nor for the metrics below. */
 		if (st->flush)
 			st->flush(st);
+		/* Counters reach run/stats/ within a second, but are written at most once a
+		 * second: a file per message would be a file creation on every message's path. */
+		now = now_ms_monotonic();
+		if (now >= next_metrics) {
+			metrics_flush(&st->spool, st->name);
+			next_metrics = now + 1000;
+		}
+		if (wait > next_metrics - now)
+			wait = next_metrics - now < 0 ? 0 : (int)(next_metrics - now);
 		char name[1024];
 		switch (watch_next(wait, name, sizeof name)) {
 		case WATCH_NAME:
@@ -265,6 +272,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 		free(pending[i]);
 	if (st->flush)
 		st->flush(st);
+	metrics_flush(&st->spool, st->name);
 	spool_trash_empty(&st->spool); /* what retired entries left, before we go */
 	log_info(NULL, "stopping");
 	spool_close(&st->spool);
