@@ -113,6 +113,11 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 	struct buf b;
 	buf_init(&b);
 	buf_printf(&b, "%s\n", reason);
+	/* A stripped copy of a queue file is not the message as received: badmail keeps
+	 * the original ("message") only. */
+	if (unlinkat(e->fd, "message.body", 0) < 0 && errno != ENOENT)
+		log_warn(e->qid, "cannot remove %s/incoming/%s/message.body: %s", e->sp->root,
+		         e->qid, strerror(errno));
 	log_warn(e->qid, "to badmail: %s", reason);
 	trace_add(e->fd, e->qid, "badmail reason=%s", reason);
 	/* The reason and the trace must be on disk before the entry becomes final. */
@@ -152,11 +157,14 @@ static int splitter_attempt_count(struct spool_entry *e)
 	return (int)n + 1;
 }
 
-/* A queue file: split off the envelope records, write them as "envelope", and replace
- * "message" by the bare RFC 5322 part. Order matters for crash safety: the envelope is
- * durable before the message loses its prefix, so a re-run either sees the prefix again
- * or finds the envelope file. Returns the new message fd, or -1 with reason (bad input),
- * or -2 on I/O error. */
+/* A queue file: split off the envelope records and write them as "envelope", and the
+ * bare RFC 5322 part as "message.body". Nothing is synced here and "message" stays the
+ * queue file: the commit's one sync makes both durable, and only then does
+ * splitter_body_commit rename "message.body" over "message". So until that rename a
+ * re-run finds the queue file (it starts with the magic) and strips it again, and after
+ * it a re-run finds a bare message and a durable envelope. A message part that itself
+ * starts with the magic would make the two cases look alike, so it is refused. Returns
+ * the fd of the body, or -1 with reason (bad input), or -2 on I/O error. */
 static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size_t rlen)
 {
 	struct buf head, env_out;
@@ -189,17 +197,20 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 	size_t ml = strlen(QUEUE_FILE_MAGIC);
 	if (envelope_parse(head.data + ml, head.len - ml, &env, &used, reason, rlen) < 0)
 		goto out;
+	off_t from = (off_t)(ml + used);
+	char magic[sizeof QUEUE_FILE_MAGIC];
+	ssize_t mr = pread(fd, magic, ml, from);
+	if (mr == (ssize_t)ml && memcmp(magic, QUEUE_FILE_MAGIC, ml) == 0) {
+		snprintf(reason, rlen, "queue file whose message starts with the queue file magic");
+		goto out;
+	}
 	envelope_format(&env, &env_out);
-	/* The envelope must be durable before the message loses its prefix below, or a power
-	 * cut could leave a bare message and no envelope. */
-	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0 ||
-	    spool_entry_sync(e) < 0)
+	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0)
 		goto ioerr;
-	out = openat(e->fd, "message.body", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	out = openat(e->fd, "message.body", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 	             0640);
 	if (out < 0)
 		goto ioerr;
-	off_t from = (off_t)(ml + used);
 	for (;;) {
 		ssize_t r = pread(fd, tmp, sizeof tmp, from);
 		if (r < 0) {
@@ -213,16 +224,8 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 			goto ioerr;
 		from += r;
 	}
-	/* The bare message must be on disk before it replaces the queue file. */
-	if (fsync(out) < 0)
-		goto ioerr;
-	close(out);
+	rc = out;
 	out = -1;
-	if (renameat(e->fd, "message.body", e->fd, "message") < 0)
-		goto ioerr;
-	rc = openat(e->fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (rc < 0)
-		goto ioerr;
 	goto out;
 ioerr:
 	snprintf(reason, rlen, "%s/incoming/%s: %s", e->sp->root, e->qid, strerror(errno));
@@ -236,25 +239,44 @@ out:
 	return rc;
 }
 
+/* After the commit sync: the durable body replaces the queue file, and the work
+ * directory is fsync'd so that the rename is durable before the entry moves on (the
+ * commit fsyncs the parent directories, not this one). 0, or -1 with errno. */
+static int splitter_body_commit(struct spool_entry *e)
+{
+	if (renameat(e->fd, "message.body", e->fd, "message") < 0) {
+		if (errno == ENOENT)
+			return 0; /* not a queue file: nothing to replace */
+		return -1;
+	}
+	return fsync_dir(e->fd);
+}
+
 /* Get the envelope into the work directory. Returns the (possibly new) message fd;
- * -1: bad input (reason); -2: I/O error. */
-static int splitter_envelope(struct spool_entry *e, int fd, char *reason, size_t rlen)
+ * -1: bad input (reason); -2: I/O error. For a queue file the fd is the stripped body,
+ * and *msg_name becomes "message.body", its name until splitter_body_commit. */
+static int splitter_envelope(struct spool_entry *e, int fd, const char **msg_name, char *reason,
+                             size_t rlen)
 {
 	struct envelope env;
 	char magic[sizeof QUEUE_FILE_MAGIC];
 	char why[256];
 	envelope_init(&env);
-	if (envelope_read_at(e->fd, &env, why, sizeof why) == 0) {
-		envelope_free(&env);
-		return fd; /* from an earlier attempt: authoritative */
-	}
+	/* Still the queue file (a first attempt, or a re-run before splitter_body_commit):
+	 * strip it (again); whatever envelope is there was not committed. */
 	ssize_t r = pread(fd, magic, strlen(QUEUE_FILE_MAGIC), 0);
 	if (r == (ssize_t)strlen(QUEUE_FILE_MAGIC) &&
 	    memcmp(magic, QUEUE_FILE_MAGIC, strlen(QUEUE_FILE_MAGIC)) == 0) {
 		int nfd = splitter_queue_file(e, fd, reason, rlen);
-		if (nfd >= 0)
+		if (nfd >= 0) {
 			close(fd);
+			*msg_name = "message.body";
+		}
 		return nfd;
+	}
+	if (envelope_read_at(e->fd, &env, why, sizeof why) == 0) {
+		envelope_free(&env);
+		return fd; /* from an earlier attempt: authoritative */
 	}
 	if (mime_envelope_from_headers(fd, &env, reason, rlen) < 0)
 		return -1;
@@ -357,7 +379,8 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		rc = splitter_tempfail(e, "cannot clean");
 		goto out;
 	}
-	int nfd = splitter_envelope(e, fd, reason, sizeof reason);
+	const char *msg_name = "message";
+	int nfd = splitter_envelope(e, fd, &msg_name, reason, sizeof reason);
 	if (nfd == -1) {
 		rc = splitter_badmail(e, reason);
 		goto out;
@@ -378,7 +401,7 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		 * treat it like a scanner error. */
 		manifest_add_unscannable(&m, "over limit (max_message_size)");
 	} else {
-		int r = mime_extract(fd, "message", e->fd, &lim, &m, reason, sizeof reason);
+		int r = mime_extract(fd, msg_name, e->fd, &lim, &m, reason, sizeof reason);
 		if (r == 1) {
 			rc = splitter_badmail(e, reason);
 			goto out;
@@ -407,6 +430,11 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		goto out;
 	}
 	CRASH_POINT("split-precommit");
+	if (splitter_body_commit(e) < 0) {
+		rc = splitter_tempfail(e, "cannot put the message body in place in");
+		goto out;
+	}
+	CRASH_POINT("split-body");
 	if (spool_entry_move(e, SD_SCAN) < 0) {
 		rc = splitter_tempfail(e, "cannot move to scan/");
 		goto out;

@@ -15,6 +15,7 @@ POINTS = [
     ("splitter", "split-claimed", "outbox/smtp"),
     ("splitter", "split-parts", "outbox/smtp"),
     ("splitter", "split-precommit", "outbox/smtp"),
+    ("splitter", "split-body", "outbox/smtp"),
     ("splitter", "moved-to-scan", "outbox/smtp"),
     ("scanner-runner", "scan-verdicts", "outbox/smtp"),
     ("scanner-runner", "moved-to-route", "outbox/smtp"),

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """splitter program tests (issue 3): poison messages, limits, memory on a 100 MB message."""
 import base64
+import hashlib
 import os
 import resource
 import subprocess
@@ -32,6 +33,45 @@ def poison_message_goes_to_badmail_after_three_crashes():
     p.drop("next", msgs.clean(subject="after the poison"))
     p.pass_all()
     assert [f[0] for f in p.finals()].count("outbox/smtp") == 1, p.finals()
+
+
+@test
+def queue_file_becomes_bare_message_envelope_and_raw_part():
+    """A queue file is split into the bare message (which the raw part is, inode and
+    bytes) and the envelope; the stripped copy is committed under "message", with nothing
+    else left behind."""
+    p = Pipeline(scanners=[clamscan()])
+    m = msgs.clean(subject="queued")
+    p.drop("q", msgs.queue_file("s@x.example", ["r1@y.example", "r2@y.example"], m))
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out
+    (q,) = p.entries("scan")
+    d = os.path.join(p.spool, "scan", q)
+    assert p.read(d, "message") == m
+    assert p.read(d, "envelope") == b"Ss@x.example\nRr1@y.example\nRr2@y.example\nE\n"
+    assert not os.path.exists(os.path.join(d, "message.body")), os.listdir(d)
+    atts = sorted(f for f in os.listdir(d) if f.endswith(".ATT"))
+    raw = os.path.join(d, atts[-1])
+    assert os.stat(raw).st_ino == os.stat(os.path.join(d, "message")).st_ino, atts
+    man = p.read(d, "manifest").decode()
+    assert hashlib.sha256(m).hexdigest() in man.splitlines()[-2], man
+
+
+@test
+def queue_file_whose_message_starts_with_the_magic_goes_to_badmail():
+    """Such a message would look like a queue file again to a re-run after a crash, so
+    it is refused, and badmail keeps the file as it was dropped."""
+    p = Pipeline(scanners=[clamscan()])
+    q = msgs.queue_file("s@x.example", ["r@y.example"],
+                        b"SPOOLD-QUEUE-FILE 1\nSx\nRy\nE\n" + msgs.clean())
+    p.drop("twice", q)
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out
+    (b,) = p.entries("badmail")
+    d = os.path.join(p.spool, "badmail", b)
+    assert "starts with the queue file magic" in p.read(d, "reason").decode()
+    assert p.read(d, "message") == q
+    assert not os.path.exists(os.path.join(d, "message.body")), os.listdir(d)
 
 
 @test
