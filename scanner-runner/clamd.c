@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -782,6 +783,150 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max,
 		return -1;
 	}
 	return clamd_scan_fd_from(cs->addrs, cs->at, fd, stream_max, timeout_ms, r);
+}
+
+/*
+ * Pipelined zFILDES in the open session: every request goes out first, then the replies
+ * are read in whatever order clamd's threads finish them (clamd answers session requests
+ * asynchronously, tagged with their ids). The replies are a few dozen bytes each, so
+ * sending them all before reading cannot fill clamd's side. Sets final[i] for each part
+ * that got a verdict. Returns 0 while the session is sound, -1 when it must end: a send
+ * failed, the connection closed, the deadline passed (the parts without a reply then say
+ * "timeout"), a reply did not parse, or one was not a verdict.
+ */
+static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size_t n,
+                                  int timeout_ms, struct clamd_result *rs, int *final)
+{
+	int64_t deadline = now_ms_monotonic() + timeout_ms;
+	unsigned first = cs->next_id;
+	char buf[2 * CLAMD_REPLY_MAX], line[CLAMD_REPLY_MAX];
+	size_t have = 0, got = 0;
+	int sound = 1;
+
+	for (size_t i = 0; i < n; i++) {
+		clamd_result_reset(&rs[i], cs->addrs[cs->at]);
+		if (clamd_fildes_send(cs->s, fds[i], deadline, &rs[i]) != 0)
+			return -1;
+	}
+	cs->next_id = first + (unsigned)n;
+	while (got < n) {
+		char *nul = memchr(buf, '\0', have), *end;
+		unsigned long id;
+		size_t len;
+
+		if (nul == NULL) {
+			struct clamd_result w;
+			ssize_t k;
+
+			if (have == sizeof buf)
+				return -1; /* a reply longer than any clamd sends */
+			k = recv(cs->s, buf + have, sizeof buf - have, 0);
+			if (k > 0) {
+				have += (size_t)k;
+				continue;
+			}
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+				if (clamd_wait(cs->s, POLLIN, deadline, &w) >= 0)
+					continue;
+				for (size_t i = 0; i < n; i++)
+					if (!final[i])
+						rs[i] = w; /* "timeout" (or the poll error) */
+			}
+			return -1;
+		}
+		len = (size_t)(nul - buf);
+		errno = 0;
+		id = strtoul(buf, &end, 10);
+		if (errno != 0 || end == buf || end[0] != ':' || end[1] != ' ' || id < first ||
+		    id - first >= n || final[id - first])
+			return -1; /* not a reply to one of ours, or a second one */
+		len -= (size_t)(end + 2 - buf);
+		while (len > 0 && (end[2 + len - 1] == '\n' || end[2 + len - 1] == '\r'))
+			len--;
+		memcpy(line, end + 2, len);
+		line[len] = '\0';
+		if (clamd_reply_parse(line, &rs[id - first]) == 0)
+			final[id - first] = 1;
+		else
+			sound = 0; /* that part is asked again, outside the session */
+		got++;
+		have -= (size_t)(nul + 1 - buf);
+		memmove(buf, nul + 1, have);
+	}
+	return sound && have == 0 ? 0 : -1;
+}
+
+/* One batch of at most CLAMD_SESSION_BATCH parts. */
+static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, size_t n,
+                                     uint64_t stream_max, int timeout_ms, struct clamd_result *rs)
+{
+	int final[CLAMD_SESSION_BATCH];
+	int todo_fd[CLAMD_SESSION_BATCH];
+	size_t todo_ix[CLAMD_SESSION_BATCH], ntodo = 0;
+	struct clamd_result todo_r[CLAMD_SESSION_BATCH];
+
+	memset(final, 0, sizeof final);
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+
+		clamd_result_reset(&rs[i], "");
+		if (timeout_ms <= 0)
+			final[i] =
+			    clamd_fail(&rs[i], V_ERROR, "bad timeout %d ms", timeout_ms) != 0;
+		else if (fstat(fds[i], &st) < 0)
+			final[i] = clamd_fail(&rs[i], V_ERROR, "fstat: %s", strerror(errno)) != 0;
+		else if (!S_ISREG(st.st_mode))
+			final[i] = clamd_fail(&rs[i], V_ERROR, "not a regular file") != 0;
+		else {
+			todo_ix[ntodo] = i;
+			todo_fd[ntodo++] = fds[i];
+		}
+	}
+	if (ntodo > 1 && cs->s < 0 && !cs->failed && clamd_session_open(cs, timeout_ms) < 0) {
+		cs->failed = 1;
+		cs->at = 0;
+	}
+	/* Only FILDES is pipelined: an INSTREAM ties up the connection for its whole upload,
+	 * so over tcp the parts go one by one (still in one session). */
+	if (ntodo > 1 && cs->s >= 0 && cs->a.is_unix) {
+		int tfinal[CLAMD_SESSION_BATCH];
+
+		memset(tfinal, 0, sizeof tfinal);
+		if (clamd_session_pipeline(cs, todo_fd, ntodo, timeout_ms, todo_r, tfinal) < 0) {
+			int timed_out = 0;
+
+			clamd_session_close(cs);
+			cs->failed = 1;
+			for (size_t j = 0; j < ntodo; j++)
+				if (!tfinal[j] && strcmp(todo_r[j].reply, "timeout") == 0) {
+					cs->last = todo_r[j];
+					timed_out = 1;
+				}
+			/* As for one request: a clamd that let the deadline pass is not asked
+			 * again for this message. */
+			if (timed_out)
+				cs->at++;
+		}
+		for (size_t j = 0; j < ntodo; j++)
+			if (tfinal[j]) {
+				rs[todo_ix[j]] = todo_r[j];
+				final[todo_ix[j]] = 1;
+			}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!final[i])
+			clamd_session_scan_fd(cs, fds[i], stream_max, timeout_ms, &rs[i]);
+}
+
+void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, uint64_t stream_max,
+                            int timeout_ms, struct clamd_result *rs)
+{
+	for (size_t off = 0; off < n; off += CLAMD_SESSION_BATCH)
+		clamd_session_scan_batch(
+		    cs, fds + off, n - off < CLAMD_SESSION_BATCH ? n - off : CLAMD_SESSION_BATCH,
+		    stream_max, timeout_ms, rs + off);
 }
 
 /* Send the z-command "z<cmd>\0" and read its one reply into line (CLAMD_REPLY_MAX bytes).

@@ -107,6 +107,16 @@ struct clamd_session {
 void clamd_session_init(struct clamd_session *cs, char *const *addrs);
 int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max, int timeout_ms,
                           struct clamd_result *r);
+/* Requests sent ahead in one session: clamd scans them in parallel. */
+#define CLAMD_SESSION_BATCH 8
+/*
+ * Scan n files in the session, rs[i] for fds[i]; the same results as n calls of
+ * clamd_session_scan_fd. On a unix socket up to CLAMD_SESSION_BATCH zFILDES requests go
+ * out before the first reply is read, so clamd's threads scan them side by side; each
+ * batch has timeout_ms in all. Over tcp the parts go one at a time.
+ */
+void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, uint64_t stream_max,
+                            int timeout_ms, struct clamd_result *rs);
 /* zEND and close; harmless on a session never opened or already closed. */
 void clamd_session_close(struct clamd_session *cs);
 

@@ -337,33 +337,50 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 	if (slot < 0)
 		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
 	clamd_session_init(&cs, sc->clamd_addrs);
-	for (size_t i = 0; i < m->n_parts; i++) {
-		char name[16];
-		struct clamd_result r;
-		manifest_part_name(m->parts[i].index, name);
+	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
+		size_t n =
+		    m->n_parts - b < CLAMD_SESSION_BATCH ? m->n_parts - b : CLAMD_SESSION_BATCH;
+		struct clamd_result r[CLAMD_SESSION_BATCH];
+		int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
+		size_t nopen = 0;
 		int64_t t0 = now_ms_monotonic();
-		/* Read-only and for this scan alone: in a session clamd gets this very
-		 * descriptor and moves its offset. */
-		int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0) {
-			memset(&r, 0, sizeof r);
-			r.verdict = V_ERROR;
-			snprintf(r.reply, sizeof r.reply, "open %s: %s", name, strerror(errno));
-		} else {
-			clamd_session_scan_fd(&cs, fd, sc->stream_max_length, sc->timeout * 1000,
-			                      &r);
-			close(fd);
+		/* Read-only and for this scan alone: in a session clamd gets these very
+		 * descriptors and moves their offsets. */
+		for (size_t i = 0; i < n; i++) {
+			char name[16];
+			manifest_part_name(m->parts[b + i].index, name);
+			fds[i] = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (fds[i] < 0) {
+				memset(&r[i], 0, sizeof r[i]);
+				r[i].verdict = V_ERROR;
+				snprintf(r[i].reply, sizeof r[i].reply, "open %s: %s", name,
+				         strerror(errno));
+			} else {
+				open_fds[nopen++] = fds[i];
+			}
 		}
+		struct clamd_result ro[CLAMD_SESSION_BATCH];
+		clamd_session_scan_fds(&cs, open_fds, nopen, sc->stream_max_length,
+		                       sc->timeout * 1000, ro);
+		for (size_t i = 0, k = 0; i < n; i++)
+			if (fds[i] >= 0) {
+				r[i] = ro[k++];
+				close(fds[i]);
+			}
+		/* The parts of a batch are scanned side by side: each gets the batch's time. */
 		long ms = (long)(now_ms_monotonic() - t0);
-		runner_observe(sc, ms);
-		struct verdict_line *l =
-		    verdicts_add(vs, (int)m->parts[i].index, sc->name, r.verdict, r.virus, r.addr,
-		                 ms, rs->version, "clamd", r.reply);
-		l->backup = backup;
-		if (r.verdict != V_CLEAN)
-			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
-			         sc->name, m->parts[i].index, verdict_name(r.verdict), r.virus,
-			         r.reply, ms);
+		for (size_t i = 0; i < n; i++) {
+			runner_observe(sc, ms);
+			struct verdict_line *l = verdicts_add(
+			    vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
+			    r[i].addr, ms, rs->version, "clamd", r[i].reply);
+			l->backup = backup;
+			if (r[i].verdict != V_CLEAN)
+				log_info(qid,
+				         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
+				         sc->name, m->parts[b + i].index,
+				         verdict_name(r[i].verdict), r[i].virus, r[i].reply, ms);
+		}
 	}
 	clamd_session_close(&cs);
 	slot_release(slot);

@@ -599,6 +599,44 @@ static void check_session(const char *addr, const char *prefix, const char *eica
 	check(name, cs.s == -1, "the session is still open after close");
 }
 
+/* Ten parts (more than one batch) pipelined in one session at addr, a pipe among them:
+ * each result right, and every request on the one connection. */
+static void check_session_batch(const char *addr, const char *eicar_name, uint64_t stream_max)
+{
+	char *const addrs[] = {(char *)addr, NULL};
+	struct clamd_session cs;
+	struct clamd_result r[10];
+	int fds[10], p[2], ok = 1;
+	const char *kind = addr[0] == 'u' ? "unix" : "tcp";
+	char name[64];
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_setup("pipe2");
+	for (int i = 0; i < 10; i++)
+		fds[i] = i == 5 ? p[0] : file_ro(i % 3 == 0 ? "eicar.com" : "clean.txt");
+	clamd_session_init(&cs, addrs);
+	clamd_session_scan_fds(&cs, fds, 10, stream_max, OK_MS, r);
+	for (int i = 0; i < 10; i++) {
+		snprintf(name, sizeof name, "session_batch_%s_%d", kind, i);
+		if (i == 5)
+			ok &= expect(name, -1, &r[i], -1, V_ERROR, "", "not a regular file");
+		else if (i % 3 == 0)
+			ok &= expect(name, 0, &r[i], 0, V_INFECTED, eicar_name, NULL);
+		else
+			ok &= expect(name, 0, &r[i], 0, V_CLEAN, "", NULL);
+	}
+	snprintf(name, sizeof name, "session_batch_%s_one_connection", kind);
+	if (ok && cs.s >= 0 && !cs.failed && cs.next_id == 10)
+		pass(name);
+	else
+		fail(name, "s=%d failed=%d next_id=%u (want 10: nine requests)", cs.s, cs.failed,
+		     cs.next_id);
+	clamd_session_close(&cs);
+	for (int i = 0; i < 10; i++)
+		close(fds[i]);
+	close(p[1]);
+}
+
 int main(int argc, char **argv)
 {
 	/* The EICAR test file in two halves, joined at run time, so that neither this source
@@ -810,6 +848,8 @@ int main(int argc, char **argv)
 	/* -- sessions (zIDSESSION): several parts over one connection -- */
 	check_session(ux, "fd[", eicar_name, stream_max);
 	check_session(tc, "stream: ", eicar_name, stream_max);
+	check_session_batch(ux, eicar_name, stream_max);
+	check_session_batch(tc, eicar_name, stream_max);
 	{
 		struct clamd_session cs;
 		char *const dead_then_live[] = {dead_unix, (char *)ux, NULL};
@@ -869,6 +909,27 @@ int main(int argc, char **argv)
 			expect_timed("session_timeout_rest_of_message", now_ms() - t0, rc, &r, -1,
 			             V_ERROR, "timeout", 0);
 			close(fd);
+			clamd_session_close(&cs);
+		}
+		fake_stop(&f);
+
+		/* A batch that a silent clamd never answers: one timeout for all of it. */
+		fake_start(&f, 0, &sp);
+		{
+			char *const silent[] = {f.addr, NULL};
+			struct clamd_result rb[3];
+			int fb[3];
+
+			for (int i = 0; i < 3; i++)
+				fb[i] = file_ro("clean.txt");
+			clamd_session_init(&cs, silent);
+			t0 = now_ms();
+			clamd_session_scan_fds(&cs, fb, 3, stream_max, SHORT_MS, rb);
+			expect_timed("session_batch_timeout_once", now_ms() - t0, -1, &rb[0], -1,
+			             V_ERROR, "timeout", SHORT_MS);
+			expect("session_batch_timeout_all", -1, &rb[2], -1, V_ERROR, "", "timeout");
+			for (int i = 0; i < 3; i++)
+				close(fb[i]);
 			clamd_session_close(&cs);
 		}
 		fake_stop(&f);
