@@ -132,19 +132,23 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 }
 
 /* Read the poison counter and add one before parsing: if the parse crashes the
- * process, the next attempt knows. Returns the new count, or -1 when the
- * message was deferred (disk full). */
-static int splitter_attempt_count(struct spool_entry *e)
+ * process, the next attempt knows. The first attempt, right after the claim, writes
+ * nothing: a work directory without "attempts" was attempted once (a file per message
+ * costs an inode on every message's path; only a retry needs one). Returns the new count,
+ * or -1 when the message was deferred (disk full). */
+static int splitter_attempt_count(struct spool_entry *e, int fresh)
 {
 	struct buf b;
-	uint64_t n = 0;
+	uint64_t n = 1;
+	if (fresh)
+		return 1;
 	buf_init(&b);
 	if (read_file_at(e->fd, "attempts", &b, 64) == 0) {
 		char *nl = strchr(buf_cstr(&b), '\n');
 		if (nl)
 			*nl = '\0';
 		if (parse_u64(b.data, &n) < 0)
-			n = 0;
+			n = 1;
 	}
 	buf_reset(&b);
 	buf_printf(&b, "%llu\n", (unsigned long long)n + 1);
@@ -327,7 +331,8 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 
 /* Split one claimed work directory (fresh, or left by a killed predecessor).
  * Returns 1 when it moved on, 0 when deferred. */
-static int splitter_work(struct stage *st, struct spool_entry *e)
+/* fresh: e was just claimed from inbound/ (else it is a retry of an incoming/ entry). */
+static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 {
 	const struct conf *c = st->conf;
 	char reason[512];
@@ -345,6 +350,9 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 	if (splitter_writer_busy(fd)) {
 		/* Still being written into: parse it only once its writer is done. */
 		log_info(e->qid, "message still open for writing; deferred");
+		/* Not an attempt: the retry that splits it must count from zero. */
+		if (fresh && spool_entry_write(e, "attempts", "0\n", 2) < 0)
+			log_warn(e->qid, "cannot write the attempt count: %s", strerror(errno));
 		rc = 0;
 		goto out;
 	}
@@ -362,7 +370,7 @@ static int splitter_work(struct stage *st, struct spool_entry *e)
 		goto out;
 	}
 	fd = ofd;
-	int attempts = splitter_attempt_count(e);
+	int attempts = splitter_attempt_count(e, fresh);
 	if (attempts < 0) {
 		rc = 0;
 		goto out;
@@ -491,7 +499,7 @@ static int splitter_handle(struct stage *st, const char *name)
 	trace_add(e.fd, e.qid, "intake name=%s", buf_cstr(&b));
 	log_info(e.qid, "claimed inbound/%s", buf_cstr(&b));
 	buf_free(&b);
-	int did = splitter_work(st, &e);
+	int did = splitter_work(st, &e, 1);
 	spool_entry_release(&e);
 	return did;
 }
@@ -522,7 +530,7 @@ static int splitter_recover_pass(struct stage *st)
 				         e.qid, strerror(errno));
 		} else {
 			log_info(e.qid, "recovering interrupted split");
-			if (splitter_work(st, &e) == 0)
+			if (splitter_work(st, &e, 0) == 0)
 				pending++;
 		}
 		spool_entry_release(&e);
@@ -556,55 +564,108 @@ static int splitter_tick(struct stage *st)
 	return splitter_recover_pass(st) || splitter_space_low ? 1000 : -1;
 }
 
-static int splitter_extract_one(const char *conf_path, const char *file, const char *outdir)
+/* splitter -x: the limits of the config, or the defaults without one. */
+static void splitter_x_limits(const struct conf *c, struct mime_limits *lim)
+{
+	if (c) {
+		splitter_limits(c, lim);
+		return;
+	}
+	lim->max_message_size = 100ull << 20;
+	lim->max_parts = 1000;
+	lim->max_depth = 30;
+	lim->max_part_size = 100ull << 20;
+	lim->max_total_size = 400ull << 20;
+	lim->scan_raw = 1;
+}
+
+/* Split one file into outdir (made if need be); the manifest goes to stdout. The message
+ * is hard-linked into outdir as "message" (the raw part links to it), or copied where a
+ * link is not possible (another filesystem, protected_hardlinks). 0, 1 (cannot be
+ * parsed), or EXIT_TEMPFAIL. */
+static int splitter_extract_one(const struct mime_limits *lim, const char *file, const char *outdir)
 {
 	char reason[512];
 	struct manifest m;
-	struct mime_limits lim;
 	struct buf b;
-	struct conf *c = NULL;
-	if (conf_path)
-		c = conf_load(conf_path);
-	if (c) {
-		splitter_limits(c, &lim);
-	} else {
-		lim.max_message_size = 100ull << 20;
-		lim.max_parts = 1000;
-		lim.max_depth = 30;
-		lim.max_part_size = 100ull << 20;
-		lim.max_total_size = 400ull << 20;
-		lim.scan_raw = 1;
-	}
 	if (mkdir(outdir, 0750) < 0 && errno != EEXIST)
 		die_perm(EXIT_USAGE, "cannot create %s: %s", outdir, strerror(errno));
 	int dfd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", outdir, strerror(errno));
-	/* The raw part is a hard link to the message inside the output directory. */
 	unlinkat(dfd, "message", 0);
-	int src = open(file, O_RDONLY | O_CLOEXEC);
-	if (src < 0)
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", file, strerror(errno));
-	int fd = openat(dfd, "message", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0 || copy_fd(src, fd) < 0)
-		die_perm(EXIT_USAGE, "cannot copy %s into %s: %s", file, outdir, strerror(errno));
-	close(src);
+	if (linkat(AT_FDCWD, file, dfd, "message", 0) < 0) {
+		int out = openat(dfd, "message", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+		if (out < 0 || copy_fd(fd, out) < 0)
+			die_perm(EXIT_USAGE, "cannot copy %s into %s: %s", file, outdir,
+			         strerror(errno));
+		close(fd);
+		fd = out;
+	}
 	manifest_init(&m);
-	int r = mime_extract(fd, "message", dfd, &lim, &m, reason, sizeof reason);
+	int r = mime_extract(fd, "message", dfd, lim, &m, reason, sizeof reason);
 	close(fd);
+	close(dfd);
 	if (r != 0) {
+		manifest_free(&m);
 		fprintf(stderr, "splitter: %s: %s\n", file, reason);
 		return r == 1 ? 1 : EXIT_TEMPFAIL;
 	}
 	buf_init(&b);
 	manifest_format(&m, &b);
-	if (write_all(1, b.data, b.len) < 0)
-		return EXIT_TEMPFAIL;
+	r = write_all(1, b.data, b.len) < 0 ? EXIT_TEMPFAIL : 0;
 	buf_free(&b);
 	manifest_free(&m);
-	close(dfd);
-	conf_free(c);
-	return 0;
+	return r;
+}
+
+/* splitter [-c CONFIG] -o OUTDIR -x FILE...: one file into OUTDIR, or several, each into
+ * OUTDIR/<n> (n from 1, in order) with its manifest after a line "file <n>". One process
+ * for many files is how the stage works, and what bench/ compares with ripmime. */
+static int splitter_extract(int argc, char **argv)
+{
+	const char *o = NULL, *c = NULL;
+	const char **files = xcalloc((size_t)argc, sizeof *files);
+	size_t n = 0;
+	int xmode = 0, rc = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-x") == 0)
+			xmode = 1;
+		else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+			o = argv[++i];
+		else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			c = argv[++i];
+		else if (xmode && argv[i][0] != '-')
+			files[n++] = argv[i];
+		else
+			die_perm(EXIT_USAGE, "usage: splitter [-c CONFIG] -o OUTDIR -x FILE...");
+	}
+	if (n == 0 || o == NULL)
+		die_perm(EXIT_USAGE, "usage: splitter [-c CONFIG] -o OUTDIR -x FILE...");
+	struct conf *cf = c ? conf_load(c) : NULL;
+	struct mime_limits lim;
+	splitter_x_limits(cf, &lim);
+	if (n == 1) {
+		rc = splitter_extract_one(&lim, files[0], o);
+	} else {
+		if (mkdir(o, 0750) < 0 && errno != EEXIST)
+			die_perm(EXIT_USAGE, "cannot create %s: %s", o, strerror(errno));
+		for (size_t i = 0; i < n; i++) {
+			char *d = xasprintf("%s/%zu", o, i + 1);
+			printf("file %zu\n", i + 1);
+			fflush(stdout);
+			int r = splitter_extract_one(&lim, files[i], d);
+			if (r > rc)
+				rc = r;
+			free(d);
+		}
+	}
+	free(files);
+	conf_free(cf);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -618,20 +679,10 @@ int main(int argc, char **argv)
 	    .tick_ms = 1000,
 	};
 	mime_init();
-	const char *x = NULL, *o = NULL, *c = NULL;
-	for (int i = 1; i + 1 < argc; i++) {
-		if (strcmp(argv[i], "-x") == 0)
-			x = argv[i + 1];
-		else if (strcmp(argv[i], "-o") == 0)
-			o = argv[i + 1];
-		else if (strcmp(argv[i], "-c") == 0)
-			c = argv[i + 1];
-	}
-	if (x || o) {
-		log_init("splitter");
-		if (!x || !o)
-			die_perm(EXIT_USAGE, "usage: splitter [-c CONFIG] -x FILE -o OUTDIR");
-		return splitter_extract_one(c, x, o);
-	}
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "-x") == 0 || strcmp(argv[i], "-o") == 0) {
+			log_init("splitter");
+			return splitter_extract(argc, argv);
+		}
 	return stage_main(&st, argc, argv);
 }

@@ -75,6 +75,38 @@ def queue_file_whose_message_starts_with_the_magic_goes_to_badmail():
 
 
 @test
+def extract_many_files_in_one_process():
+    """splitter -o DIR -x F1 F2 F3: each file into DIR/<n> with its manifest after
+    "file <n>"; the message is linked, not copied, when it can be; a file that cannot be
+    opened is a usage error (64) that names it."""
+    t = harness.tmpdir("x")
+    ms = [msgs.clean(subject="one"), msgs.with_attachment(b"\x00\x01" * 500, "b.bin"),
+          msgs.multipart(3)]
+    files = []
+    for i, m in enumerate(ms):
+        files.append(os.path.join(t, "m%d.eml" % i))
+        with open(files[-1], "wb") as f:
+            f.write(m)
+    out = os.path.join(t, "out")
+    r = harness.run([harness.bin_path("splitter"), "-o", out, "-x"] + files)
+    assert r.returncode == 0, r.out
+    heads = [l for l in r.out.splitlines() if l.startswith("file ")]
+    assert heads == ["file 1", "file 2", "file 3"], r.out
+    assert r.out.count("\nend ") + r.out.startswith("end ") == 3, r.out
+    for i, m in enumerate(ms):
+        d = os.path.join(out, str(i + 1))
+        assert os.stat(os.path.join(d, "message")).st_ino == os.stat(files[i]).st_ino
+        atts = sorted(f for f in os.listdir(d) if f.endswith(".ATT"))
+        with open(os.path.join(d, atts[-1]), "rb") as f:
+            assert f.read() == m  # the raw part
+    with open(os.path.join(out, "2", "0002.ATT"), "rb") as f:
+        assert f.read() == b"\x00\x01" * 500
+    r = harness.run([harness.bin_path("splitter"), "-o", out + "2", "-x", files[0],
+                     os.path.join(t, "missing.eml")])
+    assert r.returncode == 64 and "missing.eml" in r.out, r.out
+
+
+@test
 def over_limit_is_held_with_the_mark_in_the_reason():
     p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=3))
     p.drop("many", msgs.multipart(10))
