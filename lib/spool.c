@@ -279,6 +279,7 @@ int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
 	e->where = where;
 	memcpy(e->qid, qid, SPOOL_QID_LEN + 1);
 	e->fd = fd;
+	e->synced = 0;
 	return 1;
 }
 
@@ -291,9 +292,17 @@ void spool_entry_release(struct spool_entry *e)
 
 int spool_entry_sync(struct spool_entry *e)
 {
-	if (syncfs(e->fd) == 0)
-		return 0;
-	return fsync_dir(e->fd);
+	if (syncfs(e->fd) < 0 && fsync_dir(e->fd) < 0)
+		return -1;
+	e->synced = 1;
+	return 0;
+}
+
+/* Before a commit or a deletion: the renames that brought the entry here must be durable
+ * (spool_entry_handoff leaves that to the stage that claims it). */
+static int spool_entry_sync_once(struct spool_entry *e)
+{
+	return e->synced ? 0 : spool_entry_sync(e);
 }
 
 int spool_entry_rename(struct spool_entry *e, enum spool_dir to)
@@ -331,9 +340,16 @@ int spool_dirs_sync(struct spool *sp, enum spool_dir from, enum spool_dir to)
 int spool_entry_move(struct spool_entry *e, enum spool_dir to)
 {
 	enum spool_dir from = e->where;
-	if (spool_entry_rename(e, to) < 0)
+	if (spool_entry_sync_once(e) < 0 || spool_entry_rename(e, to) < 0)
 		return -1;
 	return spool_dirs_sync(e->sp, from, to);
+}
+
+int spool_entry_handoff(struct spool_entry *e, enum spool_dir to)
+{
+	/* Not fsync'd: the next stage's sync, which comes before anything it does that
+	 * cannot be undone, makes this rename durable (see spool.h). */
+	return spool_entry_rename(e, to);
 }
 
 int spool_entry_retire(struct spool_entry *e)
@@ -352,6 +368,11 @@ int spool_entry_trash(struct spool_entry *e)
 	struct spool *sp = e->sp;
 	char name[SPOOL_QID_LEN + 32];
 	snprintf(name, sizeof name, "%s.%s", e->qid, spool_dir_names[e->where]);
+	/* A deletion cannot be undone: the hand-off that brought the entry here must be
+	 * durable first, or a power cut could bring back its earlier state after the
+	 * entry is gone here. */
+	if (spool_entry_sync_once(e) < 0)
+		return -1;
 	/* Out of its state directory first, in one step: a half-deleted entry must only ever
 	 * be found in trash/, never look like a message. */
 	if (renameat(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) < 0)
@@ -415,6 +436,7 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	e->where = SD_INCOMING;
 	memcpy(e->qid, qid, sizeof qid);
 	e->fd = fd;
+	e->synced = 0;
 	return 1;
 fail:;
 	int err = errno;
@@ -479,6 +501,10 @@ int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const
 	if (ofd < 0)
 		return -1;
 	int rc = 1;
+	if (spool_entry_sync_once(e) < 0) {
+		rc = -1;
+		goto out;
+	}
 	/* One rename per connector: an out.<conn> that is gone was delivered already, which is
 	 * what makes a restarted fan-out unable to make a second copy. */
 	if (renameat(e->fd, sub, ofd, e->qid) < 0) {

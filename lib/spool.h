@@ -84,6 +84,9 @@ struct spool_entry {
 	enum spool_dir where;
 	char qid[SPOOL_QID_LEN + 1];
 	int fd;
+	/* spool_entry_sync ran since the claim: every rename that brought the entry here is
+	 * durable (see spool_entry_handoff). */
+	int synced;
 };
 
 /* Claim where/qid. 1: claimed; 0: not claimed, errno EWOULDBLOCK (locked by another
@@ -99,15 +102,27 @@ void spool_entry_release(struct spool_entry *e);
  * of one fsync per file. */
 int spool_entry_sync(struct spool_entry *e);
 /* Commit: rename(where/qid, to/qid), release the claim (the next stage may take the
- * entry at once), then fsync both parents. The caller has fsync'd the files and called
- * spool_entry_sync, and must not use e->fd afterwards. 0, or -1 with errno (EEXIST or
- * ENOTEMPTY if the destination exists; the claim is kept when the rename failed). */
+ * entry at once), then fsync both parents. The caller has written the files and called
+ * spool_entry_sync (if it has not since the claim, this does it first), and must not use
+ * e->fd afterwards. 0, or -1 with errno (EEXIST or ENOTEMPTY if the destination exists;
+ * the claim is kept when the rename failed). */
 int spool_entry_move(struct spool_entry *e, enum spool_dir to);
-/* The rename half of spool_entry_move, for a stage that commits several entries at once:
- * rename(where/qid, to/qid) and release the claim, with no fsync. The caller has synced
- * the entries' contents (one spool_entry_sync covers all of them) and calls
- * spool_dirs_sync(sp, from, to) once after the last rename. 0 or -1. */
+/* The rename half of spool_entry_move: rename(where/qid, to/qid) and release the claim,
+ * with no fsync. For a stage that commits several entries at once (it then calls
+ * spool_dirs_sync once), and for spool_entry_handoff. 0 or -1. */
 int spool_entry_rename(struct spool_entry *e, enum spool_dir to);
+/*
+ * Hand an entry on to the next stage (incoming/ -> scan/, scan/ -> route/): the caller
+ * has synced its contents (spool_entry_sync), and the rename is not fsync'd here. The
+ * next stage makes it durable: everything it does that cannot be undone (a commit of its
+ * own, a deletion) comes after a spool_entry_sync made after its claim - the syncfs that
+ * makes its own files durable makes this rename durable too - and spool_entry_move,
+ * spool_entry_trash and spool_entry_move_sub_to_outbox sync first when the entry was not
+ * synced since its claim. A power cut before that only undoes the rename: the entry is
+ * back where this stage redoes it. So consecutive hand-offs share one sync per stage
+ * instead of adding two directory fsyncs each. 0 or -1.
+ */
+int spool_entry_handoff(struct spool_entry *e, enum spool_dir to);
 /* Make renames from `from` into `to` durable: fsync of to/, and of from/ too where the
  * filesystem does not journal renames (see rename_journaled). 0 or -1. */
 int spool_dirs_sync(struct spool *sp, enum spool_dir from, enum spool_dir to);

@@ -344,6 +344,12 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 		envelope_free(&sub);
 	}
 	buf_addstr(&plan, "end\n");
+	/* Without a journal the filesystem may persist the plan before the out.<conn>/ it
+	 * names, and a power cut then would leave a committed plan over an incomplete
+	 * out.<conn>/: sync them first. With a journal, one sync keeps the order. */
+	if (!e->sp->rename_journaled && spool_entry_sync(e) < 0)
+		die_temp(e->qid, "cannot sync %s/route/%s: %s", e->sp->root, e->qid,
+		         strerror(errno));
 	/* The plan commits the fan-out: from here on out.<conn>/ are only ever moved. */
 	if (spool_entry_write(e, "fanout", plan.data, plan.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write fanout: %s", strerror(errno));

@@ -480,13 +480,12 @@ static void runner_flush(struct stage *st)
 	if (spool_entry_sync(&runner_batch[0]) < 0)
 		die_temp(NULL, "cannot sync %s: %s", st->spool.root, strerror(errno));
 	CRASH_POINT("scan-verdicts");
+	/* The hand-offs: the router's sync makes these renames durable before it acts on the
+	 * entries (spool_entry_handoff); a power cut before that leaves them in scan/. */
 	for (size_t i = 0; i < runner_nbatch; i++)
-		if (spool_entry_rename(&runner_batch[i], SD_ROUTE) < 0)
+		if (spool_entry_handoff(&runner_batch[i], SD_ROUTE) < 0)
 			die_temp(runner_batch[i].qid, "cannot move %s/scan/%s to route/: %s",
 			         st->spool.root, runner_batch[i].qid, strerror(errno));
-	/* And one directory sync makes all the moves durable. */
-	if (spool_dirs_sync(&st->spool, SD_SCAN, SD_ROUTE) < 0)
-		die_temp(NULL, "cannot sync %s/route: %s", st->spool.root, strerror(errno));
 	runner_nbatch = 0;
 }
 

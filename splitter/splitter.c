@@ -443,7 +443,9 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 		goto out;
 	}
 	CRASH_POINT("split-body");
-	if (spool_entry_move(e, SD_SCAN) < 0) {
+	/* The commit: the scanner-runner's sync makes this rename durable before it acts on
+	 * the entry (spool_entry_handoff); a power cut before that leaves it in incoming/. */
+	if (spool_entry_handoff(e, SD_SCAN) < 0) {
 		rc = splitter_tempfail(e, "cannot move to scan/");
 		goto out;
 	}

@@ -387,6 +387,7 @@ static void q_claim(struct spool *sp, const char *qid, struct spool_entry *e)
 			if (fstatat(sp->fd[SD_INBOUND], qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 				e->where = SD_INBOUND;
 				e->fd = -1;
+				e->synced = 0;
 				memcpy(e->qid, qid, SPOOL_QID_LEN + 1);
 				e->sp = sp;
 				return;
