@@ -105,6 +105,23 @@ def make_corpus(work, name, n, natt, size, eicar_every=20):
     return files, total, inf
 
 
+# ---- cleanup --------------------------------------------------------------------------------
+# Finished spools and output directories are not deleted during the run but at its end,
+# with the work directory. This filesystem (see docs/PERFORMANCE.md, "inode creation") makes
+# every file created after many deletions slower, for minutes; deleting the previous
+# measurement's tens of thousands of files just before the next one would charge the
+# harness's cleanup to the product. The product's own deletions (trash/) stay in.
+def discard(path):
+    """Forget a finished directory: moved under work/discarded, deleted at exit."""
+    if not path or not os.path.exists(path):
+        return
+    dest = os.path.join(DISCARD_DIR[0], "%06d" % len(os.listdir(DISCARD_DIR[0])))
+    os.rename(path, dest)
+
+
+DISCARD_DIR = [None]
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def compile_helpers(work):
     cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-Wshadow",
@@ -323,7 +340,7 @@ class Run:
                 self.proc.kill()
                 self.proc.wait()
         if not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            discard(self.dir)
 
 
 def throughput(args, files, scanner, instances=1, rss=False, timeout=1800):
@@ -498,7 +515,7 @@ def per_message_tools(args, files, work, name):
                 argv = ["ripmime", "-i", p, "-d", d]
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         res[tool] = time.monotonic() - t0
-        shutil.rmtree(base, ignore_errors=True)
+        discard(base)
     return res
 
 
@@ -508,7 +525,7 @@ def gmime_inproc(tools, work, files, name):
     try:
         return run_floor(tools, "gmime", write_list(work, "gm-" + name, files), out)[1]
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        discard(out)
 
 
 # ---- machine -----------------------------------------------------------------------------------
@@ -591,6 +608,8 @@ def main():
     # Short base path: clamd's unix socket path must stay under 108 bytes.
     args.work = args.work or tempfile.mkdtemp(prefix="spoold-bench-", dir="/tmp")
     os.makedirs(args.work, exist_ok=True)
+    DISCARD_DIR[0] = os.path.join(args.work, "discarded")
+    os.makedirs(DISCARD_DIR[0], exist_ok=True)
     scale = SMOKE if args.smoke else QUICK if args.quick else FULL
     runs = args.runs or (1 if args.smoke else 3)
     started = time.time()
@@ -642,8 +661,8 @@ def scanner_only(args, files, scanner):
                    stderr=subprocess.DEVNULL)
     t = time.monotonic() - t0
     if not args.keep:
-        shutil.rmtree(r.dir, ignore_errors=True)
-        shutil.rmtree(empty.dir, ignore_errors=True)
+        discard(r.dir)
+        discard(empty.dir)
     return parts, max(t - t_empty, 1e-6)
 
 
@@ -669,7 +688,7 @@ def backlog_section(args, scale, cd, R):
                       "%d/%d/%d/%d" % tuple(res["places"][k] for k in
                                             ("outbox/smtp", "quarantine", "hold", "badmail"))])
         say("backlog %d: %.2f s %s" % (n, res["secs"], res["places"]))
-    shutil.rmtree(bdir, ignore_errors=True)
+    discard(bdir)
     s = ("\n### Backlog drain (clamd; messages with one 2 KB attachment, 5 % EICAR, all "
          "in `inbound/` before spoold starts; time from spoold's start, start-up "
          "included; one run each; final places outbox/quarantine/hold/badmail)\n\n")
@@ -719,8 +738,8 @@ def measure(args, scale, runs, tools, sigs, R):
         # Four commit renames per message: claim (inbound -> incoming), split (-> scan),
         # scanned (-> route), routed (-> outbox or quarantine).
         res["fsync"] = run_floor(tools, "fsync", hd, 4 * len(files))[1]
-        shutil.rmtree(hd, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
+        discard(hd)
+        discard(out)
         for x in ("gmime", "exec", "fildes", "fsync", "parts"):
             if x in res:
                 res[x] = res[x] * scale_up if x != "parts" else int(round(res[x] * scale_up))

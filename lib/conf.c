@@ -543,14 +543,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	}
 
 	struct conf_splitter *sp = &c->splitter;
-	sp->instances = 1;
-	sp->max_message_size = 100ull << 20;
-	sp->max_parts = 1000;
-	sp->max_depth = 30;
-	sp->max_part_size = 100ull << 20;
-	sp->max_total_size = 400ull << 20;
-	sp->scan_raw_message = 1;
-	sp->poison_attempts = 3;
+	conf_splitter_defaults(sp);
 	const config_setting_t *g = conf_get(root, "splitter");
 	if (g) {
 		conf_check_keys(cx, g, "splitter", split_keys);
@@ -832,6 +825,18 @@ struct conf *conf_load(const char *path)
 		die_perm(EXIT_CONFIG, "%s", err);
 	log_configure(c->log_target, c->log_level);
 	return c;
+}
+
+void conf_splitter_defaults(struct conf_splitter *sp)
+{
+	sp->instances = 1;
+	sp->max_message_size = 100ull << 20;
+	sp->max_parts = 1000;
+	sp->max_depth = 30;
+	sp->max_part_size = 100ull << 20;
+	sp->max_total_size = 400ull << 20;
+	sp->scan_raw_message = 1;
+	sp->poison_attempts = 3;
 }
 
 void conf_free(struct conf *c)

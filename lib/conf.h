@@ -120,6 +120,8 @@ struct conf {
 struct conf *conf_load(const char *path);
 /* Load; on error return NULL and put "file:line: message" into err. */
 struct conf *conf_try_load(const char *path, char *err, size_t errlen);
+/* The splitter's defaults, the values of every key the config leaves out. */
+void conf_splitter_defaults(struct conf_splitter *sp);
 void conf_free(struct conf *c);
 const struct conf_connector *conf_connector_find(const struct conf *c, const char *name);
 

@@ -569,16 +569,13 @@ static int splitter_tick(struct stage *st)
 /* splitter -x: the limits of the config, or the defaults without one. */
 static void splitter_x_limits(const struct conf *c, struct mime_limits *lim)
 {
-	if (c) {
-		splitter_limits(c, lim);
-		return;
+	struct conf d;
+	if (c == NULL) {
+		memset(&d, 0, sizeof d);
+		conf_splitter_defaults(&d.splitter);
+		c = &d;
 	}
-	lim->max_message_size = 100ull << 20;
-	lim->max_parts = 1000;
-	lim->max_depth = 30;
-	lim->max_part_size = 100ull << 20;
-	lim->max_total_size = 400ull << 20;
-	lim->scan_raw = 1;
+	splitter_limits(c, lim);
 }
 
 /* Split one file into outdir (made if need be); the manifest goes to stdout. The message

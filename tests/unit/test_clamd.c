@@ -565,6 +565,17 @@ static void check_bad_addresses(int fd)
 	}
 }
 
+/* Scan one file made by file_make in the session, with OK_MS. */
+static int session_scan_file(struct clamd_session *cs, const char *name, uint64_t stream_max,
+                             struct clamd_result *r)
+{
+	int fd = file_ro(name);
+	int rc = clamd_session_scan_fd(cs, fd, stream_max, OK_MS, r);
+
+	close(fd);
+	return rc;
+}
+
 /* Four parts in one session at addr: each verdict right, all on the one connection. */
 static void check_session(const char *addr, const char *prefix, const char *eicar_name,
                           uint64_t stream_max)
@@ -859,33 +870,25 @@ int main(int argc, char **argv)
 		int fd;
 
 		clamd_session_init(&cs, dead_then_live);
-		fd = file_ro("eicar.com");
-		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
-		close(fd);
+		rc = session_scan_file(&cs, "eicar.com", stream_max, &r);
 		if (expect("session_failover", rc, &r, 0, V_INFECTED, eicar_name, "fd["))
 			check("session_failover_addr", strcmp(r.addr, ux) == 0 && cs.s >= 0,
 			      "not a session on the live address");
 		clamd_session_close(&cs);
 
 		clamd_session_init(&cs, dead_only);
-		fd = file_ro("clean.txt");
-		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
-		close(fd);
+		rc = session_scan_file(&cs, "clean.txt", stream_max, &r);
 		expect("session_all_dead", rc, &r, -1, V_ERROR, "", "connect: ");
 		clamd_session_close(&cs);
 
 		clamd_session_init(&cs, none);
-		fd = file_ro("clean.txt");
-		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
-		close(fd);
+		rc = session_scan_file(&cs, "clean.txt", stream_max, &r);
 		expect("session_no_address", rc, &r, -1, V_ERROR, "", "no clamd address");
 		clamd_session_close(&cs);
 
 		/* Over StreamMaxLength in a session: unscannable, and nothing is sent. */
 		clamd_session_init(&cs, tcp_only);
-		fd = file_ro("over");
-		rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
-		close(fd);
+		rc = session_scan_file(&cs, "over", stream_max, &r);
 		expect("session_over_stream_max", rc, &r, -1, V_UNSCANNABLE, "",
 		       "over StreamMaxLength");
 		clamd_session_close(&cs);
