@@ -761,6 +761,13 @@ int main(int argc, char **argv)
 	umask(027);
 	sup_conf = conf_load(sup_conf_path);
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
+	/* Said once, at start: safe either way, but an administrator should know. */
+	if (!sup_spool.rename_journaled)
+		log_warn(NULL,
+		         "the filesystem of %s does not journal renames (ext4 without a journal, "
+		         "or unknown): every move fsyncs both directories; a journaling filesystem "
+		         "(ext4 with its journal, XFS) is faster for a spool",
+		         sup_spool.root);
 	sup_find_bindir();
 
 	int lock = openat(sup_spool.fd[SD_RUN], "spoold.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640);

@@ -136,9 +136,9 @@ def status_says_whether_renames_are_journaled():
 def ext4_without_a_journal_is_not_taken_for_journaled():
     """ext4 made without a journal (mkfs.ext4 -O ^has_journal) must not be taken for a
     journaling filesystem: a rename there is not one transaction, so a move needs both
-    parents fsync'd (lib/spool.c decides this once, in spool_open, and spoolctl status
-    shows the decision). Checked on real loop-mounted images, with and without a
-    journal."""
+    parents fsync'd (lib/spool.c decides this once, in spool_open; spoolctl status shows
+    the decision and spoold warns at start). Checked on real loop-mounted images, with and
+    without a journal."""
     if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
         harness.skip("needs root and mkfs.ext4 to loop-mount ext4 images")
     base = harness.tmpdir("ext4")
@@ -157,6 +157,12 @@ def ext4_without_a_journal_is_not_taken_for_journaled():
         p = pipeline(spool=os.path.join(mnt, "spool"))
         seen[label] = ctl_json(p, "status", "--json")["renames_journaled"]
         assert seen[label] is fs_journaled(p.spool), (label, seen[label])
+        # spoold says so once at start, so that the administrator knows.
+        p.start()
+        wait_for(lambda: "started, watching" in p.logtext(), timeout=20, what="the stages")
+        p.stop()
+        warned = "does not journal renames" in p.logtext()
+        assert warned is (label == "nojournal"), (label, p.logtext()[-1500:])
     assert seen == {"nojournal": False, "journal": True}, seen
 
 
