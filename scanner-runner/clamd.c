@@ -803,11 +803,12 @@ static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size
 	size_t have = 0, got = 0;
 	int sound = 1;
 
-	for (size_t i = 0; i < n; i++) {
+	/* Every result starts as an error, so that one never sent reads as such. */
+	for (size_t i = 0; i < n; i++)
 		clamd_result_reset(&rs[i], cs->addrs[cs->at]);
+	for (size_t i = 0; i < n; i++)
 		if (clamd_fildes_send(cs->s, fds[i], deadline, &rs[i]) != 0)
 			return -1;
-	}
 	cs->next_id = first + (unsigned)n;
 	while (got < n) {
 		char *nul = memchr(buf, '\0', have), *end;
