@@ -774,14 +774,40 @@ struct mime_scan {
  *    not, whole in memory (three copies), and no run of that size is mail (RFC 5322
  *    lines are at most 998 bytes).
  * Either way the message is over a limit: the rest is not parsed, and marked. */
+/* Does "message/" (in any case) end at a '/' of s[0, n)? tail holds the tail_len (at most
+ * 7) bytes of the same line just before s. "message" is all letters, so c | 0x20 folds
+ * exactly the bytes that can match. */
+static int mime_names_message(const unsigned char *s, size_t n, const unsigned char *tail,
+                              size_t tail_len)
+{
+	static const char pat[] = "message";
+	const unsigned char *p = s, *end = s + n;
+	while ((p = memchr(p, '/', (size_t)(end - p))) != NULL) {
+		size_t k = (size_t)(p - s);
+		if (k + tail_len >= 7) {
+			int j = 0;
+			for (; j < 7; j++) {
+				long pos = (long)k - 7 + j;
+				unsigned char c = pos >= 0 ? s[pos] : tail[(long)tail_len + pos];
+				if ((c | 0x20) != (unsigned char)pat[j])
+					break;
+			}
+			if (j == 7)
+				return 1;
+		}
+		p++;
+	}
+	return 0;
+}
+
 static int mime_prescan(int fd, uint64_t size, uint64_t budget, GChecksum *sha,
                         struct mime_scan *scan, unsigned char *buf)
 {
-	static const char pat[] = "message/";
 	uint64_t off = 0, objects = 0, line_start = 0, run_start = 0, run_len = 0;
-	size_t bol_len = 0; /* bytes seen of the current line, up to 2 */
-	char bol[2];
-	int msg_k = 0, msg_seen = 0;
+	size_t bol_len = 0;  /* bytes seen of the current line, up to 2 */
+	size_t tail_len = 0; /* the last bytes of the current line, up to 7 */
+	unsigned char bol[2], tail[7];
+	int msg_seen = 0;
 	scan->cut = size;
 	scan->why = NULL;
 	while (off < size) {
@@ -795,30 +821,46 @@ static int mime_prescan(int fd, uint64_t size, uint64_t budget, GChecksum *sha,
 			break; /* the file shrank: parse what is there */
 		if (sha)
 			g_checksum_update(sha, buf, r);
-		for (ssize_t i = 0; i < r && scan->cut == size; i++) {
-			unsigned char ch = buf[i];
-			if (bol_len == 0 && ch != ' ' && ch != '\t') {
-				run_start = line_start;
-				run_len = 0;
+		/* A line at a time: each piece [i, e) is the rest of the chunk's current line,
+		 * followed by its '\n' when nl is set. */
+		for (size_t i = 0, n = (size_t)r; i < n && scan->cut == size;) {
+			const unsigned char *nlp = memchr(buf + i, '\n', n - i);
+			size_t e = nlp ? (size_t)(nlp - buf) : n, len = e - i;
+			int nl = nlp != NULL;
+			/* A line that does not start with a space or a tab starts a new run. */
+			if (bol_len == 0) {
+				unsigned char first = len ? buf[i] : '\n';
+				if (first != ' ' && first != '\t') {
+					run_start = line_start;
+					run_len = 0;
+				}
 			}
-			if (++run_len > MIME_RUN_MAX) {
+			run_len += len + (size_t)nl;
+			if (run_len > MIME_RUN_MAX) {
 				scan->cut = run_start;
 				scan->why = MIME_OVER("max_header_size");
 				break;
 			}
-			if (bol_len < 2)
-				bol[bol_len++] = (char)ch;
-			if (!msg_seen) {
-				char lc = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
-				if (lc == pat[msg_k])
-					msg_k++;
-				else
-					msg_k = lc == pat[0];
-				if (pat[msg_k] == '\0')
-					msg_seen = 1;
-			}
-			if (ch != '\n')
+			for (size_t k = i; bol_len < 2 && k < e; k++)
+				bol[bol_len++] = buf[k];
+			if (bol_len < 2 && nl)
+				bol[bol_len++] = '\n';
+			if (!msg_seen && mime_names_message(buf + i, len, tail, tail_len))
+				msg_seen = 1;
+			if (!nl) {
+				/* The line goes on in the next chunk: keep its last 7 bytes. */
+				if (len >= 7) {
+					memcpy(tail, buf + e - 7, 7);
+					tail_len = 7;
+				} else {
+					size_t keep = tail_len + len > 7 ? 7 - len : tail_len;
+					memmove(tail, tail + tail_len - keep, keep);
+					memcpy(tail + keep, buf + i, len);
+					tail_len = keep + len;
+				}
+				i = e;
 				continue;
+			}
 			/* a boundary line (or a line that looks like one) may start an object; a
 			 * line naming a message/ type may start an encapsulated message */
 			if (bol_len == 2 && bol[0] == '-' && bol[1] == '-')
@@ -829,10 +871,11 @@ static int mime_prescan(int fd, uint64_t size, uint64_t budget, GChecksum *sha,
 				scan->cut = line_start;
 				scan->why = MIME_OVER("max_parts");
 			}
-			line_start = off + (uint64_t)i + 1;
+			line_start = off + (uint64_t)e + 1;
 			bol_len = 0;
-			msg_k = 0;
+			tail_len = 0;
 			msg_seen = 0;
+			i = e + 1;
 		}
 		if (scan->cut != size && sha == NULL)
 			return 0;
