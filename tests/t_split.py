@@ -107,6 +107,37 @@ def extract_many_files_in_one_process():
 
 
 @test
+def prescan_counts_message_type_lines_across_the_read_boundary():
+    """The pre-scan reads 64 KiB at a time and counts the lines that can start a GMime
+    object ("--" lines, lines naming a message/ type, in any case). With max_parts = 2
+    the budget is 4096 + 3 * 2 objects, 3 per such line: 1,367 lines fit, the 1,368th
+    cuts. Here that line names MESSAGE/ across the 64 KiB boundary, so only a scan that
+    carries the line over the boundary sees it; the control has no slash there."""
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=2))
+    t = harness.tmpdir("pre")
+    head = b"From: a@example.com\nTo: b@example.org\nSubject: pre\n\n"
+    body = b"--x\n" * 1367
+    filler = b"just some text on a line\n"
+    while len(head) + len(body) + len(filler) < 65536 - 200:
+        body += filler
+    start = len(head) + len(body)
+    pad = 65536 - 3 - start  # "MESSAGE" starts 3 bytes before the boundary
+    outs = {}
+    for name, word in (("cut", b"MESSAGE/rfc822"), ("control", b"MESSAGE-rfc822")):
+        m = head + body + b"q" * pad + word + b"\n" + filler * 50
+        assert m.index(word) < 65536 < m.index(word) + 7
+        f = os.path.join(t, name + ".eml")
+        with open(f, "wb") as fh:
+            fh.write(m)
+        r = harness.run([harness.bin_path("splitter"), "-c", p.conf, "-x", f, "-o",
+                         os.path.join(t, name)])
+        assert r.returncode == 0, r.out
+        outs[name] = r.out
+    assert "unscannable over\\x20limit\\x20(max_parts)" in outs["cut"], outs["cut"][-600:]
+    assert "unscannable" not in outs["control"], outs["control"][-600:]
+
+
+@test
 def over_limit_is_held_with_the_mark_in_the_reason():
     p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=3))
     p.drop("many", msgs.multipart(10))
