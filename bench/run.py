@@ -257,17 +257,7 @@ class Run:
         raise RuntimeError("spoold did not come up (%s):\n%s" % (self.conf, self.logtext()))
 
     def status(self):
-        res = []
-        try:
-            with open(os.path.join(self.spool, "run", "status")) as f:
-                for line in f:
-                    if line.startswith("stage "):
-                        kv = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
-                        res.append(dict(name=kv.get("name"), pid=int(kv.get("pid", 0)),
-                                        state=kv.get("state")))
-        except FileNotFoundError:
-            pass
-        return res
+        return libspool.read_status(self.spool)
 
     def logtext(self):
         try:

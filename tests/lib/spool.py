@@ -75,6 +75,23 @@ def _group(d, indent="\t"):
     return "\n".join(lines) + "\n"
 
 
+def read_status(spool):
+    """The stage lines of spool/run/status (spoold's view): a dict per instance with name,
+    idx, pid, state and restarts; [] before spoold wrote it. Shared with bench/run.py."""
+    res = []
+    try:
+        with open(os.path.join(spool, "run", "status")) as f:
+            for line in f:
+                if line.startswith("stage "):
+                    kv = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
+                    res.append(dict(name=kv.get("name"), idx=int(kv.get("idx", 0)),
+                                    pid=int(kv.get("pid", 0)), state=kv.get("state"),
+                                    restarts=int(kv.get("restarts", 0))))
+    except FileNotFoundError:
+        pass
+    return res
+
+
 class Pipeline:
     def __init__(self, scanners=None, connectors=None, splitter=None, router=None,
                  runner=None, rescan_interval=30, extra="", spool=None):
@@ -184,17 +201,7 @@ class Pipeline:
         return {(s["name"], s["idx"]): s["pid"] for s in st}
 
     def status_file(self):
-        res = []
-        try:
-            with open(os.path.join(self.spool, "run", "status")) as f:
-                for line in f:
-                    if line.startswith("stage "):
-                        kv = dict(t.split("=", 1) for t in line.split()[1:])
-                        res.append(dict(name=kv["name"], idx=int(kv["idx"]), pid=int(kv["pid"]),
-                                        state=kv["state"], restarts=int(kv["restarts"])))
-        except FileNotFoundError:
-            pass
-        return res
+        return read_status(self.spool)
 
     def logtext(self):
         try:
