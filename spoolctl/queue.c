@@ -476,14 +476,22 @@ static int q_requeue_badmail(struct spool_entry *e)
 	return 0;
 }
 
-int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
+/* The commands on one queue ID: exactly one argument, the spool opened, the entry
+ * claimed (q_claim exits when it cannot be). */
+static void q_open_one(struct conf *c, int argc, char **argv, struct spool *sp,
+                       struct spool_entry *e)
 {
 	if (argc != 1)
 		ctl_usage();
+	ctl_spool_open(c, sp);
+	q_claim(sp, argv[0], e);
+}
+
+int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
+{
 	struct spool sp;
 	struct spool_entry e;
-	ctl_spool_open(c, &sp);
-	q_claim(&sp, argv[0], &e);
+	q_open_one(c, argc, argv, &sp, &e);
 	int rc = 0;
 	if (e.where == SD_HOLD) {
 		/* The retry state goes with the requeue: the operator decided, so the next hold
@@ -492,7 +500,9 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 			die_temp(e.qid, "cannot remove the hold state of %s/hold/%s: %s", sp.root,
 			         e.qid, strerror(errno));
 		trace_add(e.fd, e.qid, "requeue from=hold to=scan by=spoolctl");
-		if (spool_entry_sync(&e) < 0 || spool_entry_move(&e, SD_SCAN) < 0)
+		/* spool_entry_move syncs first: the hold state removed above is durable
+		 * before the entry leaves hold/. */
+		if (spool_entry_move(&e, SD_SCAN) < 0)
 			die_temp(e.qid, "cannot move %s/hold/%s to scan/: %s", sp.root, e.qid,
 			         strerror(errno));
 		log_info(e.qid, "requeued from hold/ to scan/ by spoolctl");
@@ -513,12 +523,9 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 
 int ctl_cmd_delete(struct conf *c, int argc, char **argv)
 {
-	if (argc != 1)
-		ctl_usage();
 	struct spool sp;
 	struct spool_entry e;
-	ctl_spool_open(c, &sp);
-	q_claim(&sp, argv[0], &e);
+	q_open_one(c, argc, argv, &sp, &e);
 	if (e.where == SD_INBOUND) {
 		/* Not claimed yet: the rename is the claim, and the splitter's own claim is a
 		 * rename too, so exactly one of us gets it. */
@@ -551,12 +558,9 @@ int ctl_cmd_delete(struct conf *c, int argc, char **argv)
 
 int ctl_cmd_hold(struct conf *c, int argc, char **argv)
 {
-	if (argc != 1)
-		ctl_usage();
 	struct spool sp;
 	struct spool_entry e;
-	ctl_spool_open(c, &sp);
-	q_claim(&sp, argv[0], &e);
+	q_open_one(c, argc, argv, &sp, &e);
 	if (e.where != SD_SCAN && e.where != SD_ROUTE && e.where != SD_HOLD) {
 		int rc =
 		    e.where == SD_INBOUND
