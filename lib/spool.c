@@ -292,7 +292,9 @@ void spool_entry_release(struct spool_entry *e)
 
 int spool_entry_sync(struct spool_entry *e)
 {
-	if (syncfs(e->fd) < 0 && fsync_dir(e->fd) < 0)
+	/* No fallback: a failing syncfs is a writeback error (EIO, ENOSPC) that must stop the
+	 * commit, and fsync of the directory alone would not make the files durable. */
+	if (syncfs(e->fd) < 0)
 		return -1;
 	e->synced = 1;
 	return 0;

@@ -99,7 +99,7 @@ void spool_entry_release(struct spool_entry *e);
 /* Make everything written into the entry durable - file data and names - with one
  * syncfs(2) of the spool's filesystem. This is the group commit: one flush covers every
  * file the caller wrote for this step (and whatever other stages wrote meanwhile), instead
- * of one fsync per file. */
+ * of one fsync per file. 0, or -1 with errno (a writeback error: the step is not durable). */
 int spool_entry_sync(struct spool_entry *e);
 /* Commit: rename(where/qid, to/qid), release the claim (the next stage may take the
  * entry at once), then fsync both parents. The caller has written the files and called
