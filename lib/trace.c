@@ -52,14 +52,12 @@ static size_t trace_line(char *line, int64_t us, const char *ev, size_t evlen)
 
 void trace_add(int dirfd, const char *qid, const char *fmt, ...)
 {
-	char ev[3072], line[TRACE_LINE_MAX];
+	char ev[3072];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(ev, sizeof ev, fmt, ap);
 	va_end(ap);
-	size_t n = trace_line(line, now_us_wall(), ev, strlen(ev));
-	if (n > 0)
-		trace_write(dirfd, qid, line, n);
+	trace_add_lines(dirfd, qid, ev);
 }
 
 void trace_add_lines(int dirfd, const char *qid, const char *events)
