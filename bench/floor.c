@@ -198,6 +198,7 @@ static int run_gmime(char **files, size_t n, const char *out)
 	    .max_part_size = 1ull << 30,
 	    .max_total_size = 4ull << 30,
 	    .scan_raw = 1,
+	    .mem_max = MIME_MEM_MAX,
 	};
 	mime_init();
 	for (size_t i = 0; i < n; i++) {

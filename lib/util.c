@@ -211,6 +211,24 @@ int write_all(int fd, const void *p, size_t n)
 	return 0;
 }
 
+ssize_t pread_full(int fd, void *p, size_t n, off_t off)
+{
+	char *c = p;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = pread(fd, c + got, n - got, off + (off_t)got);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);

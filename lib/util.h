@@ -70,6 +70,9 @@ void kv_addstr(struct buf *out, const char *key, const char *val);
 
 /* Write all of p to fd, retrying on EINTR and short writes. 0 or -1. */
 int write_all(int fd, const void *p, size_t n);
+/* Read n bytes at off, retrying on EINTR and short reads: the count read (less than n
+ * only at the end of the file), or -1. */
+ssize_t pread_full(int fd, void *p, size_t n, off_t off);
 /* Read a whole file (at most max bytes, else -1 with EFBIG). NUL-terminated. */
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
 /* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The

@@ -60,7 +60,15 @@ struct mime_limits {
 	uint64_t max_part_size;    /* decoded bytes per part */
 	uint64_t max_total_size;   /* decoded bytes of all parts (the raw part excluded) */
 	int scan_raw;              /* also add the raw message as the last part */
+	/* Not a limit but a speed setting: a message of at most mem_max bytes is read into
+	 * memory with one call and parsed there; a larger one (or any, with 0) is parsed
+	 * from the file. Both give the same parts and manifest. */
+	uint64_t mem_max;
 };
+
+/* The splitter's mem_max: most mail is smaller, and the peak memory it adds stays far
+ * under the 32 MiB the splitter is held to. */
+#define MIME_MEM_MAX (1024 * 1024)
 
 /* g_mime_init, once per process. Call before any other mime_ function. */
 void mime_init(void);

@@ -73,6 +73,7 @@ static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 	lim->max_part_size = c->splitter.max_part_size;
 	lim->max_total_size = c->splitter.max_total_size;
 	lim->scan_raw = c->splitter.scan_raw_message;
+	lim->mem_max = MIME_MEM_MAX;
 }
 
 /* 1 if some process still has the file open for writing (a slow cp into inbound/).

@@ -4,14 +4,16 @@
  * Each input is written to a memfd (msg_fd) and, for the raw-part hard link, as
  * "message" into a fresh directory under $TMPDIR; mime_extract splits it there with
  * modest limits; then every part file is checked against the manifest (it exists and
- * has the manifest's size) and the directory is removed. A failed check aborts, so that
- * libFuzzer keeps the input.
+ * has the manifest's size), the input is split once more with mem_max 0 (from the file,
+ * not from memory), which must give the same manifest, and the directories are removed.
+ * A failed check aborts, so that libFuzzer keeps the input.
  *
  * Build and run with `make fuzz` (tests/fuzz/fuzz.mk), or by hand from the repository root
  * (the seed directories are only read, new inputs go to the first, writable one):
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ilib -Isplitter \
- *     $(pkg-config --cflags gmime-3.0) tests/fuzz/fuzz_mime.c splitter/mime.c lib/util.c \
- *     lib/log.c lib/manifest.c lib/envelope.c $(pkg-config --libs gmime-3.0) -o fuzz_mime
+ *     $(pkg-config --cflags gmime-3.0 libcrypto) tests/fuzz/fuzz_mime.c splitter/mime.c \
+ *     lib/util.c lib/log.c lib/manifest.c lib/envelope.c \
+ *     $(pkg-config --libs gmime-3.0 libcrypto) -o fuzz_mime
  *   mkdir -p /tmp/fuzz_corpus && ./fuzz_mime /tmp/fuzz_corpus ../shared/corpus/msgs \
  *     ../shared/corpus/extras -max_total_time=300 -timeout=10 -rss_limit_mb=2048 \
  *     -max_len=131072
@@ -41,6 +43,7 @@ static const struct mime_limits fuzz_limits = {
     .max_part_size = 256u << 10,
     .max_total_size = 1u << 20,
     .scan_raw = 1,
+    .mem_max = MIME_MEM_MAX,
 };
 
 static void fuzz_setup(void)
@@ -102,10 +105,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			                          (m.parts[i].found == FOUND_RAW ? size : 0))
 				abort();
 		}
-		struct buf b;
-		buf_init(&b);
-		manifest_format(&m, &b);
-		buf_free(&b);
+	}
+	/* The same input parsed from the file instead of memory gives the same result. */
+	struct buf a, b;
+	buf_init(&a);
+	buf_init(&b);
+	manifest_format(&m, &a);
+	struct mime_limits flim = fuzz_limits;
+	flim.mem_max = 0;
+	struct manifest m2;
+	manifest_init(&m2);
+	if (mkdirat(fuzz_basefd, "f", 0700) < 0 && errno != EEXIST) {
+		perror("mkdir");
+		abort();
+	}
+	int fdir = openat(fuzz_basefd, "f", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int ffd =
+	    fdir < 0 ? -1 : openat(fdir, "message", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (ffd < 0 || write_all(ffd, data, size) < 0 || close(ffd) < 0) {
+		perror("message");
+		abort();
+	}
+	int rc2 = mime_extract(msg, "message", fdir, &flim, &m2, reason, sizeof reason);
+	manifest_format(&m2, &b);
+	if (rc2 != rc || a.len != b.len || (a.len && memcmp(a.data, b.data, a.len) != 0)) {
+		fprintf(stderr, "from memory (rc %d):\n%.*s\nfrom the file (rc %d):\n%.*s\n", rc,
+		        (int)a.len, a.data ? a.data : "", rc2, (int)b.len, b.data ? b.data : "");
+		abort();
+	}
+	buf_free(&a);
+	buf_free(&b);
+	manifest_free(&m2);
+	close(fdir);
+	if (remove_tree_at(fuzz_basefd, "f") < 0) {
+		perror("remove");
+		abort();
 	}
 	manifest_free(&m);
 	struct envelope env;

@@ -64,7 +64,13 @@ static const struct mime_limits default_limits = {
     .max_part_size = 32u << 20,
     .max_total_size = 64u << 20,
     .scan_raw = 1,
+    .mem_max = MIME_MEM_MAX,
 };
+
+/* Every extraction from memory (mem_max) is done once more from the file (mem_max 0);
+ * both must give the same manifest, byte for byte. */
+static unsigned twins, twins_differ;
+static char twin_first[300];
 
 static void run_free(struct run *r)
 {
@@ -82,6 +88,45 @@ static int write_message(int dirfd, const void *msg, size_t len)
 	int rc = write_all(fd, msg, len);
 	close(fd);
 	return rc;
+}
+
+/* msg extracted again from the file, in dir.f: the same return and manifest as r? */
+static void run_twin(const struct run *r, const void *msg, size_t len,
+                     const struct mime_limits *lim)
+{
+	struct mime_limits flim = *lim;
+	flim.mem_max = 0;
+	char dir[320], reason[512];
+	snprintf(dir, sizeof dir, "%s.f", r->dir);
+	int dfd = mkdir(dir, 0700) == 0 ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	if (dfd < 0 || write_message(dfd, msg, len) < 0) {
+		perror(dir);
+		exit(2);
+	}
+	int fd = openat(dfd, "message", O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		perror("message");
+		exit(2);
+	}
+	struct manifest m;
+	manifest_init(&m);
+	int rc = mime_extract(fd, "message", dfd, &flim, &m, reason, sizeof reason);
+	close(fd);
+	close(dfd);
+	struct buf a, b;
+	buf_init(&a);
+	buf_init(&b);
+	manifest_format(&r->m, &a);
+	manifest_format(&m, &b);
+	twins++;
+	if (rc != r->rc || a.len != b.len || (a.len && memcmp(a.data, b.data, a.len) != 0) ||
+	    (rc != 0 && strcmp(reason, r->reason) != 0)) {
+		if (twins_differ++ == 0)
+			snprintf(twin_first, sizeof twin_first, "%s", r->dir);
+	}
+	buf_free(&a);
+	buf_free(&b);
+	manifest_free(&m);
 }
 
 /* Extract msg[0..len) with lim in a fresh directory. */
@@ -106,6 +151,8 @@ static void run_lim(struct run *r, const void *msg, size_t len, const struct mim
 	}
 	r->rc = mime_extract(fd, "message", r->dirfd, lim, &r->m, r->reason, sizeof r->reason);
 	close(fd);
+	if (lim->mem_max >= len)
+		run_twin(r, msg, len, lim);
 }
 
 static void run_str(struct run *r, const char *msg)
@@ -1241,6 +1288,9 @@ int main(void)
 	t_limits();
 	t_hostile();
 	t_envelope();
+	check("memory_and_file_parses_agree", twins > 50 && twins_differ == 0,
+	      "%u of %u messages differ (first: %s, against %s.f)", twins_differ, twins, twin_first,
+	      twin_first);
 	if (getenv("TEST_KEEP_TMP"))
 		printf("    kept %s\n", base);
 	else
