@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -581,19 +582,22 @@ static void splitter_x_limits(const struct conf *c, struct mime_limits *lim)
 
 /* Split one file into outdir (made if need be); the manifest goes to stdout. The message
  * is hard-linked into outdir as "message" (the raw part links to it), or copied where a
- * link is not possible (another filesystem, protected_hardlinks). 0, 1 (cannot be
- * parsed), or EXIT_TEMPFAIL. */
-static int splitter_extract_one(const struct mime_limits *lim, const char *file, const char *outdir)
+ * link is not possible (another filesystem, protected_hardlinks). head is written just
+ * before the manifest, in the same write. 0, 1 (cannot be parsed), or EXIT_TEMPFAIL. */
+static int splitter_extract_one(const struct mime_limits *lim, const char *file, const char *outdir,
+                                const char *head)
 {
 	char reason[512];
 	struct manifest m;
 	struct buf b;
-	if (mkdir(outdir, 0750) < 0 && errno != EEXIST)
+	int fresh = mkdir(outdir, 0750) == 0;
+	if (!fresh && errno != EEXIST)
 		die_perm(EXIT_USAGE, "cannot create %s: %s", outdir, strerror(errno));
 	int dfd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", outdir, strerror(errno));
-	unlinkat(dfd, "message", 0);
+	if (!fresh && unlinkat(dfd, "message", 0) < 0 && errno != ENOENT)
+		die_perm(EXIT_USAGE, "cannot remove %s/message: %s", outdir, strerror(errno));
 	int fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", file, strerror(errno));
@@ -609,12 +613,15 @@ static int splitter_extract_one(const struct mime_limits *lim, const char *file,
 	int r = mime_extract(fd, "message", dfd, lim, &m, reason, sizeof reason);
 	close(fd);
 	close(dfd);
+	buf_init(&b);
+	buf_addstr(&b, head);
 	if (r != 0) {
 		manifest_free(&m);
+		int w = write_all(1, b.data, b.len);
+		buf_free(&b);
 		fprintf(stderr, "splitter: %s: %s\n", file, reason);
-		return r == 1 ? 1 : EXIT_TEMPFAIL;
+		return w == 0 && r == 1 ? 1 : EXIT_TEMPFAIL;
 	}
-	buf_init(&b);
 	manifest_format(&m, &b);
 	r = write_all(1, b.data, b.len) < 0 ? EXIT_TEMPFAIL : 0;
 	buf_free(&b);
@@ -649,18 +656,18 @@ static int splitter_extract(int argc, char **argv)
 	struct mime_limits lim;
 	splitter_x_limits(cf, &lim);
 	if (n == 1) {
-		rc = splitter_extract_one(&lim, files[0], o);
+		rc = splitter_extract_one(&lim, files[0], o, "");
 	} else {
 		if (mkdir(o, 0750) < 0 && errno != EEXIST)
 			die_perm(EXIT_USAGE, "cannot create %s: %s", o, strerror(errno));
 		for (size_t i = 0; i < n; i++) {
-			char *d = xasprintf("%s/%zu", o, i + 1);
-			printf("file %zu\n", i + 1);
-			fflush(stdout);
-			int r = splitter_extract_one(&lim, files[i], d);
+			char d[PATH_MAX], head[32];
+			if (bsnprintf(d, sizeof d, "%s/%zu", o, i + 1) < 0)
+				die_perm(EXIT_USAGE, "%s: path too long", o);
+			snprintf(head, sizeof head, "file %zu\n", i + 1);
+			int r = splitter_extract_one(&lim, files[i], d, head);
 			if (r > rc)
 				rc = r;
-			free(d);
 		}
 	}
 	free(files);
