@@ -9,13 +9,13 @@
 #   make install    PREFIX=/usr/local DESTDIR=
 
 CC       ?= cc
-PKGS      = gmime-3.0 libconfig libcrypto libinotifytools
+PKGS      = gmime-3.0 libconfig nettle libinotifytools
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # libinotifytools ships no .pc file on Debian 12; link it by name.
 ifeq ($(findstring inotifytools,$(PKG_LIBS)),)
-PKG_CFLAGS := $(shell pkg-config --cflags gmime-3.0 libconfig libcrypto 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs gmime-3.0 libconfig libcrypto 2>/dev/null) -linotifytools
+PKG_CFLAGS := $(shell pkg-config --cflags gmime-3.0 libconfig nettle 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs gmime-3.0 libconfig nettle 2>/dev/null) -linotifytools
 endif
 
 WARN      = -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral

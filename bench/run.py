@@ -127,8 +127,7 @@ def compile_helpers(work):
     cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-Wshadow",
               "-Wformat=2", "-Wno-format-nonliteral", "-O2", "-g",
               "-I" + os.path.join(ROOT, "lib"), "-I" + os.path.join(ROOT, "splitter")]
-    pc = subprocess.run(["pkg-config", "--cflags", "--libs", "gmime-3.0", "libconfig",
-                         "libcrypto"],
+    pc = subprocess.run(["pkg-config", "--cflags", "--libs", "gmime-3.0", "libconfig", "nettle"],
                         stdout=subprocess.PIPE, check=True, text=True).stdout.split()
     # Only what splitter/mime.c needs, so that a half-finished module elsewhere in lib/
     # cannot break the benchmark.

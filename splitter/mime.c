@@ -45,7 +45,7 @@
 #include <unistd.h>
 
 #include <gmime/gmime.h>
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 
 #include "log.h"
 #include "util.h"
@@ -117,7 +117,7 @@ struct mime_out {
 	unsigned index;
 	uint64_t size;
 	int full; /* a size limit was hit: the rest is dropped */
-	EVP_MD_CTX *sha;
+	struct sha256_ctx sha;
 };
 
 enum mime_emb_state { EMB_IDLE, EMB_UU, EMB_YENC, EMB_BINHEX };
@@ -162,39 +162,14 @@ static int mime_fail(struct mime_ctx *c, const char *what, const char *name)
 
 /* ---- sha256 ---------------------------------------------------------------------- */
 
-/* OpenSSL's sha256 rather than GChecksum: it uses the CPU's SHA instructions where there
- * are some, 4x GLib's speed here, and every byte of every part is hashed. */
-static const EVP_MD *mime_sha_md(void)
+/* Nettle's sha256 rather than GChecksum: it uses the CPU's SHA instructions where there
+ * are some, 4x GLib's speed here, and every byte of every part is hashed. (OpenSSL is as
+ * fast but costs over a millisecond of loading and set-up in every process.) */
+static void mime_sha_hex(struct sha256_ctx *x, char hex[65])
 {
-	static EVP_MD *md;
-	if (md == NULL && (md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
-		die_temp(NULL, "sha256 is not available from OpenSSL");
-	return md;
-}
-
-static EVP_MD_CTX *mime_sha_new(void)
-{
-	EVP_MD_CTX *x = EVP_MD_CTX_new();
-	if (x == NULL || !EVP_DigestInit_ex(x, mime_sha_md(), NULL))
-		die_temp(NULL, "sha256: out of memory");
-	return x;
-}
-
-static void mime_sha_update(EVP_MD_CTX *x, const void *p, size_t n)
-{
-	if (!EVP_DigestUpdate(x, p, n))
-		die_temp(NULL, "sha256 update failed");
-}
-
-/* The hex digest into hex (65 bytes); x is freed. */
-static void mime_sha_finish(EVP_MD_CTX *x, char *hex)
-{
-	unsigned char d[EVP_MAX_MD_SIZE];
-	unsigned n = 0;
-	if (!EVP_DigestFinal_ex(x, d, &n) || n != 32)
-		die_temp(NULL, "sha256 final failed");
-	EVP_MD_CTX_free(x);
-	for (unsigned i = 0; i < n; i++)
+	uint8_t d[SHA256_DIGEST_SIZE];
+	sha256_digest(x, sizeof d, d);
+	for (size_t i = 0; i < sizeof d; i++)
 		snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }
 
@@ -206,7 +181,6 @@ static void mime_out_reset(struct mime_out *o)
 	o->index = 0;
 	o->size = 0;
 	o->full = 0;
-	o->sha = NULL;
 }
 
 static int mime_limit_parts(struct mime_ctx *c)
@@ -253,7 +227,7 @@ static int mime_out_open(struct mime_ctx *c, struct mime_out *o, const char *pat
 	if (o->fd < 0)
 		return mime_fail(c, "create", name);
 	o->index = p->index;
-	o->sha = mime_sha_new();
+	sha256_init(&o->sha);
 	return 0;
 }
 
@@ -282,7 +256,7 @@ static int mime_out_write(struct mime_ctx *c, struct mime_out *o, const void *da
 		manifest_part_name(o->index, name);
 		return mime_fail(c, "write", name);
 	}
-	mime_sha_update(o->sha, data, (size_t)allow);
+	sha256_update(&o->sha, (size_t)allow, data);
 	o->size += allow;
 	c->total += allow;
 	return 0;
@@ -294,8 +268,7 @@ static int mime_out_close(struct mime_ctx *c, struct mime_out *o)
 		return 0;
 	struct manifest_part *p = &c->m->parts[o->index - 1];
 	p->size = o->size;
-	mime_sha_finish(o->sha, p->sha256);
-	o->sha = NULL;
+	mime_sha_hex(&o->sha, p->sha256);
 	int rc = close(o->fd);
 	o->fd = -1;
 	if (rc < 0) {
@@ -311,8 +284,6 @@ static void mime_out_abort(struct mime_out *o)
 {
 	if (o->fd >= 0)
 		close(o->fd);
-	if (o->sha)
-		EVP_MD_CTX_free(o->sha);
 	mime_out_reset(o);
 }
 
@@ -858,7 +829,8 @@ static int mime_names_message(const unsigned char *s, size_t n, const unsigned c
 }
 
 static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_t budget,
-                        EVP_MD_CTX *sha, struct mime_scan *scan, unsigned char *chunk)
+                        struct sha256_ctx *sha, struct mime_scan *scan,
+                        unsigned char *chunk)
 {
 	uint64_t off = 0, objects = 0, line_start = 0, run_start = 0, run_len = 0;
 	size_t bol_len = 0;  /* bytes seen of the current line, up to 2 */
@@ -882,7 +854,7 @@ static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_
 				break; /* the file shrank: parse what is there */
 		}
 		if (sha)
-			mime_sha_update(sha, buf, (size_t)r);
+			sha256_update(sha, (size_t)r, buf);
 		/* A line at a time: each piece [i, e) is the rest of the chunk's current line,
 		 * followed by its '\n' when nl is set. */
 		for (size_t i = 0, n = (size_t)r; i < n && scan->cut == size;) {
@@ -1678,7 +1650,8 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 
 	int rc = -1;
 	char sha_hex[65];
-	EVP_MD_CTX *sha = mime_sha_new();
+	struct sha256_ctx sha;
+	sha256_init(&sha);
 	GByteArray *whole = NULL;
 	c.chunk = xmalloc(MIME_CHUNK);
 	c.opts = mime_options();
@@ -1704,12 +1677,11 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 	}
 	/* An oversized message is not parsed; its raw part still needs its hash. */
 	if (mime_prescan(msg_fd, c.mem ? whole->data : NULL, size,
-	                 over ? UINT64_MAX : mime_budget(lim), sha, &scan, c.chunk) < 0) {
+	                 over ? UINT64_MAX : mime_budget(lim), &sha, &scan, c.chunk) < 0) {
 		mime_fail(&c, "read", msg_name);
 		goto out;
 	}
-	mime_sha_finish(sha, sha_hex);
-	sha = NULL;
+	mime_sha_hex(&sha, sha_hex);
 	if (over) {
 		manifest_add_unscannable(m, MIME_OVER("max_message_size"));
 	} else {
@@ -1736,8 +1708,6 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 out:;
 	int e = errno;
 	g_mime_parser_options_free(c.opts);
-	if (sha)
-		EVP_MD_CTX_free(sha);
 	if (c.mem)
 		g_object_unref(c.mem);
 	if (whole)

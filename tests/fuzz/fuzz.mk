@@ -19,8 +19,8 @@ build: $(FUZZ_BIN)
 $(FUZZ_BIN): $(SRC) $(wildcard lib/*.h splitter/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined -Ilib -Isplitter $$(pkg-config --cflags gmime-3.0 libcrypto) \
-	    $(SRC) $$(pkg-config --libs gmime-3.0 libcrypto) -o $@
+	    -fno-sanitize-recover=undefined -Ilib -Isplitter $$(pkg-config --cflags gmime-3.0 nettle) \
+	    $(SRC) $$(pkg-config --libs gmime-3.0 nettle) -o $@
 
 run: $(FUZZ_BIN)
 	@mkdir -p $(FUZZ_DIR)/corpus
