@@ -690,11 +690,15 @@ def backlog_section(args, scale, cd, R):
     return s
 
 
-# Making a file on a disk at rest costs about 20-30 us here; right after many deletions,
-# 50 to 500 us (see ripmime_section).
-SETTLE_US = 40
-SETTLE_MIN_S = 65
-SETTLE_MAX_S = 300
+# Without a journal, ext4's inode allocator skips every free inode whose deletion time
+# is within the last 60 s, or within 360 s while the block of the inode table holding it
+# is dirty (recently_deleted() in fs/ext4/ialloc.c), with a lookup per skipped inode.
+# Making files dirties those blocks again, so deletions up to 6 minutes old can still
+# make every file made cost 50 to 500 us instead of 20 to 30. The sections that compare
+# a tool that makes files with one that makes none or the same ones (6 and 7) are
+# measured first, SETTLE_S after a sync: past that window whatever deleted files before
+# the run (a test run, the previous run's cleanup).
+SETTLE_S = 370
 
 
 def create_cost(work, n=500):
@@ -710,40 +714,24 @@ def create_cost(work, n=500):
     return us
 
 
-def disk_settle(work):
-    """sync, then wait until making a file costs no more than SETTLE_US (probed every 15 s
-    after the first SETTLE_MIN_S), at most SETTLE_MAX_S. Returns (seconds waited, the last
-    probe's us per file)."""
+def disk_settle(args):
+    """sync, wait SETTLE_S (not in --quick), then probe: (seconds waited, us per file)."""
     os.sync()
     t0 = time.monotonic()
-    time.sleep(SETTLE_MIN_S)
-    while True:
-        us = create_cost(work)
-        waited = time.monotonic() - t0
-        if us <= SETTLE_US or waited >= SETTLE_MAX_S:
-            return waited, us
-        os.sync()
-        time.sleep(15)
+    if not args.quick:
+        time.sleep(SETTLE_S)
+    waited, us = time.monotonic() - t0, create_cost(args.work)
+    say("disk at rest after %.0f s: %.0f us per file made" % (waited, us))
+    return waited, us
 
 
-def ripmime_section(args, corp, runs, R):
-    """Section 6, splitter against ripmime. It is measured before everything else, on a
-    disk at rest: without a journal, ext4 skips every free inode deleted within the last
-    60 s (300 s while its inode table block is dirty) when it makes a file, so after the
-    pipelines of the other sections have retired hundreds of thousands of files, every
-    file made costs far more, for minutes, and both tools make the same files (a directory
-    and the decoded parts of each message). Measured there, the comparison would be of
-    ext4's scan more than of the two parsers. What came before the harness (a test run, a
-    previous benchmark's cleanup) may have deleted as many, so the section waits until
-    making a file costs what it does at rest (disk_settle). Returns the markdown."""
+def ripmime_section(args, corp, runs, R, rest):
+    """Section 6, splitter against ripmime, measured on a disk at rest (see SETTLE_S):
+    both tools make the same files (a directory and the decoded parts of each message),
+    and right after many deletions the comparison would be of ext4's scan more than of
+    the two parsers. rest: disk_settle's result. Returns the markdown."""
     rrows = []
     R["rip"] = {}
-    if args.quick:
-        os.sync()
-        waited, us = 0, create_cost(args.work)
-    else:
-        waited, us = disk_settle(args.work)
-    say("disk settled after %.0f s: %.0f us per file made" % (waited, us))
     for k in ("a", "c"):
         files = corp[k]["files"]
         t = {"splitter": [], "ripmime": [], "batch": []}
@@ -774,11 +762,11 @@ def ripmime_section(args, corp, runs, R):
           "files (a directory and the decoded parts of each message), and on this disk a "
           "file made within minutes of many deletions costs far more (see the analysis "
           "below), so that the section compares the parsers rather than that cost, it is "
-          "measured first, before any pipeline runs, after `sync` and at least %d s at "
-          "rest, until making a file costs at most %d us (500 files made and closed in a "
-          "fresh directory; at most %d s): here %.0f s, %.0f us per file. Goal: >= 3x "
-          "ripmime on corpus a, judged on the splitter's own throughput (one process)."
-          "\n\n" % (runs, SETTLE_MIN_S, SETTLE_US, SETTLE_MAX_S, waited, us))
+          "measured first, before any pipeline runs, %.0f s after a `sync` (past the "
+          "window in which ext4 still counts a deletion); making a file then cost %.0f us "
+          "(500 files made and closed in a fresh directory). Goal: >= 3x ripmime on corpus "
+          "a, judged on the splitter's own throughput (one process).\n\n"
+          % (runs, rest[0], rest[1]))
     s += table(["corpus", "msgs", "ripmime msg/s", "splitter, process per msg, msg/s",
                 "speed-up", "splitter, one process, msg/s", "speed-up", "ripmime MB/s",
                 "splitter (one process) MB/s"], rrows)
@@ -797,7 +785,8 @@ def measure(args, scale, runs, tools, sigs, R):
             corp[k] = dict(files=files, bytes=total, infected=inf, natt=natt, size=size)
             say("corpus %s: %d messages, %.1f MB, %d with EICAR" % (k, n, total / 1e6, inf))
     a = corp["a"]
-    rip_md = ripmime_section(args, corp, runs, R) if not args.smoke else ""
+    rest = disk_settle(args) if not args.smoke else (0, 0)
+    rip_md = ripmime_section(args, corp, runs, R, rest) if not args.smoke else ""
     # Parts per message as the splitter makes them: text body + attachments + the raw
     # message (scan_raw_message = true).
     parts_per_msg = {k: 1 + c["natt"] + 1 for k, c in corp.items()}
@@ -841,6 +830,56 @@ def measure(args, scale, runs, tools, sigs, R):
                        "pm"),
                       ("clamscan, per attachment", lambda: scanner_clamscan(sigs, "per-attachment"),
                        "pa")]
+        # ---- 7. the scanner-runner alone, per mode (issue 4), measured right after 6 -----
+        s7_md = ""
+        if not args.smoke:
+            n = min(len(a["files"]), scale["clamscan"]["a"])
+            files = a["files"][:n]
+            # Measured first, with section 6, on a disk at rest (SETTLE_S): the runner makes
+            # files (verdicts, trace) and the floor does not, so after the pipelines' deletions
+            # ext4's cost would fall on the runner alone.
+            # Interleaved as in section 2: each round measures the floor, then every mode, and
+            # the ratio quoted is the median of the per-round ratios.
+            fls, secs = [], {key: [] for _, _, key in modes}
+            for i in range(runs):
+                fls.append(floor_for("a", cd))
+                for label, mk, key in modes:
+                    parts, t = scanner_only(args, files, mk())
+                    secs[key].append(t)
+                    say("scanner-runner alone round %d, %s: %d parts in %.2f s" % (i + 1, key,
+                                                                                    parts, t))
+            us_fildes = median([1e6 * f["fildes"] / f["parts"] for f in fls])
+            us_exec = median([1e6 * f["exec"] / f["parts"] for f in fls])
+            srows = []
+            for label, mk, key in modes:
+                t = median(secs[key])
+                us = 1e6 * t / parts
+                fk = {"clamd": "fildes", "noop": "exec"}.get(key)
+                base = {"clamd": us_fildes, "noop": us_exec}.get(key)
+                ratio = None
+                if fk:
+                    ratio = median([(1e6 * secs[key][i] / parts) / (1e6 * f[fk] / f["parts"])
+                                    for i, f in enumerate(fls)])
+                srows.append([label, parts, parts / t, us, base if base else "-",
+                              "%.2fx" % ratio if ratio else "-"])
+                if key == "clamd":
+                    R["scan_clamd"] = ratio
+            s = "## 7. The scanner-runner alone, per mode\n\n"
+            s += ("The first %d messages of corpus a, split beforehand; one `scanner-runner "
+                  "--once` over `scan/`, minus the same run over an empty `scan/` (start-up and "
+                  "canary); `sync` before each timed run; median of %d rounds. The floor per "
+                  "part is `bench/floor.c`'s, measured in each round just before the runs: bare "
+                  "fork+exec of the no-op for the no-op mode, a bare clamd FILDES round trip "
+                  "(one connection per part, one part at a time) for the clamd mode; the ratio is "
+                  "the median of the per-round ratios. In clamd mode the runner sends a "
+                  "message's parts in one clamd session, up to 8 at a time, which clamd's threads "
+                  "scan side by side, so it can beat the one-at-a-time floor. The runner makes "
+                  "files (its verdicts and trace) and the floor does not, so this section is "
+                  "measured first, right after section 6, on the same disk at rest. Goal (issue "
+                  "4): clamd mode within 1.5x of the bare FILDES round trip.\n\n" % (n, runs))
+            s += table(["scanner mode", "parts", "parts/s", "us/part", "floor us/part",
+                        "ratio"], srows)
+            s7_md = s
         corpora = ["a"] if args.smoke else ["a", "b", "c"]
         rows, ratio_rows = [], []
         R["tp"] = {}
@@ -1023,59 +1062,8 @@ def measure(args, scale, runs, tools, sigs, R):
         # ---- 6. splitter against ripmime (measured first: see ripmime_section) ----------
         sec.append(rip_md)
 
-        # ---- the scanner-runner alone, per mode (issue 4) -------------------------------
-        n = min(len(a["files"]), scale["clamscan"]["a"])
-        files = a["files"][:n]
-        # The runner makes files (verdicts, trace) and the floor does not: right after the
-        # backlog sections' deletions that would charge ext4's cost to the runner alone.
-        if args.quick:
-            waited7, us7 = 0, create_cost(args.work)
-        else:
-            waited7, us7 = disk_settle(args.work)
-        say("disk settled after %.0f s: %.0f us per file made" % (waited7, us7))
-        # Interleaved as in section 2: each round measures the floor, then every mode, and
-        # the ratio quoted is the median of the per-round ratios.
-        fls, secs = [], {key: [] for _, _, key in modes}
-        for i in range(runs):
-            fls.append(floor_for("a", cd))
-            for label, mk, key in modes:
-                parts, t = scanner_only(args, files, mk())
-                secs[key].append(t)
-                say("scanner-runner alone round %d, %s: %d parts in %.2f s" % (i + 1, key,
-                                                                                parts, t))
-        us_fildes = median([1e6 * f["fildes"] / f["parts"] for f in fls])
-        us_exec = median([1e6 * f["exec"] / f["parts"] for f in fls])
-        srows = []
-        for label, mk, key in modes:
-            t = median(secs[key])
-            us = 1e6 * t / parts
-            fk = {"clamd": "fildes", "noop": "exec"}.get(key)
-            base = {"clamd": us_fildes, "noop": us_exec}.get(key)
-            ratio = None
-            if fk:
-                ratio = median([(1e6 * secs[key][i] / parts) / (1e6 * f[fk] / f["parts"])
-                                for i, f in enumerate(fls)])
-            srows.append([label, parts, parts / t, us, base if base else "-",
-                          "%.2fx" % ratio if ratio else "-"])
-            if key == "clamd":
-                R["scan_clamd"] = ratio
-        s = "## 7. The scanner-runner alone, per mode\n\n"
-        s += ("The first %d messages of corpus a, split beforehand; one `scanner-runner "
-              "--once` over `scan/`, minus the same run over an empty `scan/` (start-up and "
-              "canary); `sync` before each timed run; median of %d rounds. The floor per "
-              "part is `bench/floor.c`'s, measured in each round just before the runs: bare "
-              "fork+exec of the no-op for the no-op mode, a bare clamd FILDES round trip "
-              "(one connection per part, one part at a time) for the clamd mode; the ratio is "
-              "the median of the per-round ratios. In clamd mode the runner sends a "
-              "message's parts in one clamd session, up to 8 at a time, which clamd's threads "
-              "scan side by side, so it can beat the one-at-a-time floor. The runner makes "
-              "files (its verdicts and trace) and the floor does not, so the section starts "
-              "on a disk at rest, as section 6 does: here after %.0f s, %.0f us per file "
-              "made. Goal (issue 4): clamd mode within 1.5x of the bare FILDES round trip."
-              "\n\n" % (n, runs, waited7, us7))
-        s += table(["scanner mode", "parts", "parts/s", "us/part", "floor us/part",
-                    "ratio"], srows)
-        sec.append(s)
+        # ---- 7. the scanner-runner alone (measured second: see above) -----------------
+        sec.append(s7_md)
         return sec
     finally:
         cd.stop()
