@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """spoold benchmark harness: writes docs/PERFORMANCE.md (issue 8).
 
-    python3 bench/run.py                 # full run (what `make bench` runs), ~15 min on 2 cores
-    python3 bench/run.py --quick         # corpora scaled down (see QUICK below), ~4 min
+    python3 bench/run.py                 # full run (what `make bench` runs), ~18 min on 2 cores
+                                         # (6 of them at rest before sections 6 and 7)
+    python3 bench/run.py --quick         # corpora scaled down (see QUICK below), no rest, ~2 min
     python3 bench/run.py --smoke --out /tmp/p.md   # a few messages, one mode (the test)
     options: --bin DIR (default bin/), --runs N (median over N, default 3), --work DIR,
              --out FILE (default docs/PERFORMANCE.md), --huge (adds the 100k backlog)
