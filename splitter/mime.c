@@ -829,8 +829,7 @@ static int mime_names_message(const unsigned char *s, size_t n, const unsigned c
 }
 
 static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_t budget,
-                        struct sha256_ctx *sha, struct mime_scan *scan,
-                        unsigned char *chunk)
+                        struct sha256_ctx *sha, struct mime_scan *scan, unsigned char *chunk)
 {
 	uint64_t off = 0, objects = 0, line_start = 0, run_start = 0, run_len = 0;
 	size_t bol_len = 0;  /* bytes seen of the current line, up to 2 */
