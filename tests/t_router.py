@@ -251,18 +251,23 @@ def hold_backoff_schedule_survives_restart():
     assert "retry attempts=1" in tr, tr
 
 
+# Hold times are whole seconds (time(2)): a retry "1 s later" can come due a millisecond
+# later if the hold falls at the end of a second, inside the same pass. With 2 s it is at
+# least 1 s away, far more than a pass takes.
+HOLD_SHORT = dict(hold_retry_min=2, hold_retry_max=2, max_hold_time=2)
+
+
 def _expire_hold(p, qid):
-    """Run the pipeline until qid leaves hold (max_hold_time and retries are 1 s)."""
+    """Run the pipeline until qid leaves hold (max_hold_time and retries are 2 s)."""
     run_all(p)
     assert p.entries("hold") == [qid], p.finals()
-    time.sleep(2.2)
+    time.sleep(3.2)
     run_all(p, 2)  # router tick: hold -> scan; then runner: error again; router: expired
 
 
 @test
 def hold_expiry_goes_to_quarantine():
-    p = mk(scanners=[fake("exit7")], router=dict(hold_retry_min=1, hold_retry_max=1,
-                                                       max_hold_time=1))
+    p = mk(scanners=[fake("exit7")], router=dict(HOLD_SHORT))
     qid = p.inject("s@example.com", ["r@example.org"], msgs.clean())
     _expire_hold(p, qid)
     assert p.entries("quarantine") == [qid], (p.finals(), p.logtext()[-1500:])
@@ -273,9 +278,7 @@ def hold_expiry_goes_to_quarantine():
 
 @test
 def hold_expiry_deliver_adds_a_warning_header():
-    p = mk(scanners=[fake("exit7")], router=dict(hold_retry_min=1, hold_retry_max=1,
-                                                       max_hold_time=1,
-                                                       hold_expiry_action="deliver"))
+    p = mk(scanners=[fake("exit7")], router=dict(HOLD_SHORT, hold_expiry_action="deliver"))
     m = msgs.clean()
     qid = p.inject("s@example.com", ["r@example.org"], m)
     _expire_hold(p, qid)
