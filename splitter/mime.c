@@ -675,9 +675,9 @@ static int mime_decode_stream(struct mime_ctx *c, GMimeStream *src, GMimeContent
 				break;
 			}
 			fill = 0;
+			/* the rest is over a limit: stop reading, not just writing */
 			if (o->full || c->stop)
-				break; /* the rest is over a limit: stop reading, not just writing
-				        */
+				break;
 		}
 		if (end)
 			break;
