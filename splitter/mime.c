@@ -1659,7 +1659,7 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 	int over = size > lim->max_message_size;
 	/* GMime reads a file stream 4 KiB at a time with a seek before each read: a small
 	 * message costs a dozen calls that one read of the whole file saves. */
-	if (size <= lim->mem_max) {
+	if (size <= lim->mem_max && size <= G_MAXUINT) { /* (a GByteArray's length is a guint) */
 		whole = g_byte_array_sized_new((guint)size);
 		g_byte_array_set_size(whole, (guint)size);
 		ssize_t r = pread_full(msg_fd, whole->data, (size_t)size, 0);
