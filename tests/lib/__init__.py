@@ -45,7 +45,7 @@ import tempfile
 import time
 import traceback
 
-__all__ = ["test", "skip", "Skip", "main", "wait_for", "tmpdir", "sigdir", "cleanup",
+__all__ = ["test", "skip", "Skip", "main", "check_after", "wait_for", "tmpdir", "sigdir", "cleanup",
            "bin_path", "run", "BIN", "ROOT", "TESTS", "FAKE"]
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +69,7 @@ class CaseTimeout(Exception):
 
 _tests = []        # [(name, fn, timeout)]
 _cleanups = []     # callables to run after the current test, last first
+_checks = []       # callables to run after the current test body returned, in order
 _tmp_base = None
 _sigdir = None
 
@@ -93,6 +94,15 @@ def cleanup(fn, *args, **kwargs):
     `d = Clamd(...); cleanup(d.stop)`. Cleanups run last-registered first; their
     exceptions are printed as detail lines, not raised. Returns fn."""
     _cleanups.append((fn, args, kwargs))
+    return fn
+
+
+def check_after(fn, *args, **kwargs):
+    """Run fn(*args, **kwargs) when the current test body has returned without failing,
+    before the cleanups and within the test's time limit; an exception it raises fails
+    the test. Used for invariants every test of a kind must keep (Pipeline's delivery
+    check). Returns fn."""
+    _checks.append((fn, args, kwargs))
     return fn
 
 
@@ -212,8 +222,16 @@ def _run_one(name, fn, timeout):
     signal.alarm(limit)
     try:
         try:
-            fn()
+            try:
+                fn()
+            except BaseException:
+                _checks.clear()
+                raise
+            while _checks:
+                check, args, kwargs = _checks.pop(0)
+                check(*args, **kwargs)
         finally:
+            _checks.clear()
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
             _run_cleanups()

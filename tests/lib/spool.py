@@ -94,7 +94,11 @@ def read_status(spool):
 
 class Pipeline:
     def __init__(self, scanners=None, connectors=None, splitter=None, router=None,
-                 runner=None, rescan_interval=30, extra="", spool=None):
+                 runner=None, rescan_interval=30, extra="", spool=None, invariant=True):
+        """invariant: after the test passes, check that everything in an outbox,
+        rescanned whole and re-split, is clean (assert_delivered_clean). A test that
+        delivers infected content on purpose (a scanner stand-in that calls everything
+        clean) passes the reason as a string instead of True to turn it off."""
         self.dir = harness.tmpdir("p")
         self.spool = spool or os.path.join(self.dir, "spool")
         self.conf = os.path.join(self.dir, "spoold.conf")
@@ -120,6 +124,11 @@ class Pipeline:
         with open(self.conf, "w") as f:
             f.write(text)
         harness.cleanup(self.stop)
+        if invariant is True:
+            harness.check_after(self.assert_delivered_clean)
+        else:
+            assert isinstance(invariant, str) and invariant, \
+                "invariant=False needs the reason as a string"
 
     # ---- processes ---------------------------------------------------------------
     def start(self):
@@ -275,6 +284,11 @@ class Pipeline:
         with open(os.path.join(path, name), "rb") as f:
             return f.read()
 
+    def assert_delivered_clean(self, messages=()):
+        """The delivery invariant over every outbox entry (and any other delivered
+        messages given, such as what an SMTP sink received)."""
+        assert_delivered_clean(outbox_messages(self.spool) + list(messages), spool=self.spool)
+
     def check_invariant(self, expected_msgs):
         """Every message (bytes) appears exactly once per connector (or once in quarantine/hold/
         badmail), nothing in flight, no orphan work directory. expected_msgs: list of bytes."""
@@ -295,3 +309,131 @@ class Pipeline:
             assert len(kinds) == len(set(kinds)), "message duplicated: %s" % places
             non_outbox = [k for k in kinds if not k.startswith("outbox/")]
             assert not non_outbox or len(kinds) == 1, "message in outbox and elsewhere: %s" % kinds
+
+
+# ---- the delivery invariant (issue 14) ----------------------------------------------
+# Nothing infected and nothing unscanned reaches an outbox. Every delivery test ends by
+# taking what was delivered, scanning it whole with clamscan and the test database, then
+# splitting it again with the real splitter and scanning every part: all of it must be
+# clean, and no re-split part may have the sha256 of a part that a scanner flagged
+# anywhere in the spool. Mail that an administrator released on purpose is the one
+# exception.
+
+# Signature-file payloads a test may send; a delivered part with one of these hashes is a
+# bypass even when clamscan's reading of the part differs.
+_KNOWN_BAD = ("eicar.com",)
+_KNOWN_BAD_FILES = ("/usr/share/clamav-testfiles/clam.exe",)
+
+
+def _sha256_file(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def flagged_hashes(spool):
+    """sha256 of every part that a scanner called infected in any entry of the spool (its
+    manifest and verdicts), plus those of the test signature files."""
+    bad = set()
+    for name in _KNOWN_BAD:
+        p = os.path.join(harness.sigdir(), name)
+        if os.path.exists(p):
+            bad.add(_sha256_file(p))
+    for p in _KNOWN_BAD_FILES:
+        if os.path.exists(p):
+            bad.add(_sha256_file(p))
+    if not spool:
+        return bad
+    for root, dirs, files in os.walk(spool):
+        if "verdicts" not in files or "manifest" not in files:
+            continue
+        infected = set()
+        with open(os.path.join(root, "verdicts"), "rb") as f:
+            for line in f.read().decode("ascii", "replace").splitlines():
+                tok = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
+                if line.startswith("scan ") and tok.get("verdict") == "infected":
+                    infected.add(tok.get("part"))
+        with open(os.path.join(root, "manifest"), "rb") as f:
+            for line in f.read().decode("ascii", "replace").splitlines():
+                w = line.split()
+                if len(w) < 2 or w[0] != "part" or w[1] not in infected:
+                    continue
+                tok = dict(t.split("=", 1) for t in w[2:] if "=" in t)
+                if len(tok.get("sha256", "")) == 64:
+                    bad.add(tok["sha256"])
+    return bad
+
+
+def assert_delivered_clean(messages, spool=None, flagged=None):
+    """messages: [(label, bytes)] as delivered. Each, scanned whole, is clean; each,
+    split again by BIN/splitter, has only clean parts, none with a flagged sha256."""
+    if not messages:
+        return
+    bad = set(flagged or ()) | flagged_hashes(spool)
+    work = harness.tmpdir("delivered")
+    files = []
+    paths = []
+    for i, (label, data) in enumerate(messages):
+        mpath = os.path.join(work, "m%d" % i)
+        with open(mpath, "wb") as f:
+            f.write(data)
+        files.append((label, mpath))
+        paths.append((label, mpath))
+    # Re-split with the real splitter, many files per process (as the stage works).
+    for k in range(0, len(paths), 400):
+        chunk = paths[k:k + 400]
+        out = os.path.join(work, "parts%d" % k)
+        r = subprocess.run([harness.bin_path("splitter"), "-o", out, "-x"] +
+                           [p for _, p in chunk],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        assert r.returncode == 0, "re-split of delivered mail failed (exit %d): %s" % (
+            r.returncode, r.stderr.decode(errors="replace")[-500:])
+        for j, (label, _) in enumerate(chunk):
+            pdir = out if len(chunk) == 1 else os.path.join(out, str(j + 1))
+            for n in sorted(os.listdir(pdir)):
+                fp = os.path.join(pdir, n)
+                if not n.endswith(".ATT") or not os.path.isfile(fp):
+                    continue
+                assert _sha256_file(fp) not in bad, \
+                    "delivered %s holds part %s with the hash of a flagged part" % (label, n)
+                files.append(("%s part %s" % (label, n), fp))
+    listing = os.path.join(work, "files")
+    with open(listing, "w") as f:
+        f.write("".join(p + "\n" for _, p in files))
+    r = subprocess.run(["/usr/bin/clamscan", "--no-summary", "--infected", "--stdout",
+                        "--alert-exceeds-max=yes", "--alert-encrypted=yes",
+                        "--database=" + harness.sigdir(), "--file-list=" + listing],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    if r.returncode != 0:
+        by_path = {p: label for label, p in files}
+        hits = []
+        for line in r.stdout.decode(errors="replace").splitlines():
+            path = line.split(": ", 1)[0]
+            hits.append("%s: %s" % (by_path.get(path, path), line))
+        raise AssertionError("delivered mail is not clean (clamscan exit %d):\n%s\n%s" % (
+            r.returncode, "\n".join(hits), r.stderr.decode(errors="replace")[-500:]))
+
+
+def outbox_messages(spool, include_released=False):
+    """[(label, bytes)] of every outbox entry's message; entries an administrator released
+    from quarantine on purpose are left out unless include_released."""
+    res = []
+    ob = os.path.join(spool, "outbox")
+    for c in sorted(os.listdir(ob)) if os.path.isdir(ob) else []:
+        for q in sorted(os.listdir(os.path.join(ob, c))):
+            d = os.path.join(ob, c, q)
+            if q.startswith(".") or not os.path.isfile(os.path.join(d, "message")):
+                continue
+            try:
+                with open(os.path.join(d, "trace"), "rb") as f:
+                    trace = f.read()
+            except FileNotFoundError:
+                trace = b""
+            if not include_released and b" release requested" in trace:
+                continue
+            with open(os.path.join(d, "message"), "rb") as f:
+                res.append(("outbox/%s/%s" % (c, q), f.read()))
+    return res
