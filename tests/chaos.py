@@ -2,15 +2,16 @@
 """Chaos run: push N messages through the running pipeline (bin/spoold, a real clamd)
 while killing random stages, and spoold itself, with SIGKILL at random intervals. At the
 end every message must be in exactly one final place - the right one for its content -
-with no duplicate and no loss.
+with no duplicate and no loss, and everything in an outbox, rescanned whole and re-split
+into parts, must be clean (tests/lib/spool.py assert_delivered_clean).
 
     tests/chaos.py --bin DIR [--messages N] [--seed S] [--kill-every SECONDS]
 
 The mix: clean single-recipient, clean with recipients on two connectors, infected,
 multi-part clean, and broken (empty) files; half injected with spoolctl inject, half
 dropped into inbound/. Prints one line of figures:
-    chaos: messages=N kills=K lost=0 duplicated=0 misrouted=0 seconds=S
-and exits 1 if anything was lost, duplicated or misrouted.
+    chaos: messages=N kills=K lost=0 duplicated=0 misrouted=0 in_flight=0 unclean=0 seconds=S
+and exits 1 if anything was lost, duplicated, misrouted or delivered unclean.
 """
 import argparse
 import os
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import msgs  # noqa: E402
 from lib.clamd import Clamd  # noqa: E402
-from lib.spool import Pipeline  # noqa: E402
+from lib.spool import Pipeline, assert_delivered_clean, outbox_messages  # noqa: E402
 
 KINDS = ("clean", "split", "infected", "multipart", "empty")
 
@@ -55,7 +56,8 @@ def run(bindir, n, seed=1, kill_every=0.4, out=print, timeout=600):
                  connectors=[dict(name="local", domains=["local.example"]),
                              dict(name="smtp", domains=["*"])],
                  router=dict(default_connector="smtp", hold_retry_min=1, hold_retry_max=2),
-                 runner=dict(instances=2), rescan_interval=2)
+                 runner=dict(instances=2), rescan_interval=2,
+                 invariant="run() checks the delivered mail itself, as part of its audit")
     p.start()
     expected = {}  # token -> (set of places, bytes)
     empties = set()
@@ -160,15 +162,25 @@ def run(bindir, n, seed=1, kill_every=0.4, out=print, timeout=600):
         misrouted += len(bad_empty)
         problems.append("unidentified entries: %s" % bad_empty)
     in_flight = p.in_flight() + len(p.entries("hold"))
+    # The delivery invariant: everything in an outbox, rescanned whole and re-split, is
+    # clean, whatever the kills did to the stages on its way.
+    unclean = 0
+    try:
+        assert_delivered_clean(outbox_messages(p.spool), spool=p.spool)
+    except AssertionError as e:
+        unclean = 1
+        problems.append("delivered mail is not clean: %s" % e)
     secs = time.monotonic() - t0
-    out("chaos: messages=%d kills=%d lost=%d duplicated=%d misrouted=%d in_flight=%d seconds=%.0f"
-        % (len(expected) + len(empties), kills, lost, duplicated, misrouted, in_flight, secs))
+    out("chaos: messages=%d kills=%d lost=%d duplicated=%d misrouted=%d in_flight=%d "
+        "unclean=%d seconds=%.0f"
+        % (len(expected) + len(empties), kills, lost, duplicated, misrouted, in_flight,
+           unclean, secs))
     for pr in problems[:20]:
         out("  " + pr)
     p.stop()
     p.stop_orphans()
     clamd.stop()
-    return lost, duplicated, misrouted, in_flight, kills
+    return lost, duplicated, misrouted + unclean, in_flight, kills
 
 
 def main():

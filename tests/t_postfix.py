@@ -218,6 +218,9 @@ def postfix_in_spoold_postfix_out():
              what="the deferred message delivered once the spool is back")
     wait_for(lambda: queue_empty(d), timeout=60, what="Postfix's queue to empty")
     assert p.outbox() == [], "outbox entries left: %s" % p.outbox()
+    # What reached the mailbox, through Postfix, rescanned whole and re-split, is clean.
+    p.assert_delivered_clean([("Maildir/" + n, open(os.path.join(newdir, n), "rb").read())
+                              for n in sorted(os.listdir(newdir))])
     conn.terminate()
 
 
