@@ -12,6 +12,7 @@
 #include "ctl.h"
 #include "log.h"
 #include "spool.h"
+#include "user.h"
 #include "util.h"
 
 void ctl_usage(void)
@@ -52,8 +53,22 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		ctl_usage();
-	struct conf *c = conf_load(conf_path);
 	const char *cmd = argv[i++];
+	char err[2048];
+	struct conf *c = conf_try_load(conf_path, err, sizeof err);
+	if (c == NULL) {
+		/* A typo in the config must never bounce mail: Postfix's pipe(8) turns 75 into a
+		 * deferral and retries, while 78 would bounce every message with 5.3.5 and send
+		 * an NDR to each sender. Every other command fails permanently: the
+		 * administrator has to see the broken file. */
+		if (strcmp(cmd, "inject") == 0)
+			die_temp(NULL, "the config file is broken, deferring: %s", err);
+		die_perm(EXIT_CONFIG, "the config file is broken: %s", err);
+	}
+	/* Run as root, spoolctl becomes the spool's user before it touches anything, so that
+	 * every file it makes (a queue file, a marker, a moved entry) belongs to that user
+	 * and the stages can read it. */
+	user_become(c->user);
 	static const struct {
 		const char *name;
 		ctl_cmd_fn *fn;

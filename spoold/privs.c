@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "spoold.h"
+#include "user.h"
 #include "util.h"
 
 /* Walk the tree below dfd without following symlinks: an entry planted as a symlink
@@ -86,11 +87,6 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	/* 0750: the spool holds other people's mail. */
 	if (fchmod(sp->root_fd, 0750) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));
-	/* Order matters: supplementary groups and the gid can only be changed while we are
-	 * still root, so setuid comes last. */
-	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-		die_temp(NULL, "cannot drop privileges to %s: %s", c->user, strerror(errno));
-	if (setuid(0) == 0)
-		die_temp(NULL, "privileges were not dropped: setuid(0) still works");
+	user_become(c->user);
 	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
 }

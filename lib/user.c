@@ -1,0 +1,35 @@
+/*
+ * user - leave root for the configured unprivileged user (see user.h).
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "user.h"
+#include "util.h"
+
+uid_t user_become(const char *name)
+{
+	if (geteuid() != 0 || name == NULL || name[0] == '\0')
+		return (uid_t)-1;
+	errno = 0;
+	struct passwd *pw = getpwnam(name);
+	if (pw == NULL)
+		die_perm(EXIT_CONFIG, "user \"%s\": no such user%s%s", name, errno ? ": " : "",
+		         errno ? strerror(errno) : "");
+	if (pw->pw_uid == 0)
+		return (uid_t)-1;
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	/* Order matters: supplementary groups and the gid can only be changed while we are
+	 * still root, so setuid comes last. setuid as root sets the real, effective and
+	 * saved uid together. */
+	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+		die_temp(NULL, "cannot drop privileges to %s: %s", name, strerror(errno));
+	if (setuid(0) == 0)
+		die_temp(NULL, "privileges were not dropped: setuid(0) still works");
+	return uid;
+}

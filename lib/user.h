@@ -1,0 +1,20 @@
+/*
+ * user - leave root for the configured unprivileged user, for good.
+ *
+ * user_become(name) does nothing when the process is not root or name is NULL or "".
+ * Otherwise it sets the supplementary groups to the user's primary group, then the gid,
+ * then the uid (real, effective and saved), and checks that setuid(0) now fails.
+ * Returns the uid it became, or (uid_t)-1 when nothing was done.
+ *
+ * DIAGNOSTICS: an unknown user dies permanent (78: the config names it); a failing
+ * setgroups/setgid/setuid, or a setuid(0) that still works, dies temporary (75): a
+ * program told to run as a user must never go on as root.
+ */
+#ifndef SPOOLD_USER_H
+#define SPOOLD_USER_H
+
+#include <sys/types.h>
+
+uid_t user_become(const char *name);
+
+#endif

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Operating a relay (issue 20): an administrator's config typo defers mail instead of
+bouncing it and is loud in spoolctl status, the log and the metrics; spoolctl run as root
+acts as the spool's user, so the stages can read what it writes."""
+import os
+import pwd
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib as harness  # noqa: E402
+from lib import test, wait_for  # noqa: E402
+from lib import msgs  # noqa: E402
+from lib.spool import Pipeline, clamscan  # noqa: E402
+
+
+def _metric(p, name):
+    try:
+        with open(os.path.join(p.spool, "run", "metrics.prom")) as f:
+            for line in f:
+                if line.startswith(name + " "):
+                    return line.split()[1]
+    except FileNotFoundError:
+        pass
+    return None
+
+
+@test
+def config_typo_defers_inject_and_is_loud():
+    p = Pipeline(scanners=[clamscan()], extra="metrics = { interval = 1; };\n").start()
+    good = open(p.conf).read()
+    assert p.ctl("status").returncode == 0
+    wait_for(lambda: _metric(p, "spoold_config_ok") == "1", timeout=20,
+             what="spoold_config_ok 1 in the metrics")
+    with open(p.conf, "a") as f:
+        f.write("router = { hold_retry_min = ; };\n")  # the typo
+    # Postfix's pipe(8) defers on 75 and bounces on 78: a typo must defer.
+    r = p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=msgs.clean())
+    assert r.returncode == 75, (r.returncode, r.out)
+    assert "config file is broken" in r.out and "deferring" in r.out, r.out
+    r = p.ctl("status")
+    assert r.returncode == 78 and "config file is broken" in r.out, (r.returncode, r.out)
+    # spoold keeps the config in force, says so, and shows it in its status and metrics.
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "new config rejected" in p.logtext(), timeout=20, what="the rejection")
+    wait_for(lambda: _metric(p, "spoold_config_ok") == "0", timeout=20,
+             what="spoold_config_ok 0 in the metrics")
+    # The file is mended, but not yet reloaded: status still says the one in force is
+    # not the file on disk, and exits 1.
+    with open(p.conf, "w") as f:
+        f.write(good)
+    r = p.ctl("status")
+    assert r.returncode == 1 and "CONFIG REJECTED" in r.out, (r.returncode, r.out)
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: p.ctl("status").returncode == 0, timeout=20, what="status 0 again")
+    wait_for(lambda: _metric(p, "spoold_config_ok") == "1", timeout=20,
+             what="spoold_config_ok 1 after the good reload")
+    # Mail injected once the config is good flows.
+    r = p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=msgs.clean())
+    assert r.returncode == 0, r.out
+    finals = p.wait_final(1)
+    assert finals[0][0] == "outbox/smtp", finals
+
+
+@test
+def status_exits_3_when_spoold_is_not_running():
+    p = Pipeline(scanners=[clamscan()]).start()
+    assert p.ctl("status").returncode == 0
+    p.stop()
+    r = p.ctl("status")
+    assert r.returncode == 3 and "not running" in r.out and "stale" in r.out, \
+        (r.returncode, r.out)
+
+
+def _nobody_pipeline():
+    if os.geteuid() != 0:
+        harness.skip("needs root: spoolctl drops from root to the configured user")
+    nobody = pwd.getpwnam("nobody")
+    p = Pipeline(scanners=[clamscan()], extra='user = "nobody";\n')
+    # The stages run as nobody: the config, the signatures and the spool's parents must
+    # be reachable for it.
+    for d in (os.path.dirname(p.dir), p.dir, os.path.dirname(harness.sigdir())):
+        os.chmod(d, 0o755)
+    os.chmod(p.conf, 0o644)
+    p.start()
+    wait_for(lambda: os.stat(os.path.join(p.spool, "inbound")).st_uid == nobody.pw_uid,
+             timeout=20, what="spoold to hand the spool to nobody")
+    return p, nobody
+
+
+@test
+def spoolctl_as_root_writes_as_the_spool_user():
+    p, nobody = _nobody_pipeline()
+    qids = []
+    for data in (msgs.clean(subject="root inject"), msgs.eicar_attachment()):
+        r = p.ctl("inject", "-f", "alice@example.org", "bob@example.com", stdin=data)
+        assert r.returncode == 0, r.out
+        qids.append(r.out.strip())
+    finals = p.wait_final(2)
+    places = sorted(f[0] for f in finals)
+    # Before: both went to badmail with "Permission denied" (a root-owned 0640 file).
+    assert places == ["outbox/smtp", "quarantine"], (places, p.logtext()[-2000:])
+    for place, q, path in finals:
+        for name in os.listdir(path):
+            st = os.lstat(os.path.join(path, name))
+            assert st.st_uid == nobody.pw_uid, (place, name, st.st_uid)
+    # requeue as root: the entry moves and stays readable for the stages.
+    q = [f for f in finals if f[0] == "quarantine"][0][1]
+    r = p.ctl("quarantine", "delete", q)
+    assert r.returncode == 0, r.out
+
+
+@test
+def spoolctl_as_root_with_unknown_user_refuses():
+    if os.geteuid() != 0:
+        harness.skip("needs root: spoolctl drops from root to the configured user")
+    p = Pipeline(scanners=[clamscan()], extra='user = "no-such-user-spoold";\n')
+    r = p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=msgs.clean())
+    assert r.returncode == 78 and "no such user" in r.out, (r.returncode, r.out)
+
+
+if __name__ == "__main__":
+    harness.main()
