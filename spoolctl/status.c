@@ -5,7 +5,12 @@
  * Stages come from spoold's run/status (a pid is shown only while spoold is alive);
  * scanner health from run/scanners, written by the scanner-runner's canary ("unknown"
  * when absent). A loud warning is printed when router.hold_expiry_action is "deliver":
- * held messages that expire are then delivered unscanned.
+ * held messages that expire are then delivered unscanned, and when spoold's last reload
+ * rejected the config file (run/status "config ok=0").
+ *
+ * Exit status, as systemctl status: 0 all well; 1 spoold runs but needs the
+ * administrator (config rejected, a scanner not ok); 3 spoold is not running (the scanner
+ * health shown is then only the last one recorded, marked stale).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -112,6 +117,28 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		spid = strtol(buf_cstr(&v), NULL, 10);
 	int sup_alive = have && spid > 0 && (kill((pid_t)spid, 0) == 0 || errno == EPERM);
 	int have_sc = read_file_at(sp.fd[SD_RUN], "scanners", &sc, 1 << 20) == 0;
+	/* The config file spoold last tried to load: ok=0 when a reload rejected it, so that
+	 * the file on disk is not the one in force. */
+	int conf_ok = 1;
+	long long conf_since = 0;
+	struct buf conf_err;
+	buf_init(&conf_err);
+	const char *cl = sup_alive ? strstr(buf_cstr(&st), "\nconfig ") : NULL;
+	if (cl) {
+		char one[8192];
+		const char *e = strchr(cl + 1, '\n');
+		size_t len = e ? (size_t)(e - cl - 1) : strlen(cl + 1);
+		if (len < sizeof one) {
+			memcpy(one, cl + 1, len);
+			one[len] = '\0';
+			if (kv_find(one, "ok", &v) == 0)
+				conf_ok = strcmp(buf_cstr(&v), "0") != 0;
+			if (kv_find(one, "since", &v) == 0)
+				conf_since = strtoll(buf_cstr(&v), NULL, 10);
+			kv_find(one, "error", &conf_err);
+		}
+	}
+	int degraded = !conf_ok;
 	int deliver =
 	    c->router.hold_expiry_action && strcmp(c->router.hold_expiry_action, "deliver") == 0;
 
@@ -127,8 +154,12 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		}
 		printf("},\"renames_journaled\":%s", sp.rename_journaled ? "true" : "false");
 		printf(",\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
-		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"stages\":[",
-		       sup_alive ? "true" : "false", sup_alive ? spid : 0L);
+		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"config\":{\"ok\":%s,"
+		       "\"since\":%lld,\"error\":",
+		       sup_alive ? "true" : "false", sup_alive ? spid : 0L,
+		       conf_ok ? "true" : "false", conf_since);
+		st_json_str(buf_cstr(&conf_err));
+		printf("},\"stages\":[");
 	} else {
 		if (deliver)
 			printf(
@@ -152,6 +183,16 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		if (sup_alive)
 			printf(" (pid %ld)", spid);
 		printf("\n");
+		if (!conf_ok) {
+			struct buf e;
+			buf_init(&e);
+			escape_bytes(&e, conf_err.data, conf_err.len, 2048);
+			printf("CONFIG REJECTED: the last reload (%lld s ago) refused %s; spoold "
+			       "runs on "
+			       "the config it loaded before: %s\n",
+			       (long long)(time(NULL) - conf_since), c->path, buf_cstr(&e));
+			buf_free(&e);
+		}
 	}
 	int first = 1;
 	char *line = sup_alive ? st.data : NULL;
@@ -215,8 +256,11 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 	}
 	if (json)
 		printf("],\"scanners\":[");
-	else
+	else if (sup_alive)
 		printf("\nscanners\n");
+	else
+		printf(
+		    "\nscanners (as last recorded: with spoold not running this may be stale)\n");
 	struct health h;
 	buf_init(&h.reason);
 	for (size_t i = 0; i < c->n_scanners; i++) {
@@ -229,7 +273,8 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf(",\"slots_busy\":%d,\"slots_max\":%d,\"health\":", busy,
 			       s->max_concurrent);
 			st_json_str(h.state);
-			printf(",\"since\":%lld,\"reason\":", h.since);
+			printf(",\"since\":%lld,\"stale\":%s,\"reason\":", h.since,
+			       sup_alive ? "false" : "true");
 			st_json_str(buf_cstr(&h.reason));
 			printf("}");
 		} else {
@@ -246,6 +291,8 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf("\n");
 			buf_free(&e);
 		}
+		if (strcmp(h.state, "ok") != 0 && strcmp(h.state, "unknown") != 0)
+			degraded = 1;
 	}
 	buf_free(&h.reason);
 	if (json)
@@ -253,6 +300,9 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 	buf_free(&st);
 	buf_free(&v);
 	buf_free(&sc);
+	buf_free(&conf_err);
 	spool_close(&sp);
-	return 0;
+	/* Like systemctl status: 3 when the supervisor is not running, 1 when it runs but
+	 * something needs the administrator (a rejected config, a scanner not ok). */
+	return !sup_alive ? 3 : degraded ? 1 : 0;
 }

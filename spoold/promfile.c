@@ -206,7 +206,8 @@ static void prom_head(struct buf *b, const char *name, const char *type, const c
 	buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n)
+void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n,
+                int config_ok)
 {
 	if (c->metrics.file == NULL || c->metrics.file[0] != '/')
 		return;
@@ -270,6 +271,11 @@ void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_i
 	for (size_t i = 0; i < n; i++)
 		buf_printf(&b, "spoold_stage_restarts_total{stage=\"%s\"} %d\n", st[i].name,
 		           st[i].restarts);
+
+	prom_head(&b, "spoold_config_ok", "gauge",
+	          "0 when the last reload (SIGHUP) rejected the config file: the file on disk "
+	          "is not the one in force");
+	buf_printf(&b, "spoold_config_ok %d\n", config_ok);
 
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", c->metrics.file);

@@ -308,6 +308,13 @@ static void sup_children_build(unsigned rebuild)
 	sup_n = total;
 }
 
+/* Why the config file on disk is not the one in force: set when a reload rejected it,
+ * cleared by a reload that takes it. An administrator's typo must be loud (run/status for
+ * spoolctl status, the metric spoold_config_ok, an error log line), while mail keeps
+ * flowing on the config loaded before. */
+static char sup_conf_error[2048];
+static time_t sup_conf_error_since;
+
 static void sup_status_write(void)
 {
 	struct buf b;
@@ -329,6 +336,10 @@ static void sup_status_write(void)
 		    sup_state_name(ch->state), (long long)ch->started_wall, ch->restarts, ch->ready,
 		    sup_stages[ch->si].paused);
 	}
+	buf_printf(&b, "config ok=%d since=%lld error=", sup_conf_error[0] == '\0',
+	           (long long)sup_conf_error_since);
+	escape_bytes(&b, sup_conf_error, strlen(sup_conf_error), sizeof sup_conf_error);
+	buf_addstr(&b, "\n");
 	buf_addstr(&b, "end\n");
 	if (write_file_atomic(sup_spool.fd[SD_RUN], "status", b.data, b.len, 0640) < 0)
 		log_warn(NULL, "cannot write %s/run/status: %s", sup_spool.root, strerror(errno));
@@ -690,14 +701,23 @@ static void sup_sig_free(char *sig[N_STAGES + 1])
 	}
 }
 
+static void sup_metrics(void);
+
 static void sup_reload(void)
 {
 	char err[2048];
 	struct conf *nc = conf_try_load(sup_conf_path, err, sizeof err);
 	if (nc == NULL) {
 		log_error(NULL, "SIGHUP: new config rejected, the old one stays in force: %s", err);
+		if (sup_conf_error[0] == '\0')
+			sup_conf_error_since = time(NULL);
+		snprintf(sup_conf_error, sizeof sup_conf_error, "%s", err);
+		sup_status_write();
+		sup_metrics();
 		return;
 	}
+	sup_conf_error[0] = '\0';
+	sup_conf_error_since = 0;
 	notify_send("RELOADING=1");
 	char *nsig[N_STAGES + 1];
 	int known = sig_compute(sup_conf_path, nsig) == 0 && sup_sig[N_STAGES] != NULL;
@@ -743,7 +763,7 @@ static void sup_metrics(void)
 	for (size_t i = 0; i < sup_n; i++)
 		if (sup_children[i].state == CH_RUNNING)
 			info[sup_children[i].si].up++;
-	prom_write(sup_conf, &sup_spool, info, N_STAGES);
+	prom_write(sup_conf, &sup_spool, info, N_STAGES, sup_conf_error[0] == '\0');
 }
 
 int main(int argc, char **argv)

@@ -20,7 +20,8 @@ struct sup_stage_info {
 /* Write conf's metrics file atomically: the sum of the run/stats/ files of live processes
  * (files of dead ones are folded into a carry and removed), plus queue, slot and stage
  * gauges. Best effort: failures are logged. */
-void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n);
+void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n,
+                int config_ok);
 
 /* When root and c->user is set: chown the spool to the user, then drop to it (setgroups,
  * setgid, setuid). The control socket goes to the user and control_gid ((gid_t)-1: the
