@@ -25,6 +25,9 @@ ASANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-san
 
 O       ?= build
 PREFIX  ?= /usr/local
+# The release (VERSION file) plus the commit when built from a git checkout: --version of
+# every program, so that an administrator can tell which build runs after an upgrade.
+VERSION := $(shell cat VERSION)$(shell git describe --always --dirty --abbrev=12 2>/dev/null | sed 's/^/+g/')
 DESTDIR ?=
 
 PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir
@@ -72,6 +75,12 @@ $(PREFIX_STAMP): FORCE
 	@mkdir -p $(O)
 	@echo '$(PREFIX)' | cmp -s - $@ || echo '$(PREFIX)' > $@
 $(O)/prod/spoold/spoold.o $(O)/asan/spoold/spoold.o: $(PREFIX_STAMP)
+VERSION_STAMP = $(O)/version.stamp
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(O)
+	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
+$(O)/prod/lib/version.o $(O)/asan/lib/version.o: $(VERSION_STAMP)
+$(O)/prod/lib/version.o $(O)/asan/lib/version.o: BASEFLAGS += -DSPOOLD_VERSION='"$(VERSION)"'
 FORCE:
 
 $(O)/prod/%.o: %.c $(HDRS)

@@ -17,6 +17,7 @@
 #include "stage.h"
 #include "trace.h"
 #include "util.h"
+#include "version.h"
 #include "watch.h"
 
 static volatile sig_atomic_t connector_stop;
@@ -139,6 +140,8 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 			name = argv[++i];
 		else if (strcmp(argv[i], "--once") == 0)
 			once = 1;
+		else if (strcmp(argv[i], "--version") == 0)
+			version_print_exit(cn->prog);
 		else
 			die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]",
 			         cn->prog);

@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "trace.h"
 #include "util.h"
+#include "version.h"
 #include "watch.h"
 
 static volatile sig_atomic_t stage_stop;
@@ -140,6 +141,8 @@ int stage_main(struct stage *st, int argc, char **argv)
 			conf_path = argv[++i];
 		else if (strcmp(argv[i], "--once") == 0)
 			st->once = 1;
+		else if (strcmp(argv[i], "--version") == 0)
+			version_print_exit(st->name);
 		else
 			stage_usage(st->name);
 	}

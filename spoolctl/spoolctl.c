@@ -14,11 +14,12 @@
 #include "spool.h"
 #include "user.h"
 #include "util.h"
+#include "version.h"
 
 void ctl_usage(void)
 {
 	die_perm(EXIT_USAGE,
-	         "usage: spoolctl [-c CONFIG] COMMAND ...\n"
+	         "usage: spoolctl [-c CONFIG] COMMAND ... | spoolctl --version\n"
 	         "  status [--json]                   queues and stages\n"
 	         "  inject -f SENDER RCPT... < msg    queue a message with an envelope\n"
 	         "  ls QUEUE [--json]                 messages in a queue\n"
@@ -47,6 +48,8 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
 			conf_path = argv[i + 1];
 			i += 2;
+		} else if (strcmp(argv[i], "--version") == 0) {
+			version_print_exit("spoolctl");
 		} else {
 			ctl_usage();
 		}

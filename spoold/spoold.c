@@ -53,6 +53,7 @@
 #include "spool.h"
 #include "spoold.h"
 #include "util.h"
+#include "version.h"
 
 #define RESTART_FLOOR_MS 1000
 #define RESTART_MAX_MS   60000
@@ -773,8 +774,10 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
 			sup_conf_path = argv[++i];
+		else if (strcmp(argv[i], "--version") == 0)
+			version_print_exit("spoold");
 		else
-			die_perm(EXIT_USAGE, "usage: spoold [-c CONFIG]");
+			die_perm(EXIT_USAGE, "usage: spoold [-c CONFIG] [--version]");
 	}
 	/* Files 0640, directories 0750 at most: the spool holds other people's mail. The
 	 * stages inherit this umask. */
