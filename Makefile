@@ -6,7 +6,7 @@
 #   make test       make test-deps (adds Postfix, swaks, clang...), both builds, every test
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR=  (make uninstall removes it again)
 
 CC       ?= cc
 PKGS      = gmime-3.0 libconfig nettle libinotifytools
@@ -45,7 +45,7 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps test-deps fuzz install clean bench chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -131,21 +131,31 @@ bench: test-deps all
 chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long
 
+# make install: the programs, man pages, systemd units, sysusers.d and tmpfiles.d files,
+# and the production config (conf/production/spoold.conf) as /etc/spoold/spoold.conf
+# when there is none yet; an existing config is never overwritten (the new one goes
+# beside it as spoold.conf.dist). Installing into the running system (no DESTDIR, as
+# root, with systemd) also creates the spoold user and /var/spool/spoold, reloads
+# systemd, and restarts a running spoold, so that no old stage keeps running beside the
+# new binaries. docs/INSTALL.md has the steps around it.
+SYSTEMD_RUNNING = $(shell test -d /run/systemd/system && echo yes)
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/spoold
 	install -m 0755 bin/spoold $(DESTDIR)$(PREFIX)/sbin/spoold
 	install -m 0755 bin/spoolctl $(DESTDIR)$(PREFIX)/bin/spoolctl
 	install -m 0755 bin/splitter bin/scanner-runner bin/router bin/connector-smtp \
 	    bin/connector-maildir $(DESTDIR)$(PREFIX)/libexec/spoold/
-	install -d $(DESTDIR)/etc/spoold
-	install -m 0644 conf/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.example
+	install -d -m 0755 $(DESTDIR)/etc/spoold
+	install -m 0644 conf/production/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.dist
+	test -e $(DESTDIR)/etc/spoold/spoold.conf || \
+	    install -m 0644 conf/production/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf
 	install -d $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0644 docs/man/spoold.8 docs/man/spoolctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -m 0644 docs/man/spoold.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/tmpfiles.d \
 		$(DESTDIR)$(PREFIX)/lib/sysusers.d
 	# The units name the installed paths: rewrite them for PREFIX.
-	for u in spoold.service spoold-stage@.service; do \
+	for u in spoold.service spoold-stage@.service spoold-smtp@.service spoold-maildir@.service; do \
 		sed -e 's|/usr/sbin/spoold|$(PREFIX)/sbin/spoold|' \
 		    -e 's|/usr/libexec/spoold|$(PREFIX)/libexec/spoold|' dist/$$u \
 		    > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u && \
@@ -153,6 +163,44 @@ install: all
 	done
 	install -m 0644 dist/spoold.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf
 	install -m 0644 dist/spoold.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
+ifeq ($(DESTDIR),)
+	@if [ "$$(id -u)" = 0 ]; then \
+		if command -v systemd-sysusers >/dev/null; then \
+			systemd-sysusers $(PREFIX)/lib/sysusers.d/spoold.conf; \
+		else \
+			getent passwd spoold >/dev/null || useradd --system --user-group \
+			    --home-dir /var/spool/spoold --shell /usr/sbin/nologin spoold; \
+		fi; \
+		if command -v systemd-tmpfiles >/dev/null; then \
+			systemd-tmpfiles --create $(PREFIX)/lib/tmpfiles.d/spoold.conf; \
+		else \
+			install -d -m 0750 -o spoold -g spoold /var/spool/spoold; \
+		fi; \
+		if [ "$(SYSTEMD_RUNNING)" = yes ]; then \
+			systemctl daemon-reload; \
+			systemctl try-restart spoold.service; \
+		fi; \
+	else \
+		echo "make install: not root; create the user and the spool as docs/INSTALL.md says"; \
+	fi
+endif
+
+# make uninstall removes what make install put in place, and leaves the config
+# (/etc/spoold/spoold.conf) and the spool (/var/spool/spoold: it holds mail) alone.
+uninstall:
+	-[ -n "$(DESTDIR)" ] || [ "$(SYSTEMD_RUNNING)" != yes ] || \
+	    systemctl disable --now spoold.service 2>/dev/null
+	rm -f $(DESTDIR)$(PREFIX)/sbin/spoold $(DESTDIR)$(PREFIX)/bin/spoolctl
+	rm -rf $(DESTDIR)$(PREFIX)/libexec/spoold
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/spoold.8 $(DESTDIR)$(PREFIX)/share/man/man8/spoolctl.8 \
+	    $(DESTDIR)$(PREFIX)/share/man/man5/spoold.conf.5
+	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/spoold.service \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system/spoold-stage@.service \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system/spoold-smtp@.service \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system/spoold-maildir@.service \
+	    $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
+	rm -f $(DESTDIR)/etc/spoold/spoold.conf.dist
+	@echo "make uninstall: kept /etc/spoold/spoold.conf and /var/spool/spoold (mail); remove them by hand"
 
 FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \
                spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
