@@ -719,6 +719,19 @@ static void sup_reload(void)
 	}
 	sup_conf_error[0] = '\0';
 	sup_conf_error_since = 0;
+	/* The user and the control socket's group are applied once, by root, at start: after
+	 * the drop nothing can change them. Say so rather than claim a restart of the
+	 * stages made them take effect. */
+	if (strcmp(nc->user ? nc->user : "", sup_conf->user ? sup_conf->user : "") != 0)
+		log_warn(NULL,
+		         "SIGHUP: user changed (\"%s\" to \"%s\"): it takes effect only when "
+		         "spoold itself restarts (systemctl restart spoold); the stages keep "
+		         "the old user until then",
+		         sup_conf->user ? sup_conf->user : "", nc->user ? nc->user : "");
+	if (strcmp(nc->control_group ? nc->control_group : "",
+	           sup_conf->control_group ? sup_conf->control_group : "") != 0)
+		log_warn(NULL, "SIGHUP: control_group changed: it takes effect only when spoold "
+		               "itself restarts (systemctl restart spoold)");
 	notify_send("RELOADING=1");
 	char *nsig[N_STAGES + 1];
 	int known = sig_compute(sup_conf_path, nsig) == 0 && sup_sig[N_STAGES] != NULL;

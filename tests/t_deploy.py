@@ -119,5 +119,26 @@ def spoolctl_as_root_with_unknown_user_refuses():
     assert r.returncode == 78 and "no such user" in r.out, (r.returncode, r.out)
 
 
+@test
+def reload_that_changes_user_says_it_needs_a_restart():
+    p = Pipeline(scanners=[clamscan()]).start()
+    with open(p.conf, "a") as f:
+        f.write('user = "nobody";\n')
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "takes effect only when spoold itself restarts" in p.logtext(),
+             timeout=20, what="the reload to say that user needs a restart")
+
+
+@test
+def every_program_has_version():
+    for prog in ("spoold", "spoolctl", "splitter", "scanner-runner", "router",
+                 "connector-smtp", "connector-maildir"):
+        r = harness.run([harness.bin_path(prog), "--version"], timeout=10)
+        assert r.returncode == 0 and r.out.startswith("%s (spoold) " % prog), (prog, r.out)
+    with open(os.path.join(harness.ROOT, "VERSION")) as f:
+        release = f.read().strip()
+    assert release in r.out, (release, r.out)
+
+
 if __name__ == "__main__":
     harness.main()
