@@ -84,9 +84,17 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	             AT_SYMLINK_NOFOLLOW) < 0 &&
 	    errno != ENOENT)
 		log_warn(NULL, "cannot chown %s/run/control: %s", sp->root, strerror(errno));
-	/* 0750: the spool holds other people's mail. */
-	if (fchmod(sp->root_fd, 0750) < 0)
+	/* 0750: the spool holds other people's mail. With a control_group, its members must
+	 * reach run/control, and nothing else: the root becomes 0711 (anyone may pass
+	 * through, no one but the user may list it) and run/ 0710 with that group, while
+	 * every state directory stays 0750 with the user's own group, so the group can use
+	 * the socket without being able to read a single message. */
+	int group_ok = control_gid != (gid_t)-1;
+	if (fchmod(sp->root_fd, group_ok ? 0711 : 0750) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));
+	if (group_ok && (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 ||
+	                 fchmod(sp->fd[SD_RUN], 0710) < 0))
+		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root, strerror(errno));
 	user_become(c->user);
 	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
 }

@@ -72,11 +72,11 @@ def status_exits_3_when_spoold_is_not_running():
         (r.returncode, r.out)
 
 
-def _nobody_pipeline():
+def _nobody_pipeline(extra=""):
     if os.geteuid() != 0:
         harness.skip("needs root: spoolctl drops from root to the configured user")
     nobody = pwd.getpwnam("nobody")
-    p = Pipeline(scanners=[clamscan()], extra='user = "nobody";\n')
+    p = Pipeline(scanners=[clamscan()], extra='user = "nobody";\n' + extra)
     # The stages run as nobody: the config, the signatures and the spool's parents must
     # be reachable for it.
     for d in (os.path.dirname(p.dir), p.dir, os.path.dirname(harness.sigdir())):
@@ -108,6 +108,43 @@ def spoolctl_as_root_writes_as_the_spool_user():
     q = [f for f in finals if f[0] == "quarantine"][0][1]
     r = p.ctl("quarantine", "delete", q)
     assert r.returncode == 0, r.out
+
+
+def _as(uid, gid, groups):
+    def become():
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    return become
+
+
+@test
+def control_group_member_controls_stages_but_reads_no_mail():
+    import grp
+    users = grp.getgrnam("users")
+    p, nobody = _nobody_pipeline('control_group = "users";\n')
+    r = p.ctl("inject", "-f", "alice@example.org", "bob@example.com", stdin=msgs.eicar_attachment())
+    assert r.returncode == 0, r.out
+    p.wait_final(1)
+    daemon = pwd.getpwnam("daemon")
+    member = _as(daemon.pw_uid, daemon.pw_gid, [users.gr_gid])
+    outsider = _as(daemon.pw_uid, daemon.pw_gid, [])
+    argv = [harness.bin_path("spoolctl"), "-c", p.conf]
+    # Before: the spool and run/ were 0750, and a member got "Permission denied".
+    r = harness.run(argv + ["pause", "router"], preexec_fn=member, timeout=30)
+    assert r.returncode == 0, r.out
+    r = harness.run(argv + ["resume", "router"], preexec_fn=member, timeout=30)
+    assert r.returncode == 0, r.out
+    r = harness.run(argv + ["pause", "router"], preexec_fn=outsider, timeout=30)
+    assert r.returncode != 0 and "Permission denied" in r.out, r.out
+    # The group reaches the socket, and no mail: listing or reading a state directory fails.
+    for state in ("inbound", "quarantine", "outbox"):
+        r = harness.run(["ls", os.path.join(p.spool, state)], preexec_fn=member, timeout=10)
+        assert r.returncode != 0 and "Permission denied" in r.out, (state, r.out)
+    q = p.entries("quarantine")[0]
+    r = harness.run(["cat", os.path.join(p.spool, "quarantine", q, "message")],
+                    preexec_fn=member, timeout=10)
+    assert r.returncode != 0, r.out
 
 
 @test
