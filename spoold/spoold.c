@@ -134,6 +134,13 @@ static void sup_find_bindir(void)
 				snprintf(sup_bindir, sizeof sup_bindir, "%s", self);
 				return;
 			}
+			/* An installed tree moved as a whole (DESTDIR, a chroot, another PREFIX):
+			 * sbin/spoold finds its stages in ../libexec/spoold beside it. */
+			snprintf(probe, sizeof probe, "%s/../libexec/spoold/splitter", self);
+			if (access(probe, X_OK) == 0 &&
+			    bsnprintf(sup_bindir, sizeof sup_bindir, "%s/../libexec/spoold",
+			              self) == 0)
+				return;
 		}
 	}
 	snprintf(sup_bindir, sizeof sup_bindir, "%s", LIBEXECDIR);

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Deployable by the book (issue 20): `make install` into a temporary root puts the
+programs, units, sysusers.d and tmpfiles.d files and the production config in place; the
+installed spoold, started the way spoold.service's ExecStart starts it, with the
+installed production config (its paths moved under the temporary root), delivers clean
+mail once and quarantines EICAR; `make uninstall` removes the programs and keeps the
+config and the spool."""
+import os
+import pwd
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib as harness  # noqa: E402
+from lib import test, wait_for  # noqa: E402
+from lib import msgs  # noqa: E402
+from lib.clamd import Clamd  # noqa: E402
+from lib.smtpsink import SmtpSink  # noqa: E402
+from lib.spool import assert_delivered_clean  # noqa: E402
+
+PREFIX = "/usr/local"  # make install's default, so the build make test made is reused
+
+
+def _make(*args, timeout=600):
+    r = harness.run(["make", "--no-print-directory", "-C", harness.ROOT] + list(args),
+                    timeout=timeout)
+    assert r.returncode == 0, "make %s failed:\n%s" % (" ".join(args), r.out[-3000:])
+    return r
+
+
+def _installed(root, *path):
+    return os.path.join(root, *[p.lstrip("/") for p in path])
+
+
+def _unit_exec_start(root, unit):
+    with open(_installed(root, PREFIX, "lib/systemd/system", unit)) as f:
+        text = f.read()
+    m = re.search(r"^ExecStart=(.+)$", text, re.M)
+    assert m, unit
+    return m.group(1).split()
+
+
+def _moved_conf(root, clamd, sink, user):
+    """The installed production config with its paths moved under root, clamd and the
+    next hop pointed at the test's own, as a site would edit it."""
+    path = _installed(root, "/etc/spoold/spoold.conf")
+    with open(path) as f:
+        text = f.read()
+    assert 'spool_dir = "/var/spool/spoold";' in text, text[:2000]
+    assert 'user = "spoold";' in text, "the production config must drop to spoold"
+    text = text.replace('"/var/spool/spoold', '"' + _installed(root, "/var/spool/spoold"))
+    text = text.replace('"unix:/run/clamav/clamd.ctl"', '"%s"' % clamd.unix_addr)
+    text = re.sub(r'relay = "smtp://[^"]*";', 'relay = "smtp://127.0.0.1:%d";' % sink.port, text)
+    text = text.replace('user = "spoold";', 'user = "%s";' % user)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@test(timeout=600)
+def make_install_then_run_as_the_unit_does():
+    if harness.LABEL.endswith("asan"):
+        harness.skip("make install installs the production build; it runs once, with prod")
+    root = harness.tmpdir("root")
+    _make("install", "DESTDIR=" + root)
+    for rel in ("sbin/spoold", "bin/spoolctl", "libexec/spoold/splitter",
+                "libexec/spoold/scanner-runner", "libexec/spoold/router",
+                "libexec/spoold/connector-smtp", "libexec/spoold/connector-maildir",
+                "lib/systemd/system/spoold.service", "lib/systemd/system/spoold-stage@.service",
+                "lib/systemd/system/spoold-smtp@.service",
+                "lib/systemd/system/spoold-maildir@.service",
+                "lib/sysusers.d/spoold.conf", "lib/tmpfiles.d/spoold.conf",
+                "share/man/man8/spoold.8", "share/man/man8/spoolctl.8",
+                "share/man/man5/spoold.conf.5"):
+        assert os.path.exists(_installed(root, PREFIX, rel)), rel
+    assert os.path.exists(_installed(root, "/etc/spoold/spoold.conf.dist"))
+    argv = _unit_exec_start(root, "spoold.service")
+    assert argv == [PREFIX + "/sbin/spoold", "-c", "/etc/spoold/spoold.conf"], argv
+    r = harness.run([_installed(root, argv[0]), "--version"])
+    assert r.returncode == 0 and r.out.startswith("spoold (spoold) "), r.out
+
+    # The user and the spool, from the installed sysusers.d and tmpfiles.d files, as the
+    # package (or make install into the running system) makes them.
+    if os.geteuid() == 0:
+        r = harness.run(["systemd-sysusers", _installed(root, PREFIX, "lib/sysusers.d/spoold.conf")])
+        assert r.returncode == 0, r.out
+        user = "spoold"
+        pw = pwd.getpwnam(user)
+        # systemd-tmpfiles --root resolves users from the root's own passwd database:
+        # give it the machine's, as an image build would have.
+        import shutil
+        for db in ("passwd", "group"):
+            shutil.copy("/etc/" + db, _installed(root, "/etc", db))
+        r = harness.run(["systemd-tmpfiles", "--create", "--root=" + root,
+                         _installed(root, PREFIX, "lib/tmpfiles.d/spoold.conf")])
+        assert r.returncode == 0, r.out
+        st = os.stat(_installed(root, "/var/spool/spoold"))
+        assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o750), st
+        # The stages, as spoold, must reach the temp root and the signatures.
+        for d in (os.path.dirname(root), root, os.path.dirname(harness.sigdir())):
+            os.chmod(d, 0o755)
+    else:
+        user = ""
+        os.makedirs(_installed(root, "/var/spool/spoold"))
+
+    clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
+    harness.cleanup(clamd.stop)
+    sink = SmtpSink()
+    harness.cleanup(sink.stop)
+    conf = _moved_conf(root, clamd, sink, user)
+    log = open(os.path.join(root, "spoold.log"), "ab")
+    proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    harness.cleanup(stop)
+    spool = _installed(root, "/var/spool/spoold")
+    wait_for(lambda: os.path.exists(os.path.join(spool, "run", "status")), timeout=30,
+             what="the installed spoold to start")
+    ctl = [_installed(root, PREFIX, "bin/spoolctl"), "-c", conf]
+    clean = msgs.clean(subject="installed relay")
+    for data in (clean, msgs.eicar_attachment()):
+        r = harness.run(ctl + ["inject", "-f", "alice@example.org", "bob@example.com"],
+                        input=data, stdin=None, timeout=30)
+        assert r.returncode == 0, r.out
+    wait_for(lambda: len(sink.messages) >= 1 and os.listdir(os.path.join(spool, "quarantine")),
+             timeout=120, what="delivery and quarantine; log:\n" +
+             open(os.path.join(root, "spoold.log"), errors="replace").read()[-3000:])
+    time.sleep(1)
+    assert len(sink.messages) == 1, "delivered more than once: %d" % len(sink.messages)
+    frm, rcpts, data = sink.messages[0]
+    assert rcpts == ["<bob@example.com>"] and b"installed relay" in data, sink.messages[0]
+    assert_delivered_clean([("sink", data)], spool=spool)
+    r = harness.run(ctl + ["status"], timeout=30)
+    assert r.returncode == 0, r.out
+    stop()
+
+    _make("uninstall", "DESTDIR=" + root)
+    assert not os.path.exists(_installed(root, PREFIX, "sbin/spoold"))
+    assert not os.path.exists(_installed(root, PREFIX, "libexec/spoold"))
+    assert os.path.exists(conf) and os.path.isdir(os.path.join(spool, "quarantine"))
+
+
+if __name__ == "__main__":
+    harness.main()
