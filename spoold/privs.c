@@ -92,9 +92,10 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	int group_ok = control_gid != (gid_t)-1;
 	if (fchmod(sp->root_fd, group_ok ? 0711 : 0750) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));
-	if (group_ok && (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 ||
-	                 fchmod(sp->fd[SD_RUN], 0710) < 0))
-		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root, strerror(errno));
+	if (group_ok &&
+	    (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 || fchmod(sp->fd[SD_RUN], 0710) < 0))
+		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root,
+		         strerror(errno));
 	user_become(c->user);
 	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
 }
