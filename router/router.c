@@ -185,68 +185,30 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	buf_free(&j);
 }
 
-struct hold_state {
-	uint64_t attempts;
-	uint64_t first;
-	uint64_t next;
-};
-
-static void router_hold_read(int dirfd, struct hold_state *h)
-{
-	struct buf b, v;
-	buf_init(&b);
-	buf_init(&v);
-	h->attempts = 0;
-	h->first = 0;
-	h->next = 0;
-	if (read_file_at(dirfd, "hold", &b, 4096) == 0) {
-		const char *s = buf_cstr(&b);
-		if (kv_find(s, "attempts", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->attempts);
-		if (kv_find(s, "first", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->first);
-		if (kv_find(s, "next", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->next);
-	}
-	buf_free(&b);
-	buf_free(&v);
-}
-
 static void router_hold(struct stage *st, struct spool_entry *e, const char *why)
 {
 	const struct conf_router *rc = &st->conf->router;
 	struct hold_state h;
-	uint64_t now = (uint64_t)time(NULL);
-	router_hold_read(e->fd, &h);
-	if (h.first == 0)
-		h.first = now;
-	h.attempts++;
-	/* Exponential back-off with jitter, kept in the entry so a restart keeps the schedule. */
-	uint64_t delay = (uint64_t)rc->hold_retry_min;
-	for (uint64_t i = 1; i < h.attempts && delay < (uint64_t)rc->hold_retry_max; i++)
-		delay *= 2;
-	if (delay > (uint64_t)rc->hold_retry_max)
-		delay = (uint64_t)rc->hold_retry_max;
-	delay += (uint64_t)(rand() % (int)(delay / 4 + 1));
-	h.next = now + delay;
+	hold_read(e->fd, &h);
+	int64_t delay = hold_schedule(&h, (int64_t)time(NULL), rc->hold_retry_min,
+	                              rc->hold_retry_max, (unsigned)rand());
 	struct buf b;
 	buf_init(&b);
-	buf_printf(&b, "hold attempts=%llu first=%llu next=%llu\n", (unsigned long long)h.attempts,
-	           (unsigned long long)h.first, (unsigned long long)h.next);
+	hold_format(&h, &b);
 	struct buf w;
 	buf_init(&w);
 	escape_bytes(&w, why, strlen(why), 1024);
 	if (spool_entry_write(e, "hold", b.data, b.len) < 0 ||
 	    spool_entry_write(e, "reason", why, strlen(why)) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write hold state: %s", strerror(errno));
-	trace_add(e->fd, e->qid, "hold attempts=%llu next=%llu why=%s",
-	          (unsigned long long)h.attempts, (unsigned long long)h.next, buf_cstr(&w));
+	trace_add(e->fd, e->qid, "hold attempts=%llu next=%lld why=%s",
+	          (unsigned long long)h.attempts, (long long)h.next, buf_cstr(&w));
 	CRASH_POINT("route-hold");
 	if (spool_entry_move(e, SD_HOLD) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to hold/: %s", e->sp->root, e->qid,
 		         strerror(errno));
-	log_warn(e->qid, "held attempts=%llu retry_in=%llus why=%s", (unsigned long long)h.attempts,
-	         (unsigned long long)delay, buf_cstr(&w));
+	log_warn(e->qid, "held attempts=%llu retry_in=%llds why=%s", (unsigned long long)h.attempts,
+	         (long long)delay, buf_cstr(&w));
 	buf_free(&b);
 	buf_free(&w);
 }
@@ -894,8 +856,8 @@ static int router_handle(struct stage *st, const char *qid)
 	} else if (o == OUT_HOLD) {
 		struct hold_state h;
 		const struct conf_router *rc = &st->conf->router;
-		router_hold_read(e.fd, &h);
-		if (h.first && (uint64_t)time(NULL) - h.first > (uint64_t)rc->max_hold_time) {
+		hold_read(e.fd, &h);
+		if (hold_expired(&h, (int64_t)time(NULL), rc->max_hold_time)) {
 			if (strcmp(rc->hold_expiry_action, "deliver") == 0 && env.n_rcpts > 0) {
 				char hdr[256];
 				snprintf(hdr, sizeof hdr,
@@ -933,7 +895,11 @@ static int router_tick(struct stage *st)
 	static int64_t next_expire;
 	char **names;
 	size_t n;
-	uint64_t now = (uint64_t)time(NULL);
+	int64_t now = (int64_t)time(NULL);
+	/* The furthest ahead a schedule written by router_hold can be: the longest back-off
+	 * plus its jitter, and a minute of slack. */
+	const struct conf_router *rc = &st->conf->router;
+	int64_t horizon = (int64_t)rc->hold_retry_max + rc->hold_retry_max / 4 + 60;
 	if (now_ms_monotonic() >= next_expire) {
 		if (spool_quarantine_expire(&st->spool, st->conf->router.quarantine_days) < 0)
 			log_warn(NULL, "cannot list %s/quarantine: %s", st->spool.root,
@@ -947,8 +913,8 @@ static int router_tick(struct stage *st)
 		struct hold_state h;
 		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
 			continue;
-		router_hold_read(e.fd, &h);
-		if (h.next <= now) {
+		hold_read(e.fd, &h);
+		if (hold_due(&h, now, horizon)) {
 			trace_add(e.fd, e.qid, "retry attempts=%llu",
 			          (unsigned long long)h.attempts);
 			if (spool_entry_move(&e, SD_SCAN) < 0)

