@@ -2,10 +2,12 @@
  * router - acts on the verdicts (docs/INTERNALS.md, states S3 -> S4a..S4c).
  *
  * Every part infected by any scanner: quarantine/. Every part clean: one outbox entry per
- * connector that serves a recipient, each with only that connector's recipients. Anything
- * else (a scanner error, a timeout, an unscannable mark, a part with no verdict): hold/,
- * retried with exponential back-off, and quarantined after max_hold_time. It fails closed:
- * only a positive, complete set of clean verdicts lets mail out.
+ * connector that serves a recipient, each with only that connector's recipients. A
+ * manifest `unscannable` mark (a splitter limit such as max_parts): quarantine/ at once,
+ * reason "unscannable", since a retry rescans the same parts and can never cover more.
+ * Anything else (a scanner error, a timeout, a part with no verdict): hold/, retried with
+ * exponential back-off, and quarantined after max_hold_time. It fails closed: only a
+ * positive, complete set of clean verdicts lets mail out.
  *
  * DIAGNOSTICS
  *   Exit 75 when the spool is unusable, 78 on a config error.
@@ -33,7 +35,25 @@
 #include "util.h"
 #include "verdict.h"
 
-enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED };
+enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED, OUT_UNSCANNABLE };
+
+/* Bytes a scanner or a sender chose, as one line of text for people: printable ASCII
+ * and the space pass, a backslash and every other byte (CR, LF, ESC, 8-bit) become \xHH,
+ * so a report, a reason file or a notice never holds a control byte or a line break that
+ * came from outside. At most maxin input bytes; a longer input is cut and ends in "...". */
+static void router_text(struct buf *out, const char *s, size_t maxin)
+{
+	size_t n = strlen(s), lim = n < maxin ? n : maxin;
+	for (size_t i = 0; i < lim; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+	if (lim < n)
+		buf_addstr(out, "...");
+}
 
 /* The verdict for one part: infected if any scanner says so; clean if every primary
  * said clean, or if a primary failed and the backups all gave a verdict; else error. */
@@ -86,6 +106,9 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 		}
 		if (l->part < 0 && l->verdict != V_CLEAN) {
 			failed = 1;
+			if (m->n_unscannable && l->verdict == V_UNSCANNABLE &&
+			    strcmp(l->scanner, "splitter") == 0)
+				continue; /* a manifest mark: listed from the manifest below */
 			buf_printf(why, "message: %s by %s: %s\n", verdict_name(l->verdict),
 			           l->scanner, l->output);
 		}
@@ -102,8 +125,27 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 			           m->parts[i].index);
 		}
 	}
-	if (m->n_unscannable)
-		failed = 1;
+	/* A manifest's unscannable marks are permanent: a retry goes from hold/ back to
+	 * scan/, never to the splitter, so it rescans the same parts of the same manifest and
+	 * can never cover what the splitter left out. Holding such a message would only
+	 * rescan all its parts until max_hold_time: it is quarantined now, and the report
+	 * names the limits first. */
+	if (m->n_unscannable) {
+		struct buf u;
+		buf_init(&u);
+		for (size_t i = 0; i < m->n_unscannable; i++) {
+			buf_addstr(&u,
+			           "message: unscannable, not retried (a retry rescans the same "
+			           "parts): ");
+			router_text(&u, m->unscannable[i], 256);
+			buf_addstr(&u, "\n");
+		}
+		buf_add(&u, why->data, why->len);
+		buf_reset(why);
+		buf_add(why, u.data, u.len);
+		buf_free(&u);
+		return OUT_UNSCANNABLE;
+	}
 	return failed ? OUT_HOLD : OUT_DELIVER;
 }
 
@@ -169,6 +211,13 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 		           first ? "" : ",", vs->lines[i].part, vs->lines[i].scanner, buf_cstr(&v));
 		first = 0;
 		buf_free(&v);
+	}
+	/* The splitter's marks, for a program that wants to know which limit it was. */
+	buf_addstr(&j, "],\"unscannable\":[");
+	for (size_t i = 0; i < m->n_unscannable; i++) {
+		buf_printf(&j, "%s\"", i ? "," : "");
+		json_escape(&j, m->unscannable[i], strlen(m->unscannable[i]));
+		buf_addstr(&j, "\"");
 	}
 	buf_addstr(&j, "]}\n");
 	router_drop_parts(e);
@@ -853,6 +902,10 @@ static int router_handle(struct stage *st, const char *qid)
 		memcpy(q, e.qid, sizeof q);
 		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "banned");
 		router_notify(st, q, &env, &vs, "quarantine", "banned", buf_cstr(&why));
+	} else if (o == OUT_UNSCANNABLE) {
+		/* Never delivered, not even with hold_expiry_action = deliver: that is for
+		 * a scan that might have worked later, and this one never can. */
+		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "unscannable");
 	} else if (o == OUT_HOLD) {
 		struct hold_state h;
 		const struct conf_router *rc = &st->conf->router;

@@ -121,5 +121,64 @@ def retry_within_the_schedule_waits_and_manual_hold_stays():
     assert hold_state(p, qid)["manual"] == "1"
 
 
+# ---- M2: over a limit means quarantine now --------------------------------------------
+
+def _no_att(path):
+    return [n for n in os.listdir(path) if n.endswith(".ATT")]
+
+
+def _assert_unscannable_quarantine(p, limit):
+    finals = p.finals()
+    assert [f[0] for f in finals] == ["quarantine"], (finals, p.logtext()[-2000:])
+    path = finals[0][2]
+    assert _no_att(path) == [], _no_att(path)
+    assert not os.path.exists(os.path.join(path, "hold")), "quarantined at once, never held"
+    report = p.read(path, "report").decode()
+    assert "Reason: unscannable" in report and "over limit (%s)" % limit in report, report
+    j = json.loads(p.read(path, "report.json"))
+    assert j["reason"] == "unscannable", j
+    assert "over limit (%s)" % limit in j["unscannable"], j
+    return path
+
+
+@test
+def over_max_parts_is_quarantined_on_the_first_pass():
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=3))
+    p.drop("many", msgs.multipart(10))
+    p.pass_all()
+    _assert_unscannable_quarantine(p, "max_parts")
+
+
+@test
+def over_max_message_size_is_quarantined_even_with_deliver_on_expiry():
+    """hold_expiry_action = deliver is for a scan that might work later; an over-limit
+    message never can be scanned, so it is never delivered, not even after max_hold_time."""
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_message_size=10000),
+                 router=dict(hold_expiry_action="deliver", max_hold_time=1))
+    p.drop("big", msgs.with_attachment(os.urandom(20000), "big.bin"))
+    p.pass_all()
+    _assert_unscannable_quarantine(p, "max_message_size")
+    assert p.outbox() == []
+
+
+@test
+def over_limit_with_a_scanner_error_is_quarantined_too():
+    p = mk(scanners=[fake("exit7")], splitter=dict(max_parts=3))
+    qid = p.inject("s@example.com", ["r@example.org"], msgs.multipart(10))
+    run_all(p)
+    assert p.entries("quarantine") == [qid], (p.finals(), p.logtext()[-2000:])
+    _assert_unscannable_quarantine(p, "max_parts")
+
+
+@test
+def scanner_error_alone_still_holds():
+    p = mk(scanners=[fake("exit7")])
+    qid = held_by_a_scanner_error(p)
+    path = os.path.join(p.spool, "hold", qid)
+    assert len(_no_att(path)) >= 1, "a held message keeps its parts for the retry"
+    reason = p.read(path, "reason").decode()
+    assert "not scanned clean" in reason and "unscannable" not in reason, reason
+
+
 if __name__ == "__main__":
     harness.main()
