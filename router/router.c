@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -466,38 +468,73 @@ static void router_scanned_header(const struct verdicts *vs, const char *eol, st
 	buf_addstr(h, eol);
 }
 
-static const char *router_msg_eol(struct spool_entry *e)
+/* Is the header line p[0..n) a field named X-Virus-Scanned or X-Virus-Scan-Warning, in
+ * any case, with or without blanks before the colon (RFC 5322's obsolete syntax, which
+ * some readers still accept)? */
+static int router_hdr_is_scan_field(const char *p, size_t n)
 {
-	char head[4096];
-	int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return "\n";
-	ssize_t n = pread(fd, head, sizeof head, 0);
-	close(fd);
-	return n > 0 ? strip_eol(head, (size_t)n) : "\n";
+	static const char *const names[] = {"x-virus-scanned", "x-virus-scan-warning"};
+	for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+		size_t l = strlen(names[i]), k = l;
+		if (n <= l || strncasecmp(p, names[i], l) != 0)
+			continue;
+		while (k < n && (p[k] == ' ' || p[k] == '\t'))
+			k++;
+		if (k < n && p[k] == ':')
+			return 1;
+	}
+	return 0;
 }
 
-/* Write message.out: hdrs, then body (if given) or the original message's bytes. It is
- * made durable with the rest of the fan-out by the fanout commit's sync, before any
- * out.<conn>/ leaves for an outbox. */
-static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const struct buf *body)
+/* Copy msg[0..len) to fd (or only count, if fd < 0) without the X-Virus-Scanned and
+ * X-Virus-Scan-Warning fields of its top-level header block, their folded continuation
+ * lines included. A sender's forged "X-Virus-Scanned: Clean" must never be what a
+ * downstream filter trusts: only the router says whether mail was scanned. The header
+ * block ends at the first empty line ("\n" or "\r\n"); every other byte is copied as it
+ * is, in as many writes as fields removed plus one, so no buffer grows with the input.
+ * Returns the number of fields removed, or -1 with errno on a write error. */
+static long router_copy_unforged(int fd, const char *msg, size_t len)
 {
-	int in = -1, out = -1;
-	if (body == NULL && (in = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
-		goto fail;
-	out = openat(e->fd, "message.out.tmp",
-	             O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
-	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0)
-		goto fail;
-	if (body ? write_all(out, body->data, body->len) < 0 : copy_fd(in, out) < 0)
+	size_t i = 0, keep = 0;
+	long removed = 0;
+	int dropping = 0;
+	while (i < len) {
+		if (msg[i] == '\n' || (msg[i] == '\r' && i + 1 < len && msg[i + 1] == '\n'))
+			break;
+		const char *nl = memchr(msg + i, '\n', len - i);
+		size_t next = nl ? (size_t)(nl - msg) + 1 : len;
+		/* A line that starts with a blank continues the field before it. */
+		if (msg[i] != ' ' && msg[i] != '\t') {
+			dropping = router_hdr_is_scan_field(msg + i, next - i);
+			removed += dropping;
+		}
+		if (dropping) {
+			if (fd >= 0 && i > keep && write_all(fd, msg + keep, i - keep) < 0)
+				return -1;
+			keep = next;
+		}
+		i = next;
+	}
+	if (fd >= 0 && len > keep && write_all(fd, msg + keep, len - keep) < 0)
+		return -1;
+	return removed;
+}
+
+/* Write message.out: hdrs, then msg[0..len) without forged scan headers. It is made
+ * durable with the rest of the fan-out by the fanout commit's sync, before any
+ * out.<conn>/ leaves for an outbox. */
+static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const char *msg,
+                             size_t len)
+{
+	int out = openat(e->fd, "message.out.tmp",
+	                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0 ||
+	    router_copy_unforged(out, msg, len) < 0)
 		goto fail;
 	if (close(out) < 0) {
 		out = -1;
 		goto fail;
 	}
-	out = -1;
-	if (in >= 0)
-		close(in);
 	if (renameat(e->fd, "message.out.tmp", e->fd, "message.out") < 0)
 		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root,
 		         e->qid, strerror(errno));
@@ -787,23 +824,62 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 	buf_free(&s);
 }
 
+/* The one way mail leaves with headers of ours: every delivery (clean, stripped, released,
+ * unscanned after max_hold_time) comes here, so forged scan headers are removed on every
+ * path. vs is NULL when nothing was scanned clean (a release, an unscanned delivery):
+ * then there is no X-Virus-Scanned, whatever add_scanned_header says, only extra_hdr
+ * (the NOT SCANNED warning) if given. body replaces the message when given (strip). */
 static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
                                    const struct envelope *env, const struct verdicts *vs,
                                    const char *extra_hdr, const struct buf *body)
 {
 	struct buf h;
+	const char *src = "";
+	size_t len = 0;
+	void *map = MAP_FAILED;
+	struct stat sb;
 	buf_init(&h);
-	const char *eol = router_msg_eol(e);
+	if (body) {
+		src = body->data ? body->data : "";
+		len = body->len;
+	} else {
+		/* Mapped, not read: a message may be as large as max_message_size, and only
+		 * its header block is looked at. The entry is locked, so nobody changes it. */
+		int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &sb) < 0)
+			die_temp(e->qid, "cannot open %s/route/%s/message: %s", e->sp->root, e->qid,
+			         strerror(errno));
+		if (sb.st_size > 0) {
+			map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+			if (map == MAP_FAILED)
+				die_temp(e->qid, "cannot map %s/route/%s/message: %s", e->sp->root,
+				         e->qid, strerror(errno));
+			src = map;
+			len = (size_t)sb.st_size;
+		}
+		close(fd);
+	}
+	const char *eol = strip_eol(src, len);
 	if (extra_hdr)
 		buf_printf(&h, "%s%s", extra_hdr, eol);
-	if (st->conf->router.add_scanned_header)
+	if (vs && st->conf->router.add_scanned_header)
 		router_scanned_header(vs, eol, &h);
-	if (h.len || body) {
-		router_write_out(e, &h, body);
+	long forged = router_copy_unforged(-1, src, len);
+	if (forged > 0) {
+		trace_add(e->fd, e->qid, "removed forged-scan-headers=%ld", forged);
+		log_warn(e->qid,
+		         "removed %ld X-Virus-Scanned/X-Virus-Scan-Warning field(s) that "
+		         "came with the message",
+		         forged);
+	}
+	if (h.len || body || forged > 0) {
+		router_write_out(e, &h, src, len);
 		router_deliver(st, e, env, "message.out");
 	} else {
 		router_deliver(st, e, env, "message");
 	}
+	if (map != MAP_FAILED && munmap(map, len) < 0)
+		log_warn(e->qid, "cannot unmap the message: %s", strerror(errno));
 	buf_free(&h);
 }
 
@@ -870,7 +946,9 @@ static int router_handle(struct stage *st, const char *qid)
 		} else {
 			trace_add(e.fd, e.qid, "release deliver");
 			log_info(e.qid, "delivering a message released from quarantine");
-			router_deliver(st, &e, &env, "message");
+			/* As received, but never with a sender's own scan headers, and without
+			 * ours: the administrator released it, no scanner passed it. */
+			router_deliver_scanned(st, &e, &env, NULL, NULL, NULL);
 		}
 		goto done;
 	}
@@ -921,7 +999,8 @@ static int router_handle(struct stage *st, const char *qid)
 				trace_add(e.fd, e.qid, "hold-expired deliver-unscanned");
 				log_warn(e.qid, "delivering UNSCANNED after max_hold_time: %s",
 				         buf_cstr(&why));
-				router_deliver_scanned(st, &e, &env, &vs, hdr, NULL);
+				/* NULL verdicts: unscanned mail never says X-Virus-Scanned. */
+				router_deliver_scanned(st, &e, &env, NULL, hdr, NULL);
 			} else {
 				router_quarantine(&e, &env, &m, &vs, buf_cstr(&why),
 				                  "held-too-long");

@@ -180,5 +180,121 @@ def scanner_error_alone_still_holds():
     assert "not scanned clean" in reason and "unscannable" not in reason, reason
 
 
+# ---- M7: forged scan headers; L7: unscanned delivery never claims a scan -------------
+
+FORGED_LINES = [
+    b"X-Virus-Scanned: Clean\n",
+    b"x-virus-scanned: ClamAV using ClamSMTP, clean\n",
+    b"X-Virus-Scanned: spoold;\n\tclamscan (ClamAV 9.9.9/1)\n  (folded twice)\n",
+    b"X-VIRUS-SCAN-WARNING : none\n",
+]
+
+
+def forged_message(crlf=False):
+    """(message with forged scan headers, the same message without them). The same
+    header names in the body, and look-alike names, stay."""
+    head = [b"From: alice@example.com\n", FORGED_LINES[0], b"To: bob@example.org\n",
+            FORGED_LINES[1], b"Subject: forged\n", FORGED_LINES[2],
+            b"X-Virus-Scanned-By: someone else (not ours, kept)\n", FORGED_LINES[3],
+            b"Message-ID: <forged@example.com>\n"]
+    body = b"\nHello.\nX-Virus-Scanned: in the body, kept\n"
+    full = b"".join(head) + body
+    clean = b"".join(l for l in head if l not in FORGED_LINES) + body
+    if crlf:
+        full, clean = full.replace(b"\n", b"\r\n"), clean.replace(b"\n", b"\r\n")
+    return full, clean
+
+
+def header_block(data):
+    i = data.find(b"\n\n")
+    j = data.find(b"\r\n\r\n")
+    return data[:min(x for x in (i, j) if x >= 0)]
+
+
+def delivered(p, qid, conn="smtp"):
+    return p.read(os.path.join(p.spool, "outbox", conn, qid), "message")
+
+
+def _forged_case(crlf, add):
+    p = mk(scanners=[clamscan()], router=dict(add_scanned_header=add))
+    full, clean = forged_message(crlf)
+    qid = p.inject("alice@example.com", ["bob@example.org"], full)
+    run_all(p)
+    assert p.outbox() == [("smtp", qid)], (p.finals(), p.logtext()[-2000:])
+    data = delivered(p, qid)
+    hdrs = header_block(data).lower()
+    if add:
+        eol = b"\r\n" if crlf else b"\n"
+        assert data.startswith(b"X-Virus-Scanned: spoold;" + eol + b"\tclamscan ("), data[:300]
+        assert data.endswith(clean), data
+        # only ours: one field, and the forged texts are gone
+        assert hdrs.count(b"x-virus-scanned:") == 1, hdrs
+    else:
+        assert data == clean, data
+        assert b"x-virus-scanned:" not in hdrs, hdrs
+    assert b"x-virus-scan-warning" not in hdrs and b"clamsmtp" not in hdrs, hdrs
+    assert b"9.9.9" not in data and b"folded twice" not in data, data
+    assert b"X-Virus-Scanned: in the body, kept" in data
+    assert b"X-Virus-Scanned-By: someone else" in data
+    tr = p.read(os.path.join(p.spool, "outbox", "smtp", qid), "trace").decode()
+    assert "removed forged-scan-headers=4" in tr, tr
+
+
+@test
+def forged_scan_headers_are_replaced_by_ours():
+    _forged_case(False, True)
+
+
+@test
+def forged_scan_headers_are_replaced_by_ours_crlf():
+    _forged_case(True, True)
+
+
+@test
+def forged_scan_headers_are_removed_without_ours():
+    """add_scanned_header = false: nothing of ours, and still nothing of the sender's."""
+    _forged_case(False, False)
+
+
+@test
+def unscanned_delivery_never_says_scanned():
+    """hold_expiry_action = deliver: only the NOT SCANNED warning, even with
+    add_scanned_header on, and the sender's claims are gone."""
+    p = mk(scanners=[fake("exit7")],
+           router=dict(hold_retry_min=2, hold_retry_max=2, max_hold_time=2,
+                       hold_expiry_action="deliver"))
+    full, clean = forged_message()
+    qid = p.inject("alice@example.com", ["bob@example.org"], full)
+    run_all(p)
+    assert p.entries("hold") == [qid], p.finals()
+    time.sleep(3.2)
+    run_all(p, 2)
+    assert p.outbox() == [("smtp", qid)], (p.finals(), p.logtext()[-2000:])
+    data = delivered(p, qid)
+    assert data.startswith(b"X-Virus-Scan-Warning: NOT SCANNED"), data[:300]
+    hdrs = header_block(data).lower()
+    assert b"x-virus-scanned:" not in hdrs, hdrs
+    assert hdrs.count(b"x-virus-scan-warning") == 1, hdrs
+    assert data.endswith(clean), data
+
+
+@test
+def released_mail_loses_forged_scan_headers_and_gets_none():
+    p = mk(scanners=[clamscan()])
+    full, clean = forged_message()
+    eicar = msgs.eicar_attachment()
+    m = eicar.replace(b"\n", b"\n" + FORGED_LINES[0], 1)
+    assert m != eicar
+    qid = p.inject("alice@example.com", ["bob@example.org"], m)
+    run_all(p)
+    assert p.entries("quarantine") == [qid], p.finals()
+    r = p.ctl("quarantine", "release", qid)
+    assert r.returncode == 0, r.out
+    run_all(p)
+    assert p.outbox() == [("smtp", qid)], p.finals()
+    data = delivered(p, qid)
+    assert data == eicar, "released as received, without the forged field"
+
+
 if __name__ == "__main__":
     harness.main()
