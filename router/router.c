@@ -57,6 +57,21 @@ static void router_text(struct buf *out, const char *s, size_t maxin)
 		buf_addstr(out, "...");
 }
 
+/* A multi-line text (a why) for a report, a reason file or a notice body: like
+ * router_text, but its line breaks stay. The router's own lines escape what they quote at
+ * the source; this catches any line that did not, so no sink ever holds a CR, an ESC or
+ * another control byte, whoever wrote the line. */
+static void router_text_block(struct buf *out, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 0x20 && c < 0x7f) || c == '\n')
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+}
+
 /* The verdict for one part: infected if any scanner says so; clean if every primary
  * said clean, or if a primary failed and the backups all gave a verdict; else error. */
 static enum verdict router_part_verdict(const struct verdicts *vs, int part)
@@ -102,8 +117,11 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 				buf_printf(&fn, "%s, no filename", manifest_found_name(p->found));
 			else
 				buf_addstr(&fn, "-");
-			buf_printf(why, "part %d (%s): %s found by %s\n", l->part, buf_cstr(&fn),
-			           l->virus, l->scanner);
+			buf_printf(why, "part %d (%s): ", l->part, buf_cstr(&fn));
+			router_text(why, l->virus, 256);
+			buf_addstr(why, " found by ");
+			router_text(why, l->scanner, 64);
+			buf_addstr(why, "\n");
 			buf_free(&fn);
 		}
 		if (l->part < 0 && l->verdict != V_CLEAN) {
@@ -111,8 +129,11 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 			if (m->n_unscannable && l->verdict == V_UNSCANNABLE &&
 			    strcmp(l->scanner, "splitter") == 0)
 				continue; /* a manifest mark: listed from the manifest below */
-			buf_printf(why, "message: %s by %s: %s\n", verdict_name(l->verdict),
-			           l->scanner, l->output);
+			buf_printf(why, "message: %s by ", verdict_name(l->verdict));
+			router_text(why, l->scanner, 64);
+			buf_addstr(why, ": ");
+			router_text(why, l->output, 1024);
+			buf_addstr(why, "\n");
 		}
 	}
 	if (infected)
@@ -185,17 +206,27 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	struct buf r, j;
 	buf_init(&r);
 	buf_init(&j);
-	buf_printf(&r, "Queue ID: %s\nReason: %s\nSender: %s\nRecipients:", e->qid, reason,
-	           env->sender);
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		buf_printf(&r, " %s", env->rcpts[i]);
-	buf_printf(&r, "\n\n%s\nParts:\n", why);
+	/* Everything from the mail or a scanner is escaped (router_text): a report is read
+	 * in terminals and by scripts, so it never holds a control byte from outside. */
+	buf_printf(&r, "Queue ID: %s\nReason: %s\nSender: ", e->qid, reason);
+	router_text(&r, env->sender, 998);
+	buf_addstr(&r, "\nRecipients:");
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		buf_addstr(&r, " ");
+		router_text(&r, env->rcpts[i], 998);
+	}
+	buf_addstr(&r, "\n\n");
+	router_text_block(&r, why);
+	buf_addstr(&r, "\nParts:\n");
 	for (size_t i = 0; i < m->n_parts; i++) {
 		struct buf fn;
 		buf_init(&fn);
 		escape_bytes(&fn, m->parts[i].filename, strlen(m->parts[i].filename), 256);
-		buf_printf(&r, "  %04u %s %s %s size=%llu\n", m->parts[i].index, m->parts[i].path,
-		           m->parts[i].type, fn.len ? buf_cstr(&fn) : "-",
+		buf_printf(&r, "  %04u ", m->parts[i].index);
+		router_text(&r, m->parts[i].path, 256);
+		buf_addstr(&r, " ");
+		router_text(&r, m->parts[i].type, 256);
+		buf_printf(&r, " %s size=%llu\n", fn.len ? buf_cstr(&fn) : "-",
 		           (unsigned long long)m->parts[i].size);
 		buf_free(&fn);
 	}
@@ -206,13 +237,13 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	for (size_t i = 0; i < vs->n; i++) {
 		if (vs->lines[i].verdict != V_INFECTED)
 			continue;
-		struct buf v;
-		buf_init(&v);
-		json_escape(&v, vs->lines[i].virus, strlen(vs->lines[i].virus));
-		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"%s\",\"virus\":\"%s\"}",
-		           first ? "" : ",", vs->lines[i].part, vs->lines[i].scanner, buf_cstr(&v));
+		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"", first ? "" : ",",
+		           vs->lines[i].part);
+		json_escape(&j, vs->lines[i].scanner, strlen(vs->lines[i].scanner));
+		buf_addstr(&j, "\",\"virus\":\"");
+		json_escape(&j, vs->lines[i].virus, strlen(vs->lines[i].virus));
+		buf_addstr(&j, "\"}");
 		first = 0;
-		buf_free(&v);
 	}
 	/* The splitter's marks, for a program that wants to know which limit it was. */
 	buf_addstr(&j, "],\"unscannable\":[");
@@ -246,11 +277,13 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 	struct buf b;
 	buf_init(&b);
 	hold_format(&h, &b);
-	struct buf w;
+	struct buf w, rs;
 	buf_init(&w);
+	buf_init(&rs);
 	escape_bytes(&w, why, strlen(why), 1024);
+	router_text_block(&rs, why);
 	if (spool_entry_write(e, "hold", b.data, b.len) < 0 ||
-	    spool_entry_write(e, "reason", why, strlen(why)) < 0 || spool_entry_sync(e) < 0)
+	    spool_entry_write(e, "reason", rs.data, rs.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write hold state: %s", strerror(errno));
 	trace_add(e->fd, e->qid, "hold attempts=%llu next=%lld why=%s",
 	          (unsigned long long)h.attempts, (long long)h.next, buf_cstr(&w));
@@ -262,6 +295,7 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 	         (long long)delay, buf_cstr(&w));
 	buf_free(&b);
 	buf_free(&w);
+	buf_free(&rs);
 }
 
 /* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
@@ -429,8 +463,10 @@ static int router_banned(const struct conf_router *rc, const struct manifest *m,
 		struct buf fn;
 		buf_init(&fn);
 		escape_bytes(&fn, p->filename, strlen(p->filename), 256);
-		buf_printf(why, "part %u (%s): banned %s %s\n", p->index,
-		           fn.len ? buf_cstr(&fn) : "-", rule, what);
+		buf_printf(why, "part %u (%s): banned %s ", p->index, fn.len ? buf_cstr(&fn) : "-",
+		           rule);
+		router_text(why, what, 256);
+		buf_addstr(why, "\n");
 		buf_free(&fn);
 		if (flags)
 			flags[i] = 1;
@@ -690,8 +726,23 @@ static void router_viruses(const struct verdicts *vs, struct buf *out)
 	}
 }
 
-/* One notice as an RFC 5322 message. Every value that came with the mail is escaped to
- * printable ASCII, so it can neither break a header nor carry a second one. */
+/* An address for a notice's header: the bytes an RFC 5321 address is made of pass, any
+ * other (a CR, a LF, a space, '<', '>', ',', a quote) becomes '?', so an address from an
+ * envelope can neither end the field, nor add a header, nor add a second address. */
+static void router_hdr_addr(struct buf *h, const char *s)
+{
+	for (size_t i = 0; s[i] && i < 254; i++) {
+		char c = s[i];
+		int ok = isalnum((unsigned char)c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.@", c));
+		buf_add(h, ok ? &c : "?", 1);
+	}
+}
+
+/* One notice as an RFC 5322 message. Its header fields are built only from safe bytes:
+ * addresses through router_hdr_addr, the subject through router_hdr_text, the rest the
+ * router's own (host name filtered, queue ID, date). The body is passed through
+ * router_text_block: whatever a caller quoted, a notice holds no control byte but its
+ * line breaks, and nothing in the body can reach the header block. */
 static void router_notice_one(struct stage *st, const char *about, const char *conn,
                               const struct envelope *to, const char *subject, const char *body)
 {
@@ -710,17 +761,26 @@ static void router_notice_one(struct stage *st, const char *about, const char *c
 	struct buf m, rl;
 	buf_init(&m);
 	buf_init(&rl);
-	for (size_t i = 0; i < to->n_rcpts; i++)
-		buf_printf(&rl, "%s<%s>", i ? ", " : "", to->rcpts[i]);
+	for (size_t i = 0; i < to->n_rcpts; i++) {
+		buf_addstr(&rl, i ? ", <" : "<");
+		router_hdr_addr(&rl, to->rcpts[i]);
+		buf_addstr(&rl, ">");
+	}
+	buf_addstr(&m, "From: spoold <");
 	if (rc->notify_from[0])
-		buf_printf(&m, "From: spoold <%s>\n", rc->notify_from);
+		router_hdr_addr(&m, rc->notify_from);
 	else
-		buf_printf(&m, "From: spoold <MAILER-DAEMON@%s>\n", host);
+		buf_printf(&m, "MAILER-DAEMON@%s", host);
+	buf_printf(&m, ">\nTo: %s\nSubject: ", buf_cstr(&rl));
+	router_hdr_text(&m, subject, 200);
+	buf_addstr(&m, "\nMessage-ID: <");
+	router_hdr_addr(&m, about);
 	buf_printf(&m,
-	           "To: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s.notice.%lld@%s>\n"
+	           ".notice.%lld@%s>\nDate: %s\n"
 	           "MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n"
-	           "Content-Transfer-Encoding: 7bit\nAuto-Submitted: auto-generated\n\n%s",
-	           buf_cstr(&rl), subject, date, about, (long long)now_us_wall(), host, body);
+	           "Content-Transfer-Encoding: 7bit\nAuto-Submitted: auto-generated\n\n",
+	           (long long)now_us_wall(), host, date);
+	router_text_block(&m, body);
 	struct envelope env;
 	envelope_init(&env);
 	/* The null sender by default: a notice must never bounce back into a loop. */
@@ -761,8 +821,11 @@ static void router_notify(struct stage *st, const char *qid, const struct envelo
 		           "Recipients:\n",
 		           qid, action, reason, v.len ? buf_cstr(&v) : "-",
 		           s.len ? buf_cstr(&s) : "<>");
-		for (size_t i = 0; i < env->n_rcpts; i++)
-			buf_printf(&b, "  %s\n", env->rcpts[i]);
+		for (size_t i = 0; i < env->n_rcpts; i++) {
+			buf_addstr(&b, "  ");
+			router_text(&b, env->rcpts[i], 998);
+			buf_addstr(&b, "\n");
+		}
 		buf_printf(&b, "\nDetails (escaped):\n%s", why);
 		struct envelope to;
 		envelope_init(&to);
@@ -941,7 +1004,9 @@ static int router_handle(struct stage *st, const char *qid)
 	 * rescan and without looking at its verdicts (the administrator decided). */
 	if (fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
-			buf_printf(&why, "released, but %s\n", reason);
+			buf_addstr(&why, "released, but ");
+			router_text(&why, reason, sizeof reason);
+			buf_addstr(&why, "\n");
 			router_hold(st, &e, buf_cstr(&why));
 		} else {
 			trace_add(e.fd, e.qid, "release deliver");
@@ -956,7 +1021,8 @@ static int router_handle(struct stage *st, const char *qid)
 	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0 ||
 	    verdicts_read_at(e.fd, &vs, reason, sizeof reason) < 0 ||
 	    envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
-		buf_printf(&why, "%s\n", reason);
+		router_text(&why, reason, sizeof reason);
+		buf_addstr(&why, "\n");
 		o = OUT_HOLD;
 	} else {
 		o = router_decide(&m, &vs, &why);

@@ -296,5 +296,101 @@ def released_mail_loses_forged_scan_headers_and_gets_none():
     assert data == eicar, "released as received, without the forged field"
 
 
+# ---- L4: escaping in reports and notices -----------------------------------------------
+
+EVIL = "Evil\r\nBcc: victim@example.org\x1b[31m"
+EVIL_FILE_MSG = (
+    b"From: alice@example.com\nTo: bob@example.org\nSubject: evil\nMIME-Version: 1.0\n"
+    b"Content-Type: multipart/mixed; boundary=\"b1\"\n\n"
+    b"--b1\nContent-Type: text/plain\n\nhello\n"
+    b"--b1\nContent-Type: application/octet-stream\n"
+    b"Content-Disposition: attachment;\n"
+    b" filename*=utf-8''evil%0D%0ABcc%3A%20victim%40example.org%1B%5B31m.txt\n"
+    b"Content-Transfer-Encoding: base64\n\naGVsbG8K\n--b1--\n")
+
+
+def raw_controls(data):
+    """Bytes no report, reason or notice may hold: controls other than LF, DEL, 8-bit."""
+    return sorted(set(c for c in data if (c < 0x20 and c != 0x0a) or c >= 0x7f))
+
+
+def _route_entry(p, qid):
+    path = os.path.join(p.spool, "route", qid)
+    assert os.path.isdir(path), (p.finals(), p.logtext()[-2000:])
+    return path
+
+
+@test
+def hostile_virus_and_file_names_are_escaped_in_reports_and_notices():
+    p = mk(scanners=[fake("evilname")],
+           router=dict(notify_admin="postmaster@admin.example", notify_recipients=True))
+    qid = p.inject("alice@example.com", ["bob@example.org"], EVIL_FILE_MSG)
+    for s in ("splitter", "scanner-runner"):
+        assert p.stage(s).returncode == 0
+    path = _route_entry(p, qid)
+    man = p.read(path, "manifest").decode()
+    assert "filename=evil\\x0d\\x0aBcc:" in man, man  # the splitter kept the CR LF
+    # The runner reads a scanner's output a line at a time, so a name with a LF can only
+    # come from elsewhere: put the LF in, as a hostile scanner build could.
+    v = p.read(path, "verdicts").decode()
+    assert "virus=Evil\\x0dBcc:" in v, v
+    with open(os.path.join(path, "verdicts"), "w") as f:
+        f.write(v.replace("virus=Evil\\x0dBcc:", "virus=Evil\\x0d\\x0aBcc:"))
+    router_once(p)
+    assert p.entries("quarantine") == [qid], (p.finals(), p.logtext()[-2000:])
+    q = os.path.join(p.spool, "quarantine", qid)
+
+    report = p.read(q, "report")
+    assert raw_controls(report) == [], (raw_controls(report), report)
+    assert not any(l.lower().startswith(b"bcc") for l in report.split(b"\n")), report
+    assert b"Evil\\x0d\\x0aBcc: victim@example.org\\x1b[31m" in report, report
+    assert b"evil\\x0d\\x0aBcc:" in report, report  # the file name, escaped
+
+    rj = p.read(q, "report.json")
+    assert raw_controls(rj) == [], rj
+    j = json.loads(rj)
+    assert {x["virus"] for x in j["viruses"]} == {EVIL}, j
+
+    notes = p.outbox()
+    assert len(notes) == 2, notes  # the administrator and bob
+    std = {"from", "to", "subject", "message-id", "date", "mime-version", "content-type",
+           "content-transfer-encoding", "auto-submitted"}
+    for c, n in notes:
+        d = os.path.join(p.spool, "outbox", c, n)
+        data = p.read(d, "message")
+        assert raw_controls(data) == [], (raw_controls(data), data)
+        head, _, body = data.partition(b"\n\n")
+        names = [l.split(b":", 1)[0].decode().lower() for l in head.split(b"\n")
+                 if l and l[:1] not in (b" ", b"\t")]
+        assert set(names) <= std and len(names) == len(set(names)), names
+        assert not any(l.lower().startswith(b"bcc") for l in body.split(b"\n")), body
+        assert b"victim@example.org" not in p.read(d, "envelope"), p.read(d, "envelope")
+
+
+@test
+def scanner_output_is_escaped_in_the_hold_reason():
+    """A message-level error line quotes the scanner's name and output in the reason file
+    (and the log): escaped, on one line. The runner writes such lines only with fixed
+    texts today, so the line is added here as a hostile scanner-runner would."""
+    p = mk(scanners=[fake("exit7")])
+    qid = p.inject("alice@example.com", ["bob@example.org"], msgs.clean())
+    for s in ("splitter", "scanner-runner"):
+        assert p.stage(s).returncode == 0
+    path = _route_entry(p, qid)
+    lines = p.read(path, "verdicts").decode().splitlines()
+    assert lines[-1].startswith("end "), lines
+    n = int(lines[-1].split()[1])
+    lines[-1:] = ["scan part=- scanner=evil\\x1b[31m verdict=error virus= exit=3 ms=0 "
+                  "version= argv= backup=0 output=junk\\x07\\x1b[31m\\x0d\\x0aBcc:\\x20victim",
+                  "end %d" % (n + 1)]
+    with open(os.path.join(path, "verdicts"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    router_once(p)
+    assert p.entries("hold") == [qid], (p.finals(), p.logtext()[-2000:])
+    reason = p.read(os.path.join(p.spool, "hold", qid), "reason")
+    assert b"message: error by evil\\x1b[31m: junk\\x07\\x1b[31m\\x0d\\x0aBcc: victim\n" \
+        in reason, reason
+    assert raw_controls(reason) == [], (raw_controls(reason), reason[:400])
+
 if __name__ == "__main__":
     harness.main()
