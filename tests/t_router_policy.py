@@ -296,6 +296,23 @@ def released_mail_loses_forged_scan_headers_and_gets_none():
     assert data == eicar, "released as received, without the forged field"
 
 
+@test
+def stripped_mail_loses_forged_scan_headers_too():
+    """infected_action = strip writes message.out from the stripped body: the same header
+    rewrite applies, so the sender's "X-Virus-Scanned: Clean" does not survive there."""
+    p = mk(scanners=[clamscan()], router=dict(infected_action="strip"))
+    m = msgs.eicar_attachment()
+    m = m.replace(b"\n", b"\n" + FORGED_LINES[0] + FORGED_LINES[2], 1)
+    qid = p.inject("alice@example.com", ["bob@example.org"], m)
+    run_all(p)
+    assert p.outbox() == [("smtp", qid)], (p.finals(), p.logtext()[-2000:])
+    data = delivered(p, qid)
+    hdrs = header_block(data).lower()
+    assert hdrs.count(b"x-virus-scanned:") == 1 and hdrs.startswith(b"x-virus-scanned: spoold;")
+    assert b"x-virus-scanned: clean" not in hdrs and b"9.9.9" not in hdrs, hdrs
+    assert msgs.eicar() not in data
+
+
 # ---- L4: escaping in reports and notices -----------------------------------------------
 
 EVIL = "Evil\r\nBcc: victim@example.org\x1b[31m"
