@@ -2,10 +2,12 @@
  * router - acts on the verdicts (docs/INTERNALS.md, states S3 -> S4a..S4c).
  *
  * Every part infected by any scanner: quarantine/. Every part clean: one outbox entry per
- * connector that serves a recipient, each with only that connector's recipients. Anything
- * else (a scanner error, a timeout, an unscannable mark, a part with no verdict): hold/,
- * retried with exponential back-off, and quarantined after max_hold_time. It fails closed:
- * only a positive, complete set of clean verdicts lets mail out.
+ * connector that serves a recipient, each with only that connector's recipients. A
+ * manifest `unscannable` mark (a splitter limit such as max_parts): quarantine/ at once,
+ * reason "unscannable", since a retry rescans the same parts and can never cover more.
+ * Anything else (a scanner error, a timeout, a part with no verdict): hold/, retried with
+ * exponential back-off, and quarantined after max_hold_time. It fails closed: only a
+ * positive, complete set of clean verdicts lets mail out.
  *
  * DIAGNOSTICS
  *   Exit 75 when the spool is unusable, 78 on a config error.
@@ -16,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,7 +37,40 @@
 #include "util.h"
 #include "verdict.h"
 
-enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED };
+enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED, OUT_UNSCANNABLE };
+
+/* Bytes a scanner or a sender chose, as one line of text for people: printable ASCII
+ * and the space pass, a backslash and every other byte (CR, LF, ESC, 8-bit) become \xHH,
+ * so a report, a reason file or a notice never holds a control byte or a line break that
+ * came from outside. At most maxin input bytes; a longer input is cut and ends in "...". */
+static void router_text(struct buf *out, const char *s, size_t maxin)
+{
+	size_t n = strlen(s), lim = n < maxin ? n : maxin;
+	for (size_t i = 0; i < lim; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+	if (lim < n)
+		buf_addstr(out, "...");
+}
+
+/* A multi-line text (a why) for a report, a reason file or a notice body: like
+ * router_text, but its line breaks stay. The router's own lines escape what they quote at
+ * the source; this catches any line that did not, so no sink ever holds a CR, an ESC or
+ * another control byte, whoever wrote the line. */
+static void router_text_block(struct buf *out, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 0x20 && c < 0x7f) || c == '\n')
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+}
 
 /* The verdict for one part: infected if any scanner says so; clean if every primary
  * said clean, or if a primary failed and the backups all gave a verdict; else error. */
@@ -80,14 +117,23 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 				buf_printf(&fn, "%s, no filename", manifest_found_name(p->found));
 			else
 				buf_addstr(&fn, "-");
-			buf_printf(why, "part %d (%s): %s found by %s\n", l->part, buf_cstr(&fn),
-			           l->virus, l->scanner);
+			buf_printf(why, "part %d (%s): ", l->part, buf_cstr(&fn));
+			router_text(why, l->virus, 256);
+			buf_addstr(why, " found by ");
+			router_text(why, l->scanner, 64);
+			buf_addstr(why, "\n");
 			buf_free(&fn);
 		}
 		if (l->part < 0 && l->verdict != V_CLEAN) {
 			failed = 1;
-			buf_printf(why, "message: %s by %s: %s\n", verdict_name(l->verdict),
-			           l->scanner, l->output);
+			if (m->n_unscannable && l->verdict == V_UNSCANNABLE &&
+			    strcmp(l->scanner, "splitter") == 0)
+				continue; /* a manifest mark: listed from the manifest below */
+			buf_printf(why, "message: %s by ", verdict_name(l->verdict));
+			router_text(why, l->scanner, 64);
+			buf_addstr(why, ": ");
+			router_text(why, l->output, 1024);
+			buf_addstr(why, "\n");
 		}
 	}
 	if (infected)
@@ -102,8 +148,27 @@ static enum outcome router_decide(const struct manifest *m, const struct verdict
 			           m->parts[i].index);
 		}
 	}
-	if (m->n_unscannable)
-		failed = 1;
+	/* A manifest's unscannable marks are permanent: a retry goes from hold/ back to
+	 * scan/, never to the splitter, so it rescans the same parts of the same manifest and
+	 * can never cover what the splitter left out. Holding such a message would only
+	 * rescan all its parts until max_hold_time: it is quarantined now, and the report
+	 * names the limits first. */
+	if (m->n_unscannable) {
+		struct buf u;
+		buf_init(&u);
+		for (size_t i = 0; i < m->n_unscannable; i++) {
+			buf_addstr(&u,
+			           "message: unscannable, not retried (a retry rescans the same "
+			           "parts): ");
+			router_text(&u, m->unscannable[i], 256);
+			buf_addstr(&u, "\n");
+		}
+		buf_add(&u, why->data, why->len);
+		buf_reset(why);
+		buf_add(why, u.data, u.len);
+		buf_free(&u);
+		return OUT_UNSCANNABLE;
+	}
 	return failed ? OUT_HOLD : OUT_DELIVER;
 }
 
@@ -141,17 +206,27 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	struct buf r, j;
 	buf_init(&r);
 	buf_init(&j);
-	buf_printf(&r, "Queue ID: %s\nReason: %s\nSender: %s\nRecipients:", e->qid, reason,
-	           env->sender);
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		buf_printf(&r, " %s", env->rcpts[i]);
-	buf_printf(&r, "\n\n%s\nParts:\n", why);
+	/* Everything from the mail or a scanner is escaped (router_text): a report is read
+	 * in terminals and by scripts, so it never holds a control byte from outside. */
+	buf_printf(&r, "Queue ID: %s\nReason: %s\nSender: ", e->qid, reason);
+	router_text(&r, env->sender, 998);
+	buf_addstr(&r, "\nRecipients:");
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		buf_addstr(&r, " ");
+		router_text(&r, env->rcpts[i], 998);
+	}
+	buf_addstr(&r, "\n\n");
+	router_text_block(&r, why);
+	buf_addstr(&r, "\nParts:\n");
 	for (size_t i = 0; i < m->n_parts; i++) {
 		struct buf fn;
 		buf_init(&fn);
 		escape_bytes(&fn, m->parts[i].filename, strlen(m->parts[i].filename), 256);
-		buf_printf(&r, "  %04u %s %s %s size=%llu\n", m->parts[i].index, m->parts[i].path,
-		           m->parts[i].type, fn.len ? buf_cstr(&fn) : "-",
+		buf_printf(&r, "  %04u ", m->parts[i].index);
+		router_text(&r, m->parts[i].path, 256);
+		buf_addstr(&r, " ");
+		router_text(&r, m->parts[i].type, 256);
+		buf_printf(&r, " %s size=%llu\n", fn.len ? buf_cstr(&fn) : "-",
 		           (unsigned long long)m->parts[i].size);
 		buf_free(&fn);
 	}
@@ -162,13 +237,20 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	for (size_t i = 0; i < vs->n; i++) {
 		if (vs->lines[i].verdict != V_INFECTED)
 			continue;
-		struct buf v;
-		buf_init(&v);
-		json_escape(&v, vs->lines[i].virus, strlen(vs->lines[i].virus));
-		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"%s\",\"virus\":\"%s\"}",
-		           first ? "" : ",", vs->lines[i].part, vs->lines[i].scanner, buf_cstr(&v));
+		buf_printf(&j, "%s{\"part\":%d,\"scanner\":\"", first ? "" : ",",
+		           vs->lines[i].part);
+		json_escape(&j, vs->lines[i].scanner, strlen(vs->lines[i].scanner));
+		buf_addstr(&j, "\",\"virus\":\"");
+		json_escape(&j, vs->lines[i].virus, strlen(vs->lines[i].virus));
+		buf_addstr(&j, "\"}");
 		first = 0;
-		buf_free(&v);
+	}
+	/* The splitter's marks, for a program that wants to know which limit it was. */
+	buf_addstr(&j, "],\"unscannable\":[");
+	for (size_t i = 0; i < m->n_unscannable; i++) {
+		buf_printf(&j, "%s\"", i ? "," : "");
+		json_escape(&j, m->unscannable[i], strlen(m->unscannable[i]));
+		buf_addstr(&j, "\"");
 	}
 	buf_addstr(&j, "]}\n");
 	router_drop_parts(e);
@@ -185,70 +267,35 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 	buf_free(&j);
 }
 
-struct hold_state {
-	uint64_t attempts;
-	uint64_t first;
-	uint64_t next;
-};
-
-static void router_hold_read(int dirfd, struct hold_state *h)
-{
-	struct buf b, v;
-	buf_init(&b);
-	buf_init(&v);
-	h->attempts = 0;
-	h->first = 0;
-	h->next = 0;
-	if (read_file_at(dirfd, "hold", &b, 4096) == 0) {
-		const char *s = buf_cstr(&b);
-		if (kv_find(s, "attempts", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->attempts);
-		if (kv_find(s, "first", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->first);
-		if (kv_find(s, "next", &v) == 0)
-			parse_u64(buf_cstr(&v), &h->next);
-	}
-	buf_free(&b);
-	buf_free(&v);
-}
-
 static void router_hold(struct stage *st, struct spool_entry *e, const char *why)
 {
 	const struct conf_router *rc = &st->conf->router;
 	struct hold_state h;
-	uint64_t now = (uint64_t)time(NULL);
-	router_hold_read(e->fd, &h);
-	if (h.first == 0)
-		h.first = now;
-	h.attempts++;
-	/* Exponential back-off with jitter, kept in the entry so a restart keeps the schedule. */
-	uint64_t delay = (uint64_t)rc->hold_retry_min;
-	for (uint64_t i = 1; i < h.attempts && delay < (uint64_t)rc->hold_retry_max; i++)
-		delay *= 2;
-	if (delay > (uint64_t)rc->hold_retry_max)
-		delay = (uint64_t)rc->hold_retry_max;
-	delay += (uint64_t)(rand() % (int)(delay / 4 + 1));
-	h.next = now + delay;
+	hold_read(e->fd, &h);
+	int64_t delay = hold_schedule(&h, (int64_t)time(NULL), rc->hold_retry_min,
+	                              rc->hold_retry_max, (unsigned)rand());
 	struct buf b;
 	buf_init(&b);
-	buf_printf(&b, "hold attempts=%llu first=%llu next=%llu\n", (unsigned long long)h.attempts,
-	           (unsigned long long)h.first, (unsigned long long)h.next);
-	struct buf w;
+	hold_format(&h, &b);
+	struct buf w, rs;
 	buf_init(&w);
+	buf_init(&rs);
 	escape_bytes(&w, why, strlen(why), 1024);
+	router_text_block(&rs, why);
 	if (spool_entry_write(e, "hold", b.data, b.len) < 0 ||
-	    spool_entry_write(e, "reason", why, strlen(why)) < 0 || spool_entry_sync(e) < 0)
+	    spool_entry_write(e, "reason", rs.data, rs.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write hold state: %s", strerror(errno));
-	trace_add(e->fd, e->qid, "hold attempts=%llu next=%llu why=%s",
-	          (unsigned long long)h.attempts, (unsigned long long)h.next, buf_cstr(&w));
+	trace_add(e->fd, e->qid, "hold attempts=%llu next=%lld why=%s",
+	          (unsigned long long)h.attempts, (long long)h.next, buf_cstr(&w));
 	CRASH_POINT("route-hold");
 	if (spool_entry_move(e, SD_HOLD) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to hold/: %s", e->sp->root, e->qid,
 		         strerror(errno));
-	log_warn(e->qid, "held attempts=%llu retry_in=%llus why=%s", (unsigned long long)h.attempts,
-	         (unsigned long long)delay, buf_cstr(&w));
+	log_warn(e->qid, "held attempts=%llu retry_in=%llds why=%s", (unsigned long long)h.attempts,
+	         (long long)delay, buf_cstr(&w));
 	buf_free(&b);
 	buf_free(&w);
+	buf_free(&rs);
 }
 
 /* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
@@ -416,8 +463,10 @@ static int router_banned(const struct conf_router *rc, const struct manifest *m,
 		struct buf fn;
 		buf_init(&fn);
 		escape_bytes(&fn, p->filename, strlen(p->filename), 256);
-		buf_printf(why, "part %u (%s): banned %s %s\n", p->index,
-		           fn.len ? buf_cstr(&fn) : "-", rule, what);
+		buf_printf(why, "part %u (%s): banned %s ", p->index, fn.len ? buf_cstr(&fn) : "-",
+		           rule);
+		router_text(why, what, 256);
+		buf_addstr(why, "\n");
 		buf_free(&fn);
 		if (flags)
 			flags[i] = 1;
@@ -455,38 +504,73 @@ static void router_scanned_header(const struct verdicts *vs, const char *eol, st
 	buf_addstr(h, eol);
 }
 
-static const char *router_msg_eol(struct spool_entry *e)
+/* Is the header line p[0..n) a field named X-Virus-Scanned or X-Virus-Scan-Warning, in
+ * any case, with or without blanks before the colon (RFC 5322's obsolete syntax, which
+ * some readers still accept)? */
+static int router_hdr_is_scan_field(const char *p, size_t n)
 {
-	char head[4096];
-	int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return "\n";
-	ssize_t n = pread(fd, head, sizeof head, 0);
-	close(fd);
-	return n > 0 ? strip_eol(head, (size_t)n) : "\n";
+	static const char *const names[] = {"x-virus-scanned", "x-virus-scan-warning"};
+	for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+		size_t l = strlen(names[i]), k = l;
+		if (n <= l || strncasecmp(p, names[i], l) != 0)
+			continue;
+		while (k < n && (p[k] == ' ' || p[k] == '\t'))
+			k++;
+		if (k < n && p[k] == ':')
+			return 1;
+	}
+	return 0;
 }
 
-/* Write message.out: hdrs, then body (if given) or the original message's bytes. It is
- * made durable with the rest of the fan-out by the fanout commit's sync, before any
- * out.<conn>/ leaves for an outbox. */
-static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const struct buf *body)
+/* Copy msg[0..len) to fd (or only count, if fd < 0) without the X-Virus-Scanned and
+ * X-Virus-Scan-Warning fields of its top-level header block, their folded continuation
+ * lines included. A sender's forged "X-Virus-Scanned: Clean" must never be what a
+ * downstream filter trusts: only the router says whether mail was scanned. The header
+ * block ends at the first empty line ("\n" or "\r\n"); every other byte is copied as it
+ * is, in as many writes as fields removed plus one, so no buffer grows with the input.
+ * Returns the number of fields removed, or -1 with errno on a write error. */
+static long router_copy_unforged(int fd, const char *msg, size_t len)
 {
-	int in = -1, out = -1;
-	if (body == NULL && (in = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
-		goto fail;
-	out = openat(e->fd, "message.out.tmp",
-	             O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
-	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0)
-		goto fail;
-	if (body ? write_all(out, body->data, body->len) < 0 : copy_fd(in, out) < 0)
+	size_t i = 0, keep = 0;
+	long removed = 0;
+	int dropping = 0;
+	while (i < len) {
+		if (msg[i] == '\n' || (msg[i] == '\r' && i + 1 < len && msg[i + 1] == '\n'))
+			break;
+		const char *nl = memchr(msg + i, '\n', len - i);
+		size_t next = nl ? (size_t)(nl - msg) + 1 : len;
+		/* A line that starts with a blank continues the field before it. */
+		if (msg[i] != ' ' && msg[i] != '\t') {
+			dropping = router_hdr_is_scan_field(msg + i, next - i);
+			removed += dropping;
+		}
+		if (dropping) {
+			if (fd >= 0 && i > keep && write_all(fd, msg + keep, i - keep) < 0)
+				return -1;
+			keep = next;
+		}
+		i = next;
+	}
+	if (fd >= 0 && len > keep && write_all(fd, msg + keep, len - keep) < 0)
+		return -1;
+	return removed;
+}
+
+/* Write message.out: hdrs, then msg[0..len) without forged scan headers. It is made
+ * durable with the rest of the fan-out by the fanout commit's sync, before any
+ * out.<conn>/ leaves for an outbox. */
+static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const char *msg,
+                             size_t len)
+{
+	int out = openat(e->fd, "message.out.tmp",
+	                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0 ||
+	    router_copy_unforged(out, msg, len) < 0)
 		goto fail;
 	if (close(out) < 0) {
 		out = -1;
 		goto fail;
 	}
-	out = -1;
-	if (in >= 0)
-		close(in);
 	if (renameat(e->fd, "message.out.tmp", e->fd, "message.out") < 0)
 		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root,
 		         e->qid, strerror(errno));
@@ -642,8 +726,23 @@ static void router_viruses(const struct verdicts *vs, struct buf *out)
 	}
 }
 
-/* One notice as an RFC 5322 message. Every value that came with the mail is escaped to
- * printable ASCII, so it can neither break a header nor carry a second one. */
+/* An address for a notice's header: the bytes an RFC 5321 address is made of pass, any
+ * other (a CR, a LF, a space, '<', '>', ',', a quote) becomes '?', so an address from an
+ * envelope can neither end the field, nor add a header, nor add a second address. */
+static void router_hdr_addr(struct buf *h, const char *s)
+{
+	for (size_t i = 0; s[i] && i < 254; i++) {
+		char c = s[i];
+		int ok = isalnum((unsigned char)c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.@", c));
+		buf_add(h, ok ? &c : "?", 1);
+	}
+}
+
+/* One notice as an RFC 5322 message. Its header fields are built only from safe bytes:
+ * addresses through router_hdr_addr, the subject through router_hdr_text, the rest the
+ * router's own (host name filtered, queue ID, date). The body is passed through
+ * router_text_block: whatever a caller quoted, a notice holds no control byte but its
+ * line breaks, and nothing in the body can reach the header block. */
 static void router_notice_one(struct stage *st, const char *about, const char *conn,
                               const struct envelope *to, const char *subject, const char *body)
 {
@@ -662,17 +761,26 @@ static void router_notice_one(struct stage *st, const char *about, const char *c
 	struct buf m, rl;
 	buf_init(&m);
 	buf_init(&rl);
-	for (size_t i = 0; i < to->n_rcpts; i++)
-		buf_printf(&rl, "%s<%s>", i ? ", " : "", to->rcpts[i]);
+	for (size_t i = 0; i < to->n_rcpts; i++) {
+		buf_addstr(&rl, i ? ", <" : "<");
+		router_hdr_addr(&rl, to->rcpts[i]);
+		buf_addstr(&rl, ">");
+	}
+	buf_addstr(&m, "From: spoold <");
 	if (rc->notify_from[0])
-		buf_printf(&m, "From: spoold <%s>\n", rc->notify_from);
+		router_hdr_addr(&m, rc->notify_from);
 	else
-		buf_printf(&m, "From: spoold <MAILER-DAEMON@%s>\n", host);
+		buf_printf(&m, "MAILER-DAEMON@%s", host);
+	buf_printf(&m, ">\nTo: %s\nSubject: ", buf_cstr(&rl));
+	router_hdr_text(&m, subject, 200);
+	buf_addstr(&m, "\nMessage-ID: <");
+	router_hdr_addr(&m, about);
 	buf_printf(&m,
-	           "To: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s.notice.%lld@%s>\n"
+	           ".notice.%lld@%s>\nDate: %s\n"
 	           "MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n"
-	           "Content-Transfer-Encoding: 7bit\nAuto-Submitted: auto-generated\n\n%s",
-	           buf_cstr(&rl), subject, date, about, (long long)now_us_wall(), host, body);
+	           "Content-Transfer-Encoding: 7bit\nAuto-Submitted: auto-generated\n\n",
+	           (long long)now_us_wall(), host, date);
+	router_text_block(&m, body);
 	struct envelope env;
 	envelope_init(&env);
 	/* The null sender by default: a notice must never bounce back into a loop. */
@@ -713,8 +821,11 @@ static void router_notify(struct stage *st, const char *qid, const struct envelo
 		           "Recipients:\n",
 		           qid, action, reason, v.len ? buf_cstr(&v) : "-",
 		           s.len ? buf_cstr(&s) : "<>");
-		for (size_t i = 0; i < env->n_rcpts; i++)
-			buf_printf(&b, "  %s\n", env->rcpts[i]);
+		for (size_t i = 0; i < env->n_rcpts; i++) {
+			buf_addstr(&b, "  ");
+			router_text(&b, env->rcpts[i], 998);
+			buf_addstr(&b, "\n");
+		}
 		buf_printf(&b, "\nDetails (escaped):\n%s", why);
 		struct envelope to;
 		envelope_init(&to);
@@ -776,23 +887,62 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 	buf_free(&s);
 }
 
+/* The one way mail leaves with headers of ours: every delivery (clean, stripped, released,
+ * unscanned after max_hold_time) comes here, so forged scan headers are removed on every
+ * path. vs is NULL when nothing was scanned clean (a release, an unscanned delivery):
+ * then there is no X-Virus-Scanned, whatever add_scanned_header says, only extra_hdr
+ * (the NOT SCANNED warning) if given. body replaces the message when given (strip). */
 static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
                                    const struct envelope *env, const struct verdicts *vs,
                                    const char *extra_hdr, const struct buf *body)
 {
 	struct buf h;
+	const char *src = "";
+	size_t len = 0;
+	void *map = MAP_FAILED;
+	struct stat sb;
 	buf_init(&h);
-	const char *eol = router_msg_eol(e);
+	if (body) {
+		src = body->data ? body->data : "";
+		len = body->len;
+	} else {
+		/* Mapped, not read: a message may be as large as max_message_size, and only
+		 * its header block is looked at. The entry is locked, so nobody changes it. */
+		int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &sb) < 0)
+			die_temp(e->qid, "cannot open %s/route/%s/message: %s", e->sp->root, e->qid,
+			         strerror(errno));
+		if (sb.st_size > 0) {
+			map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+			if (map == MAP_FAILED)
+				die_temp(e->qid, "cannot map %s/route/%s/message: %s", e->sp->root,
+				         e->qid, strerror(errno));
+			src = map;
+			len = (size_t)sb.st_size;
+		}
+		close(fd);
+	}
+	const char *eol = strip_eol(src, len);
 	if (extra_hdr)
 		buf_printf(&h, "%s%s", extra_hdr, eol);
-	if (st->conf->router.add_scanned_header)
+	if (vs && st->conf->router.add_scanned_header)
 		router_scanned_header(vs, eol, &h);
-	if (h.len || body) {
-		router_write_out(e, &h, body);
+	long forged = router_copy_unforged(-1, src, len);
+	if (forged > 0) {
+		trace_add(e->fd, e->qid, "removed forged-scan-headers=%ld", forged);
+		log_warn(e->qid,
+		         "removed %ld X-Virus-Scanned/X-Virus-Scan-Warning field(s) that "
+		         "came with the message",
+		         forged);
+	}
+	if (h.len || body || forged > 0) {
+		router_write_out(e, &h, src, len);
 		router_deliver(st, e, env, "message.out");
 	} else {
 		router_deliver(st, e, env, "message");
 	}
+	if (map != MAP_FAILED && munmap(map, len) < 0)
+		log_warn(e->qid, "cannot unmap the message: %s", strerror(errno));
 	buf_free(&h);
 }
 
@@ -854,12 +1004,16 @@ static int router_handle(struct stage *st, const char *qid)
 	 * rescan and without looking at its verdicts (the administrator decided). */
 	if (fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
-			buf_printf(&why, "released, but %s\n", reason);
+			buf_addstr(&why, "released, but ");
+			router_text(&why, reason, sizeof reason);
+			buf_addstr(&why, "\n");
 			router_hold(st, &e, buf_cstr(&why));
 		} else {
 			trace_add(e.fd, e.qid, "release deliver");
 			log_info(e.qid, "delivering a message released from quarantine");
-			router_deliver(st, &e, &env, "message");
+			/* As received, but never with a sender's own scan headers, and without
+			 * ours: the administrator released it, no scanner passed it. */
+			router_deliver_scanned(st, &e, &env, NULL, NULL, NULL);
 		}
 		goto done;
 	}
@@ -867,7 +1021,8 @@ static int router_handle(struct stage *st, const char *qid)
 	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0 ||
 	    verdicts_read_at(e.fd, &vs, reason, sizeof reason) < 0 ||
 	    envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
-		buf_printf(&why, "%s\n", reason);
+		router_text(&why, reason, sizeof reason);
+		buf_addstr(&why, "\n");
 		o = OUT_HOLD;
 	} else {
 		o = router_decide(&m, &vs, &why);
@@ -891,11 +1046,15 @@ static int router_handle(struct stage *st, const char *qid)
 		memcpy(q, e.qid, sizeof q);
 		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "banned");
 		router_notify(st, q, &env, &vs, "quarantine", "banned", buf_cstr(&why));
+	} else if (o == OUT_UNSCANNABLE) {
+		/* Never delivered, not even with hold_expiry_action = deliver: that is for
+		 * a scan that might have worked later, and this one never can. */
+		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "unscannable");
 	} else if (o == OUT_HOLD) {
 		struct hold_state h;
 		const struct conf_router *rc = &st->conf->router;
-		router_hold_read(e.fd, &h);
-		if (h.first && (uint64_t)time(NULL) - h.first > (uint64_t)rc->max_hold_time) {
+		hold_read(e.fd, &h);
+		if (hold_expired(&h, (int64_t)time(NULL), rc->max_hold_time)) {
 			if (strcmp(rc->hold_expiry_action, "deliver") == 0 && env.n_rcpts > 0) {
 				char hdr[256];
 				snprintf(hdr, sizeof hdr,
@@ -906,7 +1065,8 @@ static int router_handle(struct stage *st, const char *qid)
 				trace_add(e.fd, e.qid, "hold-expired deliver-unscanned");
 				log_warn(e.qid, "delivering UNSCANNED after max_hold_time: %s",
 				         buf_cstr(&why));
-				router_deliver_scanned(st, &e, &env, &vs, hdr, NULL);
+				/* NULL verdicts: unscanned mail never says X-Virus-Scanned. */
+				router_deliver_scanned(st, &e, &env, NULL, hdr, NULL);
 			} else {
 				router_quarantine(&e, &env, &m, &vs, buf_cstr(&why),
 				                  "held-too-long");
@@ -933,7 +1093,11 @@ static int router_tick(struct stage *st)
 	static int64_t next_expire;
 	char **names;
 	size_t n;
-	uint64_t now = (uint64_t)time(NULL);
+	int64_t now = (int64_t)time(NULL);
+	/* The furthest ahead a schedule written by router_hold can be: the longest back-off
+	 * plus its jitter, and a minute of slack. */
+	const struct conf_router *rc = &st->conf->router;
+	int64_t horizon = (int64_t)rc->hold_retry_max + rc->hold_retry_max / 4 + 60;
 	if (now_ms_monotonic() >= next_expire) {
 		if (spool_quarantine_expire(&st->spool, st->conf->router.quarantine_days) < 0)
 			log_warn(NULL, "cannot list %s/quarantine: %s", st->spool.root,
@@ -947,8 +1111,8 @@ static int router_tick(struct stage *st)
 		struct hold_state h;
 		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
 			continue;
-		router_hold_read(e.fd, &h);
-		if (h.next <= now) {
+		hold_read(e.fd, &h);
+		if (hold_due(&h, now, horizon)) {
 			trace_add(e.fd, e.qid, "retry attempts=%llu",
 			          (unsigned long long)h.attempts);
 			if (spool_entry_move(&e, SD_SCAN) < 0)

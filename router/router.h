@@ -4,11 +4,14 @@
  * strip.c   locates a MIME entity by its IMAP section path in the raw message bytes, so
  *           an infected part can be replaced while every other byte stays as received.
  * notice.c  writes notification messages as new outbox entries.
+ * hold.c    reads and writes the hold record and decides expiry and retries (pure
+ *           functions of the record and the time, unit-tested in tests/unit/test_route.c).
  */
 #ifndef ROUTER_ROUTER_H
 #define ROUTER_ROUTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "conf.h"
 #include "envelope.h"
@@ -28,5 +31,30 @@ const char *strip_eol(const char *msg, size_t len);
  * a notice is best effort, never a reason to hold mail). qid_out gets the new ID. */
 int notice_write(struct spool *sp, const char *conn, const struct envelope *env, const char *msg,
                  size_t len, const char *about_qid, char qid_out[SPOOL_QID_LEN + 1]);
+
+/* The hold record (hold.c). Times are signed: see hold.c on clock steps. */
+struct hold_state {
+	uint64_t attempts;
+	int64_t first; /* unix time of the first hold, 0 if unknown */
+	int64_t next;  /* unix time of the next retry; INT64_MAX: never */
+	int manual;    /* held by spoolctl hold: never retried by the timer */
+};
+/* Parse a record ("hold attempts=.. first=.. next=.."); anything malformed reads as 0. */
+void hold_parse(const char *s, struct hold_state *h);
+/* hold_parse of dirfd's "hold" file; an absent or unreadable file reads as all 0. */
+void hold_read(int dirfd, struct hold_state *h);
+/* The record's line, newline included. */
+void hold_format(const struct hold_state *h, struct buf *out);
+/* 1 if the hold has lasted more than max_hold seconds at now. A first in the future (the
+ * clock stepped back) or unknown (0) never expires. */
+int hold_expired(const struct hold_state *h, int64_t now, int64_t max_hold);
+/* 1 if the retry is due at now: next has passed, or next is more than horizon seconds
+ * ahead (written under a clock that stepped back since). Never for a manual hold. */
+int hold_due(const struct hold_state *h, int64_t now, int64_t horizon);
+/* Count one more attempt held at now and set next by exponential back-off from
+ * retry_min to retry_max, plus up to a quarter of jitter from rnd. first is set to now
+ * if unknown or in the future. Returns the delay. */
+int64_t hold_schedule(struct hold_state *h, int64_t now, int64_t retry_min, int64_t retry_max,
+                      unsigned rnd);
 
 #endif

@@ -138,25 +138,25 @@ def prescan_counts_message_type_lines_across_the_read_boundary():
 
 
 @test
-def over_limit_is_held_with_the_mark_in_the_reason():
+def over_limit_is_quarantined_with_the_mark_in_the_report():
     p = Pipeline(scanners=[clamscan()], splitter=dict(max_parts=3))
     p.drop("many", msgs.multipart(10))
     p.pass_all()
     finals = p.finals()
-    assert [f[0] for f in finals] == ["hold"], finals
-    reason = p.read(finals[0][2], "reason").decode()
+    assert [f[0] for f in finals] == ["quarantine"], finals
+    reason = p.read(finals[0][2], "report").decode()
     assert "over limit (max_parts)" in reason, reason
     assert "unscannable over\\x20limit\\x20(max_parts)" in p.read(finals[0][2], "manifest").decode()
 
 
 @test
-def over_size_message_is_held_never_passed():
+def over_size_message_is_quarantined_never_passed():
     p = Pipeline(scanners=[clamscan()], splitter=dict(max_message_size=10000))
     p.drop("big", msgs.with_attachment(os.urandom(20000), "big.bin"))
     p.pass_all()
     finals = p.finals()
-    assert [f[0] for f in finals] == ["hold"], finals
-    assert "max_message_size" in p.read(finals[0][2], "reason").decode()
+    assert [f[0] for f in finals] == ["quarantine"], finals
+    assert "max_message_size" in p.read(finals[0][2], "report").decode()
 
 
 @test(timeout=300)
