@@ -55,6 +55,22 @@ static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, .
 	return -1;
 }
 
+/*
+ * Copy the len bytes of a reply (no NUL among them) into line, which is CLAMD_REPLY_MAX
+ * bytes, and terminate it. Every reply line goes through here: the receive buffers are
+ * larger than line (a pipelined session reads up to two replies at once), so a reply
+ * that fits a receive buffer may still not fit. Too long is an error, never cut short:
+ * a truncated reply could parse as something else. 0, or -1 with r set.
+ */
+static int clamd_line_copy(char *line, const char *src, size_t len, struct clamd_result *r)
+{
+	if (len >= CLAMD_REPLY_MAX)
+		return clamd_fail(r, V_ERROR, "reply too long (%zu bytes)", len);
+	memcpy(line, src, len);
+	line[len] = '\0';
+	return 0;
+}
+
 static void clamd_result_reset(struct clamd_result *r, const char *addr)
 {
 	memset(r, 0, sizeof *r);
@@ -421,9 +437,7 @@ static int clamd_reply_read(int s, int64_t deadline, char *line, struct clamd_re
 		return clamd_fail(r, V_ERROR, "more than one reply: %.200s", buf);
 	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		len--;
-	memcpy(line, buf, len);
-	line[len] = '\0';
-	return 0;
+	return clamd_line_copy(line, buf, len, r);
 }
 
 /* Length of the "stream: " or "fd[N]: " prefix that starts s, 0 if none. */
@@ -715,9 +729,7 @@ static int clamd_session_reply(struct clamd_session *cs, int64_t deadline, char 
 		return clamd_fail(r, V_ERROR, "session reply for another request");
 	while (len > wl && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		len--;
-	memcpy(line, buf + wl, len - wl);
-	line[len - wl] = '\0';
-	return 0;
+	return clamd_line_copy(line, buf + wl, len - wl, r);
 }
 
 /* One request in the open session. 0 on a verdict, -1 otherwise (r set). */
@@ -838,17 +850,21 @@ static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size
 			return -1;
 		}
 		len = (size_t)(nul - buf);
+		/* Digits only: strtoul alone would take " +1" or "-1" as well. */
+		if (buf[0] < '0' || buf[0] > '9')
+			return -1;
 		errno = 0;
 		id = strtoul(buf, &end, 10);
-		if (errno != 0 || end == buf || end[0] != ':' || end[1] != ' ' || id < first ||
-		    id - first >= n || final[id - first])
+		if (errno != 0 || end[0] != ':' || end[1] != ' ' || id < first || id - first >= n ||
+		    final[id - first])
 			return -1; /* not a reply to one of ours, or a second one */
 		len -= (size_t)(end + 2 - buf);
 		while (len > 0 && (end[2 + len - 1] == '\n' || end[2 + len - 1] == '\r'))
 			len--;
-		memcpy(line, end + 2, len);
-		line[len] = '\0';
-		if (clamd_reply_parse(line, &rs[id - first]) == 0)
+		/* Up to 2 * CLAMD_REPLY_MAX bytes are buffered, so a reply may be longer than
+		 * line: clamd_line_copy refuses it, and that part is an error. */
+		if (clamd_line_copy(line, end + 2, len, &rs[id - first]) == 0 &&
+		    clamd_reply_parse(line, &rs[id - first]) == 0)
 			final[id - first] = 1;
 		else
 			sound = 0; /* that part is asked again, outside the session */

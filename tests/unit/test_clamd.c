@@ -1104,6 +1104,77 @@ int main(int argc, char **argv)
 		fake_stop(&f);
 	}
 
+	/* -- over-long and malformed session replies: an error, never a verdict or a crash -- */
+	{
+		/* "zIDSESSION\0", then per part "zFILDES\0" and the descriptor's byte. */
+		enum { SESSION_REQ2 = 11 + 2 * 9 };
+		static char longrep[1600];
+		static const struct {
+			const char *name;
+			const char *reply; /* NULL: longrep */
+			size_t len;
+		} sr[] = {
+		    {"session_pipeline_reply_too_long", NULL, 0},
+		    {"session_pipeline_reply_no_id", "fd[3]: OK", 10},
+		    {"session_pipeline_reply_signed_id", "-1: fd[3]: OK\0+2: fd[3]: OK", 28},
+		    {"session_pipeline_reply_unknown_id", "7: fd[3]: OK", 13},
+		};
+		size_t i, k;
+
+		/* "1: " + 1,500 bytes + " FOUND": fits the two-reply receive buffer, not a line. */
+		k = (size_t)snprintf(longrep, sizeof longrep, "1: ");
+		memset(longrep + k, 'A', 1500);
+		k += 1500;
+		k += (size_t)snprintf(longrep + k, sizeof longrep - k, " FOUND");
+		for (i = 0; i < ARRAY_LEN(sr); i++) {
+			struct clamd_session cs;
+			struct clamd_result rb[2];
+			int fb[2];
+			char *const one[] = {f.addr, NULL};
+
+			memset(&sp, 0, sizeof sp);
+			sp.kind = FAKE_REPLIER;
+			sp.read_first = SESSION_REQ2;
+			sp.reply = sr[i].reply ? sr[i].reply : longrep;
+			sp.reply_len = sr[i].reply ? sr[i].len : k + 1;
+			sp.keep_open = 1;
+			fake_start(&f, 0, &sp);
+			fb[0] = file_ro("clean.txt");
+			fb[1] = file_ro("clean.txt");
+			clamd_session_init(&cs, one);
+			clamd_session_scan_fds(&cs, fb, 2, stream_max, SHORT_MS, rb);
+			if (rb[0].verdict == V_ERROR && rb[1].verdict == V_ERROR)
+				pass(sr[i].name);
+			else
+				fail(sr[i].name, "verdicts %s/%s, replies '%s' / '%s'",
+				     vname(rb[0].verdict), vname(rb[1].verdict), rb[0].reply,
+				     rb[1].reply);
+			clamd_session_close(&cs);
+			close(fb[0]);
+			close(fb[1]);
+			fake_stop(&f);
+		}
+
+		/* The same over-long reply to a single session request (not pipelined). */
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_REPLIER;
+		sp.read_first = 11 + 9;
+		sp.reply = longrep;
+		sp.reply_len = k + 1;
+		sp.keep_open = 1;
+		fake_start(&f, 0, &sp);
+		{
+			struct clamd_session cs;
+			char *const one[] = {f.addr, NULL};
+
+			clamd_session_init(&cs, one);
+			rc = session_scan_file(&cs, "clean.txt", stream_max, &r);
+			expect("session_reply_too_long", rc, &r, -1, V_ERROR, "", NULL);
+			clamd_session_close(&cs);
+		}
+		fake_stop(&f);
+	}
+
 	fds_after = fd_count();
 	if (fds_after == fds_before)
 		pass("no_fd_leak");
