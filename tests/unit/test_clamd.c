@@ -899,6 +899,61 @@ int main(int argc, char **argv)
 	}
 	fake_stop(&f);
 
+	/* A unix socket with a full backlog (connect: EAGAIN) is an error, and the mail is
+	 * held: it does not fall through to the tcp address after it either. */
+	{
+		struct sockaddr_un sun;
+		char full_addr[256];
+		int bl, fillers[256], nf = 0, full = 0;
+
+		memset(&sun, 0, sizeof sun);
+		sun.sun_family = AF_UNIX;
+		if (snprintf(full_addr, sizeof full_addr, "unix:%s/full.sock", tmpdir) >=
+		        (int)sizeof full_addr ||
+		    strlen(full_addr + 5) >= sizeof sun.sun_path) {
+			errno = ENAMETOOLONG;
+			die_setup("full.sock path");
+		}
+		memcpy(sun.sun_path, full_addr + 5, strlen(full_addr + 5) + 1);
+		bl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (bl < 0 || bind(bl, (struct sockaddr *)&sun, sizeof sun) < 0 ||
+		    listen(bl, 0) < 0)
+			die_setup("full.sock");
+		while (nf < (int)ARRAY_LEN(fillers)) {
+			int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+			if (c < 0)
+				die_setup("socket");
+			if (connect(c, (struct sockaddr *)&sun, sizeof sun) < 0) {
+				full = errno == EAGAIN;
+				close(c);
+				break;
+			}
+			fillers[nf++] = c;
+		}
+		check("unix_backlog_full_setup", full, "the unix socket's backlog never filled");
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_COUNTER;
+		fake_start(&f, 1, &sp);
+		addrs[0] = full_addr;
+		addrs[1] = f.addr;
+		addrs[2] = NULL;
+		rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
+		{
+			long long got = fake_count(&f, 300);
+
+			expect("unix_eagain_is_error", rc, &r, -1, V_ERROR, "",
+			       "connect: Resource temporarily unavailable");
+			check("unix_eagain_never_to_tcp", got < 0,
+			      "the tcp listener after a full unix socket got a connection");
+		}
+		fake_stop(&f);
+		while (nf > 0)
+			close(fillers[--nf]);
+		close(bl);
+		unlink(sun.sun_path);
+	}
+
 	/* -- the peer of a unix socket must run as a peer_user -- */
 	{
 		struct clamd_policy other = pol_main;
