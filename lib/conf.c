@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <libconfig.h>
 #include <limits.h>
+#include <pwd.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +276,48 @@ static int argv_has(char **argv, const char *ph)
 	return 0;
 }
 
+/*
+ * peer_user: who a clamd behind a unix socket must run as (SO_PEERCRED). A user name or a
+ * numeric uid. Unset: root, "clamav" if that user exists, and (added by clamd.c) the
+ * runner's own uid. Names are resolved here, once, so that a missing user is a config
+ * error with its line, not a hold of every message.
+ */
+static void conf_clamd_peer(struct conf_ctx *cx, const config_setting_t *s, struct conf_scanner *sc)
+{
+	const char *u = conf_str(cx, s, "peer_user", 0);
+	struct passwd *pw;
+	uint64_t uid;
+
+	sc->n_clamd_peer_uids = 0;
+	if (u == NULL) {
+		sc->clamd_peer_default = 1;
+		sc->clamd_peer_uids[sc->n_clamd_peer_uids++] = 0;
+		pw = getpwnam("clamav");
+		if (pw != NULL && pw->pw_uid != 0)
+			sc->clamd_peer_uids[sc->n_clamd_peer_uids++] = pw->pw_uid;
+		return;
+	}
+	sc->clamd_peer_default = 0;
+	if (*u != '\0' && parse_u64(u, &uid) == 0) {
+		if (uid >= (uint64_t)(uid_t)-1) {
+			conf_fail(cx, conf_get(s, "peer_user"), "peer_user uid %s is out of range",
+			          u);
+			return;
+		}
+		sc->clamd_peer_uids[sc->n_clamd_peer_uids++] = (uid_t)uid;
+		return;
+	}
+	pw = getpwnam(u);
+	if (pw == NULL) {
+		conf_fail(cx, conf_get(s, "peer_user"),
+		          "peer_user '%s' is not a user on this system (the user clamd runs as, "
+		          "or a numeric uid)",
+		          u);
+		return;
+	}
+	sc->clamd_peer_uids[sc->n_clamd_peer_uids++] = pw->pw_uid;
+}
+
 static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
                                struct conf_scanner *sc)
 {
@@ -295,6 +338,8 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	                                   "rlimit_nofile",
 	                                   "addresses",
 	                                   "stream_max_length",
+	                                   "max_file_size",
+	                                   "peer_user",
 	                                   "canary",
 	                                   NULL};
 	memset(sc, 0, sizeof *sc);
@@ -302,6 +347,9 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	sc->timeout = 60;
 	sc->max_concurrent = 2;
 	sc->stream_max_length = 25u << 20;
+	/* At most clamd's own MaxFileSize and MaxScanSize (100M/400M in ClamAV 1.x, 25M/100M
+	 * before): a part clamd would only partly scan must be unscannable here. */
+	sc->max_file_size = 25u << 20;
 	sc->rlimit_as = 0;
 	sc->rlimit_cpu = 0;
 	sc->rlimit_nofile = 256;
@@ -352,7 +400,17 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	const char *wd = conf_str(cx, s, "workdir", 0);
 	if (wd)
 		sc->workdir = conf_path_resolve(cx, wd);
+	if (sc->type != SCANNER_CLAMD) {
+		if (conf_get(s, "peer_user") != NULL || conf_get(s, "max_file_size") != NULL)
+			conf_fail(
+			    cx, s,
+			    "scanner '%s': peer_user and max_file_size are for type \"clamd\" "
+			    "only",
+			    sc->name);
+	}
 	if (sc->type == SCANNER_CLAMD) {
+		conf_u64(cx, s, "max_file_size", &sc->max_file_size, 1);
+		conf_clamd_peer(cx, s, sc);
 		sc->clamd_addrs = conf_strv(cx, s, "addresses", 1);
 		for (char **a = sc->clamd_addrs; a && *a; a++) {
 			if (strncmp(*a, "unix:", 5) == 0) {

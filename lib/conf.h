@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "log.h"
 
@@ -32,6 +33,13 @@ struct conf_scanner {
 	char **version_argv; /* argv that prints the version, may be NULL */
 	char **clamd_addrs;  /* "unix:/path" or "tcp:host:port", NULL-terminated */
 	uint64_t stream_max_length;
+	/* clamd: a larger part is unscannable, never sent. */
+	uint64_t max_file_size;
+	/* clamd: the uids a clamd behind a unix socket may run as (peer_user); with
+	 * clamd_peer_default (no peer_user), clamd.c adds the runner's own uid. */
+	uid_t clamd_peer_uids[2];
+	size_t n_clamd_peer_uids;
+	int clamd_peer_default;
 	int timeout;         /* seconds */
 	int max_concurrent;  /* slots across all runner processes */
 	int backup;          /* used only when every primary scanner failed */

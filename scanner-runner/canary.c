@@ -162,6 +162,7 @@ static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct 
 {
 	const struct conf_scanner *sc = rs->conf;
 	struct clamd_result r;
+	struct clamd_policy pol;
 	int fd = openat(cd->fd, file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
 		snprintf(reason, rlen, "%s: cannot open %.200s/%s: %s", file, cd->path, file,
@@ -172,7 +173,8 @@ static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct 
 	if (slot < 0)
 		die_temp(NULL, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
 		         st->spool.root, strerror(errno));
-	clamd_scan_fd_any(sc->clamd_addrs, fd, sc->stream_max_length, sc->timeout * 1000, &r);
+	clamd_policy_init(&pol, sc);
+	clamd_scan_fd_any(sc->clamd_addrs, fd, &pol, sc->timeout * 1000, &r);
 	slot_release(slot);
 	close(fd);
 	int ok = r.verdict == want && (want != V_INFECTED || r.virus[0]);

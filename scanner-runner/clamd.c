@@ -55,12 +55,55 @@ static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, .
 	return -1;
 }
 
+/*
+ * Copy the len bytes of a reply (no NUL among them) into line, which is CLAMD_REPLY_MAX
+ * bytes, and terminate it. Every reply line goes through here: the receive buffers are
+ * larger than line (a pipelined session reads up to two replies at once), so a reply
+ * that fits a receive buffer may still not fit. Too long is an error, never cut short:
+ * a truncated reply could parse as something else. 0, or -1 with r set.
+ */
+static int clamd_line_copy(char *line, const char *src, size_t len, struct clamd_result *r)
+{
+	if (len >= CLAMD_REPLY_MAX)
+		return clamd_fail(r, V_ERROR, "reply too long (%zu bytes)", len);
+	memcpy(line, src, len);
+	line[len] = '\0';
+	return 0;
+}
+
 static void clamd_result_reset(struct clamd_result *r, const char *addr)
 {
 	memset(r, 0, sizeof *r);
 	/* Fail closed: whatever path leaves early without a parsed reply is an error. */
 	r->verdict = V_ERROR;
 	snprintf(r->addr, sizeof r->addr, "%s", addr ? addr : "");
+}
+
+void clamd_policy_init(struct clamd_policy *p, const struct conf_scanner *sc)
+{
+	memset(p, 0, sizeof *p);
+	p->stream_max = sc->stream_max_length;
+	p->max_file_size = sc->max_file_size;
+	for (size_t i = 0; i < sc->n_clamd_peer_uids && p->n_peer_uids < CLAMD_PEER_MAX; i++)
+		p->peer_uids[p->n_peer_uids++] = sc->clamd_peer_uids[i];
+	/* Trust decision: by default also our own uid. A process of our uid can already
+	 * write our spool and our verdicts, so trusting it as clamd gives it nothing; and it
+	 * lets an unprivileged test run its own clamd. An explicit peer_user is exact. */
+	if (sc->clamd_peer_default && p->n_peer_uids < CLAMD_PEER_MAX)
+		p->peer_uids[p->n_peer_uids++] = geteuid();
+}
+
+/* Is the address at addrs[i] one failover may use? Not a tcp address after a unix one:
+ * anyone who can bind a loopback port can answer there, so a unix socket that fails
+ * must not fall through to it (failover stays within its trust class). */
+static int clamd_addr_usable(char *const *addrs, size_t i)
+{
+	if (strncmp(addrs[i], "tcp:", 4) != 0)
+		return 1;
+	for (size_t j = 0; j < i; j++)
+		if (strncmp(addrs[j], "unix:", 5) == 0)
+			return 0;
+	return 1;
 }
 
 /* Milliseconds left before deadline, 0 once it has passed. */
@@ -172,8 +215,36 @@ static int clamd_connect(int s, const struct sockaddr *sa, socklen_t salen, int6
 	return 0;
 }
 
-/* Open a connected, non-blocking, close-on-exec socket to a. Returns it, or -1 with r set. */
-static int clamd_open(const struct clamd_addr *a, int64_t deadline, struct clamd_result *r)
+/*
+ * Trust decision: is the process that listens on the connected unix socket s one that
+ * may judge our mail? SO_PEERCRED gives the credentials the listener had when it called
+ * listen(), which it cannot forge; a socket file anyone could replace (a stale path, a
+ * writable directory) is caught here, before a byte is sent. 0, or -1 with r set.
+ */
+static int clamd_peer_check(int s, const struct clamd_addr *a, const struct clamd_policy *pol,
+                            struct clamd_result *r)
+{
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+
+	if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return clamd_fail(r, V_ERROR, "getsockopt SO_PEERCRED %s: %s", a->path,
+		                  strerror(errno));
+	if (len != sizeof cred)
+		return clamd_fail(r, V_ERROR, "getsockopt SO_PEERCRED %s: short answer", a->path);
+	for (size_t i = 0; i < pol->n_peer_uids; i++)
+		if (cred.uid == pol->peer_uids[i])
+			return 0;
+	return clamd_fail(r, V_ERROR,
+	                  "untrusted peer on %s: uid %lu (pid %ld) is not a peer_user; nothing "
+	                  "sent",
+	                  a->path, (unsigned long)cred.uid, (long)cred.pid);
+}
+
+/* Open a connected, non-blocking, close-on-exec socket to a; a unix peer must pass
+ * clamd_peer_check. Returns it, or -1 with r set. */
+static int clamd_open(const struct clamd_addr *a, const struct clamd_policy *pol, int64_t deadline,
+                      struct clamd_result *r)
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	int s = -1, rc;
@@ -187,7 +258,8 @@ static int clamd_open(const struct clamd_addr *a, int64_t deadline, struct clamd
 		s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (s < 0)
 			return clamd_fail(r, V_ERROR, "socket: %s", strerror(errno));
-		if (clamd_connect(s, (struct sockaddr *)&sun, sizeof sun, deadline, r) < 0) {
+		if (clamd_connect(s, (struct sockaddr *)&sun, sizeof sun, deadline, r) < 0 ||
+		    clamd_peer_check(s, a, pol, r) < 0) {
 			close(s);
 			return -1;
 		}
@@ -421,9 +493,7 @@ static int clamd_reply_read(int s, int64_t deadline, char *line, struct clamd_re
 		return clamd_fail(r, V_ERROR, "more than one reply: %.200s", buf);
 	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		len--;
-	memcpy(line, buf, len);
-	line[len] = '\0';
-	return 0;
+	return clamd_line_copy(line, buf, len, r);
 }
 
 /* Length of the "stream: " or "fd[N]: " prefix that starts s, 0 if none. */
@@ -546,7 +616,26 @@ fail:
 	return -1;
 }
 
-int clamd_scan_fd(const char *addr, int fd, uint64_t stream_max, int timeout_ms,
+/* Is a file of size bytes too large for pol over a? Sets r (V_UNSCANNABLE) if so. */
+static int clamd_too_large(const struct clamd_addr *a, const struct clamd_policy *pol,
+                           uint64_t size, struct clamd_result *r)
+{
+	/* Before connecting: an oversized file is never sent, not even in part. clamd would
+	 * scan only its first MaxFileSize bytes (or skip it), and may then say OK. */
+	if (size > pol->max_file_size)
+		return clamd_fail(r, V_UNSCANNABLE, "over max_file_size");
+	if (!a->is_unix && size > pol->stream_max)
+		return clamd_fail(r, V_UNSCANNABLE, "over StreamMaxLength");
+	return 0;
+}
+
+/* The most bytes a stream may carry, even if the file grows after the size check. */
+static uint64_t clamd_stream_limit(const struct clamd_policy *pol)
+{
+	return pol->stream_max < pol->max_file_size ? pol->stream_max : pol->max_file_size;
+}
+
+int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int timeout_ms,
                   struct clamd_result *r)
 {
 	struct clamd_addr a;
@@ -567,22 +656,21 @@ int clamd_scan_fd(const char *addr, int fd, uint64_t stream_max, int timeout_ms,
 	 * caller bug, not something to scan. */
 	if (!S_ISREG(st.st_mode))
 		return clamd_fail(r, V_ERROR, "not a regular file");
-	/* Decide before connecting: an oversized file is never sent, not even in part. */
-	if (!a.is_unix && (uint64_t)st.st_size > stream_max)
-		return clamd_fail(r, V_UNSCANNABLE, "over StreamMaxLength");
+	if (clamd_too_large(&a, pol, (uint64_t)st.st_size, r) < 0)
+		return -1;
 	if (a.is_unix) {
 		own = clamd_reopen(fd, &st, r);
 		if (own < 0)
 			return -1;
 	}
 
-	s = clamd_open(&a, deadline, r);
+	s = clamd_open(&a, pol, deadline, r);
 	if (s < 0)
 		goto out;
 	if (a.is_unix)
 		sent = clamd_fildes_send(s, own, deadline, r);
 	else
-		sent = clamd_instream_send(s, fd, stream_max, deadline, r);
+		sent = clamd_instream_send(s, fd, clamd_stream_limit(pol), deadline, r);
 	if (sent < 0)
 		goto out;
 	if (clamd_reply_read(s, deadline, line, r) < 0) {
@@ -605,22 +693,25 @@ out:
 	return rc;
 }
 
-/* Try addrs[from], addrs[from + 1]... until one gives a verdict. */
-static int clamd_scan_fd_from(char *const *addrs, size_t from, int fd, uint64_t stream_max,
-                              int timeout_ms, struct clamd_result *r)
+/* Try addrs[from], addrs[from + 1]... until one gives a verdict, skipping the addresses
+ * failover may not use. */
+static int clamd_scan_fd_from(char *const *addrs, size_t from, int fd,
+                              const struct clamd_policy *pol, int timeout_ms,
+                              struct clamd_result *r)
 {
 	for (size_t i = from; addrs != NULL && addrs[i] != NULL; i++)
-		if (clamd_scan_fd(addrs[i], fd, stream_max, timeout_ms, r) == 0)
+		if (clamd_addr_usable(addrs, i) &&
+		    clamd_scan_fd(addrs[i], fd, pol, timeout_ms, r) == 0)
 			return 0;
 	return -1;
 }
 
-int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeout_ms,
+int clamd_scan_fd_any(char *const *addrs, int fd, const struct clamd_policy *pol, int timeout_ms,
                       struct clamd_result *r)
 {
 	clamd_result_reset(r, "");
 	clamd_fail(r, V_ERROR, "no clamd address");
-	return clamd_scan_fd_from(addrs, 0, fd, stream_max, timeout_ms, r);
+	return clamd_scan_fd_from(addrs, 0, fd, pol, timeout_ms, r);
 }
 
 /*
@@ -631,11 +722,13 @@ int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeo
  * and the part is scanned again by the one-request-per-connection path above, so every
  * error mapping and the failover stay exactly the same.
  */
-void clamd_session_init(struct clamd_session *cs, char *const *addrs)
+void clamd_session_init(struct clamd_session *cs, char *const *addrs,
+                        const struct clamd_policy *pol)
 {
 	memset(cs, 0, sizeof *cs);
 	cs->s = -1;
 	cs->addrs = addrs;
+	cs->pol = pol;
 }
 
 void clamd_session_close(struct clamd_session *cs)
@@ -661,9 +754,10 @@ static int clamd_session_open(struct clamd_session *cs, int timeout_ms)
 		int64_t deadline = now_ms_monotonic() + timeout_ms;
 		int s;
 
-		if (clamd_addr_parse(cs->addrs[cs->at], &cs->a, &r) < 0)
+		if (!clamd_addr_usable(cs->addrs, cs->at) ||
+		    clamd_addr_parse(cs->addrs[cs->at], &cs->a, &r) < 0)
 			continue;
-		s = clamd_open(&cs->a, deadline, &r);
+		s = clamd_open(&cs->a, cs->pol, deadline, &r);
 		if (s < 0)
 			continue;
 		if (clamd_send_all(s, cmd, sizeof cmd, deadline, &r) != 0) {
@@ -715,27 +809,24 @@ static int clamd_session_reply(struct clamd_session *cs, int64_t deadline, char 
 		return clamd_fail(r, V_ERROR, "session reply for another request");
 	while (len > wl && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		len--;
-	memcpy(line, buf + wl, len - wl);
-	line[len - wl] = '\0';
-	return 0;
+	return clamd_line_copy(line, buf + wl, len - wl, r);
 }
 
 /* One request in the open session. 0 on a verdict, -1 otherwise (r set). */
 static int clamd_session_request(struct clamd_session *cs, int fd, const struct stat *st,
-                                 uint64_t stream_max, int timeout_ms, struct clamd_result *r)
+                                 int timeout_ms, struct clamd_result *r)
 {
 	char line[CLAMD_REPLY_MAX];
 	int64_t deadline = now_ms_monotonic() + timeout_ms;
 	int sent;
 
 	clamd_result_reset(r, cs->addrs[cs->at]);
-	if (cs->a.is_unix) {
+	if (clamd_too_large(&cs->a, cs->pol, (uint64_t)st->st_size, r) < 0)
+		return -1;
+	if (cs->a.is_unix)
 		sent = clamd_fildes_send(cs->s, fd, deadline, r);
-	} else {
-		if ((uint64_t)st->st_size > stream_max)
-			return clamd_fail(r, V_UNSCANNABLE, "over StreamMaxLength");
-		sent = clamd_instream_send(cs->s, fd, stream_max, deadline, r);
-	}
+	else
+		sent = clamd_instream_send(cs->s, fd, clamd_stream_limit(cs->pol), deadline, r);
 	/* clamd refusing or closing mid-request: leave it to the per-request path. */
 	if (sent != 0)
 		return -1;
@@ -745,8 +836,7 @@ static int clamd_session_request(struct clamd_session *cs, int fd, const struct 
 	return clamd_reply_parse(line, r);
 }
 
-int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max, int timeout_ms,
-                          struct clamd_result *r)
+int clamd_session_scan_fd(struct clamd_session *cs, int fd, int timeout_ms, struct clamd_result *r)
 {
 	struct stat st;
 
@@ -764,7 +854,7 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max,
 		cs->at = 0;
 	}
 	if (cs->s >= 0) {
-		if (clamd_session_request(cs, fd, &st, stream_max, timeout_ms, r) == 0)
+		if (clamd_session_request(cs, fd, &st, timeout_ms, r) == 0)
 			return 0;
 		/* Whatever the session said that was not a verdict, the session ends here. */
 		clamd_session_close(cs);
@@ -782,7 +872,7 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max,
 		*r = cs->last;
 		return -1;
 	}
-	return clamd_scan_fd_from(cs->addrs, cs->at, fd, stream_max, timeout_ms, r);
+	return clamd_scan_fd_from(cs->addrs, cs->at, fd, cs->pol, timeout_ms, r);
 }
 
 /*
@@ -838,17 +928,21 @@ static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size
 			return -1;
 		}
 		len = (size_t)(nul - buf);
+		/* Digits only: strtoul alone would take " +1" or "-1" as well. */
+		if (buf[0] < '0' || buf[0] > '9')
+			return -1;
 		errno = 0;
 		id = strtoul(buf, &end, 10);
-		if (errno != 0 || end == buf || end[0] != ':' || end[1] != ' ' || id < first ||
-		    id - first >= n || final[id - first])
+		if (errno != 0 || end[0] != ':' || end[1] != ' ' || id < first || id - first >= n ||
+		    final[id - first])
 			return -1; /* not a reply to one of ours, or a second one */
 		len -= (size_t)(end + 2 - buf);
 		while (len > 0 && (end[2 + len - 1] == '\n' || end[2 + len - 1] == '\r'))
 			len--;
-		memcpy(line, end + 2, len);
-		line[len] = '\0';
-		if (clamd_reply_parse(line, &rs[id - first]) == 0)
+		/* Up to 2 * CLAMD_REPLY_MAX bytes are buffered, so a reply may be longer than
+		 * line: clamd_line_copy refuses it, and that part is an error. */
+		if (clamd_line_copy(line, end + 2, len, &rs[id - first]) == 0 &&
+		    clamd_reply_parse(line, &rs[id - first]) == 0)
 			final[id - first] = 1;
 		else
 			sound = 0; /* that part is asked again, outside the session */
@@ -861,7 +955,7 @@ static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size
 
 /* One batch of at most CLAMD_SESSION_BATCH parts. */
 static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, size_t n,
-                                     uint64_t stream_max, int timeout_ms, struct clamd_result *rs)
+                                     int timeout_ms, struct clamd_result *rs)
 {
 	int final[CLAMD_SESSION_BATCH];
 	int todo_fd[CLAMD_SESSION_BATCH];
@@ -880,6 +974,8 @@ static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, s
 			final[i] = clamd_fail(&rs[i], V_ERROR, "fstat: %s", strerror(errno)) != 0;
 		else if (!S_ISREG(st.st_mode))
 			final[i] = clamd_fail(&rs[i], V_ERROR, "not a regular file") != 0;
+		else if ((uint64_t)st.st_size > cs->pol->max_file_size)
+			final[i] = clamd_fail(&rs[i], V_UNSCANNABLE, "over max_file_size") != 0;
 		else {
 			todo_ix[ntodo] = i;
 			todo_fd[ntodo++] = fds[i];
@@ -918,22 +1014,22 @@ static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, s
 	}
 	for (size_t i = 0; i < n; i++)
 		if (!final[i])
-			clamd_session_scan_fd(cs, fds[i], stream_max, timeout_ms, &rs[i]);
+			clamd_session_scan_fd(cs, fds[i], timeout_ms, &rs[i]);
 }
 
-void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, uint64_t stream_max,
-                            int timeout_ms, struct clamd_result *rs)
+void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, int timeout_ms,
+                            struct clamd_result *rs)
 {
 	for (size_t off = 0; off < n; off += CLAMD_SESSION_BATCH)
 		clamd_session_scan_batch(
 		    cs, fds + off, n - off < CLAMD_SESSION_BATCH ? n - off : CLAMD_SESSION_BATCH,
-		    stream_max, timeout_ms, rs + off);
+		    timeout_ms, rs + off);
 }
 
 /* Send the z-command "z<cmd>\0" and read its one reply into line (CLAMD_REPLY_MAX bytes).
  * 0, or -1 with r set. */
-static int clamd_command(const char *addr, const char *cmd, int timeout_ms, char *line,
-                         struct clamd_result *r)
+static int clamd_command(const char *addr, const struct clamd_policy *pol, const char *cmd,
+                         int timeout_ms, char *line, struct clamd_result *r)
 {
 	struct clamd_addr a;
 	char req[32];
@@ -948,7 +1044,7 @@ static int clamd_command(const char *addr, const char *cmd, int timeout_ms, char
 		return -1;
 	if (bsnprintf(req, sizeof req, "z%s", cmd) < 0)
 		return clamd_fail(r, V_ERROR, "command too long");
-	s = clamd_open(&a, deadline, r);
+	s = clamd_open(&a, pol, deadline, r);
 	if (s < 0)
 		return -1;
 	/* The NUL is part of a z-command. */
@@ -963,12 +1059,13 @@ out:
 	return rc;
 }
 
-int clamd_version(const char *addr, int timeout_ms, char *out, size_t len)
+int clamd_version(const char *addr, const struct clamd_policy *pol, int timeout_ms, char *out,
+                  size_t len)
 {
 	struct clamd_result r;
 	char line[CLAMD_REPLY_MAX];
 
-	if (clamd_command(addr, "VERSION", timeout_ms, line, &r) < 0) {
+	if (clamd_command(addr, pol, "VERSION", timeout_ms, line, &r) < 0) {
 		if (len > 0)
 			snprintf(out, len, "%s", r.reply);
 		return -1;
@@ -980,12 +1077,24 @@ int clamd_version(const char *addr, int timeout_ms, char *out, size_t len)
 	return 0;
 }
 
-int clamd_ping(const char *addr, int timeout_ms)
+int clamd_version_any(char *const *addrs, const struct clamd_policy *pol, int timeout_ms, char *out,
+                      size_t len)
+{
+	if (len > 0)
+		snprintf(out, len, "no clamd address");
+	for (size_t i = 0; addrs != NULL && addrs[i] != NULL; i++)
+		if (clamd_addr_usable(addrs, i) &&
+		    clamd_version(addrs[i], pol, timeout_ms, out, len) == 0)
+			return 0;
+	return -1;
+}
+
+int clamd_ping(const char *addr, const struct clamd_policy *pol, int timeout_ms)
 {
 	struct clamd_result r;
 	char line[CLAMD_REPLY_MAX];
 
-	if (clamd_command(addr, "PING", timeout_ms, line, &r) < 0)
+	if (clamd_command(addr, pol, "PING", timeout_ms, line, &r) < 0)
 		return -1;
 	return strcmp(line, "PONG") == 0 ? 0 : -1;
 }

@@ -7,7 +7,7 @@
  * spoold config.
  *
  *   unix:  a descriptor is passed to clamd (zFILDES, SCM_RIGHTS) and clamd reads the
- *          file, so stream_max does not apply (clamd's MaxFileSize does). It is a fresh
+ *          file, so stream_max does not apply (max_file_size does). It is a fresh
  *          read-only open of /proc/self/fd/<fd>, not fd itself: clamd moves the offset
  *          of the descriptor it gets, and could write through a writable one.
  *   tcp:   the file is streamed with zINSTREAM from offset 0 with pread(2), in chunks
@@ -16,7 +16,19 @@
  *          "over StreamMaxLength": a partial stream would be scanned as if it were the
  *          whole file and could be called clean.
  *
- * Either way the caller's file offset is left alone. fd must be a regular file.
+ * Either way the caller's file offset is left alone. fd must be a regular file, and one
+ * larger than max_file_size is never sent either: V_UNSCANNABLE "over max_file_size"
+ * (clamd would skip the rest of a file over its MaxFileSize and may call it clean).
+ *
+ * Trust. Whoever answers at an address decides what is clean, so:
+ *   - a unix socket is used only if the process listening on it runs as one of
+ *     policy.peer_uids (SO_PEERCRED, checked on every connection); anything else is
+ *     V_ERROR "untrusted peer ... uid N ...", and nothing is sent to it;
+ *   - a tcp address is trusted as listed: anyone who can bind it passes mail. So a
+ *     tcp address is never a failover for a unix one: in an address list, a tcp address
+ *     that comes after a unix address is never used (failover stays within the trust
+ *     class, and tcp is the weaker one). A unix socket that fails, refuses (ECONNREFUSED)
+ *     or is full (EAGAIN) gives an error verdict, and the message is held.
  *
  * Reply mapping (strict: anything not recognised fails closed):
  *   "stream: OK", "fd[N]: OK"                          V_CLEAN
@@ -36,8 +48,11 @@
  *   clamd_scan_fd and clamd_scan_fd_any return 0 when clamd gave a verdict (V_CLEAN or
  *   V_INFECTED) and -1 otherwise, with r->verdict V_ERROR or V_UNSCANNABLE and r->reply
  *   saying why: clamd's own reply line, or our text such as "timeout",
- *   "over StreamMaxLength", "connect: Connection refused", "connection closed without
- *   reply", "not a regular file", "bad address (...)". r->reply may hold any byte but
+ *   "over StreamMaxLength", "over max_file_size" (both V_UNSCANNABLE), "untrusted peer
+ *   on PATH: uid N (pid P) ...", "connect: Connection refused", "connection closed
+ *   without reply", "reply too long", "not a regular file", "bad address (...)". A reply
+ *   that does not fit a line (CLAMD_REPLY_MAX) is an error, never cut short and parsed.
+ *   r->reply may hold any byte but
  *   NUL: escape it before writing it anywhere.
  *   Nothing is logged here; the caller logs with the queue ID.
  *
@@ -50,8 +65,24 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
+#include "conf.h"
 #include "verdict.h"
+
+#define CLAMD_PEER_MAX 4
+
+/* What a scan may send where; the same for every address of a scanner. */
+struct clamd_policy {
+	uint64_t stream_max;    /* tcp: most bytes ever streamed (clamd's StreamMaxLength) */
+	uint64_t max_file_size; /* any address: a larger file is V_UNSCANNABLE, never sent */
+	uid_t peer_uids[CLAMD_PEER_MAX]; /* unix: the uids clamd may run as; none: no unix */
+	size_t n_peer_uids;
+};
+
+/* The policy of a clamd scanner from its config: stream_max_length, max_file_size and
+ * peer_user (unset: root, clamav if that user exists, and our own effective uid). */
+void clamd_policy_init(struct clamd_policy *p, const struct conf_scanner *sc);
 
 struct clamd_result {
 	enum verdict verdict;
@@ -61,20 +92,21 @@ struct clamd_result {
 };
 
 /*
- * Scan the file open on fd at addr. stream_max is the most bytes ever streamed over tcp
- * (set it to clamd's StreamMaxLength; 0 allows only an empty file). timeout_ms (> 0)
- * bounds the whole exchange: connect, send, reply; past it -> V_ERROR "timeout".
- * Returns 0 on a verdict (clean or infected), -1 otherwise (see DIAGNOSTICS).
+ * Scan the file open on fd at addr under pol (pol->stream_max 0 allows only an empty file
+ * over tcp). timeout_ms (> 0) bounds the whole exchange: connect, send, reply; past it ->
+ * V_ERROR "timeout". Returns 0 on a verdict (clean or infected), -1 otherwise (see
+ * DIAGNOSTICS).
  */
-int clamd_scan_fd(const char *addr, int fd, uint64_t stream_max, int timeout_ms,
+int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int timeout_ms,
                   struct clamd_result *r);
 
 /*
  * Try each address of the NULL-terminated addrs in order until one gives a verdict
- * (failover); each try gets its own timeout_ms. Returns 0 on a verdict, -1 if all
- * failed, r then describing the last failure (an empty list: V_ERROR "no clamd address").
+ * (failover); each try gets its own timeout_ms. A tcp address after a unix one is never
+ * tried (see Trust). Returns 0 on a verdict, -1 if all failed, r then describing the
+ * last failure (an empty list: V_ERROR "no clamd address").
  */
-int clamd_scan_fd_any(char *const *addrs, int fd, uint64_t stream_max, int timeout_ms,
+int clamd_scan_fd_any(char *const *addrs, int fd, const struct clamd_policy *pol, int timeout_ms,
                       struct clamd_result *r);
 
 /*
@@ -96,6 +128,7 @@ struct clamd_addr {
 
 struct clamd_session {
 	char *const *addrs;
+	const struct clamd_policy *pol;
 	size_t at;  /* the address in use: the session's, or where the per-request path starts */
 	int s;      /* the session's socket, -1 when none */
 	int failed; /* no (more) session for this message */
@@ -104,9 +137,10 @@ struct clamd_session {
 	struct clamd_result last; /* what ended the session on a timeout */
 };
 
-void clamd_session_init(struct clamd_session *cs, char *const *addrs);
-int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max, int timeout_ms,
-                          struct clamd_result *r);
+/* pol must outlive the session. */
+void clamd_session_init(struct clamd_session *cs, char *const *addrs,
+                        const struct clamd_policy *pol);
+int clamd_session_scan_fd(struct clamd_session *cs, int fd, int timeout_ms, struct clamd_result *r);
 /* Requests sent ahead in one session: clamd scans them in parallel. */
 #define CLAMD_SESSION_BATCH 8
 /*
@@ -115,8 +149,8 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, uint64_t stream_max,
  * out before the first reply is read, so clamd's threads scan them side by side; each
  * batch has timeout_ms in all. Over tcp the parts go one at a time.
  */
-void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, uint64_t stream_max,
-                            int timeout_ms, struct clamd_result *rs);
+void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, int timeout_ms,
+                            struct clamd_result *rs);
 /* zEND and close; harmless on a session never opened or already closed. */
 void clamd_session_close(struct clamd_session *cs);
 
@@ -126,10 +160,15 @@ void clamd_session_close(struct clamd_session *cs);
  * did not answer with a "ClamAV " line or the line did not fit in out; on -1 out holds
  * the reason (or the truncated line), when len > 0.
  */
-int clamd_version(const char *addr, int timeout_ms, char *out, size_t len);
+int clamd_version(const char *addr, const struct clamd_policy *pol, int timeout_ms, char *out,
+                  size_t len);
+/* clamd_version on each address of addrs in turn, under the failover rule of
+ * clamd_scan_fd_any, until one answers. */
+int clamd_version_any(char *const *addrs, const struct clamd_policy *pol, int timeout_ms, char *out,
+                      size_t len);
 
 /* zPING: 0 if clamd answered PONG within timeout_ms, else -1. */
-int clamd_ping(const char *addr, int timeout_ms);
+int clamd_ping(const char *addr, const struct clamd_policy *pol, int timeout_ms);
 
 /*
  * Map one reply line (without its NUL) to r->verdict, r->virus and r->reply per the

@@ -330,13 +330,15 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 {
 	const struct conf_scanner *sc = rs->conf;
 	struct clamd_session cs;
+	struct clamd_policy pol;
 	int slot = -1;
 	if (m->n_parts == 0)
 		return;
 	slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
 	if (slot < 0)
 		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
-	clamd_session_init(&cs, sc->clamd_addrs);
+	clamd_policy_init(&pol, sc);
+	clamd_session_init(&cs, sc->clamd_addrs, &pol);
 	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
 		size_t n =
 		    m->n_parts - b < CLAMD_SESSION_BATCH ? m->n_parts - b : CLAMD_SESSION_BATCH;
@@ -360,8 +362,7 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 			}
 		}
 		struct clamd_result ro[CLAMD_SESSION_BATCH];
-		clamd_session_scan_fds(&cs, open_fds, nopen, sc->stream_max_length,
-		                       sc->timeout * 1000, ro);
+		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
 		for (size_t i = 0, k = 0; i < n; i++)
 			if (fds[i] >= 0) {
 				r[i] = ro[k++];
@@ -565,9 +566,10 @@ void runner_version_fetch(const struct runner_scanner *rs, char *out, size_t len
 	const struct conf_scanner *sc = rs->conf;
 	snprintf(out, len, "unknown");
 	if (sc->type == SCANNER_CLAMD) {
-		for (char **a = sc->clamd_addrs; a && *a; a++)
-			if (clamd_version(*a, 5000, out, len) == 0)
-				return;
+		struct clamd_policy pol;
+		clamd_policy_init(&pol, sc);
+		if (clamd_version_any(sc->clamd_addrs, &pol, 5000, out, len) == 0)
+			return;
 		snprintf(out, len, "unknown");
 		return;
 	}

@@ -467,3 +467,209 @@ class FakeClamdCloser(_FakeServer):
             if conn in self._conns:
                 self._conns.remove(conn)
         conn.close()
+
+
+# ---- a rogue clamd -------------------------------------------------------------------
+
+# The EICAR file in two halves (see lib/msgs.py): no file of this repository holds it.
+_EICAR = (r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-"
+          + r"ANTIVIRUS-TEST-FILE!$H+H*").encode()
+
+
+class _RogueConn:
+    """One connection of the rogue server: bytes and passed descriptors, as they come."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.buf = b""
+        self.fds = []
+
+    def _fill(self):
+        data, anc, _, _ = self.conn.recvmsg(65536, socket.CMSG_SPACE(64 * 4))
+        for level, kind, blob in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(blob) // 4
+                self.fds.extend(struct.unpack("%di" % n, blob[:n * 4]))
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def command(self):
+        while b"\0" not in self.buf:
+            if len(self.buf) > 4096:
+                raise EOFError
+            self._fill()
+        cmd, _, self.buf = self.buf.partition(b"\0")
+        return cmd.decode(errors="replace")
+
+
+def _rogue_serve(conn, log):
+    """Answer like clamd, but OK to everything except the 68-byte EICAR file, which is
+    FOUND: the one thing a canary checks. Every request is logged."""
+    rc = _RogueConn(conn)
+    session, next_id = False, 1
+    try:
+        while True:
+            cmd = rc.command()
+            log("cmd %s" % cmd)
+            if cmd == "zIDSESSION":
+                session = True
+                continue
+            if cmd == "zEND":
+                return
+            if cmd == "zPING":
+                reply = "PONG"
+            elif cmd == "zVERSION":
+                reply = "ClamAV 1.4.6/27000/Mon Nov 30 00:00:00 2026"
+            elif cmd == "zFILDES":
+                rc.take(1)
+                if not rc.fds:
+                    reply = "No file descriptor received. ERROR"
+                else:
+                    fd = rc.fds.pop(0)
+                    data = b""
+                    while True:
+                        b = os.pread(fd, 65536, len(data))
+                        if not b:
+                            break
+                        data += b
+                    os.close(fd)
+                    log("data %d" % len(data))
+                    reply = "fd[%d]: %s" % (fd, "Eicar-Test-Signature FOUND"
+                                           if data == _EICAR else "OK")
+            elif cmd == "zINSTREAM":
+                data = b""
+                while True:
+                    (n,) = struct.unpack("!L", rc.take(4))
+                    if n == 0:
+                        break
+                    data += rc.take(n)
+                log("data %d" % len(data))
+                reply = "stream: %s" % ("Eicar-Test-Signature FOUND" if data == _EICAR else "OK")
+            else:
+                reply = "UNKNOWN COMMAND"
+            if session:
+                reply = "%d: %s" % (next_id, reply)
+                next_id += 1
+            conn.sendall(reply.encode() + b"\0")
+            if not session:
+                return
+    except (EOFError, OSError, struct.error):
+        return
+    finally:
+        conn.close()
+
+
+def _rogue_main(listen, log_path):
+    """Run as a process of its own (python3 clamd.py --rogue LISTEN LOG), so that it can
+    run as another user: SO_PEERCRED reports who called listen()."""
+    lock = threading.Lock()
+
+    def log(line):
+        with lock, open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    if listen.startswith("unix:"):
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(listen[5:])
+        addr = listen
+    else:
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", 0))
+        addr = "tcp:127.0.0.1:%d" % ls.getsockname()[1]
+    ls.listen(64)
+    log("listening %s uid %d" % (addr, os.geteuid()))
+    print("READY %s" % addr, flush=True)
+    while True:
+        conn, _ = ls.accept()
+        log("connect")
+        threading.Thread(target=_rogue_serve, args=(conn, log), daemon=True).start()
+
+
+class RogueClamd:
+    """A hostile clamd: a process that answers OK to every scan except the 68-byte EICAR
+    file (FOUND), so that it passes a canary. RogueClamd(tmpdir, unix=True, user=None).
+
+    unix    listen on tmpdir/rogue.sock (else on a free TCP port on 127.0.0.1)
+    user    (name) run as this user; needs root. tmpdir is handed to that user.
+    Attributes: .addr, .uid, .log_path. Methods: .connections(), .requests() (commands
+    received), .stop(). A context manager."""
+
+    def __init__(self, tmpdir, unix=True, user=None, timeout=20):
+        import pwd
+        import select
+        import sys
+        self.dir = os.path.abspath(tmpdir)
+        os.makedirs(self.dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, "rogue.log")
+        listen = "unix:" + os.path.join(self.dir, "rogue.sock") if unix else "tcp"
+        argv = [sys.executable, os.path.abspath(__file__), "--rogue", listen, self.log_path]
+        self.uid = os.geteuid()
+        setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            if os.geteuid() != 0:
+                raise RuntimeError("RogueClamd(user=...) needs root")
+            if not setpriv:
+                raise RuntimeError("RogueClamd(user=...) needs setpriv (util-linux)")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.uid = pw.pw_uid
+            argv = [setpriv, "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid,
+                    "--clear-groups", "--pdeathsig", "KILL"] + argv
+        elif setpriv:
+            argv = [setpriv, "--pdeathsig", "KILL"] + argv
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=open(os.path.join(self.dir, "rogue.err"), "ab"),
+                                     close_fds=True)
+        _live.add(self)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError("rogue clamd did not start: %r" % line)
+        self.addr = line.split()[1]
+
+    def _log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def connections(self):
+        return sum(1 for l in self._log() if l == "connect")
+
+    def requests(self):
+        return [l[4:] for l in self._log() if l.startswith("cmd ")]
+
+    def stop(self):
+        p, self.proc = self.proc, None
+        _live.discard(self)
+        if p is None:
+            return
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        p.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) == 4 and sys.argv[1] == "--rogue":
+        _rogue_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: clamd.py --rogue unix:/path|tcp LOGFILE")

@@ -60,6 +60,20 @@
 static int failures;
 static char tmpdir[128];
 
+/* The policy of every session and ping here: the test's StreamMaxLength, no size limit of
+ * ours, and a clamd of our own uid or root (set in main). */
+static struct clamd_policy pol_main;
+
+/* pol_main with another stream_max, for one call (clamd_scan_fd keeps no pointer). */
+static const struct clamd_policy *pol(uint64_t stream_max)
+{
+	static struct clamd_policy p;
+
+	p = pol_main;
+	p.stream_max = stream_max;
+	return &p;
+}
+
 static void pass(const char *name)
 {
 	printf("PASS %s\n", name);
@@ -534,7 +548,7 @@ static void check_bad_addresses(int fd)
 	int rc, bad_n = 0;
 
 	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		rc = clamd_scan_fd(bad[i], fd, 1 << 20, OK_MS, &r);
+		rc = clamd_scan_fd(bad[i], fd, pol(1 << 20), OK_MS, &r);
 		snprintf(name, sizeof name, "bad_address_%zu", i);
 		if (rc != -1 || r.verdict != V_ERROR || strncmp(r.reply, "bad address", 11) != 0) {
 			fail(name, "'%s' gave rc=%d verdict=%s reply='%s'", bad[i], rc,
@@ -542,23 +556,23 @@ static void check_bad_addresses(int fd)
 			bad_n++;
 		}
 	}
-	rc = clamd_scan_fd(NULL, fd, 1 << 20, OK_MS, &r);
+	rc = clamd_scan_fd(NULL, fd, pol(1 << 20), OK_MS, &r);
 	if (rc != -1 || r.verdict != V_ERROR) {
 		fail("bad_address_null", "gave rc=%d verdict=%s", rc, vname(r.verdict));
 		bad_n++;
 	}
 	if (bad_n == 0)
 		pass("bad_addresses");
-	rc = clamd_scan_fd("unix:/nonexistent/x.sock", fd, 1 << 20, 0, &r);
+	rc = clamd_scan_fd("unix:/nonexistent/x.sock", fd, pol(1 << 20), 0, &r);
 	expect("bad_timeout", rc, &r, -1, V_ERROR, NULL, "bad timeout");
-	rc = clamd_scan_fd("unix:/nonexistent/x.sock", -1, 1 << 20, OK_MS, &r);
+	rc = clamd_scan_fd("unix:/nonexistent/x.sock", -1, pol(1 << 20), OK_MS, &r);
 	expect("bad_fd", rc, &r, -1, V_ERROR, NULL, "fstat: ");
 	{
 		int p[2];
 
 		if (pipe2(p, O_CLOEXEC) < 0)
 			die_setup("pipe2");
-		rc = clamd_scan_fd("unix:/nonexistent/x.sock", p[0], 1 << 20, OK_MS, &r);
+		rc = clamd_scan_fd("unix:/nonexistent/x.sock", p[0], pol(1 << 20), OK_MS, &r);
 		expect("not_regular_file", rc, &r, -1, V_ERROR, NULL, "not a regular file");
 		close(p[0]);
 		close(p[1]);
@@ -566,19 +580,17 @@ static void check_bad_addresses(int fd)
 }
 
 /* Scan one file made by file_make in the session, with OK_MS. */
-static int session_scan_file(struct clamd_session *cs, const char *name, uint64_t stream_max,
-                             struct clamd_result *r)
+static int session_scan_file(struct clamd_session *cs, const char *name, struct clamd_result *r)
 {
 	int fd = file_ro(name);
-	int rc = clamd_session_scan_fd(cs, fd, stream_max, OK_MS, r);
+	int rc = clamd_session_scan_fd(cs, fd, OK_MS, r);
 
 	close(fd);
 	return rc;
 }
 
 /* Four parts in one session at addr: each verdict right, all on the one connection. */
-static void check_session(const char *addr, const char *prefix, const char *eicar_name,
-                          uint64_t stream_max)
+static void check_session(const char *addr, const char *prefix, const char *eicar_name)
 {
 	static const char *const files[] = {"eicar.com", "clean.txt", "eicar.com", "empty"};
 	char *const addrs[] = {(char *)addr, NULL};
@@ -587,10 +599,10 @@ static void check_session(const char *addr, const char *prefix, const char *eica
 	char name[64];
 	int ok = 1;
 
-	clamd_session_init(&cs, addrs);
+	clamd_session_init(&cs, addrs, &pol_main);
 	for (size_t i = 0; i < ARRAY_LEN(files); i++) {
 		int fd = file_ro(files[i]);
-		int rc = clamd_session_scan_fd(&cs, fd, stream_max, OK_MS, &r);
+		int rc = clamd_session_scan_fd(&cs, fd, OK_MS, &r);
 		int infected = strcmp(files[i], "eicar.com") == 0;
 
 		close(fd);
@@ -612,7 +624,7 @@ static void check_session(const char *addr, const char *prefix, const char *eica
 
 /* Ten parts (more than one batch) pipelined in one session at addr, a pipe among them:
  * each result right, and every request on the one connection. */
-static void check_session_batch(const char *addr, const char *eicar_name, uint64_t stream_max)
+static void check_session_batch(const char *addr, const char *eicar_name)
 {
 	char *const addrs[] = {(char *)addr, NULL};
 	struct clamd_session cs;
@@ -625,8 +637,8 @@ static void check_session_batch(const char *addr, const char *eicar_name, uint64
 		die_setup("pipe2");
 	for (int i = 0; i < 10; i++)
 		fds[i] = i == 5 ? p[0] : file_ro(i % 3 == 0 ? "eicar.com" : "clean.txt");
-	clamd_session_init(&cs, addrs);
-	clamd_session_scan_fds(&cs, fds, 10, stream_max, OK_MS, r);
+	clamd_session_init(&cs, addrs, &pol_main);
+	clamd_session_scan_fds(&cs, fds, 10, OK_MS, r);
 	for (int i = 0; i < 10; i++) {
 		snprintf(name, sizeof name, "session_batch_%s_%d", kind, i);
 		if (i == 5)
@@ -693,6 +705,11 @@ int main(int argc, char **argv)
 	}
 	if (signal(SIGPIPE, SIG_DFL) == SIG_ERR)
 		die_setup("signal SIGPIPE");
+	pol_main.stream_max = stream_max;
+	pol_main.max_file_size = UINT64_MAX;
+	pol_main.peer_uids[0] = geteuid();
+	pol_main.peer_uids[1] = 0;
+	pol_main.n_peer_uids = 2;
 
 	env = getenv("TMPDIR");
 	snprintf(tmpdir, sizeof tmpdir, "%s/test_clamd.XXXXXX",
@@ -739,72 +756,73 @@ int main(int argc, char **argv)
 	check_bad_addresses(fd_clean);
 
 	/* -- ping and version -- */
-	check("ping_unix", clamd_ping(ux, OK_MS) == 0, "no PONG");
-	check("ping_tcp", clamd_ping(tc, OK_MS) == 0, "no PONG");
-	check("ping_tcp_by_name", clamd_ping(name_addr, OK_MS) == 0, "no PONG via tcp:localhost");
-	check("ping_dead", clamd_ping(dead_unix, OK_MS) == -1, "PONG from nowhere");
-	rc = clamd_version(ux, OK_MS, ver, sizeof ver);
+	check("ping_unix", clamd_ping(ux, &pol_main, OK_MS) == 0, "no PONG");
+	check("ping_tcp", clamd_ping(tc, &pol_main, OK_MS) == 0, "no PONG");
+	check("ping_tcp_by_name", clamd_ping(name_addr, &pol_main, OK_MS) == 0,
+	      "no PONG via tcp:localhost");
+	check("ping_dead", clamd_ping(dead_unix, &pol_main, OK_MS) == -1, "PONG from nowhere");
+	rc = clamd_version(ux, &pol_main, OK_MS, ver, sizeof ver);
 	if (rc == 0 && strncmp(ver, "ClamAV ", 7) == 0)
 		pass("version_unix");
 	else
 		fail("version_unix", "rc=%d '%s'", rc, ver);
-	rc = clamd_version(tc, OK_MS, ver, sizeof ver);
+	rc = clamd_version(tc, &pol_main, OK_MS, ver, sizeof ver);
 	if (rc == 0 && strncmp(ver, "ClamAV ", 7) == 0)
 		pass("version_tcp");
 	else
 		fail("version_tcp", "rc=%d '%s'", rc, ver);
-	rc = clamd_version(ux, OK_MS, ver, 8);
+	rc = clamd_version(ux, &pol_main, OK_MS, ver, 8);
 	if (rc == -1 && strcmp(ver, "ClamAV ") == 0)
 		pass("version_truncated");
 	else
 		fail("version_truncated", "rc=%d '%s'", rc, ver);
-	rc = clamd_version(dead_unix, OK_MS, ver, sizeof ver);
+	rc = clamd_version(dead_unix, &pol_main, OK_MS, ver, sizeof ver);
 	if (rc == -1 && strncmp(ver, "connect: ", 9) == 0)
 		pass("version_dead");
 	else
 		fail("version_dead", "rc=%d '%s'", rc, ver);
 
 	/* -- real scans -- */
-	rc = clamd_scan_fd(ux, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("eicar_fildes", rc, &r, 0, V_INFECTED, eicar_name, "fd["))
 		check("eicar_fildes_addr", strcmp(r.addr, ux) == 0, "r->addr is not the address");
-	rc = clamd_scan_fd(tc, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("eicar_instream", rc, &r, 0, V_INFECTED, eicar_name, "stream: "))
 		check("eicar_instream_addr", strcmp(r.addr, tc) == 0, "r->addr is not the address");
-	rc = clamd_scan_fd(ux, fd_clean, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_clean, pol(stream_max), OK_MS, &r);
 	expect("clean_fildes", rc, &r, 0, V_CLEAN, "", "fd[");
-	rc = clamd_scan_fd(tc, fd_clean, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_clean, pol(stream_max), OK_MS, &r);
 	expect("clean_instream", rc, &r, 0, V_CLEAN, "", "stream: OK");
-	rc = clamd_scan_fd(ux, fd_empty, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_empty, pol(stream_max), OK_MS, &r);
 	expect("empty_fildes", rc, &r, 0, V_CLEAN, "", NULL);
-	rc = clamd_scan_fd(tc, fd_empty, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_empty, pol(stream_max), OK_MS, &r);
 	expect("empty_instream", rc, &r, 0, V_CLEAN, "", "stream: OK");
 
 	/* The caller's offset is neither used nor moved. */
 	if (lseek(fd_eicar, 7, SEEK_SET) != 7)
 		die_setup("lseek");
-	rc = clamd_scan_fd(tc, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("offset_instream_from_0", rc, &r, 0, V_INFECTED, eicar_name, NULL))
 		check("offset_instream_kept", lseek(fd_eicar, 0, SEEK_CUR) == 7, "offset moved");
-	rc = clamd_scan_fd(ux, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("offset_fildes_from_0", rc, &r, 0, V_INFECTED, eicar_name, NULL))
 		check("offset_fildes_kept", lseek(fd_eicar, 0, SEEK_CUR) == 7, "offset moved");
 
 	/* -- StreamMaxLength -- */
-	rc = clamd_scan_fd(tc, fd_exact, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_exact, pol(stream_max), OK_MS, &r);
 	expect("instream_exactly_stream_max", rc, &r, 0, V_CLEAN, "", "stream: OK");
-	rc = clamd_scan_fd(tc, fd_over, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_over, pol(stream_max), OK_MS, &r);
 	expect("instream_over_stream_max", rc, &r, -1, V_UNSCANNABLE, "", "over StreamMaxLength");
-	rc = clamd_scan_fd(tc, fd_eicar, 67, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_eicar, pol(67), OK_MS, &r);
 	expect("instream_eicar_over_stream_max", rc, &r, -1, V_UNSCANNABLE, "",
 	       "over StreamMaxLength");
-	rc = clamd_scan_fd(tc, fd_empty, 0, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_empty, pol(0), OK_MS, &r);
 	expect("instream_empty_stream_max_0", rc, &r, 0, V_CLEAN, "", "stream: OK");
 	/* Not a byte of an oversized file goes out. */
 	memset(&sp, 0, sizeof sp);
 	sp.kind = FAKE_COUNTER;
 	fake_start(&f, 1, &sp);
-	rc = clamd_scan_fd(f.addr, fd_over, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_over, pol(stream_max), OK_MS, &r);
 	{
 		long long got = fake_count(&f, 300);
 
@@ -816,51 +834,224 @@ int main(int argc, char **argv)
 	}
 	fake_stop(&f);
 	/* Our limit above clamd's: clamd refuses mid-stream, and that is unscannable too. */
-	rc = clamd_scan_fd(tc, fd_over_clamd, 4 * stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_over_clamd, pol(4 * stream_max), OK_MS, &r);
 	expect("instream_over_clamd_limit", rc, &r, -1, V_UNSCANNABLE, "", NULL);
 	/* FILDES: clamd reads the file itself, stream_max does not apply. */
-	rc = clamd_scan_fd(ux, fd_over, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_over, pol(stream_max), OK_MS, &r);
 	expect("fildes_ignores_stream_max", rc, &r, 0, V_CLEAN, "", "fd[");
 
 	/* -- dead addresses and failover -- */
-	rc = clamd_scan_fd(dead_unix, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(dead_unix, fd_eicar, pol(stream_max), OK_MS, &r);
 	expect("dead_unix", rc, &r, -1, V_ERROR, "", "connect: ");
-	rc = clamd_scan_fd(dead_tcp, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(dead_tcp, fd_eicar, pol(stream_max), OK_MS, &r);
 	expect("dead_tcp", rc, &r, -1, V_ERROR, "", "connect: Connection refused");
 	addrs[0] = dead_unix;
 	addrs[1] = dead_tcp;
 	addrs[2] = (char *)ux;
 	addrs[3] = (char *)tc;
 	addrs[4] = NULL;
-	rc = clamd_scan_fd_any(addrs, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("failover_to_unix", rc, &r, 0, V_INFECTED, eicar_name, NULL))
 		check("failover_to_unix_addr", strcmp(r.addr, ux) == 0, r.addr);
-	addrs[2] = (char *)tc;
-	addrs[3] = NULL;
-	rc = clamd_scan_fd_any(addrs, fd_clean, stream_max, OK_MS, &r);
-	if (expect("failover_to_tcp", rc, &r, 0, V_CLEAN, "", NULL))
-		check("failover_to_tcp_addr", strcmp(r.addr, tc) == 0, r.addr);
+	addrs[0] = dead_tcp;
+	addrs[1] = (char *)tc;
+	addrs[2] = NULL;
+	rc = clamd_scan_fd_any(addrs, fd_clean, pol(stream_max), OK_MS, &r);
+	if (expect("failover_tcp_to_tcp", rc, &r, 0, V_CLEAN, "", NULL))
+		check("failover_tcp_to_tcp_addr", strcmp(r.addr, tc) == 0, r.addr);
+	/* A unix socket that fails never falls through to tcp, the weaker trust class. */
+	addrs[0] = dead_unix;
+	addrs[1] = (char *)tc;
+	addrs[2] = NULL;
+	rc = clamd_scan_fd_any(addrs, fd_clean, pol(stream_max), OK_MS, &r);
+	if (expect("failover_unix_never_to_tcp", rc, &r, -1, V_ERROR, "", "connect: "))
+		check("failover_unix_never_to_tcp_addr", strcmp(r.addr, dead_unix) == 0, r.addr);
+	rc = clamd_version_any(addrs, &pol_main, OK_MS, ver, sizeof ver);
+	check("version_any_unix_never_to_tcp", rc == -1 && strncmp(ver, "connect: ", 9) == 0, ver);
+	addrs[0] = (char *)tc;
+	rc = clamd_version_any(addrs, &pol_main, OK_MS, ver, sizeof ver);
+	check("version_any", rc == 0 && strncmp(ver, "ClamAV ", 7) == 0, ver);
 	/* Over StreamMaxLength on tcp is not a verdict: the unix clamd can still scan it. */
 	addrs[0] = (char *)tc;
 	addrs[1] = (char *)ux;
 	addrs[2] = NULL;
-	rc = clamd_scan_fd_any(addrs, fd_over, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd_any(addrs, fd_over, pol(stream_max), OK_MS, &r);
 	expect("failover_unscannable_to_fildes", rc, &r, 0, V_CLEAN, "", "fd[");
 	addrs[0] = dead_unix;
 	addrs[1] = dead_tcp;
 	addrs[2] = NULL;
-	rc = clamd_scan_fd_any(addrs, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
 	if (expect("failover_all_dead", rc, &r, -1, V_ERROR, "", "connect: "))
-		check("failover_all_dead_addr", strcmp(r.addr, dead_tcp) == 0, r.addr);
+		check("failover_all_dead_addr", strcmp(r.addr, dead_unix) == 0, r.addr);
+	/* ... and not a byte reaches a tcp listener listed after a unix socket. */
+	memset(&sp, 0, sizeof sp);
+	sp.kind = FAKE_COUNTER;
+	fake_start(&f, 1, &sp);
+	addrs[0] = dead_unix;
+	addrs[1] = f.addr;
+	addrs[2] = NULL;
+	rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
+	{
+		long long got = fake_count(&f, 300);
+
+		check("failover_unix_never_connects_tcp", rc == -1 && got < 0,
+		      "the tcp listener after a dead unix socket got a connection");
+	}
+	fake_stop(&f);
+
+	/* A unix socket with a full backlog (connect: EAGAIN) is an error, and the mail is
+	 * held: it does not fall through to the tcp address after it either. */
+	{
+		struct sockaddr_un sun;
+		char full_addr[256];
+		int bl, fillers[256], nf = 0, full = 0;
+
+		memset(&sun, 0, sizeof sun);
+		sun.sun_family = AF_UNIX;
+		if (snprintf(full_addr, sizeof full_addr, "unix:%s/full.sock", tmpdir) >=
+		        (int)sizeof full_addr ||
+		    strlen(full_addr + 5) >= sizeof sun.sun_path) {
+			errno = ENAMETOOLONG;
+			die_setup("full.sock path");
+		}
+		memcpy(sun.sun_path, full_addr + 5, strlen(full_addr + 5) + 1);
+		bl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (bl < 0 || bind(bl, (struct sockaddr *)&sun, sizeof sun) < 0 ||
+		    listen(bl, 0) < 0)
+			die_setup("full.sock");
+		while (nf < (int)ARRAY_LEN(fillers)) {
+			int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+			if (c < 0)
+				die_setup("socket");
+			if (connect(c, (struct sockaddr *)&sun, sizeof sun) < 0) {
+				full = errno == EAGAIN;
+				close(c);
+				break;
+			}
+			fillers[nf++] = c;
+		}
+		check("unix_backlog_full_setup", full, "the unix socket's backlog never filled");
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_COUNTER;
+		fake_start(&f, 1, &sp);
+		addrs[0] = full_addr;
+		addrs[1] = f.addr;
+		addrs[2] = NULL;
+		rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
+		{
+			long long got = fake_count(&f, 300);
+
+			expect("unix_eagain_is_error", rc, &r, -1, V_ERROR, "",
+			       "connect: Resource temporarily unavailable");
+			check("unix_eagain_never_to_tcp", got < 0,
+			      "the tcp listener after a full unix socket got a connection");
+		}
+		fake_stop(&f);
+		while (nf > 0)
+			close(fillers[--nf]);
+		close(bl);
+		unlink(sun.sun_path);
+	}
+
+	/* -- the peer of a unix socket must run as a peer_user -- */
+	{
+		struct clamd_policy other = pol_main;
+		struct clamd_session cs;
+		char *const unix_only[] = {(char *)ux, NULL};
+		char want[256];
+
+		/* Nobody we run as: the real clamd (our uid or root) is refused. */
+		other.peer_uids[0] = 4242;
+		other.peer_uids[1] = 4243;
+		snprintf(want, sizeof want, "untrusted peer on %s: uid ", ux + 5);
+		rc = clamd_scan_fd(ux, fd_eicar, &other, OK_MS, &r);
+		expect("peer_untrusted_refused", rc, &r, -1, V_ERROR, "", want);
+		check("peer_untrusted_names_uid", strstr(r.reply, "is not a peer_user") != NULL,
+		      r.reply);
+		rc = clamd_scan_fd(ux, fd_clean, &other, OK_MS, &r);
+		expect("peer_untrusted_never_clean", rc, &r, -1, V_ERROR, "", want);
+		check("peer_untrusted_ping", clamd_ping(ux, &other, OK_MS) == -1,
+		      "PONG from an untrusted peer was accepted");
+		other.n_peer_uids = 0;
+		rc = clamd_scan_fd(ux, fd_clean, &other, OK_MS, &r);
+		expect("peer_none_trusted", rc, &r, -1, V_ERROR, "", want);
+		other.n_peer_uids = 2;
+		clamd_session_init(&cs, unix_only, &other);
+		rc = session_scan_file(&cs, "clean.txt", &r);
+		expect("peer_untrusted_session", rc, &r, -1, V_ERROR, "", want);
+		clamd_session_close(&cs);
+		/* Nothing is sent to an untrusted peer: it sees the connection, no request. */
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_COUNTER;
+		fake_start(&f, 0, &sp);
+		rc = clamd_scan_fd(f.addr, fd_eicar, &other, OK_MS, &r);
+		{
+			long long got = fake_count(&f, 2000);
+
+			if (rc == -1 && r.verdict == V_ERROR && got == 0)
+				pass("peer_untrusted_sends_nothing");
+			else
+				fail("peer_untrusted_sends_nothing",
+				     "rc=%d reply='%s', %lld bytes sent", rc, r.reply, got);
+		}
+		fake_stop(&f);
+	}
+
+	/* -- max_file_size: over it is unscannable on every address, and never sent -- */
+	{
+		struct clamd_policy small = pol_main;
+		struct clamd_session cs;
+		struct clamd_result rb[2];
+		int fb[2];
+		char *const unix_only[] = {(char *)ux, NULL};
+
+		small.max_file_size = 67;
+		rc = clamd_scan_fd(ux, fd_eicar, &small, OK_MS, &r);
+		expect("max_file_size_fildes", rc, &r, -1, V_UNSCANNABLE, "", "over max_file_size");
+		rc = clamd_scan_fd(tc, fd_eicar, &small, OK_MS, &r);
+		expect("max_file_size_instream", rc, &r, -1, V_UNSCANNABLE, "",
+		       "over max_file_size");
+		small.max_file_size = 68;
+		rc = clamd_scan_fd(ux, fd_eicar, &small, OK_MS, &r);
+		expect("max_file_size_exactly", rc, &r, 0, V_INFECTED, eicar_name, NULL);
+		small.max_file_size = 67;
+		clamd_session_init(&cs, unix_only, &small);
+		rc = session_scan_file(&cs, "eicar.com", &r);
+		expect("max_file_size_session", rc, &r, -1, V_UNSCANNABLE, "",
+		       "over max_file_size");
+		clamd_session_close(&cs);
+		fb[0] = file_ro("eicar.com");
+		fb[1] = file_ro("clean.txt");
+		clamd_session_init(&cs, unix_only, &small);
+		clamd_session_scan_fds(&cs, fb, 2, OK_MS, rb);
+		expect("max_file_size_batch_over", -1, &rb[0], -1, V_UNSCANNABLE, "",
+		       "over max_file_size");
+		expect("max_file_size_batch_under", 0, &rb[1], 0, V_CLEAN, "", NULL);
+		clamd_session_close(&cs);
+		close(fb[0]);
+		close(fb[1]);
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_COUNTER;
+		fake_start(&f, 0, &sp);
+		rc = clamd_scan_fd(f.addr, fd_eicar, &small, OK_MS, &r);
+		{
+			long long got = fake_count(&f, 300);
+
+			check("max_file_size_sends_nothing", rc == -1 && got < 0,
+			      "a file over max_file_size was sent");
+		}
+		fake_stop(&f);
+	}
 	addrs[0] = NULL;
-	rc = clamd_scan_fd_any(addrs, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
 	expect("failover_empty_list", rc, &r, -1, V_ERROR, "", "no clamd address");
 
 	/* -- sessions (zIDSESSION): several parts over one connection -- */
-	check_session(ux, "fd[", eicar_name, stream_max);
-	check_session(tc, "stream: ", eicar_name, stream_max);
-	check_session_batch(ux, eicar_name, stream_max);
-	check_session_batch(tc, eicar_name, stream_max);
+	check_session(ux, "fd[", eicar_name);
+	check_session(tc, "stream: ", eicar_name);
+	check_session_batch(ux, eicar_name);
+	check_session_batch(tc, eicar_name);
 	{
 		struct clamd_session cs;
 		char *const dead_then_live[] = {dead_unix, (char *)ux, NULL};
@@ -869,26 +1060,26 @@ int main(int argc, char **argv)
 		char *const tcp_only[] = {(char *)tc, NULL};
 		int fd;
 
-		clamd_session_init(&cs, dead_then_live);
-		rc = session_scan_file(&cs, "eicar.com", stream_max, &r);
+		clamd_session_init(&cs, dead_then_live, &pol_main);
+		rc = session_scan_file(&cs, "eicar.com", &r);
 		if (expect("session_failover", rc, &r, 0, V_INFECTED, eicar_name, "fd["))
 			check("session_failover_addr", strcmp(r.addr, ux) == 0 && cs.s >= 0,
 			      "not a session on the live address");
 		clamd_session_close(&cs);
 
-		clamd_session_init(&cs, dead_only);
-		rc = session_scan_file(&cs, "clean.txt", stream_max, &r);
+		clamd_session_init(&cs, dead_only, &pol_main);
+		rc = session_scan_file(&cs, "clean.txt", &r);
 		expect("session_all_dead", rc, &r, -1, V_ERROR, "", "connect: ");
 		clamd_session_close(&cs);
 
-		clamd_session_init(&cs, none);
-		rc = session_scan_file(&cs, "clean.txt", stream_max, &r);
+		clamd_session_init(&cs, none, &pol_main);
+		rc = session_scan_file(&cs, "clean.txt", &r);
 		expect("session_no_address", rc, &r, -1, V_ERROR, "", "no clamd address");
 		clamd_session_close(&cs);
 
 		/* Over StreamMaxLength in a session: unscannable, and nothing is sent. */
-		clamd_session_init(&cs, tcp_only);
-		rc = session_scan_file(&cs, "over", stream_max, &r);
+		clamd_session_init(&cs, tcp_only, &pol_main);
+		rc = session_scan_file(&cs, "over", &r);
 		expect("session_over_stream_max", rc, &r, -1, V_UNSCANNABLE, "",
 		       "over StreamMaxLength");
 		clamd_session_close(&cs);
@@ -900,15 +1091,15 @@ int main(int argc, char **argv)
 		{
 			char *const silent[] = {f.addr, NULL};
 
-			clamd_session_init(&cs, silent);
+			clamd_session_init(&cs, silent, &pol_main);
 			fd = file_ro("clean.txt");
 			t0 = now_ms();
-			rc = clamd_session_scan_fd(&cs, fd, stream_max, SHORT_MS, &r);
+			rc = clamd_session_scan_fd(&cs, fd, SHORT_MS, &r);
 			expect_timed("session_timeout_once", now_ms() - t0, rc, &r, -1, V_ERROR,
 			             "timeout", SHORT_MS);
 			/* The rest of the message is not sent to it again. */
 			t0 = now_ms();
-			rc = clamd_session_scan_fd(&cs, fd, stream_max, SHORT_MS, &r);
+			rc = clamd_session_scan_fd(&cs, fd, SHORT_MS, &r);
 			expect_timed("session_timeout_rest_of_message", now_ms() - t0, rc, &r, -1,
 			             V_ERROR, "timeout", 0);
 			close(fd);
@@ -925,9 +1116,9 @@ int main(int argc, char **argv)
 
 			for (int i = 0; i < 3; i++)
 				fb[i] = file_ro("clean.txt");
-			clamd_session_init(&cs, silent);
+			clamd_session_init(&cs, silent, &pol_main);
 			t0 = now_ms();
-			clamd_session_scan_fds(&cs, fb, 3, stream_max, SHORT_MS, rb);
+			clamd_session_scan_fds(&cs, fb, 3, SHORT_MS, rb);
 			expect_timed("session_batch_timeout_once", now_ms() - t0, -1, &rb[0], -1,
 			             V_ERROR, "timeout", SHORT_MS);
 			expect("session_batch_timeout_all", -1, &rb[2], -1, V_ERROR, "", "timeout");
@@ -943,18 +1134,18 @@ int main(int argc, char **argv)
 	sp.kind = FAKE_SILENT;
 	fake_start(&f, 0, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_eicar, stream_max, SHORT_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_eicar, pol(stream_max), SHORT_MS, &r);
 	expect_timed("timeout_silent_unix", now_ms() - t0, rc, &r, -1, V_ERROR, "timeout",
 	             SHORT_MS);
 	t0 = now_ms();
-	rc = clamd_ping(f.addr, SHORT_MS);
+	rc = clamd_ping(f.addr, &pol_main, SHORT_MS);
 	check("timeout_silent_ping", rc == -1 && now_ms() - t0 <= SHORT_MS + LATE_MS,
 	      "ping of a silent server did not fail in time");
 	fake_stop(&f);
 
 	fake_start(&f, 1, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_huge, (uint64_t)HUGE_SIZE, SHORT_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_huge, pol((uint64_t)HUGE_SIZE), SHORT_MS, &r);
 	expect_timed("timeout_silent_tcp_send", now_ms() - t0, rc, &r, -1, V_ERROR, "timeout",
 	             SHORT_MS);
 	fake_stop(&f);
@@ -962,7 +1153,7 @@ int main(int argc, char **argv)
 	sp.kind = FAKE_BACKLOG;
 	fake_start(&f, 1, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_clean, stream_max, SHORT_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_clean, pol(stream_max), SHORT_MS, &r);
 	expect_timed("timeout_connect", now_ms() - t0, rc, &r, -1, V_ERROR, "timeout", SHORT_MS);
 	fake_stop(&f);
 
@@ -975,7 +1166,7 @@ int main(int argc, char **argv)
 	sp.keep_open = 1;
 	fake_start(&f, 0, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_clean, stream_max, SHORT_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_clean, pol(stream_max), SHORT_MS, &r);
 	expect_timed("timeout_reply_without_close", now_ms() - t0, rc, &r, -1, V_ERROR, "timeout",
 	             SHORT_MS);
 	fake_stop(&f);
@@ -987,7 +1178,7 @@ int main(int argc, char **argv)
 	alarms = 0;
 	storm(1);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_eicar, stream_max, SHORT_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_eicar, pol(stream_max), SHORT_MS, &r);
 	{
 		int64_t ms = now_ms() - t0;
 
@@ -997,11 +1188,11 @@ int main(int argc, char **argv)
 	}
 	fake_stop(&f);
 	storm(1);
-	rc = clamd_scan_fd(ux, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(ux, fd_eicar, pol(stream_max), OK_MS, &r);
 	storm(0);
 	expect("eicar_fildes_under_eintr_storm", rc, &r, 0, V_INFECTED, eicar_name, NULL);
 	storm(1);
-	rc = clamd_scan_fd(tc, fd_exact, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(tc, fd_exact, pol(stream_max), OK_MS, &r);
 	storm(0);
 	expect("instream_under_eintr_storm", rc, &r, 0, V_CLEAN, "", "stream: OK");
 	check("eintr_storm_happened", alarms > 10, "the interval timer did not fire");
@@ -1012,21 +1203,21 @@ int main(int argc, char **argv)
 	sp.read_first = 1000;
 	fake_start(&f, 1, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_huge, (uint64_t)HUGE_SIZE, OK_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_huge, pol((uint64_t)HUGE_SIZE), OK_MS, &r);
 	expect_timed("closed_mid_stream_tcp", now_ms() - t0, rc, &r, -1, V_ERROR, NULL, -1);
 	fake_stop(&f);
 
 	sp.read_first = 8; /* the command, not the descriptor's byte */
 	fake_start(&f, 0, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_eicar, pol(stream_max), OK_MS, &r);
 	expect_timed("closed_before_fd_unix", now_ms() - t0, rc, &r, -1, V_ERROR, NULL, -1);
 	fake_stop(&f);
 
 	sp.read_first = 9;
 	fake_start(&f, 0, &sp);
 	t0 = now_ms();
-	rc = clamd_scan_fd(f.addr, fd_eicar, stream_max, OK_MS, &r);
+	rc = clamd_scan_fd(f.addr, fd_eicar, pol(stream_max), OK_MS, &r);
 	expect_timed("closed_without_reply_unix", now_ms() - t0, rc, &r, -1, V_ERROR,
 	             "connection closed without reply", -1);
 	fake_stop(&f);
@@ -1062,7 +1253,7 @@ int main(int argc, char **argv)
 			sp.reply = fr[i].reply;
 			sp.reply_len = fr[i].len;
 			fake_start(&f, 0, &sp);
-			rc = clamd_scan_fd(f.addr, fd_clean, stream_max, OK_MS, &r);
+			rc = clamd_scan_fd(f.addr, fd_clean, pol(stream_max), OK_MS, &r);
 			expect(fr[i].name, rc, &r, fr[i].rc, fr[i].v,
 			       fr[i].v == V_INFECTED ? "Test.Virus" : "", fr[i].want_reply);
 			fake_stop(&f);
@@ -1074,7 +1265,7 @@ int main(int argc, char **argv)
 		sp.reply = big;
 		sp.reply_len = sizeof big;
 		fake_start(&f, 0, &sp);
-		rc = clamd_scan_fd(f.addr, fd_clean, stream_max, OK_MS, &r);
+		rc = clamd_scan_fd(f.addr, fd_clean, pol(stream_max), OK_MS, &r);
 		expect("fake_reply_too_long", rc, &r, -1, V_ERROR, "", "reply too long");
 		fake_stop(&f);
 
@@ -1085,7 +1276,7 @@ int main(int argc, char **argv)
 		sp.reply = "stream: OK";
 		sp.reply_len = 11;
 		fake_start(&f, 1, &sp);
-		rc = clamd_scan_fd(f.addr, fd_huge, (uint64_t)HUGE_SIZE, OK_MS, &r);
+		rc = clamd_scan_fd(f.addr, fd_huge, pol((uint64_t)HUGE_SIZE), OK_MS, &r);
 		expect("fake_ok_before_end_of_stream", rc, &r, -1, V_ERROR, "", NULL);
 		fake_stop(&f);
 
@@ -1099,8 +1290,79 @@ int main(int argc, char **argv)
 		addrs[0] = f.addr;
 		addrs[1] = (char *)ux;
 		addrs[2] = NULL;
-		rc = clamd_scan_fd_any(addrs, fd_eicar, stream_max, OK_MS, &r);
+		rc = clamd_scan_fd_any(addrs, fd_eicar, pol(stream_max), OK_MS, &r);
 		expect("failover_after_error_reply", rc, &r, 0, V_INFECTED, eicar_name, NULL);
+		fake_stop(&f);
+	}
+
+	/* -- over-long and malformed session replies: an error, never a verdict or a crash -- */
+	{
+		/* "zIDSESSION\0", then per part "zFILDES\0" and the descriptor's byte. */
+		enum { SESSION_REQ2 = 11 + 2 * 9 };
+		static char longrep[1600];
+		static const struct {
+			const char *name;
+			const char *reply; /* NULL: longrep */
+			size_t len;
+		} sr[] = {
+		    {"session_pipeline_reply_too_long", NULL, 0},
+		    {"session_pipeline_reply_no_id", "fd[3]: OK", 10},
+		    {"session_pipeline_reply_signed_id", "-1: fd[3]: OK\0+2: fd[3]: OK", 28},
+		    {"session_pipeline_reply_unknown_id", "7: fd[3]: OK", 13},
+		};
+		size_t i, k;
+
+		/* "1: " + 1,500 bytes + " FOUND": fits the two-reply receive buffer, not a line. */
+		k = (size_t)snprintf(longrep, sizeof longrep, "1: ");
+		memset(longrep + k, 'A', 1500);
+		k += 1500;
+		k += (size_t)snprintf(longrep + k, sizeof longrep - k, " FOUND");
+		for (i = 0; i < ARRAY_LEN(sr); i++) {
+			struct clamd_session cs;
+			struct clamd_result rb[2];
+			int fb[2];
+			char *const one[] = {f.addr, NULL};
+
+			memset(&sp, 0, sizeof sp);
+			sp.kind = FAKE_REPLIER;
+			sp.read_first = SESSION_REQ2;
+			sp.reply = sr[i].reply ? sr[i].reply : longrep;
+			sp.reply_len = sr[i].reply ? sr[i].len : k + 1;
+			sp.keep_open = 1;
+			fake_start(&f, 0, &sp);
+			fb[0] = file_ro("clean.txt");
+			fb[1] = file_ro("clean.txt");
+			clamd_session_init(&cs, one, &pol_main);
+			clamd_session_scan_fds(&cs, fb, 2, SHORT_MS, rb);
+			if (rb[0].verdict == V_ERROR && rb[1].verdict == V_ERROR)
+				pass(sr[i].name);
+			else
+				fail(sr[i].name, "verdicts %s/%s, replies '%s' / '%s'",
+				     vname(rb[0].verdict), vname(rb[1].verdict), rb[0].reply,
+				     rb[1].reply);
+			clamd_session_close(&cs);
+			close(fb[0]);
+			close(fb[1]);
+			fake_stop(&f);
+		}
+
+		/* The same over-long reply to a single session request (not pipelined). */
+		memset(&sp, 0, sizeof sp);
+		sp.kind = FAKE_REPLIER;
+		sp.read_first = 11 + 9;
+		sp.reply = longrep;
+		sp.reply_len = k + 1;
+		sp.keep_open = 1;
+		fake_start(&f, 0, &sp);
+		{
+			struct clamd_session cs;
+			char *const one[] = {f.addr, NULL};
+
+			clamd_session_init(&cs, one, &pol_main);
+			rc = session_scan_file(&cs, "clean.txt", &r);
+			expect("session_reply_too_long", rc, &r, -1, V_ERROR, "", NULL);
+			clamd_session_close(&cs);
+		}
 		fake_stop(&f);
 	}
 
