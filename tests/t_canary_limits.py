@@ -209,6 +209,7 @@ def clamd_without_alert_exceeds_max_is_degraded():
 def clamd_that_looks_deeper_passes_the_nested_canary():
     # MaxRecursion above the nesting: clamd inflates every level and finds the EICAR, so
     # a scanner that does look in passes without the alert (the canary wants "not clean").
+    # A control against a canary that is too strict: it passed before the archive checks.
     with Clamd(harness.tmpdir("clamd"), harness.sigdir(),
                extra={"AlertExceedsMax": None, "MaxRecursion": 30}) as cd:
         p = Pipeline(scanners=[clamd_scanner(cd.unix_addr)], splitter=ONE_PART).start()
