@@ -310,7 +310,7 @@ static void canary_zip_nested(struct buf *zip, uint64_t *nonce)
 	buf_free(&in);
 }
 
-/* A scratch directory tmp/canary.<pid> with the EICAR and the clean file. Scratch only:
+/* A scratch directory tmp/canary.<pid> with the canary files. Scratch only:
  * nothing is fsync'd, a crash leaves debris that the next runner with this pid clears. */
 static int canary_dir_make(struct stage *st, struct canary_dir *cd)
 {
