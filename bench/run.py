@@ -191,7 +191,8 @@ def scanner_noop(tools, mc=2):
 
 def scanner_clamscan(sigs, mode):
     return dict(name="clamscan", type="exec", mode=mode,
-                argv=["/usr/bin/clamscan", "--no-summary", "--stdout", "--database=" + sigs]
+                argv=["/usr/bin/clamscan", "--no-summary", "--stdout", "--alert-encrypted=yes",
+                      "--alert-exceeds-max=yes", "--database=" + sigs]
                 + (["{file}"] if mode == "per-attachment" else ["{files}"]),
                 clean_codes=[0], infected_codes=[1], virus_regex=": (.+) FOUND$",
                 version_argv=["/usr/bin/clamscan", "--version"], timeout=600, max_concurrent=2)

@@ -240,6 +240,7 @@ def clamd_mode_detects_and_passes():
 def per_message_mode_attributes_the_infected_part():
     p = Pipeline(scanners=[dict(name="clamscan-msg", type="exec", mode="per-message",
                                 argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
+                                      "--alert-encrypted=yes", "--alert-exceeds-max=yes",
                                       "--database=" + harness.sigdir(), "{files}"],
                                 clean_codes=[0], infected_codes=[1],
                                 virus_regex="^(.+): (.+) FOUND$", timeout=60,

@@ -102,6 +102,7 @@ def per_attachment_clamscan_detects_eicar_and_passes_clean():
 def per_message_clamscan_detects_eicar_and_passes_clean():
     sc = clamscan(mode="per-message",
                   argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
+                        "--alert-encrypted=yes", "--alert-exceeds-max=yes",
                         "--database=" + harness.sigdir(), "{files}"])
     p = Pipeline(scanners=[sc]).start()
     wait_health(p, "clamscan", "ok")

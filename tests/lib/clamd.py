@@ -181,6 +181,10 @@ class Clamd:
             "ReadTimeout": "30",
             "CommandReadTimeout": "10",
             "IdleTimeout": "30",
+            # As spoold requires (spoold.conf(5)): an encrypted archive or one over the
+            # limits is a FOUND, not an OK. extra={"AlertEncrypted": None, ...} drops them.
+            "AlertEncrypted": "yes",
+            "AlertExceedsMax": "yes",
         }
         # No PidFile and no User: clamd keeps the identity it was started with (root in
         # CI) and writes nothing outside tmpdir.

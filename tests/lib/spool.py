@@ -24,8 +24,8 @@ ALL_STATES = ("incoming", "scan", "route", "quarantine", "hold", "badmail")
 
 def clamscan(name="clamscan", **kw):
     d = dict(name=name, type="exec", mode="per-attachment",
-             argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
-                   "--database=" + harness.sigdir(), "{file}"],
+             argv=["/usr/bin/clamscan", "--no-summary", "--stdout", "--alert-encrypted=yes",
+                   "--alert-exceeds-max=yes", "--database=" + harness.sigdir(), "{file}"],
              clean_codes=[0], infected_codes=[1], virus_regex=": (.+) FOUND$",
              version_argv=["/usr/bin/clamscan", "--version"], timeout=60, max_concurrent=2)
     d.update(kw)
