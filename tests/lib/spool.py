@@ -321,7 +321,7 @@ class Pipeline:
 
 # Signature-file payloads a test may send; a delivered part with one of these hashes is a
 # bypass even when clamscan's reading of the part differs.
-_KNOWN_BAD = ("eicar.com",)
+_KNOWN_BAD = ("eicar.com", "eicar-encrypted.zip", "eicar-nested20.zip")
 _KNOWN_BAD_FILES = ("/usr/share/clamav-testfiles/clam.exe",)
 
 
