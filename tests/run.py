@@ -10,7 +10,8 @@ Each prints result lines "PASS name", "FAIL name: why", "SKIP name: why"; every 
 echoed as it arrives. A program that times out (--timeout, else $TEST_TIMEOUT, else
 600 s) counts as one failure; so does one that exits non-zero or by a signal without
 having printed a FAIL line, and one that prints no result at all. After the last
-program the failures are listed again, and the very last line is exactly
+program the skipped tests are summed up by reason, the failures are listed again, and the
+very last line is exactly
 
     N passed, N failed, N skipped
 
@@ -65,6 +66,7 @@ class Totals:
     def __init__(self):
         self.passed = self.failed = self.skipped = 0
         self.failures = []  # (program, line)
+        self.skips = []     # (program, reason)
 
 
 def run_program(name, argv, env, cwd, timeout, totals):
@@ -104,6 +106,8 @@ def run_program(name, argv, env, cwd, timeout, totals):
             totals.passed += 1
         elif kind == b"SKIP":
             totals.skipped += 1
+            reason = text.split(": ", 1)[1] if ": " in text else "no reason given"
+            totals.skips.append((name, reason))
         else:
             totals.failed += 1
             fails += 1
@@ -194,6 +198,16 @@ def main(argv=None):
             label = "%s-%s" % (a.label, build) if a.label else build
         run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals)
 
+    if totals.skips:
+        # What was not run, and why, said once per reason: a skip must never pass unseen.
+        by_reason = {}
+        for name, reason in totals.skips:
+            by_reason.setdefault(reason, []).append(name)
+        out("")
+        out("=== skipped, by reason:")
+        for reason, names in sorted(by_reason.items(), key=lambda x: (-len(x[1]), x[0])):
+            progs = sorted(set(names))
+            out("  %d x %s (%s)" % (len(names), reason, ", ".join(progs)))
     if totals.failures:
         out("")
         out("=== failures:")
