@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <gmime/gmime.h>
@@ -86,9 +87,12 @@ struct mime_ctx {
 	const struct mime_limits *lim;
 	struct manifest *m;
 	GMimeParserOptions *opts;
-	uint64_t content_max; /* parts we may add besides the raw part */
-	uint64_t total;       /* decoded bytes written to all parts but the raw one */
-	int stop;             /* max_total_size reached: nothing more is written */
+	uint64_t content_max;  /* parts we may add besides the raw part */
+	uint64_t total;        /* decoded bytes written to all parts but the raw one */
+	uint64_t total_max;    /* the bound on total: max_total_size or max_expansion */
+	const char *total_why; /* its unscannable reason */
+	uint64_t unchecked;    /* bytes written since free space was last checked */
+	int stop;              /* max_total_size reached: nothing more is written */
 	unsigned tmp_seq;
 	int in_alt;    /* walking an alternative view: no alternatives of alternatives */
 	unsigned alts; /* alternative views made so far */
@@ -243,14 +247,29 @@ static int mime_out_write(struct mime_ctx *c, struct mime_out *o, const void *da
 		o->full = 1;
 		manifest_add_unscannable(c->m, MIME_OVER("max_part_size"));
 	}
-	if (c->total + allow > lim->max_total_size) {
-		allow = lim->max_total_size > c->total ? lim->max_total_size - c->total : 0;
+	if (c->total + allow > c->total_max) {
+		allow = c->total_max > c->total ? c->total_max - c->total : 0;
 		o->full = 1;
 		c->stop = 1;
-		manifest_add_unscannable(c->m, MIME_OVER("max_total_size"));
+		manifest_add_unscannable(c->m, c->total_why);
 	}
 	if (allow == 0)
 		return 0;
+	/* Count what we write against the free space, not only against the limits: a full
+	 * disk must defer this message (ENOSPC: the caller pauses intake and retries it),
+	 * not fill the spool that every other message needs. */
+	if (lim->min_free > 0 && c->unchecked + allow > MIME_SPACE_STEP) {
+		struct statvfs vs;
+		if (fstatvfs(c->dirfd, &vs) < 0)
+			return mime_fail(c, "statvfs", "work directory");
+		uint64_t avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+		if (avail < lim->min_free + allow) {
+			errno = ENOSPC;
+			return mime_fail(c, "write parts in", "work directory");
+		}
+		c->unchecked = 0;
+	}
+	c->unchecked += allow;
 	if (write_all(o->fd, data, (size_t)allow) < 0) {
 		char name[16];
 		manifest_part_name(o->index, name);
@@ -1657,6 +1676,20 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 	g_mime_parser_options_set_warning_callback(c.opts, mime_warning, &c);
 	struct mime_scan scan;
 	int over = size > lim->max_message_size;
+	/* The bound on decoded bytes: the absolute cap, or a small multiple of the message,
+	 * whichever is lower, so that an expanding encoding (BinHex run-length coding, up
+	 * to 96x) is stopped after a few times the bytes received. */
+	c.total_max = lim->max_total_size;
+	c.total_why = MIME_OVER("max_total_size");
+	if (lim->max_expansion > 0) {
+		uint64_t ratio = size <= (UINT64_MAX - MIME_EXPANSION_SLACK) / lim->max_expansion
+		                     ? size * lim->max_expansion + MIME_EXPANSION_SLACK
+		                     : UINT64_MAX;
+		if (ratio < c.total_max) {
+			c.total_max = ratio;
+			c.total_why = MIME_OVER("max_expansion");
+		}
+	}
 	/* GMime reads a file stream 4 KiB at a time with a seek before each read: a small
 	 * message costs a dozen calls that one read of the whole file saves. */
 	if (size <= lim->mem_max && size <= G_MAXUINT) { /* (a GByteArray's length is a guint) */

@@ -59,12 +59,22 @@ struct mime_limits {
 	uint64_t max_depth;        /* MIME nesting depth (multipart and message/rfc822 levels) */
 	uint64_t max_part_size;    /* decoded bytes per part */
 	uint64_t max_total_size;   /* decoded bytes of all parts (the raw part excluded) */
-	int scan_raw;              /* also add the raw message as the last part */
+	/* ...and at most max_expansion x the message size + MIME_EXPANSION_SLACK (0: no such
+	 * bound): what a decoder bomb may write is a small multiple of what was received */
+	uint64_t max_expansion;
+	/* Free space (bytes) the filesystem of the work directory must keep while parts are
+	 * written (0: not checked); below it mime_extract fails with ENOSPC and the caller
+	 * defers the message. Checked at least every MIME_SPACE_STEP bytes written. */
+	uint64_t min_free;
+	int scan_raw; /* also add the raw message as the last part */
 	/* Not a limit but a speed setting: a message of at most mem_max bytes is read into
 	 * memory with one call and parsed there; a larger one (or any, with 0) is parsed
 	 * from the file. Both give the same parts and manifest. */
 	uint64_t mem_max;
 };
+
+#define MIME_EXPANSION_SLACK (1024 * 1024)
+#define MIME_SPACE_STEP      (1024 * 1024)
 
 /* The splitter's mem_max: most mail is smaller, and the peak memory it adds stays far
  * under the 32 MiB the splitter is held to. */
