@@ -1570,6 +1570,133 @@ static void mime_multipart_ambiguous(struct mime_ctx *c, GMimeObject *obj, const
 	}
 }
 
+/* Another name (or media type) for the leaf part idx, that some reader gives it: the
+ * same bytes listed once more under that name, as a hard link to the part file (no
+ * space, no decoding), so that policies on names and types (the router's banned
+ * extensions and types) see every reading. It is scanned again like any part. */
+static int mime_link_reading(struct mime_ctx *c, unsigned idx, const char *type,
+                             const char *filename)
+{
+	if (mime_limit_parts(c))
+		return 0;
+	const struct manifest_part *src = &c->m->parts[idx - 1];
+	/* copies: manifest_add may move the parts array */
+	char *path = xstrdup(src->path), *t = xstrdup(type ? type : src->type);
+	char *cs = xstrdup(src->charset), *cte = xstrdup(src->cte);
+	const char *fn = filename ? filename : src->filename;
+	char *name = xstrndup(fn, strnlen(fn, MIME_FILENAME_MAX));
+	uint64_t size = src->size;
+	char sha[65];
+	memcpy(sha, src->sha256, sizeof sha);
+	struct manifest_part *p =
+	    manifest_add(c->m, path, FOUND_LEAF, t, cs, cte, name, strlen(name));
+	p->size = size;
+	memcpy(p->sha256, sha, sizeof sha);
+	unsigned to_index = p->index;
+	free(path);
+	free(t);
+	free(cs);
+	free(cte);
+	free(name);
+	char from[16], to[16];
+	manifest_part_name(idx, from);
+	manifest_part_name(to_index, to);
+	if (linkat(c->dirfd, from, c->dirfd, to, 0) == 0)
+		return 0;
+	if (errno != EPERM && errno != EMLINK && errno != EOPNOTSUPP && errno != ENOSYS)
+		return mime_fail(c, "link part to", to);
+	/* no hard links here: a copy (the same bytes, counted like decoded ones) */
+	if (c->total + size > c->total_max) {
+		c->stop = 1;
+		manifest_add_unscannable(c->m, c->total_why);
+		return 0;
+	}
+	int in = openat(c->dirfd, from, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (in < 0)
+		return mime_fail(c, "open", from);
+	int out = openat(c->dirfd, to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+	if (out < 0 || copy_fd(in, out) < 0) {
+		int e = errno;
+		close(in);
+		if (out >= 0)
+			close(out);
+		errno = e;
+		return mime_fail(c, "copy part to", to);
+	}
+	close(in);
+	c->total += size;
+	return close(out) < 0 ? mime_fail(c, "close", to) : 0;
+}
+
+/* Is s one of the n strings in v? */
+static int mime_seen(char *const *v, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], s) == 0)
+			return 1;
+	return 0;
+}
+
+/* The names other readers give the leaf part idx: GMime names it from the first of
+ * Content-Disposition filename, Content-Type name. Others take the other parameter, the
+ * other duplicate, the plain value next to an RFC 2231 one, or a "name=" inside another
+ * quoted value; every such name (decoded from RFC 2047 where it is an encoded word) and
+ * every other media type of a Content-Type header that does not change the bytes (the
+ * ones that do are mime_alternatives' readings) gets a linked part. */
+static int mime_other_names(struct mime_ctx *c, GMimeObject *obj, unsigned idx)
+{
+	char *seen[2 * MIME_PARAM_VALUES + 2];
+	size_t ns = 0;
+	int mine = 0, rc = 0;
+	seen[ns++] = xstrdup(c->m->parts[idx - 1].filename);
+	GMimeHeaderList *hl = g_mime_object_get_header_list(obj);
+	int n = g_mime_header_list_get_count(hl);
+	for (int i = 0; i < n && rc == 0 && !c->stop; i++) {
+		GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
+		const char *hn = g_mime_header_get_name(h);
+		const char *v = g_mime_header_get_raw_value(h);
+		int is_ct = g_ascii_strcasecmp(hn, "Content-Type") == 0;
+		if (v == NULL || (!is_ct && g_ascii_strcasecmp(hn, "Content-Disposition") != 0))
+			continue;
+		char *u = g_strdup(v), *w = u;
+		for (const char *r = v; *r; r++)
+			if (*r != '\r' && *r != '\n')
+				*w++ = *r;
+		*w = '\0';
+		char *vals[2 * MIME_PARAM_VALUES];
+		size_t nv = mime_param_values(u, "filename", vals);
+		nv += mime_param_values(u, "name", vals + nv);
+		for (size_t k = 0; k < nv; k++) {
+			char *d = g_mime_utils_header_decode_text(c->opts, vals[k]);
+			g_free(vals[k]);
+			if (rc == 0 && !c->stop && d[0] && ns < ARRAY_LEN(seen) &&
+			    !mime_seen(seen, ns, d)) {
+				seen[ns++] = xstrdup(d);
+				if (mime_alt_budget(c, &mine))
+					rc = mime_link_reading(c, idx, NULL, d);
+			}
+			g_free(d);
+		}
+		if (is_ct && rc == 0 && !c->stop) {
+			GMimeContentType *t = g_mime_content_type_parse(c->opts, u);
+			char *mt = t ? g_mime_content_type_get_mime_type(t) : NULL;
+			char *lt = mt ? mime_field(mt, MIME_FIELD_MAX, 1) : NULL;
+			if (lt && strcmp(lt, c->m->parts[idx - 1].type) != 0 &&
+			    !g_mime_content_type_is_type(t, "multipart", "*") &&
+			    !mime_is_message_type(t) && mime_alt_budget(c, &mine))
+				rc = mime_link_reading(c, idx, lt, NULL);
+			free(lt);
+			g_free(mt);
+			if (t)
+				g_object_unref(t);
+		}
+		g_free(u);
+	}
+	for (size_t i = 0; i < ns; i++)
+		free(seen[i]);
+	return rc;
+}
+
 /* A multipart with a Content-Transfer-Encoding that is not an identity (RFC 2045 forbids
  * any other): GMime ignores it and parses the bytes as they are; a reader that decodes
  * first parses other bytes (base64 that decodes to a whole other body, quoted-printable
@@ -1874,11 +2001,17 @@ static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int
 	if (c->only && !mime_exposed(c, obj))
 		return 0;
 	int rc;
-	if (GMIME_IS_PART(obj) && mime_is_message_type(g_mime_object_get_content_type(obj)))
+	size_t before = c->m->n_parts;
+	if (GMIME_IS_PART(obj) && mime_is_message_type(g_mime_object_get_content_type(obj))) {
 		rc =
 		    mime_encoded_message(c, GMIME_PART(obj), path, leafpath, depth, MIME_ENC_GMIME);
-	else
+	} else {
 		rc = mime_leaf(c, obj, leafpath);
+		/* the names and types other readers give this leaf */
+		if (rc == 0 && !c->in_alt && !c->stop && c->m->n_parts > before &&
+		    c->m->parts[before].found == FOUND_LEAF)
+			rc = mime_other_names(c, obj, c->m->parts[before].index);
+	}
 	if (rc == 0 && !c->in_alt && GMIME_IS_PART(obj))
 		rc = mime_alternatives(c, GMIME_PART(obj), path, is_body, leafpath, depth);
 	return rc;
