@@ -7,6 +7,7 @@ outbox. And the benign control: the new rules make no ordinary corpus mail unsca
 
   every_reading_reaches_a_scanner      the generated messages through the pipeline
   splitter_x_reads_every_reading       the same with splitter -x, case by case
+  every_name_of_a_part_meets_the_banned_extensions   names of one part, each reading
   corpus_false_positive_rate           ../shared/corpus through splitter -x
 """
 import hashlib
@@ -128,6 +129,34 @@ def splitter_x_reads_every_reading():
         if why:
             bad.append("%s: %s" % (c.name, why))
     assert not bad, "\n".join(bad)
+
+
+def _two_names(first, last):
+    return ("From: sender@example.com\nTo: rcpt@example.org\nSubject: names %s %s\n"
+            "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"N\"\n\n"
+            "--N\nContent-Type: text/plain\n\nSee the attachment.\n--N\n"
+            "Content-Type: application/octet-stream; name=\"%s\"\n"
+            "Content-Disposition: attachment; filename=\"%s\"; filename=\"%s\"\n"
+            "Content-Transfer-Encoding: base64\n\nSGVsbG8sIHdvcmxkLgo=\n--N--\n"
+            % (first, last, first, first, last)).encode()
+
+
+@test(timeout=300)
+def every_name_of_a_part_meets_the_banned_extensions():
+    """A part named invoice.pdf by one reading and invoice.exe by another (duplicate
+    filename parameters, either order; clean bytes): the router bans .exe, so both
+    messages are quarantined as banned, whichever name GMime picks."""
+    p = Pipeline(scanners=[clamscan()],
+                 router=dict(banned_extensions=["exe"], banned_types=[]))
+    p.drop("exe-last", _two_names("invoice.pdf", "invoice.exe"))
+    p.drop("exe-first", _two_names("invoice.exe", "invoice.pdf"))
+    p.pass_all()
+    finals = p.finals()
+    assert sorted(f[0] for f in finals) == ["quarantine", "quarantine"], finals
+    for place, q, path in finals:
+        names = {t.split("=", 1)[1] for line in p.read(path, "manifest").decode().splitlines()
+                 if line.startswith("part ") for t in line.split() if t.startswith("filename=")}
+        assert {"invoice.pdf", "invoice.exe"} <= names, names
 
 
 def _corpus_inputs(tmp):
