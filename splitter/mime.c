@@ -29,7 +29,11 @@
  *     with conflicting headers (mime_alternatives), the body that GMime dropped as bad
  *     header lines (mime_junk_reading), the rest of a message after a line GMime gave up
  *     on (mime_parse), junk before the first header (mime_first_header), parts behind a
- *     boundary too long for GMime (mime_split_long). Each is bounded.
+ *     boundary too long for GMime (mime_split_long), delimiter-like lines in a preamble
+ *     or epilogue (mime_other_delimiters), a transfer-encoded multipart decoded
+ *     (mime_encoded_multipart), other names and types of a leaf (mime_other_names, as
+ *     hard links); readings it cannot make are marked (mime_multipart_ambiguous). Each
+ *     is bounded.
  *  6. The raw part is a hard link to the message, last.
  *
  * Every limit is checked before bytes are written (mime_out_write), never after.

@@ -17,7 +17,11 @@
  * conflicting Content-Type / Content-Transfer-Encoding headers (GMime reads the last,
  * others the first), header blocks with lines that are no header field (GMime drops
  * them, others start the body there), junk before the first header, boundaries longer
- * than GMime can match. docs/CONFORMANCE.md compares the result with Python's email.
+ * than GMime can match, delimiter-like lines in preambles and epilogues, transfer-encoded
+ * multiparts, other names and types of a leaf (linked parts). Where a reading cannot be
+ * made cheaply (conflicting boundaries, conflicting Content-Type on a multipart) the
+ * message is marked "ambiguous structure (...)". docs/CONFORMANCE.md compares the result
+ * with Python's email and lists each ambiguity and its decision.
  *
  * docs/MANIFEST.md describes the manifest entries. Part paths are IMAP section numbers
  * ("1", "1.2", "2.1.3"); "0" is the top level (the raw part, and the preamble and
