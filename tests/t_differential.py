@@ -198,7 +198,12 @@ def corpus_false_positive_rate():
         chunk = inputs[k:k + step]
         r = subprocess.run([harness.bin_path("splitter"), "-o", out + str(k), "-x"]
                            + [p for _, p in chunk], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, timeout=600)
+                           stderr=subprocess.PIPE, timeout=600)
+        # 0, or 1 where a file is not a message: anything else is a crash (or ASan)
+        assert r.returncode in (0, 1) and b"Sanitizer" not in r.stderr, \
+            (r.returncode, r.stderr.decode("utf-8", "replace")[-2000:])
+        seen = sum(1 for line in r.stdout.splitlines() if line.startswith(b"file "))
+        assert seen == len(chunk), "only %d of %d files split" % (seen, len(chunk))
         cur = None
         for line in r.stdout.decode("ascii", "replace").splitlines():
             if line.startswith("file "):
