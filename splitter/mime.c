@@ -1457,18 +1457,41 @@ static int mime_alternatives(struct mime_ctx *c, GMimePart *part, const char *pa
 
 /* ---- parser differentials ---------------------------------------------------------- */
 
+/* RFC 2231 percent-decoding of val (after charset'lang' when lang): a new string. */
+static char *mime_2231_decode(const char *val, int lang)
+{
+	const char *a = lang ? strchr(val, '\'') : NULL;
+	const char *b = a ? strchr(a + 1, '\'') : NULL;
+	GString *dec = g_string_new(NULL);
+	for (const char *r = b ? b + 1 : val; *r; r++) {
+		if (*r == '%' && g_ascii_isxdigit(r[1]) && g_ascii_isxdigit(r[2])) {
+			g_string_append_c(dec, (char)(g_ascii_xdigit_value(r[1]) * 16 +
+			                              g_ascii_xdigit_value(r[2])));
+			r += 2;
+		} else {
+			g_string_append_c(dec, *r);
+		}
+	}
+	return g_string_free(dec, FALSE);
+}
+
+/* RFC 2231 continuations (name*0=, name*1*=, ...) joined: at most this many pieces. */
+#define MIME_PARAM_PIECES 64
+
 /* The values that some reader may take for the parameter name in the raw header value v
- * (a Content-Type or Content-Disposition value), into vals (each g_malloc'ed), at most
- * MIME_PARAM_VALUES; returns how many. A careful reader (GMime) takes quoting into
- * account and one of several duplicates; a naive one searches for "name=" anywhere,
+ * (a Content-Type or Content-Disposition value, unfolded), into vals (each g_malloc'ed),
+ * at most MIME_PARAM_VALUES; returns how many. A careful reader (GMime) takes quoting
+ * into account and one of several duplicates; a naive one searches for "name=" anywhere,
  * also inside a quoted value (foo="z;boundary=Q"; boundary=X reads as Q), and may take
- * the first or the last duplicate. So every occurrence of name=, wherever it is, gives
- * a value: a quoted string up to its closing quote, else up to ';' or a blank. The
- * RFC 2231 form name*=charset'lang'value gives its value too (percent-decoded);
- * continuations (name*0=, name*1=) are left to GMime, which joins them. */
+ * the first or the last duplicate; a reader of RFC 2231 prefers name*= or the joined
+ * continuations name*0=, name*1*=, ..., others ignore them. So every occurrence of name=,
+ * wherever it is, gives a value (a quoted string up to its closing quote, else up to ';'
+ * or a blank), name*= gives its percent-decoded value, and the continuations, joined in
+ * order up to the first missing piece, give one more. */
 static size_t mime_param_values(const char *v, const char *name, char **vals)
 {
-	size_t n = 0, nl = strlen(name);
+	size_t n = 0, nl = strlen(name), npieces = 0;
+	char *piece[MIME_PARAM_PIECES] = {0};
 	for (const char *p = v; *p && n < MIME_PARAM_VALUES; p++) {
 		if (g_ascii_strncasecmp(p, name, nl) != 0)
 			continue;
@@ -1476,9 +1499,20 @@ static size_t mime_param_values(const char *v, const char *name, char **vals)
 			continue;
 		const char *q = p + nl;
 		int ext = 0;
+		long idx = -1;
 		if (*q == '*') {
-			ext = 1;
 			q++;
+			if (g_ascii_isdigit(*q)) {
+				idx = 0;
+				while (g_ascii_isdigit(*q) && idx < MIME_PARAM_PIECES)
+					idx = idx * 10 + (*q++ - '0');
+				if (*q == '*') {
+					ext = 1;
+					q++;
+				}
+			} else {
+				ext = 1;
+			}
 		}
 		while (*q == ' ' || *q == '\t')
 			q++;
@@ -1500,25 +1534,27 @@ static size_t mime_param_values(const char *v, const char *name, char **vals)
 			     q++)
 				g_string_append_c(val, *q);
 		}
-		if (ext) {
-			/* charset'lang'value: the value after the second quote, %XX decoded */
-			const char *a = strchr(val->str, '\'');
-			const char *b = a ? strchr(a + 1, '\'') : NULL;
-			GString *dec = g_string_new(NULL);
-			for (const char *r = b ? b + 1 : val->str; *r; r++) {
-				if (*r == '%' && g_ascii_isxdigit(r[1]) && g_ascii_isxdigit(r[2])) {
-					g_string_append_c(dec,
-					                  (char)(g_ascii_xdigit_value(r[1]) * 16 +
-					                         g_ascii_xdigit_value(r[2])));
-					r += 2;
-				} else {
-					g_string_append_c(dec, *r);
-				}
-			}
-			g_string_free(val, TRUE);
-			val = dec;
+		char *s = ext ? mime_2231_decode(val->str, idx <= 0) : g_strdup(val->str);
+		g_string_free(val, TRUE);
+		if (idx < 0) {
+			vals[n++] = s;
+		} else if (idx < MIME_PARAM_PIECES && piece[idx] == NULL) {
+			piece[idx] = s;
+			npieces++;
+		} else {
+			g_free(s);
 		}
-		vals[n++] = g_string_free(val, FALSE);
+	}
+	if (npieces > 0) {
+		GString *joined = g_string_new(NULL);
+		for (size_t i = 0; i < MIME_PARAM_PIECES && piece[i]; i++)
+			g_string_append(joined, piece[i]);
+		if (n < MIME_PARAM_VALUES)
+			vals[n++] = g_string_free(joined, FALSE);
+		else
+			g_string_free(joined, TRUE);
+		for (size_t i = 0; i < MIME_PARAM_PIECES; i++)
+			g_free(piece[i]);
 	}
 	return n;
 }

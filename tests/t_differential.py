@@ -131,28 +131,33 @@ def splitter_x_reads_every_reading():
     assert not bad, "\n".join(bad)
 
 
-def _two_names(first, last):
+def _two_names(first, last, disposition=None):
+    disposition = disposition or 'filename="%s"; filename="%s"' % (first, last)
     return ("From: sender@example.com\nTo: rcpt@example.org\nSubject: names %s %s\n"
             "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"N\"\n\n"
             "--N\nContent-Type: text/plain\n\nSee the attachment.\n--N\n"
             "Content-Type: application/octet-stream; name=\"%s\"\n"
-            "Content-Disposition: attachment; filename=\"%s\"; filename=\"%s\"\n"
+            "Content-Disposition: attachment; %s\n"
             "Content-Transfer-Encoding: base64\n\nSGVsbG8sIHdvcmxkLgo=\n--N--\n"
-            % (first, last, first, first, last)).encode()
+            % (first, last, first, disposition)).encode()
 
 
 @test(timeout=300)
 def every_name_of_a_part_meets_the_banned_extensions():
     """A part named invoice.pdf by one reading and invoice.exe by another (duplicate
-    filename parameters, either order; clean bytes): the router bans .exe, so both
-    messages are quarantined as banned, whichever name GMime picks."""
+    filename parameters, either order; a plain value before RFC 2231 continuations;
+    clean bytes): the router bans .exe, so every message is quarantined as banned,
+    whichever name GMime picks."""
     p = Pipeline(scanners=[clamscan()],
                  router=dict(banned_extensions=["exe"], banned_types=[]))
     p.drop("exe-last", _two_names("invoice.pdf", "invoice.exe"))
     p.drop("exe-first", _two_names("invoice.exe", "invoice.pdf"))
+    p.drop("exe-continued", _two_names(
+        "invoice.pdf", "invoice.exe",
+        'filename="invoice.pdf"; filename*0="invoice"; filename*1=".exe"'))
     p.pass_all()
     finals = p.finals()
-    assert sorted(f[0] for f in finals) == ["quarantine", "quarantine"], finals
+    assert sorted(f[0] for f in finals) == ["quarantine"] * 3, finals
     for place, q, path in finals:
         names = {t.split("=", 1)[1] for line in p.read(path, "manifest").decode().splitlines()
                  if line.startswith("part ") for t in line.split() if t.startswith("filename=")}

@@ -108,6 +108,13 @@ def cases(eicar):
         "--R2231\n" + _part(p1) + "--R2231--\n--PLAIN\n" + _text() + "--PLAIN--\n",
         [(p1, "readers of RFC 2231 take R2231, others PLAIN")])
 
+    p1 = _payload(eicar, "RFC 2231 continued boundary")
+    add("boundary-continuations-and-plain",
+        "Content-Type: multipart/mixed; boundary=\"PLAIN\"; boundary*0=\"CON\"; "
+        "boundary*1=\"TINUED\"\n",
+        "--CONTINUED\n" + _part(p1) + "--CONTINUED--\n--PLAIN\n" + _text() + "--PLAIN--\n",
+        [(p1, "readers of RFC 2231 continuations take CONTINUED, others PLAIN")])
+
     # --- delimiters in the preamble or the epilogue ----------------------------------
     p1 = _payload(eicar, "prefix delimiter in the preamble")
     add("preamble-prefix-delimiter",
