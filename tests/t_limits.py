@@ -4,6 +4,7 @@ bombs (M2), bounded walks over attacker-made directory trees (L11). Real binarie
 clamscan."""
 import os
 import struct
+import subprocess
 import sys
 import time
 
@@ -135,6 +136,75 @@ def binhex_rle_bomb_is_stopped_with_bounded_disk_use():
     p.stage("router")
     finals = p.finals()
     assert [f[0] for f in finals] in (["hold"], ["quarantine"]), finals
+
+
+def _mount_tmpfs(size):
+    if os.geteuid() != 0:
+        harness.skip("needs root to mount a small tmpfs")
+    d = harness.tmpdir("small")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        harness.skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
+    if not os.environ.get("TEST_KEEP_TMP"):
+        harness.cleanup(lambda: subprocess.run(["umount", "-l", d]))
+    return d
+
+
+def _free(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fill(path, leave):
+    """Fill the filesystem of path until about `leave` bytes are free."""
+    with open(os.path.join(path, "filler"), "wb") as f:
+        todo = max(0, _free(path) - leave)
+        while todo > 0:
+            n = min(todo, 1 << 20)
+            f.write(b"\0" * n)
+            f.flush()
+            todo -= n
+
+
+@test(timeout=300)
+def decoding_keeps_the_spool_reserve_free():
+    """Decoded bytes are counted against the free space while they are written: a bomb
+    split on a nearly full spool stops with the 4 MiB reserve still free (the other
+    stages need it to move mail on) and the message is deferred, not failed; once there
+    is space it is split and marked over the limit. Before, the splitter wrote until
+    the disk was full and left the partial parts there."""
+    small = _mount_tmpfs("24m")
+    p = Pipeline(scanners=[clamscan()])
+    p.spool = os.path.join(small, "spool")
+    with open(p.conf) as f:
+        text = f.read()
+    with open(p.conf, "w") as f:
+        f.write(text.replace('spool_dir = "%s"' % os.path.join(p.dir, "spool"),
+                             'spool_dir = "%s"' % p.spool))
+    block, _ = binhex_rle_bomb(300 * 1000)
+    msg = (b"From: a@example.org\nTo: b@example.org\nSubject: bomb\nMIME-Version: 1.0\n"
+           b"Content-Type: text/plain\n\n" + block)
+    r = p.stage("splitter")  # makes the spool
+    assert r.returncode == 0, r.out
+    tmp = os.path.join(small, "bomb")
+    with open(tmp, "wb") as f:
+        f.write(msg)
+    _fill(small, 5 * (1 << 20) + (1 << 19))
+    os.rename(tmp, os.path.join(p.spool, "inbound", "bomb"))
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out
+    free = _free(small)
+    assert free >= 3 * (1 << 20), "%d bytes left free:\n%s" % (free, r.out[-2000:])
+    assert len(p.entries("incoming")) == 1 and not p.entries("scan"), \
+        (p.entries("incoming"), p.entries("scan"), r.out[-2000:])
+    assert "deferred" in r.out, r.out[-2000:]
+    os.unlink(os.path.join(small, "filler"))
+    r = p.stage("splitter")
+    assert r.returncode == 0, r.out
+    (q,) = p.entries("scan")
+    _, unsc = _manifest_parts(os.path.join(p.spool, "scan", q))
+    assert "over limit (max_expansion)" in unsc, unsc
 
 
 @test(timeout=120)
