@@ -534,9 +534,11 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
-	static const char *const split_keys[] = {
-	    "instances",      "max_message_size", "max_parts",       "max_depth", "max_part_size",
-	    "max_total_size", "scan_raw_message", "poison_attempts", NULL};
+	static const char *const split_keys[] = {"instances",       "max_message_size",
+	                                         "max_parts",       "max_depth",
+	                                         "max_part_size",   "max_total_size",
+	                                         "max_expansion",   "scan_raw_message",
+	                                         "poison_attempts", NULL};
 	static const char *const runner_keys[] = {"instances", NULL};
 	static const char *const router_keys[] = {
 	    "instances",         "default_connector",  "hold_retry_min",  "hold_retry_max",
@@ -611,6 +613,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		conf_u64(cx, g, "max_depth", &sp->max_depth, 1);
 		conf_u64(cx, g, "max_part_size", &sp->max_part_size, 1);
 		conf_u64(cx, g, "max_total_size", &sp->max_total_size, 1);
+		conf_u64(cx, g, "max_expansion", &sp->max_expansion, 1);
 		conf_bool(cx, g, "scan_raw_message", &sp->scan_raw_message);
 		conf_int(cx, g, "poison_attempts", &sp->poison_attempts, 1, 100);
 	}
@@ -893,6 +896,11 @@ void conf_splitter_defaults(struct conf_splitter *sp)
 	sp->max_depth = 30;
 	sp->max_part_size = 100ull << 20;
 	sp->max_total_size = 400ull << 20;
+	/* The corpus's largest ratio of decoded bytes to message bytes is 2.4 (an embedded
+	 * payload counts twice: in its text part and on its own); 8 leaves room for the
+	 * other readings of ambiguous mail, and stops BinHex run-length coding (up to 96x)
+	 * and nested encodings long before they fill a disk. */
+	sp->max_expansion = 8;
 	sp->scan_raw_message = 1;
 	sp->poison_attempts = 3;
 }

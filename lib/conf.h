@@ -74,6 +74,10 @@ struct conf_splitter {
 	uint64_t max_depth;
 	uint64_t max_part_size;
 	uint64_t max_total_size;
+	/* decoded bytes of all parts at most max_expansion x the message size + 1 MiB (and
+	 * never over max_total_size): a decoder bomb stops at a small multiple of what was
+	 * received, whatever the absolute cap */
+	uint64_t max_expansion;
 	int scan_raw_message;
 	int poison_attempts;
 };

@@ -11,14 +11,21 @@
 #include <unistd.h>
 
 #include "spool.h"
+#include "util.h"
 
-unsigned long long qstat_tree_bytes(int parent, const char *name)
+/* One measurement: names seen so far (bounded like remove_tree_at, see qstat.h). */
+static unsigned long long qstat_tree_walk(int parent, const char *name, unsigned depth,
+                                          unsigned long *entries)
 {
 	struct stat st;
 	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
 	if (!S_ISDIR(st.st_mode))
 		return S_ISREG(st.st_mode) ? (unsigned long long)st.st_size : 0;
+	/* A tree anyone could have dropped into inbound/: past the bounds it is not
+	 * measured further (the figure is a lower bound), never walked without end. */
+	if (depth >= UTIL_TREE_DEPTH_MAX || *entries > UTIL_TREE_ENTRIES_MAX)
+		return 0;
 	unsigned long long sum = 0;
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
@@ -29,11 +36,17 @@ unsigned long long qstat_tree_bytes(int parent, const char *name)
 		return 0;
 	}
 	struct dirent *de;
-	while ((de = readdir(d)) != NULL)
+	while ((de = readdir(d)) != NULL && ++*entries <= UTIL_TREE_ENTRIES_MAX)
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			sum += qstat_tree_bytes(dirfd(d), de->d_name);
+			sum += qstat_tree_walk(dirfd(d), de->d_name, depth + 1, entries);
 	closedir(d);
 	return sum;
+}
+
+unsigned long long qstat_tree_bytes(int parent, const char *name)
+{
+	unsigned long entries = 0;
+	return qstat_tree_walk(parent, name, 0, &entries);
 }
 
 long long qstat_age(const char *name, time_t mtime, time_t now)

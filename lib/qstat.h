@@ -18,7 +18,8 @@ struct qstat {
 };
 
 /* Total size of the regular files below parent/name (or of name itself), without
- * following symlinks. */
+ * following symlinks. Bounded like remove_tree_at (UTIL_TREE_DEPTH_MAX levels,
+ * UTIL_TREE_ENTRIES_MAX names): a larger tree is measured only that far. */
 unsigned long long qstat_tree_bytes(int parent, const char *name);
 /* Age in seconds of an entry: from the queue ID (intake time) when name is one, else from
  * the mtime in st_mtime_s. Never negative. */

@@ -382,7 +382,11 @@ int spool_entry_trash(struct spool_entry *e)
 	if (fsync_dir(sp->fd[e->where]) < 0)
 		return -1;
 	e->where = SD_TRASH;
-	return remove_tree_at(sp->fd[SD_TRASH], name);
+	/* The rename was the deletion. A tree too large to remove in one bounded walk (one
+	 * made by hand in inbound/) stays in trash/ with remove_tree_at's warning. */
+	if (remove_tree_at(sp->fd[SD_TRASH], name) < 0 && errno != E2BIG)
+		return -1;
+	return 0;
 }
 
 int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *e)

@@ -340,12 +340,26 @@ int fsync_path(const char *dir)
 	return r;
 }
 
-int remove_tree_at(int parent, const char *name)
+/* One walk of remove_tree_at: entries seen so far, and whether a bound was hit. */
+struct util_tree_walk {
+	unsigned long entries;
+	int over;
+};
+
+static int util_tree_remove(int parent, const char *name, unsigned depth, struct util_tree_walk *w)
 {
 	if (unlinkat(parent, name, 0) == 0 || errno == ENOENT)
 		return 0;
 	if (errno != EISDIR && errno != EPERM)
 		return -1;
+	/* An attacker can make a tree in inbound/ that ends up in trash/: past the bounds we
+	 * stop, leave the rest, and say so, rather than recurse without end (a stack frame
+	 * and a descriptor per level) or stall a stage on millions of names. */
+	if (depth >= UTIL_TREE_DEPTH_MAX) {
+		w->over = 1;
+		errno = E2BIG;
+		return -1;
+	}
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -1;
@@ -356,17 +370,44 @@ int remove_tree_at(int parent, const char *name)
 		errno = e;
 		return -1;
 	}
-	int rc = 0;
+	int rc = 0, err = 0;
 	struct dirent *de;
 	while ((de = readdir(d)) != NULL) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (remove_tree_at(dirfd(d), de->d_name) < 0)
+		if (++w->entries > UTIL_TREE_ENTRIES_MAX) {
+			w->over = 1;
 			rc = -1;
+			err = E2BIG;
+			break;
+		}
+		if (util_tree_remove(dirfd(d), de->d_name, depth + 1, w) < 0) {
+			rc = -1;
+			err = errno;
+			if (w->over)
+				break;
+		}
 	}
 	closedir(d);
-	if (rc == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+	if (rc == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT) {
 		rc = -1;
+		err = errno;
+	}
+	errno = err;
+	return rc;
+}
+
+int remove_tree_at(int parent, const char *name)
+{
+	struct util_tree_walk w = {0, 0};
+	int rc = util_tree_remove(parent, name, 0, &w);
+	if (rc < 0 && w.over) {
+		log_warn(NULL,
+		         "not removing all of %s: the tree is deeper than %d levels or holds more "
+		         "than %d names; what is left stays for an administrator",
+		         name, UTIL_TREE_DEPTH_MAX, UTIL_TREE_ENTRIES_MAX);
+		errno = E2BIG;
+	}
 	return rc;
 }
 

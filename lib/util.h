@@ -87,7 +87,13 @@ int copy_fd(int src, int dst);
 int fsync_dir(int dirfd);
 int fsync_path(const char *dir);
 
-/* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. */
+/* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. The walk
+ * is bounded, as trees in the spool can be made by anyone who can write inbound/: at most
+ * UTIL_TREE_DEPTH_MAX levels below name and UTIL_TREE_ENTRIES_MAX names in all. Past a
+ * bound it stops, logs a warning, leaves what is left and returns -1 with errno E2BIG
+ * (the spool's own trees are a few levels and a few thousand names at most). */
+#define UTIL_TREE_DEPTH_MAX   32
+#define UTIL_TREE_ENTRIES_MAX 100000
 int remove_tree_at(int dirfd, const char *name);
 
 /* A repeating SIGALRM whose only job is to interrupt one blocking call (installed without

@@ -17,7 +17,11 @@
  * conflicting Content-Type / Content-Transfer-Encoding headers (GMime reads the last,
  * others the first), header blocks with lines that are no header field (GMime drops
  * them, others start the body there), junk before the first header, boundaries longer
- * than GMime can match. docs/CONFORMANCE.md compares the result with Python's email.
+ * than GMime can match, delimiter-like lines in preambles and epilogues, transfer-encoded
+ * multiparts, other names and types of a leaf (linked parts). Where a reading cannot be
+ * made cheaply (conflicting boundaries, conflicting Content-Type on a multipart) the
+ * message is marked "ambiguous structure (...)". docs/CONFORMANCE.md compares the result
+ * with Python's email and lists each ambiguity and its decision.
  *
  * docs/MANIFEST.md describes the manifest entries. Part paths are IMAP section numbers
  * ("1", "1.2", "2.1.3"); "0" is the top level (the raw part, and the preamble and
@@ -59,12 +63,22 @@ struct mime_limits {
 	uint64_t max_depth;        /* MIME nesting depth (multipart and message/rfc822 levels) */
 	uint64_t max_part_size;    /* decoded bytes per part */
 	uint64_t max_total_size;   /* decoded bytes of all parts (the raw part excluded) */
-	int scan_raw;              /* also add the raw message as the last part */
+	/* ...and at most max_expansion x the message size + MIME_EXPANSION_SLACK (0: no such
+	 * bound): what a decoder bomb may write is a small multiple of what was received */
+	uint64_t max_expansion;
+	/* Free space (bytes) the filesystem of the work directory must keep while parts are
+	 * written (0: not checked); below it mime_extract fails with ENOSPC and the caller
+	 * defers the message. Checked at least every MIME_SPACE_STEP bytes written. */
+	uint64_t min_free;
+	int scan_raw; /* also add the raw message as the last part */
 	/* Not a limit but a speed setting: a message of at most mem_max bytes is read into
 	 * memory with one call and parsed there; a larger one (or any, with 0) is parsed
 	 * from the file. Both give the same parts and manifest. */
 	uint64_t mem_max;
 };
+
+#define MIME_EXPANSION_SLACK (1024 * 1024)
+#define MIME_SPACE_STEP      (1024 * 1024)
 
 /* The splitter's mem_max: most mail is smaller, and the peak memory it adds stays far
  * under the 32 MiB the splitter is held to. */

@@ -73,6 +73,9 @@ static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 	lim->max_depth = c->splitter.max_depth;
 	lim->max_part_size = c->splitter.max_part_size;
 	lim->max_total_size = c->splitter.max_total_size;
+	lim->max_expansion = c->splitter.max_expansion;
+	/* what the other stages need to move this message on */
+	lim->min_free = SPOOL_RESERVE_BYTES;
 	lim->scan_raw = c->splitter.scan_raw_message;
 	lim->mem_max = MIME_MEM_MAX;
 }
@@ -366,6 +369,18 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 		rc = splitter_badmail(e, "empty file");
 		goto out;
 	}
+	if ((uint64_t)sb.st_size > c->splitter.max_message_size) {
+		/* Judged by its size, before anything reads or copies it: a file this large
+		 * (a 1 TB sparse file costs its dropper nothing) would cost us its size in
+		 * space and time. The claim was a rename; badmail keeps it as it is. */
+		snprintf(reason, sizeof reason,
+		         "over limit (max_message_size): %llu bytes, the limit is %llu; not "
+		         "parsed and not copied",
+		         (unsigned long long)sb.st_size,
+		         (unsigned long long)c->splitter.max_message_size);
+		rc = splitter_badmail(e, reason);
+		goto out;
+	}
 	int ofd = splitter_message_own(e, fd, &sb);
 	if (ofd < 0) {
 		rc = splitter_tempfail(e, "cannot take ownership of the message of");
@@ -472,10 +487,15 @@ static int splitter_handle(struct stage *st, const char *name)
 	 * until its IN_CLOSE_WRITE. Everything else is claimed and judged afterwards. */
 	if (fstatat(st->spool.fd[SD_INBOUND], name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
-	if (S_ISREG(sb.st_mode)) {
+	/* A file over max_message_size is claimed whatever the free space: it goes to
+	 * badmail by a rename without being read, and must not hold up the names after it. */
+	if (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size <= st->conf->splitter.max_message_size) {
 		/* Claim only what can be split with room to spare for the later stages; a full
-		 * disk must stop intake, not fail messages half-way. */
-		uint64_t need = (uint64_t)sb.st_size * 3 + SPOOL_RESERVE_BYTES;
+		 * disk must stop intake, not fail messages half-way. The space a file takes is
+		 * its blocks, not its size: a sparse file's size says nothing about the disk
+		 * (what splitting it writes is counted against the free space as it goes). */
+		uint64_t real = (uint64_t)sb.st_blocks * 512;
+		uint64_t need = real * 3 + SPOOL_RESERVE_BYTES;
 		if (splitter_space_low || spool_space_free(&st->spool) < need) {
 			splitter_space_mark_low(&st->spool, "too little free space to split");
 			return 0;

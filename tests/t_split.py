@@ -150,13 +150,13 @@ def over_limit_is_quarantined_with_the_mark_in_the_report():
 
 
 @test
-def over_size_message_is_quarantined_never_passed():
+def over_size_message_goes_to_badmail_never_passed():
     p = Pipeline(scanners=[clamscan()], splitter=dict(max_message_size=10000))
     p.drop("big", msgs.with_attachment(os.urandom(20000), "big.bin"))
     p.pass_all()
     finals = p.finals()
-    assert [f[0] for f in finals] == ["quarantine"], finals
-    assert "max_message_size" in p.read(finals[0][2], "report").decode()
+    assert [f[0] for f in finals] == ["badmail"], finals
+    assert "max_message_size" in p.read(finals[0][2], "reason").decode()
 
 
 @test(timeout=300)
