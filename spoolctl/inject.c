@@ -95,8 +95,15 @@ int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 		goto ioerr;
 	}
 	fd = -1;
-	if (renameat(sp.fd[SD_TMP], tmpname, sp.fd[SD_INBOUND], qid) < 0)
-		goto ioerr;
+	/* Never over an existing name: a file a local user dropped into inbound/ under the
+	 * queue ID we picked would be replaced, and lost. On EEXIST, another fresh ID. */
+	for (int tries = 0;; tries++) {
+		if (spool_rename_noreplace(sp.fd[SD_TMP], tmpname, sp.fd[SD_INBOUND], qid) == 0)
+			break;
+		if (errno != EEXIST || tries >= 100)
+			goto ioerr;
+		spool_qid_new(qid);
+	}
 	/* And the name itself must be durable before we say "accepted". */
 	if (fsync_dir(sp.fd[SD_INBOUND]) < 0)
 		goto ioerr;

@@ -464,8 +464,17 @@ static int q_requeue_badmail(struct spool_entry *e)
 	trace_add(e->fd, e->qid, "requeue from=badmail by=spoolctl");
 	/* First the copy appears in inbound/, then the badmail entry goes: a crash between
 	 * the two leaves the message twice (the badmail copy is inert), never lost. */
-	if (renameat(sp->fd[SD_TMP], tmpname, sp->fd[SD_INBOUND], e->qid) < 0 ||
-	    fsync_dir(sp->fd[SD_INBOUND]) < 0)
+	/* Never over a file already named so in inbound/ (someone else's drop): that one
+	 * would be lost. The splitter gives a name in use a fresh queue ID anyway. */
+	char iname[SPOOL_QID_LEN + 1];
+	memcpy(iname, e->qid, sizeof iname);
+	int rr;
+	for (int tries = 0; (rr = spool_rename_noreplace(sp->fd[SD_TMP], tmpname,
+	                                                 sp->fd[SD_INBOUND], iname)) < 0 &&
+	                    errno == EEXIST && tries < 100;
+	     tries++)
+		spool_qid_new(iname);
+	if (rr < 0 || fsync_dir(sp->fd[SD_INBOUND]) < 0)
 		die_temp(e->qid, "cannot move %s/tmp/%s into inbound/: %s", sp->root, tmpname,
 		         strerror(errno));
 	if (spool_entry_trash(e) < 0)
