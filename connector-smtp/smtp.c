@@ -4,7 +4,11 @@
  *
  *   connector-smtp [-c CONFIG] -n CONNECTOR [--once]
  *
- * The envelope is kept (MAIL FROM / RCPT TO from the entry's envelope). A 2xx for the
+ * The envelope is kept (MAIL FROM / RCPT TO from the entry's envelope). Every address is
+ * checked again (envelope_check) before the dialogue starts: one that could close the
+ * "<path>" or add an ESMTP parameter never reaches the wire; the entry is bounced to
+ * badmail/ as a permanent failure. An SMTPUTF8 envelope is sent as such by libcurl
+ * (it adds SMTPUTF8 to MAIL FROM when an address needs it and the server offers it). A 2xx for the
  * whole transaction removes the entry; a 5xx (any recipient or the data) makes a bounce
  * record in badmail/; anything else - 4xx, a refused connection, a timeout - keeps the
  * entry for a retry with back-off. Bare LF line ends are sent as CRLF; libcurl does the
@@ -18,6 +22,7 @@
 #include <unistd.h>
 
 #include "connector.h"
+#include "envelope.h"
 #include "log.h"
 #include "util.h"
 
@@ -69,6 +74,13 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 {
 	(void)e;
 	char errbuf[CURL_ERROR_SIZE] = "";
+	/* The envelope was checked when it was parsed; this check is the last one before the
+	 * addresses become SMTP commands, so it does not depend on how the entry got here. */
+	char why[256];
+	if (envelope_check(env, why, sizeof why) < 0) {
+		snprintf(reply, rlen, "refused before the SMTP dialogue: %s", why);
+		return CONN_PERM;
+	}
 	struct curl_slist *rcpts = NULL;
 	struct smtp_reader rd = {.fd = msgfd};
 	enum conn_result res = CONN_TEMP;
