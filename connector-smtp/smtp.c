@@ -1,6 +1,9 @@
 /*
  * connector-smtp - relays outbox/<connector>/ entries over SMTP to the connector's next
- * hop (for example Postfix's re-injection listener on 127.0.0.1:10026), with libcurl.
+ * hop, with libcurl: relay = "smtp://HOST:PORT", or, with unix_socket = "/path", an SMTP
+ * server on a Unix socket (Postfix's re-injection smtpd in a directory only the spool
+ * user's group can reach: docs/postfix.md). A loopback TCP listener takes mail from any
+ * local process, unscanned; a socket behind file permissions does not.
  *
  *   connector-smtp [-c CONFIG] -n CONNECTOR [--once]
  *
@@ -98,6 +101,8 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 		free(r);
 	}
 	curl_easy_setopt(c, CURLOPT_URL, url);
+	if (cc->unix_socket && cc->unix_socket[0])
+		curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, cc->unix_socket);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
 	curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpts);
@@ -112,7 +117,8 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 	long code = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	if (rc == CURLE_OK) {
-		snprintf(reply, rlen, "%ld accepted by %s", code, cc->relay);
+		snprintf(reply, rlen, "%ld accepted by %s%s%s", code, cc->relay,
+		         cc->unix_socket[0] ? " via " : "", cc->unix_socket);
 		res = CONN_OK;
 	} else {
 		snprintf(reply, rlen, "%ld %s", code, errbuf[0] ? errbuf : curl_easy_strerror(rc));
