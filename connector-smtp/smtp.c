@@ -1,9 +1,9 @@
 /*
  * connector-smtp - relays outbox/<connector>/ entries over SMTP to the connector's next
  * hop, with libcurl: relay = "smtp://HOST:PORT", or, with unix_socket = "/path", an SMTP
- * server on a Unix socket (Postfix's re-injection smtpd in a directory only the spool
- * user's group can reach: docs/postfix.md). A loopback TCP listener takes mail from any
- * local process, unscanned; a socket behind file permissions does not.
+ * server on a Unix socket (Postfix's re-injection smtpd in public/, which only the
+ * postdrop group, and so the spool user, can reach: docs/postfix.md). A loopback TCP listener takes
+ * mail from any local process, unscanned; a socket behind file permissions does not.
  *
  *   connector-smtp [-c CONFIG] -n CONNECTOR [--once]
  *
