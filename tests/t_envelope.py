@@ -134,5 +134,20 @@ def connector_refuses_a_bad_address_in_an_outbox_entry_before_the_dialogue():
     no_restarts(p)
 
 
+@test
+def smtputf8_envelope_goes_out_with_smtputf8():
+    sink = SmtpSink(smtputf8=True)
+    harness.cleanup(sink.stop)
+    p = smtp_pipeline(sink).start()
+    rcpt = "j\u00fcrgen@example.net"
+    r = p.ctl("inject", "-U", "-f", "s@example.org", rcpt, stdin=msgs.clean(subject="utf8"))
+    assert r.returncode == 0, r.out
+    wait_for(lambda: sink.messages, timeout=60, what="the delivery\n" + p.logtext()[-2000:])
+    wire = sink_wire(sink)
+    assert b"MAIL FROM:<s@example.org> SMTPUTF8\r\n" in wire, wire
+    assert b"RCPT TO:<" + rcpt.encode() + b">\r\n" in wire, wire
+    no_restarts(p)
+
+
 if __name__ == "__main__":
     harness.main()
