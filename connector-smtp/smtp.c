@@ -1,10 +1,17 @@
 /*
  * connector-smtp - relays outbox/<connector>/ entries over SMTP to the connector's next
- * hop (for example Postfix's re-injection listener on 127.0.0.1:10026), with libcurl.
+ * hop, with libcurl: relay = "smtp://HOST:PORT", or, with unix_socket = "/path", an SMTP
+ * server on a Unix socket (Postfix's re-injection smtpd in public/, which only the
+ * postdrop group, and so the spool user, can reach: docs/postfix.md). A loopback TCP listener takes
+ * mail from any local process, unscanned; a socket behind file permissions does not.
  *
  *   connector-smtp [-c CONFIG] -n CONNECTOR [--once]
  *
- * The envelope is kept (MAIL FROM / RCPT TO from the entry's envelope). A 2xx for the
+ * The envelope is kept (MAIL FROM / RCPT TO from the entry's envelope). Every address is
+ * checked again (envelope_check) before the dialogue starts: one that could close the
+ * "<path>" or add an ESMTP parameter never reaches the wire; the entry is bounced to
+ * badmail/ as a permanent failure. An SMTPUTF8 envelope is sent as such by libcurl
+ * (it adds SMTPUTF8 to MAIL FROM when an address needs it and the server offers it). A 2xx for the
  * whole transaction removes the entry; a 5xx (any recipient or the data) makes a bounce
  * record in badmail/; anything else - 4xx, a refused connection, a timeout - keeps the
  * entry for a retry with back-off. Bare LF line ends are sent as CRLF; libcurl does the
@@ -18,6 +25,7 @@
 #include <unistd.h>
 
 #include "connector.h"
+#include "envelope.h"
 #include "log.h"
 #include "util.h"
 
@@ -69,6 +77,13 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 {
 	(void)e;
 	char errbuf[CURL_ERROR_SIZE] = "";
+	/* The envelope was checked when it was parsed; this check is the last one before the
+	 * addresses become SMTP commands, so it does not depend on how the entry got here. */
+	char why[256];
+	if (envelope_check(env, why, sizeof why) < 0) {
+		snprintf(reply, rlen, "refused before the SMTP dialogue: %s", why);
+		return CONN_PERM;
+	}
 	struct curl_slist *rcpts = NULL;
 	struct smtp_reader rd = {.fd = msgfd};
 	enum conn_result res = CONN_TEMP;
@@ -86,6 +101,8 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 		free(r);
 	}
 	curl_easy_setopt(c, CURLOPT_URL, url);
+	if (cc->unix_socket && cc->unix_socket[0])
+		curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, cc->unix_socket);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
 	curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpts);
@@ -100,7 +117,8 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 	long code = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	if (rc == CURLE_OK) {
-		snprintf(reply, rlen, "%ld accepted by %s", code, cc->relay);
+		snprintf(reply, rlen, "%ld accepted by %s%s%s", code, cc->relay,
+		         cc->unix_socket[0] ? " via " : "", cc->unix_socket);
 		res = CONN_OK;
 	} else {
 		snprintf(reply, rlen, "%ld %s", code, errbuf[0] ? errbuf : curl_easy_strerror(rc));

@@ -545,9 +545,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	    "max_hold_time",     "hold_expiry_action", "quarantine_days", "add_scanned_header",
 	    "infected_action",   "banned_extensions",  "banned_types",    "notify_admin",
 	    "notify_recipients", "notify_from",        "expire_interval", NULL};
-	static const char *const conn_keys[] = {"name",      "domains", "type",    "relay",
-	                                        "helo",      "maildir", "timeout", "retry_min",
-	                                        "retry_max", "max_age", NULL};
+	static const char *const conn_keys[] = {"name",      "domains", "type",        "relay",
+	                                        "helo",      "maildir", "timeout",     "retry_min",
+	                                        "retry_max", "max_age", "unix_socket", NULL};
 	config_setting_t *root = config_root_setting(cfg);
 
 	conf_check_keys(cx, root, "the top level", top_keys);
@@ -781,6 +781,8 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 			const char *md = conf_str(cx, e, "maildir", 0);
 			cn->relay = xstrdup(relay ? relay : "");
 			cn->helo = xstrdup(helo ? helo : "localhost");
+			const char *us = conf_str(cx, e, "unix_socket", 0);
+			cn->unix_socket = us ? conf_path_resolve(cx, us) : xstrdup("");
 			cn->maildir = md ? conf_path_resolve(cx, md) : xstrdup("");
 			if (ty == NULL || strcmp(ty, "none") == 0) {
 				cn->type = CONN_NONE;
@@ -922,6 +924,7 @@ void conf_free(struct conf *c)
 		strv_free(c->connectors[i].domains);
 		free(c->connectors[i].relay);
 		free(c->connectors[i].helo);
+		free(c->connectors[i].unix_socket);
 		free(c->connectors[i].maildir);
 	}
 	free(c->connectors);

@@ -59,6 +59,7 @@ struct conf_connector {
 	enum connector_type type; /* NONE: an outside agent drains the outbox */
 	char *relay;              /* smtp: "smtp://host:port" */
 	char *helo;               /* smtp: name to greet with */
+	char *unix_socket;        /* smtp: connect here instead of relay's host ("" = TCP) */
 	char *maildir;            /* maildir: absolute path of the Maildir */
 	int timeout;              /* smtp: seconds per transaction */
 	int retry_min;            /* seconds, first retry after a temporary failure */

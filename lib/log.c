@@ -31,6 +31,36 @@ void log_configure(enum log_target target, enum log_level level)
 		openlog(log_prog, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+/*
+ * Copy src to dst (bounded, always terminated), writing every byte that is not printable
+ * ASCII as \xNN. A log line is read by people on terminals and by parsers one line at a
+ * time, and its arguments carry sender- and scanner-chosen bytes (subjects, file names,
+ * virus names, SMTP replies): a newline or CR in one must not forge a second line, an
+ * ESC must not colour or rewrite a terminal, and a byte >= 0x80 must not start a
+ * multi-byte sequence that swallows what follows. Callers that already escaped keep their
+ * "\xNN" text as it was (a backslash is printable); only raw bytes change here.
+ */
+static void log_escape(char *dst, size_t len, const char *src)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)src; *p; p++) {
+		if (*p >= 0x20 && *p < 0x7f) {
+			if (o + 1 >= len)
+				break;
+			dst[o++] = (char)*p;
+		} else {
+			if (o + 4 >= len)
+				break;
+			dst[o++] = '\\';
+			dst[o++] = 'x';
+			dst[o++] = hex[*p >> 4];
+			dst[o++] = hex[*p & 15];
+		}
+	}
+	dst[o] = '\0';
+}
+
 static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_list ap)
 {
 	static const char *names[] = {"debug", "info", "warning", "error"};
@@ -38,8 +68,14 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 	if (lvl < log_min)
 		return;
 	int saved = errno;
-	char msg[4096];
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	char raw[4096], msg[4096];
+	vsnprintf(raw, sizeof raw, fmt, ap);
+	log_escape(msg, sizeof msg, raw);
+	char qbuf[128];
+	if (qid) {
+		log_escape(qbuf, sizeof qbuf, qid);
+		qid = qbuf;
+	}
 	/* One write per line, so lines from several processes sharing stderr never interleave. */
 	char line[4352];
 	if (log_tgt == LOG_TO_SYSLOG) {

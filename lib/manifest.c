@@ -186,6 +186,13 @@ int manifest_read_at(int dirfd, struct manifest *m, char *reason, size_t rlen)
 				snprintf(reason, rlen, "manifest: end count does not match");
 				goto out;
 			}
+			/* The file is written whole and renamed into place: anything after the
+			 * end line is not ours, and the file counts as incomplete (absent). */
+			if ((size_t)(nl + 1 - b.data) != b.len) {
+				snprintf(reason, rlen,
+				         "manifest: incomplete (data after the end line)");
+				goto out;
+			}
 			rc = 0;
 			goto out;
 		} else {

@@ -20,6 +20,7 @@
 
 #include "crash.h"
 #include "log.h"
+#include "trace.h"
 #include "util.h"
 
 static const char *spool_dir_names[SD__COUNT] = {
@@ -307,12 +308,63 @@ static int spool_entry_sync_once(struct spool_entry *e)
 	return e->synced ? 0 : spool_entry_sync(e);
 }
 
+int spool_rename_noreplace(int fromfd, const char *from, int tofd, const char *to)
+{
+	if (renameat2(fromfd, from, tofd, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -1;
+	/* A filesystem without RENAME_NOREPLACE: look first. Racy, but every name we commit
+	 * to is a queue ID that only one process makes, so only a hostile local writer can
+	 * lose the race, and rename(2) of a directory still refuses a non-empty target. */
+	struct stat st;
+	if (fstatat(tofd, to, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		errno = EEXIST;
+		return -1;
+	}
+	if (errno != ENOENT)
+		return -1;
+	return renameat(fromfd, from, tofd, to);
+}
+
+/* Rename fromfd/from to tofd/<fresh queue ID>, which is copied into fresh. 0 or -1. */
+static int spool_rename_fresh(int fromfd, const char *from, int tofd, char fresh[SPOOL_QID_LEN + 1])
+{
+	for (int tries = 0; tries < 100; tries++) {
+		spool_qid_new(fresh);
+		if (spool_rename_noreplace(fromfd, from, tofd, fresh) == 0)
+			return 0;
+		if (errno != EEXIST && errno != ENOTEMPTY)
+			return -1;
+	}
+	return -1;
+}
+
 int spool_entry_rename(struct spool_entry *e, enum spool_dir to)
 {
 	struct spool *sp = e->sp;
-	/* The commit: one rename of the whole directory. Its contents are already durable. */
-	if (renameat(sp->fd[e->where], e->qid, sp->fd[to], e->qid) < 0)
-		return -1;
+	/* The commit: one rename of the whole directory. Its contents are already durable.
+	 * Never over an existing name: a directory there (empty or not) is another message,
+	 * or something a hostile writer of inbound/ arranged, and must not be replaced. */
+	if (spool_rename_noreplace(sp->fd[e->where], e->qid, sp->fd[to], e->qid) < 0) {
+		if (errno != EEXIST && errno != ENOTEMPTY)
+			return -1;
+		/* A queue ID collision (see docs/INTERNALS.md, "Queue ID collisions"): the
+		 * entry moves on under a fresh ID, in the same one rename. Nothing is lost (both
+		 * entries stay whole) and nothing is duplicated (it is still one rename of the
+		 * one directory); retrying the same name would fail forever. The trace line is
+		 * not synced: it is an aid, and a power cut only loses the line. */
+		char fresh[SPOOL_QID_LEN + 1], old[SPOOL_QID_LEN + 1];
+		memcpy(old, e->qid, sizeof old);
+		trace_add(e->fd, old, "requeue why=collision in=%s", spool_dir_names[to]);
+		if (spool_rename_fresh(sp->fd[e->where], old, sp->fd[to], fresh) < 0)
+			return -1;
+		log_warn(old,
+		         "queue ID collision: %s/%s/%s already exists; the message moved on "
+		         "as %s/%s",
+		         sp->root, spool_dir_names[to], old, spool_dir_names[to], fresh);
+		memcpy(e->qid, fresh, sizeof fresh);
+	}
 	/* The entry belongs to the next stage now: unlock at once, so that the next stage
 	 * can claim it while we make the move durable. Nothing we do after this point acts
 	 * on the entry's contents. */
@@ -354,12 +406,38 @@ int spool_entry_handoff(struct spool_entry *e, enum spool_dir to)
 	return spool_entry_rename(e, to);
 }
 
-int spool_entry_retire(struct spool_entry *e)
+/* Rename the entry into trash/<name>; if trash/ already has that name (two entries with one
+ * queue ID, see spool_entry_rename), under <name>.<fresh queue ID> instead, written back
+ * into name. Whatever is in trash/ is only ever removed, so any unused name will do. */
+static int spool_trash_rename(struct spool_entry *e, char *name, size_t len)
 {
 	struct spool *sp = e->sp;
-	char name[SPOOL_QID_LEN + 32];
+	char fresh[SPOOL_QID_LEN + 1];
+	if (spool_rename_noreplace(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) == 0)
+		return 0;
+	if (errno != EEXIST && errno != ENOTEMPTY)
+		return -1;
+	size_t base = strlen(name);
+	for (int tries = 0; tries < 100; tries++) {
+		spool_qid_new(fresh);
+		name[base] = '\0';
+		if (bsnprintf(name + base, len - base, ".%s", fresh) < 0) {
+			errno = ENAMETOOLONG;
+			return -1;
+		}
+		if (spool_rename_noreplace(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) == 0)
+			return 0;
+		if (errno != EEXIST && errno != ENOTEMPTY)
+			return -1;
+	}
+	return -1;
+}
+
+int spool_entry_retire(struct spool_entry *e)
+{
+	char name[2 * SPOOL_QID_LEN + 32];
 	snprintf(name, sizeof name, "%s.%s", e->qid, spool_dir_names[e->where]);
-	if (renameat(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) < 0)
+	if (spool_trash_rename(e, name, sizeof name) < 0)
 		return -1;
 	e->where = SD_TRASH;
 	return 0;
@@ -368,7 +446,7 @@ int spool_entry_retire(struct spool_entry *e)
 int spool_entry_trash(struct spool_entry *e)
 {
 	struct spool *sp = e->sp;
-	char name[SPOOL_QID_LEN + 32];
+	char name[2 * SPOOL_QID_LEN + 32];
 	snprintf(name, sizeof name, "%s.%s", e->qid, spool_dir_names[e->where]);
 	/* A deletion cannot be undone: the hand-off that brought the entry here must be
 	 * durable first, or a power cut could bring back its earlier state after the
@@ -377,7 +455,7 @@ int spool_entry_trash(struct spool_entry *e)
 		return -1;
 	/* Out of its state directory first, in one step: a half-deleted entry must only ever
 	 * be found in trash/, never look like a message. */
-	if (renameat(sp->fd[e->where], e->qid, sp->fd[SD_TRASH], name) < 0)
+	if (spool_trash_rename(e, name, sizeof name) < 0)
 		return -1;
 	if (fsync_dir(sp->fd[e->where]) < 0)
 		return -1;
@@ -513,9 +591,20 @@ int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const
 	}
 	/* One rename per connector: an out.<conn> that is gone was delivered already, which is
 	 * what makes a restarted fan-out unable to make a second copy. */
-	if (renameat(e->fd, sub, ofd, e->qid) < 0) {
+	if (spool_rename_noreplace(e->fd, sub, ofd, e->qid) < 0) {
+		char fresh[SPOOL_QID_LEN + 1];
 		if (errno == ENOENT) {
 			rc = 0;
+		} else if (errno != EEXIST && errno != ENOTEMPTY) {
+			rc = -1;
+			goto out;
+		} else if (spool_rename_fresh(e->fd, sub, ofd, fresh) == 0) {
+			/* A queue ID collision in the outbox: this copy goes out under a fresh
+			 * ID, still by the one rename that makes out.<conn> disappear. */
+			log_warn(e->qid,
+			         "queue ID collision: outbox/%s/%s already exists; this copy "
+			         "is outbox/%s/%s",
+			         conn, e->qid, conn, fresh);
 		} else {
 			rc = -1;
 			goto out;

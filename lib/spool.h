@@ -101,15 +101,19 @@ void spool_entry_release(struct spool_entry *e);
  * file the caller wrote for this step (and whatever other stages wrote meanwhile), instead
  * of one fsync per file. 0, or -1 with errno (a writeback error: the step is not durable). */
 int spool_entry_sync(struct spool_entry *e);
+/* rename(2) that never replaces: -1 with EEXIST if tofd/to exists (RENAME_NOREPLACE, or
+ * a look first where the filesystem lacks it). */
+int spool_rename_noreplace(int fromfd, const char *from, int tofd, const char *to);
 /* Commit: rename(where/qid, to/qid), release the claim (the next stage may take the
  * entry at once), then fsync both parents. The caller has written the files and called
  * spool_entry_sync (if it has not since the claim, this does it first), and must not use
- * e->fd afterwards. 0, or -1 with errno (EEXIST or ENOTEMPTY if the destination exists;
- * the claim is kept when the rename failed). */
+ * e->fd afterwards. If to/qid exists (a queue ID collision), the entry is renamed to
+ * to/<fresh qid> instead and e->qid is updated. 0, or -1 with errno (the claim is kept
+ * when the rename failed). */
 int spool_entry_move(struct spool_entry *e, enum spool_dir to);
-/* The rename half of spool_entry_move: rename(where/qid, to/qid) and release the claim,
- * with no fsync. For a stage that commits several entries at once (it then calls
- * spool_dirs_sync once), and for spool_entry_handoff. 0 or -1. */
+/* The rename half of spool_entry_move: rename(where/qid, to/qid) - to a fresh qid on a
+ * collision, as above - and release the claim, with no fsync. For a stage that commits several
+ * entries at once (it then calls spool_dirs_sync once), and for spool_entry_handoff. 0 or -1. */
 int spool_entry_rename(struct spool_entry *e, enum spool_dir to);
 /*
  * Hand an entry on to the next stage (incoming/ -> scan/, scan/ -> route/): the caller
@@ -144,8 +148,9 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
  * Returns the fd, or -1 with reason filled (the errno is kept). */
 int spool_message_open(struct spool_entry *e, char *reason, size_t rlen);
 
-/* Fan-out: rename(where/qid/<sub>, outbox/<conn>/<qid>), then fsync outbox/<conn>/ and the
- * entry. 1: moved; 0: <sub> was already gone (moved earlier); -1: error. */
+/* Fan-out: rename(where/qid/<sub>, outbox/<conn>/<qid>) (to a fresh qid if that name
+ * exists), then fsync outbox/<conn>/ and the entry. 1: moved; 0: <sub> was already gone (moved
+ * earlier); -1: error. */
 int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const char *conn);
 
 /* Empty trash/. Best effort; returns the number of trees removed. */

@@ -110,6 +110,13 @@ int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen)
 				snprintf(reason, rlen, "verdicts: end count does not match");
 				goto out;
 			}
+			/* As for the manifest: bytes after the end line make the file
+			 * incomplete, so it counts as absent (fail closed: hold). */
+			if ((size_t)(nl + 1 - b.data) != b.len) {
+				snprintf(reason, rlen,
+				         "verdicts: incomplete (data after the end line)");
+				goto out;
+			}
 			rc = 0;
 			goto out;
 		}

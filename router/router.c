@@ -379,6 +379,7 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 		const char *conn = c->connectors[ci].name;
 		struct envelope sub;
 		envelope_init(&sub);
+		sub.smtputf8 = env->smtputf8; /* before the recipients: it admits UTF-8 ones */
 		sub.sender = xstrdup(env->sender);
 		for (size_t i = 0; i < env->n_rcpts; i++)
 			if (strcmp(router_connector_for(c, env->rcpts[i]), conn) == 0)

@@ -1,10 +1,15 @@
 /*
- * spoolctl inject -f SENDER RCPT... < message
+ * spoolctl inject [-U] -f SENDER RCPT... < message
  *
  * Writes a queue file (docs/INTERNALS.md) into tmp/, fsyncs it and renames it into
  * inbound/ under a fresh queue ID, which it prints; the splitter keeps that ID. Works as
  * a Postfix pipe(8) transport: exit 0 accepted; 75 try again (spool missing, disk full);
- * 64 usage; 65 bad address; 78 config.
+ * 64 usage; 65 (EX_DATAERR) bad address; 78 config. pipe(8) turns 64 and 65 into a
+ * permanent failure (a bounce), 75 into a deferral.
+ *
+ * Every address is checked by envelope_addr_check before anything is written: one that
+ * could close the SMTP path or add an ESMTP parameter ("a@b> NOTIFY=NEVER") is refused
+ * with exit 65, and so is a non-ASCII one unless -U says the envelope is SMTPUTF8.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,15 +29,27 @@
 #include "spool.h"
 #include "util.h"
 
+/* A bad address is the sender's fault and permanent: exit 65, naming the address (escaped:
+ * it is attacker data) and what is wrong with it. */
+static _Noreturn void inject_bad_address(const char *what, const char *addr, const char *why)
+{
+	struct buf b;
+	buf_init(&b);
+	escape_bytes(&b, addr, strlen(addr), 200);
+	die_perm(EXIT_DATAERR, "invalid %s address \"%s\": %s", what, buf_cstr(&b), why);
+}
+
 int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 {
 	struct envelope env;
-	const char *sender = NULL;
+	const char *sender = NULL, *why;
 	envelope_init(&env);
 	int i = 0;
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "-f") == 0 && i + 1 < argc)
 			sender = argv[++i];
+		else if (strcmp(argv[i], "-U") == 0)
+			env.smtputf8 = 1;
 		else if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
@@ -46,13 +63,17 @@ int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 	/* Postfix passes "<>" or "" for the null sender. */
 	if (strcmp(sender, "<>") == 0)
 		sender = "";
-	if (envelope_addr_valid(sender) < 0)
-		die_perm(EXIT_DATAERR, "invalid sender address");
+	if (envelope_addr_check(sender, env.smtputf8, &why) < 0)
+		inject_bad_address("sender", sender, why);
 	env.sender = xstrdup(sender);
-	for (; i < argc; i++)
+	for (; i < argc; i++) {
+		if (argv[i][0] == '\0')
+			inject_bad_address("recipient", argv[i], "empty");
+		if (envelope_addr_check(argv[i], env.smtputf8, &why) < 0)
+			inject_bad_address("recipient", argv[i], why);
 		if (envelope_add_rcpt(&env, argv[i]) < 0)
-			die_perm(EXIT_DATAERR, "invalid recipient address (or more than %d)",
-			         ENV_RCPT_MAX);
+			die_perm(EXIT_DATAERR, "more than %d recipients", ENV_RCPT_MAX);
+	}
 
 	struct spool sp;
 	ctl_spool_open(c, &sp);
@@ -95,8 +116,15 @@ int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 		goto ioerr;
 	}
 	fd = -1;
-	if (renameat(sp.fd[SD_TMP], tmpname, sp.fd[SD_INBOUND], qid) < 0)
-		goto ioerr;
+	/* Never over an existing name: a file a local user dropped into inbound/ under the
+	 * queue ID we picked would be replaced, and lost. On EEXIST, another fresh ID. */
+	for (int tries = 0;; tries++) {
+		if (spool_rename_noreplace(sp.fd[SD_TMP], tmpname, sp.fd[SD_INBOUND], qid) == 0)
+			break;
+		if (errno != EEXIST || tries >= 100)
+			goto ioerr;
+		spool_qid_new(qid);
+	}
 	/* And the name itself must be durable before we say "accepted". */
 	if (fsync_dir(sp.fd[SD_INBOUND]) < 0)
 		goto ioerr;

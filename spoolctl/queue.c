@@ -259,10 +259,27 @@ int ctl_cmd_ls(struct conf *c, int argc, char **argv)
 
 /* ---- show ---------------------------------------------------------------------------- */
 
+/* Append s[0..n) to out for a terminal: every byte that is not printable ASCII becomes
+ * \xNN (a newline and a tab are kept only with keep_nl). The fields shown come from
+ * senders and scanners (subjects, file names, virus names): an ESC or a CR in one must
+ * not colour or rewrite the administrator's terminal, a newline must not forge a line,
+ * and a byte >= 0x80 (0x9b is a one-byte CSI on some terminals) is never raw. */
+static void q_safe(struct buf *out, const char *s, size_t n, int keep_nl)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if ((c >= 0x20 && c < 0x7f) || (keep_nl && (c == '\n' || c == '\t')))
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+}
+
 static void q_print_trace(int dfd)
 {
-	struct buf t;
+	struct buf t, o;
 	buf_init(&t);
+	buf_init(&o);
 	if (read_file_at(dfd, "trace", &t, 16 << 20) < 0) {
 		printf("  (no trace: %s)\n", strerror(errno));
 		buf_free(&t);
@@ -281,16 +298,20 @@ static void q_print_trace(int dfd)
 			struct tm tm;
 			if (localtime_r(&s, &tm))
 				strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+			q_safe(&o, end + 1, strlen(end + 1), 0);
 			printf("  %s.%03d %s\n", when, (int)((ts - (double)s) * 1000 + 0.5) % 1000,
-			       end + 1);
+			       buf_cstr(&o));
 		} else {
-			printf("  %s\n", line);
+			q_safe(&o, line, strlen(line), 0);
+			printf("  %s\n", buf_cstr(&o));
 		}
+		buf_reset(&o);
 		if (!nl)
 			break;
 		line = nl + 1;
 	}
 	buf_free(&t);
+	buf_free(&o);
 }
 
 static void q_show_dir(int dfd, const char *place)
@@ -464,8 +485,17 @@ static int q_requeue_badmail(struct spool_entry *e)
 	trace_add(e->fd, e->qid, "requeue from=badmail by=spoolctl");
 	/* First the copy appears in inbound/, then the badmail entry goes: a crash between
 	 * the two leaves the message twice (the badmail copy is inert), never lost. */
-	if (renameat(sp->fd[SD_TMP], tmpname, sp->fd[SD_INBOUND], e->qid) < 0 ||
-	    fsync_dir(sp->fd[SD_INBOUND]) < 0)
+	/* Never over a file already named so in inbound/ (someone else's drop): that one
+	 * would be lost. The splitter gives a name in use a fresh queue ID anyway. */
+	char iname[SPOOL_QID_LEN + 1];
+	memcpy(iname, e->qid, sizeof iname);
+	int rr;
+	for (int tries = 0; (rr = spool_rename_noreplace(sp->fd[SD_TMP], tmpname,
+	                                                 sp->fd[SD_INBOUND], iname)) < 0 &&
+	                    errno == EEXIST && tries < 100;
+	     tries++)
+		spool_qid_new(iname);
+	if (rr < 0 || fsync_dir(sp->fd[SD_INBOUND]) < 0)
 		die_temp(e->qid, "cannot move %s/tmp/%s into inbound/: %s", sp->root, tmpname,
 		         strerror(errno));
 	if (spool_entry_trash(e) < 0)
