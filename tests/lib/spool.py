@@ -348,22 +348,31 @@ def flagged_hashes(spool):
     if not spool:
         return bad
     for root, dirs, files in os.walk(spool):
+        # Stages still running empty trash/ and move entries on while we walk: an entry
+        # that went away is read where it arrived, or was gone for good.
+        if root == spool and "trash" in dirs:
+            dirs.remove("trash")
         if "verdicts" not in files or "manifest" not in files:
             continue
         infected = set()
-        with open(os.path.join(root, "verdicts"), "rb") as f:
-            for line in f.read().decode("ascii", "replace").splitlines():
-                tok = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
-                if line.startswith("scan ") and tok.get("verdict") == "infected":
-                    infected.add(tok.get("part"))
-        with open(os.path.join(root, "manifest"), "rb") as f:
-            for line in f.read().decode("ascii", "replace").splitlines():
-                w = line.split()
-                if len(w) < 2 or w[0] != "part" or w[1] not in infected:
-                    continue
-                tok = dict(t.split("=", 1) for t in w[2:] if "=" in t)
-                if len(tok.get("sha256", "")) == 64:
-                    bad.add(tok["sha256"])
+        try:
+            with open(os.path.join(root, "verdicts"), "rb") as f:
+                vtext = f.read()
+            with open(os.path.join(root, "manifest"), "rb") as f:
+                mtext = f.read()
+        except FileNotFoundError:
+            continue
+        for line in vtext.decode("ascii", "replace").splitlines():
+            tok = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
+            if line.startswith("scan ") and tok.get("verdict") == "infected":
+                infected.add(tok.get("part"))
+        for line in mtext.decode("ascii", "replace").splitlines():
+            w = line.split()
+            if len(w) < 2 or w[0] != "part" or w[1] not in infected:
+                continue
+            tok = dict(t.split("=", 1) for t in w[2:] if "=" in t)
+            if len(tok.get("sha256", "")) == 64:
+                bad.add(tok["sha256"])
     return bad
 
 
@@ -430,10 +439,10 @@ def outbox_messages(spool, include_released=False):
             try:
                 with open(os.path.join(d, "trace"), "rb") as f:
                     trace = f.read()
+                if not include_released and b" release requested" in trace:
+                    continue
+                with open(os.path.join(d, "message"), "rb") as f:
+                    res.append(("outbox/%s/%s" % (c, q), f.read()))
             except FileNotFoundError:
-                trace = b""
-            if not include_released and b" release requested" in trace:
-                continue
-            with open(os.path.join(d, "message"), "rb") as f:
-                res.append(("outbox/%s/%s" % (c, q), f.read()))
+                continue  # a connector delivered it meanwhile
     return res
