@@ -765,6 +765,9 @@ static int runner_job_start(struct stage *st, const char *qid, struct runner_job
 	for (size_t k = 0; k < runner_nactive; k++)
 		if (strcmp(runner_active[k]->e.qid, qid) == 0)
 			return 0;
+	for (size_t k = 0; k < runner_nbatch; k++)
+		if (strcmp(runner_batch[k].qid, qid) == 0)
+			return 0; /* scanned, waiting for the group commit */
 	struct runner_job *j = xcalloc(1, sizeof *j);
 	int r = spool_entry_claim(&st->spool, SD_SCAN, qid, &j->e);
 	if (r <= 0) {
@@ -862,11 +865,15 @@ static void runner_run(struct stage *st)
 		runner_nactive = keep;
 		if (stage_stopping())
 			break;
-		/* What finished this round moves on now, not when the last big one is done. */
-		runner_flush(st);
 		if (runner_nactive > 0) {
+			/* What finished this round moves on now, not when the last big one is
+			 * done. (With nothing left, the batch stays open for the stage's flush:
+			 * a backlog still shares one sync per RUNNER_BATCH entries.) */
+			runner_flush(st);
 			canary_tick(st, runner_g.sc, runner_g.n);
-			runner_pull(st);
+			/* A paused stage finishes what it holds and claims nothing new. */
+			if (!stage_is_paused())
+				runner_pull(st);
 		}
 	}
 	/* Abandon safely: the entries stay in scan/ and are scanned again from scratch. */
