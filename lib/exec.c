@@ -151,8 +151,18 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 				wait_ms = (int)(kill_at - now);
 			}
 		}
+		if (reaped && now >= drain_until) {
+			/* Past the drain time: one last look without waiting. EOF means the
+			 * output was complete; anything else (a descendant still writing, or
+			 * holding the pipe) means it may not be. */
+			struct pollfd last = {.fd = outp[0], .events = POLLIN};
+			ssize_t r = poll(&last, 1, 0) == 1 ? read(outp[0], tmp, sizeof tmp) : -1;
+			if (r != 0)
+				res->output_truncated = 1;
+			break;
+		}
 		if (reaped)
-			wait_ms = drain_until > now ? (int)(drain_until - now) : 0;
+			wait_ms = (int)(drain_until - now);
 		/* While the child lives, its pidfd wakes us when it exits: a descendant that
 		 * keeps the pipe open (a daemonized grandchild) must not keep us reading. */
 		struct pollfd pfd[2] = {{.fd = outp[0], .events = POLLIN},

@@ -72,6 +72,17 @@ int main(void)
 	      res.exited && res.exit_code == 0 && !res.timed_out && res.output_truncated);
 	exec_result_free(&res);
 
+	/* The same with a grandchild that never stops writing: still bounded by the drain
+	 * time (it dies of SIGPIPE once we close the pipe). */
+	t0 = now_ms_monotonic();
+	CHECK("exec_endless_writer_runs",
+	      test_exec_sh("setsid yes & exit 0", 1024, 20000, &res) == 0);
+	took = (long)(now_ms_monotonic() - t0);
+	CHECK("exec_endless_writer_returns_early", took < 4000);
+	CHECK("exec_endless_writer_truncated",
+	      res.exited && !res.timed_out && res.output_truncated);
+	exec_result_free(&res);
+
 	/* SIGCHLD ignored: the kernel reaps the child, waitpid fails; no exit code, never 0. */
 	signal(SIGCHLD, SIG_IGN);
 	CHECK("exec_sigign_runs", test_exec_sh("exit 0", 1024, 10000, &res) == 0);
