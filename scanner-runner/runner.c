@@ -294,6 +294,8 @@ struct runner_job {
 
 enum {
 	RUNNER_ACTIVE_MAX = 64,
+	/* Claimed per round at most: another runner instance takes the rest of a backlog. */
+	RUNNER_PULL_MAX = 8,
 	RUNNER_SLICE_RUNS = 8,
 	RUNNER_SLICE_MS = 2000,
 	/* per-message: an infected run names its infected parts; the others are scanned
@@ -820,8 +822,8 @@ static void runner_job_finish(struct stage *st, struct runner_job *j)
 		runner_flush(st);
 }
 
-/* Between rounds: claim what else waits in scan/, so that it is scanned alongside the
- * messages already here instead of after them. */
+/* Between rounds: claim what else waits in scan/ (oldest first, a few per round), so that
+ * it is scanned alongside the messages already here instead of after them. */
 static void runner_pull(struct stage *st)
 {
 	char **names;
@@ -832,10 +834,14 @@ static void runner_pull(struct stage *st)
 		log_warn(NULL, "cannot list %s/scan: %s", st->spool.root, strerror(errno));
 		return;
 	}
-	for (size_t i = 0; i < n && runner_nactive < RUNNER_ACTIVE_MAX; i++) {
+	size_t pulled = 0;
+	for (size_t i = 0; i < n && runner_nactive < RUNNER_ACTIVE_MAX && pulled < RUNNER_PULL_MAX;
+	     i++) {
 		struct runner_job *j;
-		if (runner_job_start(st, names[i], &j) > 0)
+		if (runner_job_start(st, names[i], &j) > 0) {
 			runner_active[runner_nactive++] = j;
+			pulled++;
+		}
 	}
 	spool_names_free(names, n);
 }
