@@ -211,6 +211,30 @@ def message_over_scan_budget_is_held_with_the_reason():
     assert runs(rec) < 999, runs(rec)
 
 
+@test(timeout=240)
+def paused_runner_finishes_its_message_but_claims_nothing_new():
+    rec = os.path.join(harness.tmpdir("rec"), "runs")
+    p = Pipeline(scanners=[slow_av(rec)], splitter=NO_RAW,
+                 runner=dict(max_message_scan_time=4))
+    p.start()
+    p.drop("big", msgs.multipart(999))
+    wait_for(lambda: runs(rec) >= 5, timeout=60, what="the big message's scan to start")
+    r = p.ctl("pause", "scanner-runner")
+    assert r.returncode == 0, r.out
+    time.sleep(0.5)  # the signal is asynchronous
+    for i in range(2):
+        p.drop("small%d" % i, msgs.clean(body="small %d\n" % i))
+    wait_for(lambda: len(p.entries("hold")) == 1, timeout=60,
+             what="the big message to end held while the runner is paused")
+    time.sleep(2)
+    assert p.outbox() == [] and len(p.entries("scan")) == 2, \
+        "a paused runner claimed new mail: %s, scan/ %s" % (p.finals(), p.entries("scan"))
+    r = p.ctl("resume", "scanner-runner")
+    assert r.returncode == 0, r.out
+    finals = p.wait_final(3, timeout=60)
+    assert sorted(f[0] for f in finals) == ["hold", "outbox/smtp", "outbox/smtp"], finals
+
+
 # ---- L2: SIGCHLD ignored -------------------------------------------------------------------
 
 def ignore_sigchld():
