@@ -107,6 +107,7 @@ def per_message_clamscan_names_both_eicars_among_952_parts():
     # the 951 others are clean from a second, clean run over exactly them
     assert sum(1 for v in vl if v["verdict"] == "clean") == 951, verdicts_text(path)[-2000:]
     assert place.startswith("outbox/"), (place, verdicts_text(path)[-2000:])
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 @test(timeout=120)
@@ -209,6 +210,7 @@ def message_over_scan_budget_is_held_with_the_reason():
     budget = [v for v in vl if v.get("exit") == "budget"]
     assert clean and budget and len(clean) + len(budget) == 999, (len(clean), len(budget))
     assert runs(rec) < 999, runs(rec)
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 @test(timeout=240)
@@ -233,6 +235,7 @@ def paused_runner_finishes_its_message_but_claims_nothing_new():
     assert r.returncode == 0, r.out
     finals = p.wait_final(3, timeout=60)
     assert sorted(f[0] for f in finals) == ["hold", "outbox/smtp", "outbox/smtp"], finals
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 # ---- L2: SIGCHLD ignored -------------------------------------------------------------------
@@ -282,6 +285,7 @@ def spoold_started_with_sigchld_ignored_sees_its_stages_die():
     p.drop("clean", msgs.clean())
     places = sorted(f[0] for f in p.wait_final(2, timeout=90))
     assert places == ["outbox/smtp", "quarantine"], (places, p.logtext()[-2000:])
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 # ---- L10: slots ------------------------------------------------------------------------------
@@ -306,6 +310,7 @@ def daemonized_grandchild_keeps_no_slot():
     places = sorted(f[0] for f in p.wait_final(3, timeout=40))
     assert places == ["outbox/smtp"] * 3, places
     assert len(os.listdir(piddir)) >= 3, "the scanner left no daemons: %s" % os.listdir(piddir)
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 @test(timeout=120)
@@ -332,6 +337,7 @@ def slot_nobody_frees_becomes_an_error_after_slot_wait():
         os.close(fd)
     p.drop("m2", msgs.clean(body="two\n"))
     wait_for(lambda: len(p.outbox()) == 1, timeout=30, what="delivery once the slots are free")
+    p.stop()  # a still spool for the delivery check (it walks trash/ too)
 
 
 if __name__ == "__main__":
