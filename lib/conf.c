@@ -539,7 +539,8 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                         "max_part_size",   "max_total_size",
 	                                         "max_expansion",   "scan_raw_message",
 	                                         "poison_attempts", NULL};
-	static const char *const runner_keys[] = {"instances", NULL};
+	static const char *const runner_keys[] = {"instances", "max_message_scan_time",
+	                                          "max_message_scan_runs", "slot_wait", NULL};
 	static const char *const router_keys[] = {
 	    "instances",         "default_connector",  "hold_retry_min",  "hold_retry_max",
 	    "max_hold_time",     "hold_expiry_action", "quarantine_days", "add_scanned_header",
@@ -618,10 +619,18 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		conf_int(cx, g, "poison_attempts", &sp->poison_attempts, 1, 100);
 	}
 	c->runner.instances = 1;
+	c->runner.max_message_scan_time = 600;
+	c->runner.max_message_scan_runs = 0;
+	c->runner.slot_wait = 300;
 	g = conf_get(root, "scanner_runner");
 	if (g) {
 		conf_check_keys(cx, g, "scanner_runner", runner_keys);
 		conf_int(cx, g, "instances", &c->runner.instances, 0, 64);
+		conf_int(cx, g, "max_message_scan_time", &c->runner.max_message_scan_time, 0,
+		         86400);
+		conf_int(cx, g, "max_message_scan_runs", &c->runner.max_message_scan_runs, 0,
+		         1000000);
+		conf_int(cx, g, "slot_wait", &c->runner.slot_wait, 1, 86400);
 	}
 	struct conf_router *rt = &c->router;
 	rt->instances = 1;

@@ -85,6 +85,9 @@ struct conf_splitter {
 
 struct conf_runner {
 	int instances;
+	int max_message_scan_time; /* seconds of scanning one message may use; 0: no bound */
+	int max_message_scan_runs; /* scanner runs one message may use; 0: no bound */
+	int slot_wait;             /* seconds to wait for a scanner slot; then an error */
 };
 
 struct conf_router {

@@ -16,6 +16,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* How long the output pipe may stay open after the child exited. */
+#define EXEC_DRAIN_MS 500
+
+int exec_sigchld_default(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGCHLD, &sa, NULL);
+}
+
 void exec_opts_init(struct exec_opts *o)
 {
 	memset(o, 0, sizeof *o);
@@ -70,6 +82,7 @@ static void exec_child(char *const argv[], const struct exec_opts *o, int outfd,
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_DFL);
+	signal(SIGCHLD, SIG_DFL); /* the scanner may wait for children of its own */
 	execve(argv[0], argv, envp);
 fail:
 	err = errno;
@@ -114,11 +127,13 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	int64_t kill_at = -1;
 	int grace = o->grace_ms > 0 ? o->grace_ms : 2000;
 	int out_open = 1;
+	int status = 0, reaped = 0;
+	int64_t drain_until = -1;
 	char tmp[8192];
 	while (out_open) {
 		int64_t now = now_ms_monotonic();
 		int wait_ms = -1;
-		if (deadline >= 0 && !res->timed_out) {
+		if (deadline >= 0 && !res->timed_out && !reaped) {
 			if (now >= deadline) {
 				res->timed_out = 1;
 				exec_kill_group(pid, SIGTERM);
@@ -127,7 +142,7 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 				wait_ms = (int)(deadline - now);
 			}
 		}
-		if (kill_at >= 0) {
+		if (kill_at >= 0 && !reaped) {
 			if (now >= kill_at) {
 				exec_kill_group(pid, SIGKILL);
 				kill_at = -2; /* sent; now only wait for EOF */
@@ -136,19 +151,59 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 				wait_ms = (int)(kill_at - now);
 			}
 		}
-		struct pollfd pfd = {.fd = outp[0], .events = POLLIN};
-		int pr = poll(&pfd, 1, wait_ms);
+		if (reaped && now >= drain_until) {
+			/* Past the drain time: one last look without waiting. EOF means the
+			 * output was complete; anything else (a descendant still writing, or
+			 * holding the pipe) means it may not be. */
+			struct pollfd last = {.fd = outp[0], .events = POLLIN};
+			ssize_t r = poll(&last, 1, 0) == 1 ? read(outp[0], tmp, sizeof tmp) : -1;
+			if (r != 0)
+				res->output_truncated = 1;
+			break;
+		}
+		if (reaped)
+			wait_ms = (int)(drain_until - now);
+		/* While the child lives, its pidfd wakes us when it exits: a descendant that
+		 * keeps the pipe open (a daemonized grandchild) must not keep us reading. */
+		struct pollfd pfd[2] = {{.fd = outp[0], .events = POLLIN},
+		                        {.fd = pidfd, .events = POLLIN}};
+		nfds_t nfds = pidfd >= 0 && !reaped ? 2 : 1;
+		int pr = poll(pfd, nfds, wait_ms);
 		if (pr < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		if (pr == 0) {
+			if (reaped) {
+				/* The child is gone, yet something it left still holds the pipe:
+				 * whatever it writes later is not part of this answer, and what we
+				 * have may not be all of it. Incomplete counts as truncated. */
+				res->output_truncated = 1;
+				break;
+			}
 			if (kill_at == -2)
 				break; /* a grandchild keeps the pipe open after SIGKILL: stop
 				          reading */
 			continue;
 		}
+		if (nfds == 2 && pfd[1].revents) {
+			pid_t w = waitpid(pid, &status, WNOHANG);
+			if (w == pid || (w < 0 && errno != EINTR)) {
+				if (w < 0) {
+					/* Never a status we did not get (an inherited SIGCHLD
+					 * SIG_IGN reaps children behind our back: ECHILD). */
+					res->wait_failed = 1;
+					res->wait_errno = errno;
+				}
+				reaped = 1;
+				/* Its own output is already in the pipe: read on until EOF,
+				 * for a short while only. */
+				drain_until = now_ms_monotonic() + EXEC_DRAIN_MS;
+			}
+		}
+		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
 		ssize_t r = read(outp[0], tmp, sizeof tmp);
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN)
@@ -174,14 +229,15 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 
 	/* The pipe closed: the child has exited or closed its output. Wait for it, still
 	 * under the deadline: a child that closed stdout and hangs must not hang us. */
-	int status;
 	int backoff_us = 100;
-	for (;;) {
+	while (!reaped) {
 		pid_t w = waitpid(pid, &status, WNOHANG);
 		if (w == pid)
 			break;
 		if (w < 0 && errno != EINTR) {
-			status = 0;
+			/* Not a status: never read as exit 0 (clean). */
+			res->wait_failed = 1;
+			res->wait_errno = errno;
 			break;
 		}
 		int64_t now = now_ms_monotonic();
@@ -214,7 +270,9 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	if (pidfd >= 0)
 		close(pidfd);
 	res->ms = (long)(now_ms_monotonic() - start);
-	if (WIFEXITED(status)) {
+	if (res->wait_failed) {
+		/* exited stays 0: no exit code, so no clean and no infected. */
+	} else if (WIFEXITED(status)) {
 		res->exited = 1;
 		res->exit_code = WEXITSTATUS(status);
 	} else if (WIFSIGNALED(status)) {
@@ -248,8 +306,13 @@ void exec_result_free(struct exec_result *res)
 
 void exec_result_describe(const struct exec_result *res, char *out, size_t len)
 {
-	if (res->timed_out)
+	if (res->not_started)
+		snprintf(out, len, "not-started");
+	else if (res->timed_out)
 		snprintf(out, len, "timeout");
+	else if (res->wait_failed)
+		snprintf(out, len, "wait:%s",
+		         strerrorname_np(res->wait_errno) ? strerrorname_np(res->wait_errno) : "?");
 	else if (res->exec_failed)
 		snprintf(out, len, "exec:%s",
 		         strerrorname_np(res->exec_errno) ? strerrorname_np(res->exec_errno) : "?");

@@ -5,12 +5,20 @@
  *
  * On timeout the whole process group gets SIGTERM, then SIGKILL after grace_ms, and the
  * child is always reaped. The child also gets PR_SET_PDEATHSIG(SIGKILL), so it does not
- * outlive a killed runner.
+ * outlive a killed runner. Once the child has exited, its output is read for at most
+ * EXEC_DRAIN_MS more: a descendant that left the group and keeps the pipe open cannot
+ * hold us, and the capture is then marked truncated (it may not be the whole answer).
+ *
+ * A caller that runs children calls exec_sigchld_default() at start: an inherited
+ * SIGCHLD SIG_IGN makes the kernel reap children itself, and waitpid then fails.
  *
  * DIAGNOSTICS
  *   exec_run returns 0 when the child ran (whatever its status) and fills res; it
  *   returns -1 only when fork or pipe failed. A failed execve shows up as
- *   res->exec_failed with res->exec_errno.
+ *   res->exec_failed with res->exec_errno. A failed waitpid shows up as res->wait_failed
+ *   with res->wait_errno and exited = 0: there is no exit code then, never a 0. Callers
+ *   treat output_truncated as "the output is not the whole answer" (an error, never
+ *   clean).
  */
 #ifndef SPOOLD_EXEC_H
 #define SPOOLD_EXEC_H
@@ -39,15 +47,22 @@ struct exec_result {
 	int timed_out;   /* 1 if we killed it at the deadline */
 	int exec_failed; /* 1 if execve failed (exit_code then 127) */
 	int exec_errno;
-	long ms; /* wall time */
+	long ms;         /* wall time */
+	int wait_failed; /* 1 if waitpid failed: no status at all */
+	int wait_errno;
+	int not_started; /* 1 if the caller never ran it (set by callers, e.g. no slot) */
 	struct buf output;
+	/* 1 if output is not all the child wrote: over output_max, or the pipe was still
+	 * open EXEC_DRAIN_MS after the child exited */
 	int output_truncated;
 };
 
+/* SIGCHLD back to SIG_DFL; -1 with errno if sigaction fails. */
+int exec_sigchld_default(void);
 void exec_opts_init(struct exec_opts *o);
 int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *res);
 void exec_result_free(struct exec_result *res);
-/* "exit:0", "sig:11", "timeout", "exec:ENOENT" */
+/* "0", "sig:11", "timeout", "exec:ENOENT", "wait:ECHILD", "not-started" */
 void exec_result_describe(const struct exec_result *res, char *out, size_t len);
 
 #endif

@@ -43,7 +43,23 @@ static int slot_try_all(struct spool *sp, const char *scanner, int max)
 	return -1;
 }
 
-int slot_acquire(struct spool *sp, const char *scanner, int max)
+/* flock(fd, LOCK_EX), woken every 100 ms by a timer to look at the clock: 0 when locked,
+ * -1 with errno (EINTR when woken: look again; ETIMEDOUT past deadline). */
+static int slot_lock_until(int fd, int64_t deadline)
+{
+	if (deadline >= 0 && now_ms_monotonic() >= deadline) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	alarm_interval_arm(100, 100);
+	int r = flock(fd, LOCK_EX);
+	int e = errno;
+	alarm_interval_disarm();
+	errno = e;
+	return r;
+}
+
+int slot_acquire_timed(struct spool *sp, const char *scanner, int max, int timeout_ms)
 {
 	if (max < 1)
 		max = 1;
@@ -53,7 +69,10 @@ int slot_acquire(struct spool *sp, const char *scanner, int max)
 	/* All taken. Waiters line up on slots/<scanner>.wait, sleeping in flock; the one at
 	 * the head sleeps on one slot at a time for at most 100 ms (a timer interrupts the
 	 * wait), then looks at all of them again. So a waiter takes whichever slot frees
-	 * first, within 100 ms, at a cost of ten wake-ups a second and no busy loop. */
+	 * first, within 100 ms, at a cost of ten wake-ups a second and no busy loop. Every
+	 * wait ends at the deadline: a slot held forever (a hung scanner, anyone else who
+	 * locked the file) must become an error verdict, never a stalled runner. */
+	int64_t deadline = timeout_ms > 0 ? now_ms_monotonic() + timeout_ms : -1;
 	char wname[128];
 	if (bsnprintf(wname, sizeof wname, "%s.wait", scanner) < 0) {
 		errno = ENAMETOOLONG;
@@ -62,7 +81,7 @@ int slot_acquire(struct spool *sp, const char *scanner, int max)
 	int wfd = openat(sp->fd[SD_SLOTS], wname, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
 	if (wfd < 0)
 		return -1;
-	while (flock(wfd, LOCK_EX) < 0) {
+	while (slot_lock_until(wfd, deadline) < 0) {
 		if (errno != EINTR) {
 			int e = errno;
 			close(wfd);
@@ -77,10 +96,8 @@ int slot_acquire(struct spool *sp, const char *scanner, int max)
 		fd = slot_open(sp, scanner, n);
 		if (fd < 0)
 			break;
-		alarm_interval_arm(100, 100);
-		int r = flock(fd, LOCK_EX);
+		int r = slot_lock_until(fd, deadline);
 		int e = errno;
-		alarm_interval_disarm();
 		if (r == 0)
 			break;
 		close(fd);
@@ -94,6 +111,11 @@ int slot_acquire(struct spool *sp, const char *scanner, int max)
 	close(wfd); /* the next waiter moves to the head of the line */
 	errno = e;
 	return fd;
+}
+
+int slot_acquire(struct spool *sp, const char *scanner, int max)
+{
+	return slot_acquire_timed(sp, scanner, max, SLOT_WAIT_DEFAULT_MS);
 }
 
 void slot_release(int fd)

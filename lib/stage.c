@@ -36,6 +36,11 @@ int stage_stopping(void)
 	return stage_stop;
 }
 
+int stage_is_paused(void)
+{
+	return stage_paused;
+}
+
 static void stage_signals(void)
 {
 	struct sigaction sa;

@@ -50,6 +50,8 @@ void stage_ready_take(void);
 void stage_ready_notify(void);
 /* Set when a stop was requested; long work checks it between units. */
 int stage_stopping(void);
+/* Set while paused (SIGUSR1): work in progress may finish, nothing new is claimed. */
+int stage_is_paused(void);
 /* Scan the watch directory and handle every name. Returns how many did work. */
 int stage_scan(struct stage *st);
 

@@ -6,7 +6,15 @@
  * one process per part, as MailEnable does; per-message: one process for all parts;
  * clamd: the descriptor is handed to clamd), runs the backup scanners only when a primary
  * failed, writes "verdicts" and commits to route/ with one rename. The router decides;
- * this stage only records. Anything unmapped is an error, never clean.
+ * this stage only records. Anything unmapped is an error, never clean: a failed waitpid,
+ * output not read in full (cut at the bound, or held open after the child exited), a
+ * part an infected per-message run did not name by its exact path (it is run again
+ * without the named ones, and is clean only from a clean run), a scanner slot that did
+ * not come free within slot_wait, and every part left when the message's scan budget
+ * (max_message_scan_time, max_message_scan_runs) is spent.
+ *
+ * Messages are scanned side by side, round robin, a slice of a few runs each (struct
+ * runner_job), so a message with many parts cannot hold up the others.
  *
  * Before the first message, every canary_interval seconds and when a scanner's version
  * changes, canary.c checks each scanner (EICAR infected with a name, a clean file clean,
@@ -42,6 +50,8 @@
 #include "verdict.h"
 
 #define OUTPUT_EXCERPT 512
+/* Output kept per scanner run (per part; per-message runs get more, per part). */
+#define RUNNER_OUTPUT_MAX (64 * 1024)
 
 struct runner {
 	struct runner_scanner *sc;
@@ -160,40 +170,68 @@ void runner_virus_name(const struct runner_scanner *rs, const char *out, const c
 	}
 }
 
-static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, int slot,
+static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, size_t output_max,
                              struct exec_opts *o)
 {
 	exec_opts_init(o);
 	o->cwd = sc->workdir ? sc->workdir : dir;
 	o->timeout_ms = sc->timeout * 1000;
-	o->output_max = 64 * 1024;
+	o->output_max = output_max;
 	o->rlimit_as = sc->rlimit_as;
 	o->rlimit_cpu = sc->rlimit_cpu;
 	o->rlimit_nofile = sc->rlimit_nofile;
-	o->keep_fd = slot;
+	/* keep_fd stays -1: the slot is the runner's, never the child's (slot.h). */
 }
 
-/* Run one scanner process while holding one of its slots; the slot descriptor goes to
- * the child too, so the slot stays taken for as long as the child lives. */
-void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
-                         const char *dir, const char *qid, struct exec_result *res)
+/* Run one scanner process while holding one of its slots. The slot descriptor is
+ * close-on-exec and handed to nobody: a grandchild that leaves the process group cannot
+ * keep it. It is released only once exec_run has reaped the child and killed its group,
+ * so the slots still bound the scanners running at once; if the runner dies, the child
+ * dies with it (PR_SET_PDEATHSIG) and the kernel drops the lock. No free slot within
+ * scanner_runner.slot_wait: res says not-started, which runner_map makes an error. */
+static void runner_exec_slotted_max(struct stage *st, const struct conf_scanner *sc, char **argv,
+                                    const char *dir, const char *qid, size_t output_max,
+                                    struct exec_result *res)
 {
 	struct exec_opts o;
-	int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-	if (slot < 0)
-		die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
-		         st->spool.root, strerror(errno));
-	runner_exec_opts(sc, dir, slot, &o);
+	int wait_s = st->conf->runner.slot_wait;
+	int slot = slot_acquire_timed(&st->spool, sc->name, sc->max_concurrent, wait_s * 1000);
+	if (slot < 0) {
+		if (errno != ETIMEDOUT)
+			die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
+			         st->spool.root, strerror(errno));
+		memset(res, 0, sizeof *res);
+		buf_init(&res->output);
+		res->not_started = 1;
+		buf_printf(&res->output, "no slot of scanner %s came free within slot_wait = %d s",
+		           sc->name, wait_s);
+		log_warn(qid, "no slot of scanner %s came free in %s/slots within %d s: %s",
+		         sc->name, st->spool.root, wait_s, strerror(ETIMEDOUT));
+		return;
+	}
+	runner_exec_opts(sc, dir, output_max, &o);
 	if (exec_run(argv, &o, res) < 0)
 		die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
 	slot_release(slot);
 }
 
-/* Map an exec result for one part: clean and infected only when the exit code says so. */
+void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
+                         const char *dir, const char *qid, struct exec_result *res)
+{
+	runner_exec_slotted_max(st, sc, argv, dir, qid, RUNNER_OUTPUT_MAX, res);
+}
+
+/* Map an exec result for one part: clean and infected only when the exit code says so,
+ * the child was reaped with a status and its output was read in full. */
 enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res)
 {
 	const struct conf_scanner *sc = rs->conf;
-	if (res->timed_out || res->exec_failed || !res->exited)
+	if (res->timed_out || res->exec_failed || res->wait_failed || res->not_started ||
+	    !res->exited)
+		return V_ERROR;
+	/* Output we did not read in full may hold the line that names a virus: whatever the
+	 * exit code says, this answer is incomplete. */
+	if (res->output_truncated)
 		return V_ERROR;
 	if (runner_code_in(res->exit_code, sc->clean_codes, sc->n_clean))
 		return V_CLEAN;
@@ -215,6 +253,9 @@ static void runner_excerpt(const struct exec_result *res, char *out, size_t len)
 {
 	struct buf b;
 	buf_init(&b);
+	if (res->output_truncated)
+		buf_printf(&b, "output truncated (over %zu bytes, or held open after exit): ",
+		           res->output.len);
 	buf_add(&b, res->output.data ? res->output.data : "", res->output.len);
 	size_t n = b.len < len - 1 ? b.len : len - 1;
 	memcpy(out, b.data ? b.data : "", n);
@@ -222,121 +263,236 @@ static void runner_excerpt(const struct exec_result *res, char *out, size_t len)
 	buf_free(&b);
 }
 
-static void runner_scan_per_attachment(struct stage *st, struct runner_scanner *rs, const char *dir,
-                                       const struct manifest *m, struct verdicts *vs,
-                                       const char *qid, int backup)
+/* One message being scanned. The runner keeps up to RUNNER_ACTIVE_MAX of them claimed
+ * and gives each, in turn, a slice of at most RUNNER_SLICE_RUNS scanner runs or
+ * RUNNER_SLICE_MS, whichever ends first (round robin). Why slices and not one message
+ * at a time: a message with 999 parts in per-attachment mode is 999 processes, and would
+ * hold the only runner for as long as they take; with slices, mail that arrives
+ * meanwhile is pulled in between two slices and scanned alongside, so a one-part message
+ * waits for at most one slice per message ahead of it, not for the big one to finish.
+ * Why not interleave single parts of every message: a slice of several runs keeps the
+ * cost of looking for new mail (one listing of scan/) small against the runs. */
+struct runner_job {
+	struct spool_entry e;
+	char *dir;
+	struct manifest m;
+	int have_m;
+	struct verdicts vs;
+	size_t s;            /* the scanner (index into runner_g.sc) now or next */
+	int backups;         /* 0: the primaries' turn; 1: the backups' (a primary failed) */
+	int primary_failed;  /* a primary's pass added an error line */
+	int in_pass;         /* scanner s has started on this message */
+	size_t pass_first;   /* vs.n when scanner s started */
+	size_t part;         /* per-attachment: the next part index into m.parts */
+	unsigned char *todo; /* per-message: parts with no verdict from scanner s yet */
+	int rounds;          /* per-message: runs of scanner s so far */
+	int degraded_seen;   /* scanner s was degraded at some point of its pass */
+	int64_t used_ms;     /* time spent scanning this message (its own runs only) */
+	long used_runs;      /* scanner runs for this message */
+	int done;
+};
+
+enum {
+	RUNNER_ACTIVE_MAX = 64,
+	/* Claimed per round at most: another runner instance takes the rest of a backlog. */
+	RUNNER_PULL_MAX = 8,
+	RUNNER_SLICE_RUNS = 8,
+	RUNNER_SLICE_MS = 2000,
+	/* per-message: an infected run names its infected parts; the others are scanned
+	 * again, without those, until a run exits clean or errs. Each run must name a new
+	 * part, and there are at most this many. */
+	RUNNER_PM_ROUNDS = 8,
+	RUNNER_ARGV_RECORD = 1024, /* bytes of a per-message argv kept in each verdict line */
+};
+
+static struct runner_job *runner_active[RUNNER_ACTIVE_MAX];
+static size_t runner_nactive;
+
+static void runner_line_log(const char *qid, const struct verdict_line *l)
 {
-	const struct conf_scanner *sc = rs->conf;
-	for (size_t i = 0; i < m->n_parts; i++) {
-		char name[16], exits[64], virus[256], excerpt[OUTPUT_EXCERPT];
-		struct exec_result res;
-		struct buf av;
-		manifest_part_name(m->parts[i].index, name);
-		char *file = xasprintf("%s/%s", dir, name);
-		char **argv = runner_argv(sc, dir, file, NULL);
-		runner_exec_slotted(st, sc, argv, dir, qid, &res);
-		runner_observe(sc, res.ms);
-		enum verdict v = runner_map(rs, &res);
-		exec_result_describe(&res, exits, sizeof exits);
-		virus[0] = '\0';
-		if (v == V_INFECTED) {
-			runner_virus_name(rs, buf_cstr(&res.output), NULL, virus, sizeof virus);
-			if (!virus[0])
-				snprintf(virus, sizeof virus, "unknown");
-		}
-		runner_excerpt(&res, excerpt, sizeof excerpt);
-		buf_init(&av);
-		runner_argv_escape(argv, &av);
-		struct verdict_line *l =
-		    verdicts_add(vs, (int)m->parts[i].index, sc->name, v, virus, exits, res.ms,
-		                 rs->version, buf_cstr(&av), excerpt);
-		l->backup = backup;
-		if (v != V_CLEAN)
-			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld",
-			         sc->name, m->parts[i].index, verdict_name(v), virus, exits,
-			         res.ms);
-		buf_free(&av);
-		exec_result_free(&res);
-		runner_argv_free(argv);
-		free(file);
-	}
+	if (l->verdict != V_CLEAN)
+		log_info(qid, "scanner=%s part=%d verdict=%s virus=%s exit=%s ms=%ld", l->scanner,
+		         l->part, verdict_name(l->verdict), l->virus, l->exit, l->ms);
 }
 
-static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs, const char *dir,
-                                    const struct manifest *m, struct verdicts *vs, const char *qid,
-                                    int backup)
+/* One part, one process (per-attachment mode). */
+static void runner_scan_part(struct stage *st, struct runner_scanner *rs, struct runner_job *j,
+                             size_t i)
 {
 	const struct conf_scanner *sc = rs->conf;
+	char name[16], exits[64], virus[256], excerpt[OUTPUT_EXCERPT];
+	struct exec_result res;
+	struct buf av;
+	manifest_part_name(j->m.parts[i].index, name);
+	char *file = xasprintf("%s/%s", j->dir, name);
+	char **argv = runner_argv(sc, j->dir, file, NULL);
+	runner_exec_slotted(st, sc, argv, j->dir, j->e.qid, &res);
+	runner_observe(sc, res.ms);
+	enum verdict v = runner_map(rs, &res);
+	exec_result_describe(&res, exits, sizeof exits);
+	virus[0] = '\0';
+	if (v == V_INFECTED) {
+		runner_virus_name(rs, buf_cstr(&res.output), NULL, virus, sizeof virus);
+		if (!virus[0])
+			snprintf(virus, sizeof virus, "unknown");
+	}
+	runner_excerpt(&res, excerpt, sizeof excerpt);
+	buf_init(&av);
+	runner_argv_escape(argv, &av);
+	struct verdict_line *l = verdicts_add(&j->vs, (int)j->m.parts[i].index, sc->name, v, virus,
+	                                      exits, res.ms, rs->version, buf_cstr(&av), excerpt);
+	l->backup = j->backups;
+	runner_line_log(j->e.qid, l);
+	buf_free(&av);
+	exec_result_free(&res);
+	runner_argv_free(argv);
+	free(file);
+}
+
+/* Which parts an infected per-message run named. A line names a part only when it starts
+ * with exactly the path we passed for it (dir "/" NNNN.ATT) and a ':' right after: no
+ * prefix, substring or basename match, so "<dir>/0001.ATT.x:", "/elsewhere/0001.ATT:" or
+ * "0001.ATT:" name nothing. The virus name comes from that same line (virus_regex).
+ * Fills names[i] for the parts in todo; returns how many it named. */
+static size_t runner_attribute(const struct runner_scanner *rs, const char *out,
+                               const struct runner_job *j, char (*names)[256])
+{
+	size_t dl = strlen(j->dir), named = 0;
+	const char *line = out;
+	while (*line) {
+		const char *nl = strchr(line, '\n');
+		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
+		if (ll > dl + 1 && memcmp(line, j->dir, dl) == 0 && line[dl] == '/') {
+			const char *nm = line + dl + 1;
+			const char *colon = memchr(nm, ':', ll - dl - 1);
+			size_t nlen = colon ? (size_t)(colon - nm) : 0;
+			for (size_t i = 0; colon && i < j->m.n_parts; i++) {
+				char pn[16];
+				if (!j->todo[i] || names[i][0])
+					continue;
+				manifest_part_name(j->m.parts[i].index, pn);
+				if (strlen(pn) != nlen || memcmp(pn, nm, nlen) != 0)
+					continue;
+				char *l = xstrndup(line, ll);
+				runner_virus_name(rs, l, NULL, names[i], sizeof names[i]);
+				free(l);
+				if (names[i][0])
+					named++;
+				break;
+			}
+		}
+		if (!nl)
+			break;
+		line = nl + 1;
+	}
+	return named;
+}
+
+/* One process for the parts of the message still in todo (per-message mode). Clean only
+ * comes from a clean exit over exactly those parts; an infected exit makes the parts it
+ * names infected, and the others are run again on their own (next round), because "not
+ * named" is not "clean": the line naming them may be lost, cut or garbled. A round that
+ * names none of them, or the last round, makes them errors. Returns 1 when every part
+ * has its verdict from this scanner. */
+static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
+                                   struct runner_job *j)
+{
+	const struct conf_scanner *sc = rs->conf;
+	const struct manifest *m = &j->m;
 	char exits[64], excerpt[OUTPUT_EXCERPT];
 	struct exec_result res;
 	struct buf av;
-	if (m->n_parts == 0)
-		return;
-	char **argv = runner_argv(sc, dir, NULL, m);
-	runner_exec_slotted(st, sc, argv, dir, qid, &res);
+	struct manifest sub = {0};
+	sub.parts = xcalloc(m->n_parts, sizeof *sub.parts);
+	for (size_t i = 0; i < m->n_parts; i++)
+		if (j->todo[i])
+			sub.parts[sub.n_parts++] = m->parts[i];
+	char **argv = runner_argv(sc, j->dir, NULL, &sub);
+	/* One line per part is the usual answer: room for that, with the bound coming from
+	 * the splitter's max_parts (config), not from the message. */
+	size_t out_max = RUNNER_OUTPUT_MAX + sub.n_parts * (strlen(j->dir) + 16 + 256);
+	runner_exec_slotted_max(st, sc, argv, j->dir, j->e.qid, out_max, &res);
 	runner_observe(sc, res.ms);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
 	runner_excerpt(&res, excerpt, sizeof excerpt);
 	buf_init(&av);
 	runner_argv_escape(argv, &av);
-	/* Which parts are infected comes from the output lines naming them; an infected exit
-	 * code with no part named cannot be attributed, so every part becomes an error. */
+	if (av.len > RUNNER_ARGV_RECORD) {
+		av.len = RUNNER_ARGV_RECORD;
+		buf_printf(&av, " ... (%zu files)", sub.n_parts);
+	}
+	j->rounds++;
 	size_t named = 0;
 	char(*names)[256] = xcalloc(m->n_parts, sizeof *names);
-	if (v == V_INFECTED) {
-		for (size_t i = 0; i < m->n_parts; i++) {
-			char pn[16], key[32];
-			manifest_part_name(m->parts[i].index, pn);
-			snprintf(key, sizeof key, "/%s:", pn);
-			runner_virus_name(rs, buf_cstr(&res.output), key, names[i],
-			                  sizeof names[i]);
-			if (names[i][0])
-				named++;
-		}
-	}
+	if (v == V_INFECTED)
+		named = runner_attribute(rs, buf_cstr(&res.output), j, names);
+	int again =
+	    v == V_INFECTED && named > 0 && named < sub.n_parts && j->rounds < RUNNER_PM_ROUNDS;
+	size_t left = 0;
 	for (size_t i = 0; i < m->n_parts; i++) {
 		enum verdict pv = v;
-		const char *virus = "";
+		const char *virus = "", *why = excerpt;
+		if (!j->todo[i])
+			continue;
 		if (v == V_INFECTED) {
-			if (named == 0)
-				pv = V_ERROR;
-			else if (names[i][0])
+			if (names[i][0]) {
 				virus = names[i];
-			else
-				pv = V_CLEAN;
+			} else if (again) {
+				left++;
+				continue; /* scanned again, without the parts named this round */
+			} else {
+				pv = V_ERROR;
+				why = named
+				          ? "an infected run did not name this part, nor did the "
+				            "last run"
+				          : "an infected run named none of the parts it was given";
+			}
 		}
+		j->todo[i] = 0;
 		struct verdict_line *l =
-		    verdicts_add(vs, (int)m->parts[i].index, sc->name, pv, virus, exits, res.ms,
-		                 rs->version, buf_cstr(&av), excerpt);
-		l->backup = backup;
-		if (pv != V_CLEAN)
-			log_info(qid, "scanner=%s part=%u verdict=%s virus=%s exit=%s ms=%ld",
-			         sc->name, m->parts[i].index, verdict_name(pv), virus, exits,
-			         res.ms);
+		    verdicts_add(&j->vs, (int)m->parts[i].index, sc->name, pv, virus, exits, res.ms,
+		                 rs->version, buf_cstr(&av), why);
+		l->backup = j->backups;
+		runner_line_log(j->e.qid, l);
 	}
 	free(names);
+	free(sub.parts);
 	buf_free(&av);
 	exec_result_free(&res);
 	runner_argv_free(argv);
+	return left == 0;
 }
 
 /* One slot and one clamd session for all of the message's parts: the slot bounds how many
  * of our requests clamd serves at once, and a session costs one connection per message
  * instead of one per part (clamd.c falls back to a connection per part on any trouble). */
-static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
-                              const struct manifest *m, struct verdicts *vs, const char *qid,
-                              int backup)
+static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, struct runner_job *j)
 {
 	const struct conf_scanner *sc = rs->conf;
+	const struct manifest *m = &j->m;
+	int dirfd = j->e.fd;
+	const char *qid = j->e.qid;
 	struct clamd_session cs;
 	struct clamd_policy pol;
-	int slot = -1;
-	if (m->n_parts == 0)
+	int wait_s = st->conf->runner.slot_wait;
+	int slot = slot_acquire_timed(&st->spool, sc->name, sc->max_concurrent, wait_s * 1000);
+	if (slot < 0) {
+		if (errno != ETIMEDOUT)
+			die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name,
+			         strerror(errno));
+		char why[300];
+		snprintf(why, sizeof why, "no slot of scanner %s came free within slot_wait = %d s",
+		         sc->name, wait_s);
+		log_warn(qid, "%s", why);
+		for (size_t i = 0; i < m->n_parts; i++) {
+			struct verdict_line *l =
+			    verdicts_add(&j->vs, (int)m->parts[i].index, sc->name, V_ERROR, "",
+			                 "not-started", 0, rs->version, "clamd", why);
+			l->backup = j->backups;
+		}
 		return;
-	slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-	if (slot < 0)
-		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
+	}
 	clamd_policy_init(&pol, sc);
 	clamd_session_init(&cs, sc->clamd_addrs, &pol);
 	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
@@ -373,9 +529,9 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 		for (size_t i = 0; i < n; i++) {
 			runner_observe(sc, ms);
 			struct verdict_line *l = verdicts_add(
-			    vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
+			    &j->vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
 			    r[i].addr, ms, rs->version, "clamd", r[i].reply);
-			l->backup = backup;
+			l->backup = j->backups;
 			if (r[i].verdict != V_CLEAN)
 				log_info(qid,
 				         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
@@ -387,39 +543,141 @@ static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int d
 	slot_release(slot);
 }
 
-static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct spool_entry *e,
-                             const char *dir, const struct manifest *m, struct verdicts *vs,
-                             int backup)
+/* Move j->s to the next scanner whose turn it is (from j->s on): the primaries, then the
+ * backups only if a primary failed, as amavisd-new's do. 0 when none is left. */
+static int runner_job_seek(struct runner_job *j)
 {
-	switch (rs->conf->mode) {
-	case MODE_PER_ATTACHMENT:
-		runner_scan_per_attachment(st, rs, dir, m, vs, e->qid, backup);
-		break;
-	case MODE_PER_MESSAGE:
-		runner_scan_per_message(st, rs, dir, m, vs, e->qid, backup);
-		break;
-	case MODE_CLAMD:
-		runner_scan_clamd(st, rs, e->fd, m, vs, e->qid, backup);
-		break;
+	for (;;) {
+		while (j->s < runner_g.n && !!runner_g.sc[j->s].conf->backup != j->backups)
+			j->s++;
+		if (j->s < runner_g.n)
+			return 1;
+		if (j->backups || !j->primary_failed)
+			return 0;
+		j->backups = 1;
+		j->s = 0;
 	}
+}
+
+/* Scanner s has a verdict for every part: add the degraded lines, note a failure. */
+static void runner_job_pass_end(struct runner_job *j)
+{
+	struct runner_scanner *rs = &runner_g.sc[j->s];
 	/* A degraded scanner still ran (its verdicts stay on record, and an infected one still
 	 * quarantines), but whatever it said cannot be trusted as clean: one error line per
 	 * part, from the same scanner, so that a backup can cover it as for any failed
 	 * primary, and without one the message is held. */
-	if (rs->degraded) {
+	if (j->degraded_seen) {
 		char why[600];
 		snprintf(why, sizeof why, "scanner degraded: %s", rs->reason);
-		for (size_t i = 0; i < m->n_parts; i++) {
+		for (size_t i = 0; i < j->m.n_parts; i++) {
 			struct verdict_line *l =
-			    verdicts_add(vs, (int)m->parts[i].index, rs->conf->name, V_ERROR, "",
-			                 "degraded", 0, rs->version, "", why);
-			l->backup = backup;
+			    verdicts_add(&j->vs, (int)j->m.parts[i].index, rs->conf->name, V_ERROR,
+			                 "", "degraded", 0, rs->version, "", why);
+			l->backup = j->backups;
 		}
-		log_warn(e->qid, "scanner %s is degraded (%s); the message will be held",
+		log_warn(j->e.qid, "scanner %s is degraded (%s); the message will be held",
 		         rs->conf->name, rs->reason);
-		trace_add(e->fd, e->qid, "canary scanner=%s state=degraded since=%lld",
+		trace_add(j->e.fd, j->e.qid, "canary scanner=%s state=degraded since=%lld",
 		          rs->conf->name, (long long)rs->since);
 	}
+	for (size_t i = j->pass_first; i < j->vs.n && !j->backups; i++)
+		if (j->vs.lines[i].verdict == V_ERROR)
+			j->primary_failed = 1;
+	j->in_pass = 0;
+	j->s++;
+}
+
+static int runner_job_over_budget(const struct stage *st, const struct runner_job *j)
+{
+	const struct conf_runner *rc = &st->conf->runner;
+	return (rc->max_message_scan_time > 0 &&
+	        j->used_ms >= (int64_t)rc->max_message_scan_time * 1000) ||
+	       (rc->max_message_scan_runs > 0 && j->used_runs >= rc->max_message_scan_runs);
+}
+
+/* Over budget: every part that still lacks a verdict from a scanner of this turn gets an
+ * error line saying so (the router holds the message), and the scan ends here. No backup
+ * runs after it: the budget is for the message, whichever scanner spends it. */
+static void runner_job_budget_fail(const struct stage *st, struct runner_job *j)
+{
+	const struct conf_runner *rc = &st->conf->runner;
+	char why[300];
+	size_t n = 0;
+	snprintf(why, sizeof why,
+	         "scan budget exceeded (%lld ms and %ld runs used; max_message_scan_time = %d s, "
+	         "max_message_scan_runs = %d): part not scanned",
+	         (long long)j->used_ms, j->used_runs, rc->max_message_scan_time,
+	         rc->max_message_scan_runs);
+	for (size_t s = j->s; s < runner_g.n; s++) {
+		const struct runner_scanner *rs = &runner_g.sc[s];
+		if (!!rs->conf->backup != j->backups)
+			continue;
+		for (size_t i = 0; i < j->m.n_parts; i++) {
+			if (s == j->s && j->in_pass) {
+				if (rs->conf->mode == MODE_PER_ATTACHMENT && i < j->part)
+					continue;
+				if (rs->conf->mode == MODE_PER_MESSAGE && !j->todo[i])
+					continue;
+			}
+			struct verdict_line *l =
+			    verdicts_add(&j->vs, (int)j->m.parts[i].index, rs->conf->name, V_ERROR,
+			                 "", "budget", 0, rs->version, "", why);
+			l->backup = j->backups;
+			n++;
+		}
+	}
+	log_warn(j->e.qid, "%s (%zu part scans left undone); the message will be held", why, n);
+	trace_add(j->e.fd, j->e.qid, "scan-budget exceeded ms=%lld runs=%ld undone=%zu",
+	          (long long)j->used_ms, j->used_runs, n);
+	j->done = 1;
+}
+
+/* One unit of work for j: one scanner run (one part, one per-message round, or one clamd
+ * session), or the step to the next scanner. Sets j->done when the scan is complete. */
+static void runner_job_step(struct stage *st, struct runner_job *j)
+{
+	if (!j->in_pass && !runner_job_seek(j)) {
+		j->done = 1;
+		return;
+	}
+	if (runner_job_over_budget(st, j)) {
+		runner_job_budget_fail(st, j);
+		return;
+	}
+	struct runner_scanner *rs = &runner_g.sc[j->s];
+	if (!j->in_pass) {
+		j->in_pass = 1;
+		j->pass_first = j->vs.n;
+		j->part = 0;
+		j->rounds = 0;
+		j->degraded_seen = 0;
+		memset(j->todo, 1, j->m.n_parts);
+	}
+	j->degraded_seen |= rs->degraded;
+	if (j->m.n_parts == 0) {
+		runner_job_pass_end(j);
+		return;
+	}
+	int64_t t0 = now_ms_monotonic();
+	int finished = 1;
+	switch (rs->conf->mode) {
+	case MODE_PER_ATTACHMENT:
+		runner_scan_part(st, rs, j, j->part++);
+		finished = j->part >= j->m.n_parts;
+		break;
+	case MODE_PER_MESSAGE:
+		finished = runner_scan_per_message(st, rs, j);
+		break;
+	case MODE_CLAMD:
+		runner_scan_clamd(st, rs, j);
+		break;
+	}
+	j->used_ms += now_ms_monotonic() - t0;
+	j->used_runs++;
+	j->degraded_seen |= rs->degraded;
+	if (finished)
+		runner_job_pass_end(j);
 }
 
 /* One trace line per verdict line, and the summary line, in one write; values escaped (a
@@ -490,73 +748,158 @@ static void runner_flush(struct stage *st)
 	runner_nbatch = 0;
 }
 
-static int runner_handle(struct stage *st, const char *qid)
+static void runner_job_free(struct runner_job *j)
 {
-	struct spool_entry e;
-	struct manifest m;
-	struct verdicts vs;
+	verdicts_free(&j->vs);
+	if (j->have_m)
+		manifest_free(&j->m);
+	free(j->todo);
+	free(j->dir);
+	spool_entry_release(&j->e);
+	free(j);
+}
+
+/* Claim scan/<qid> and read its manifest. 1: a new job; 0: nothing to do (gone, or
+ * already ours); -1: locked by someone else (look again shortly). */
+static int runner_job_start(struct stage *st, const char *qid, struct runner_job **out)
+{
 	char reason[512];
-	int r = spool_entry_claim(&st->spool, SD_SCAN, qid, &e);
+	*out = NULL;
+	for (size_t k = 0; k < runner_nactive; k++)
+		if (strcmp(runner_active[k]->e.qid, qid) == 0)
+			return 0;
+	for (size_t k = 0; k < runner_nbatch; k++)
+		if (strcmp(runner_batch[k].qid, qid) == 0)
+			return 0; /* scanned, waiting for the group commit */
+	struct runner_job *j = xcalloc(1, sizeof *j);
+	int r = spool_entry_claim(&st->spool, SD_SCAN, qid, &j->e);
 	if (r <= 0) {
+		int e = errno;
 		if (r < 0)
 			log_warn(qid, "cannot claim %s/scan/%s: %s", st->spool.root, qid,
-			         strerror(errno));
-		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
+			         strerror(e));
+		free(j);
+		return r == 0 && e == EWOULDBLOCK ? -1 : 0;
 	}
-	verdicts_init(&vs);
-	char *dir = xasprintf("%s/scan/%s", st->spool.root, qid);
-	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0) {
+	verdicts_init(&j->vs);
+	j->dir = xasprintf("%s/scan/%s", st->spool.root, qid);
+	if (manifest_read_at(j->e.fd, &j->m, reason, sizeof reason) < 0) {
 		/* A committed entry always has a manifest; if it does not, fail closed. */
 		log_warn(qid, "%s; the message will be held", reason);
-		verdicts_add(&vs, -1, "scanner-runner", V_ERROR, "", "", 0, "", "", reason);
+		verdicts_add(&j->vs, -1, "scanner-runner", V_ERROR, "", "", 0, "", "", reason);
+		j->done = 1;
 	} else {
-		for (size_t i = 0; i < m.n_unscannable; i++)
-			verdicts_add(&vs, -1, "splitter", V_UNSCANNABLE, "", "", 0, "", "",
-			             m.unscannable[i]);
-		int primary_failed = 0;
-		for (size_t s = 0; s < runner_g.n && !stage_stopping(); s++) {
-			if (runner_g.sc[s].conf->backup)
-				continue;
-			size_t before = vs.n;
-			runner_scan_with(st, &runner_g.sc[s], &e, dir, &m, &vs, 0);
-			for (size_t i = before; i < vs.n; i++)
-				if (vs.lines[i].verdict == V_ERROR)
-					primary_failed = 1;
-		}
-		/* Backups run only when a primary failed, as amavisd-new's do. */
-		for (size_t s = 0; s < runner_g.n && primary_failed && !stage_stopping(); s++)
-			if (runner_g.sc[s].conf->backup)
-				runner_scan_with(st, &runner_g.sc[s], &e, dir, &m, &vs, 1);
-		manifest_free(&m);
+		j->have_m = 1;
+		for (size_t i = 0; i < j->m.n_unscannable; i++)
+			verdicts_add(&j->vs, -1, "splitter", V_UNSCANNABLE, "", "", 0, "", "",
+			             j->m.unscannable[i]);
 	}
-	if (stage_stopping()) {
-		/* Abandon safely: the entry stays in scan/ and is scanned again from scratch. */
-		log_info(qid, "stop requested; scan abandoned, the message stays in scan/");
-		goto out;
-	}
+	j->todo = xcalloc(j->have_m && j->m.n_parts ? j->m.n_parts : 1, 1);
+	*out = j;
+	return 1;
+}
+
+/* The scan of j is complete: write its verdicts and queue it for the group commit. */
+static void runner_job_finish(struct stage *st, struct runner_job *j)
+{
 	size_t bad = 0;
-	for (size_t i = 0; i < vs.n; i++)
-		if (vs.lines[i].verdict != V_CLEAN)
+	for (size_t i = 0; i < j->vs.n; i++)
+		if (j->vs.lines[i].verdict != V_CLEAN)
 			bad++;
-	runner_trace_verdicts(&e, &vs, bad);
-	runner_count_verdicts(&vs);
+	runner_trace_verdicts(&j->e, &j->vs, bad);
+	runner_count_verdicts(&j->vs);
 	struct buf b;
 	buf_init(&b);
-	verdicts_format(&vs, &b);
+	verdicts_format(&j->vs, &b);
 	/* verdicts now; the sync and the move to route/ come in runner_flush, together with
 	 * the other entries of this batch: route/ only ever sees complete, durable verdicts. */
-	if (spool_entry_write(&e, "verdicts", b.data, b.len) < 0)
-		die_temp(qid, "cannot write %s/verdicts: %s", dir, strerror(errno));
+	if (spool_entry_write(&j->e, "verdicts", b.data, b.len) < 0)
+		die_temp(j->e.qid, "cannot write %s/verdicts: %s", j->dir, strerror(errno));
 	buf_free(&b);
-	log_info(qid, "scanned results=%zu not_clean=%zu", vs.n, bad);
-	runner_batch[runner_nbatch++] = e; /* still claimed: the lock goes with the rename */
-	e.fd = -1;
+	log_info(j->e.qid, "scanned results=%zu not_clean=%zu", j->vs.n, bad);
+	runner_batch[runner_nbatch++] = j->e; /* still claimed: the lock goes with the rename */
+	j->e.fd = -1;
 	if (runner_nbatch == RUNNER_BATCH)
 		runner_flush(st);
-out:
-	verdicts_free(&vs);
-	free(dir);
-	spool_entry_release(&e);
+}
+
+/* Between rounds: claim what else waits in scan/ (oldest first, a few per round), so that
+ * it is scanned alongside the messages already here instead of after them. */
+static void runner_pull(struct stage *st)
+{
+	char **names;
+	size_t n;
+	if (runner_nactive >= RUNNER_ACTIVE_MAX)
+		return;
+	if (spool_list(st->spool.fd[SD_SCAN], 1, &names, &n) < 0) {
+		log_warn(NULL, "cannot list %s/scan: %s", st->spool.root, strerror(errno));
+		return;
+	}
+	size_t pulled = 0;
+	for (size_t i = 0; i < n && runner_nactive < RUNNER_ACTIVE_MAX && pulled < RUNNER_PULL_MAX;
+	     i++) {
+		struct runner_job *j;
+		if (runner_job_start(st, names[i], &j) > 0) {
+			runner_active[runner_nactive++] = j;
+			pulled++;
+		}
+	}
+	spool_names_free(names, n);
+}
+
+/* Round robin over the active messages until none is left (see struct runner_job). */
+static void runner_run(struct stage *st)
+{
+	while (runner_nactive > 0 && !stage_stopping()) {
+		for (size_t k = 0; k < runner_nactive && !stage_stopping(); k++) {
+			struct runner_job *j = runner_active[k];
+			int64_t t0 = now_ms_monotonic();
+			for (int runs = 0;
+			     !j->done && runs < RUNNER_SLICE_RUNS &&
+			     now_ms_monotonic() - t0 < RUNNER_SLICE_MS && !stage_stopping();
+			     runs++)
+				runner_job_step(st, j);
+			if (j->done)
+				runner_job_finish(st, j);
+		}
+		size_t keep = 0;
+		for (size_t k = 0; k < runner_nactive; k++) {
+			if (runner_active[k]->done)
+				runner_job_free(runner_active[k]);
+			else
+				runner_active[keep++] = runner_active[k];
+		}
+		runner_nactive = keep;
+		if (stage_stopping())
+			break;
+		if (runner_nactive > 0) {
+			/* What finished this round moves on now, not when the last big one is
+			 * done. (With nothing left, the batch stays open for the stage's flush:
+			 * a backlog still shares one sync per RUNNER_BATCH entries.) */
+			runner_flush(st);
+			canary_tick(st, runner_g.sc, runner_g.n);
+			/* A paused stage finishes what it holds and claims nothing new. */
+			if (!stage_is_paused())
+				runner_pull(st);
+		}
+	}
+	/* Abandon safely: the entries stay in scan/ and are scanned again from scratch. */
+	for (size_t k = 0; k < runner_nactive; k++) {
+		log_info(runner_active[k]->e.qid,
+		         "stop requested; scan abandoned, the message stays in scan/");
+		runner_job_free(runner_active[k]);
+	}
+	runner_nactive = 0;
+}
+
+static int runner_handle(struct stage *st, const char *qid)
+{
+	struct runner_job *j;
+	int r = runner_job_start(st, qid, &j);
+	if (r <= 0)
+		return r;
+	runner_active[runner_nactive++] = j;
+	runner_run(st);
 	return 1;
 }
 
@@ -634,5 +977,9 @@ int main(int argc, char **argv)
 	    .tick = runner_tick,
 	    .tick_ms = 1000,
 	};
+	/* An inherited SIGCHLD SIG_IGN would have the kernel reap our scanners, and waitpid
+	 * fail: not one status would be real. */
+	if (exec_sigchld_default() < 0)
+		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
 	return stage_main(&st, argc, argv);
 }

@@ -35,11 +35,13 @@ char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *f
                    const struct manifest *m);
 void runner_argv_free(char **v);
 void runner_argv_escape(char **v, struct buf *out);
-/* Run argv holding one of the scanner's slots; cwd is the workdir or dir. Dies
- * temporary (75) if no slot can be taken or fork fails. */
+/* Run argv holding one of the scanner's slots (never passed to the child); cwd is the
+ * workdir or dir. No slot free within scanner_runner.slot_wait: res->not_started, an
+ * error for runner_map. Dies temporary (75) if the slot files fail or fork fails. */
 void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
                          const char *dir, const char *qid, struct exec_result *res);
-/* clean / infected only for a mapped exit code; everything else is V_ERROR. */
+/* clean / infected only for a mapped exit code of a reaped child whose output was read in
+ * full; everything else (truncated output, wait or exec failure, no slot) is V_ERROR. */
 enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res);
 /* The virus name from the first output line the regex matches (and that contains only,
  * if only is not NULL); "" if none. */

@@ -49,6 +49,7 @@
 
 #include "conf.h"
 #include "control.h"
+#include "exec.h"
 #include "log.h"
 #include "spool.h"
 #include "spoold.h"
@@ -802,6 +803,10 @@ int main(int argc, char **argv)
 	/* Files 0640, directories 0750 at most: the spool holds other people's mail. The
 	 * stages inherit this umask. */
 	umask(027);
+	/* An inherited SIGCHLD SIG_IGN has the kernel reap the stages itself: sup_reap would
+	 * never see one die, and each would pass it on to its own children. */
+	if (exec_sigchld_default() < 0)
+		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
 	sup_conf = conf_load(sup_conf_path);
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
 	/* Said once, at start: safe either way, but an administrator should know. */
