@@ -89,6 +89,7 @@ def per_message_clamscan_names_both_eicars_among_952_parts():
     # did not name became clean: stripped mail went out with the second EICAR in it.
     sc = clamscan(mode="per-message",
                   argv=["/usr/bin/clamscan", "--no-summary", "--stdout",
+                        "--alert-encrypted=yes", "--alert-exceeds-max=yes",
                         "--database=" + harness.sigdir(), "{files}"])
     atts = [(msgs.eicar(), "first.bin")]
     atts += [(b"text part %d\n" % i, "t%03d.txt" % i) for i in range(950)]
