@@ -735,10 +735,13 @@ int spool_tmp_sweep(struct spool *sp, int max_age)
 		    now - sb.st_mtime <= max_age)
 			continue;
 		/* Nothing in tmp/ is ever a message yet: writers move things out of it by one
-		 * rename when they are complete, so what stays this long was abandoned. */
+		 * rename when they are complete, so what stays this long was abandoned - except
+		 * the idem.* records of spoolctl inject -q, which are meant to stay a day. */
+		int record = strncmp(names[i], "idem.", 5) == 0;
 		if (remove_tree_at(sp->fd[SD_TMP], names[i]) == 0) {
-			log_warn(NULL, "removed %s/tmp/%s, abandoned by a crashed writer", sp->root,
-			         names[i]);
+			if (!record)
+				log_warn(NULL, "removed %s/tmp/%s, abandoned by a crashed writer",
+				         sp->root, names[i]);
 			removed++;
 		}
 	}
