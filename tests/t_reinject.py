@@ -110,6 +110,8 @@ smtpd_recipient_restrictions = permit_mynetworks, reject
 virtual_mailbox_domains = test.example
 virtual_mailbox_base = {mail}
 virtual_mailbox_maps = texthash:{d}/vmailbox
+virtual_alias_maps = texthash:{d}/valias
+always_bcc = archive@test.example
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 virtual_minimum_uid = 1
@@ -174,7 +176,7 @@ def postfix_takes_the_reinjection_on_the_documented_unix_socket():
     for tool in ("postfix", "swaks", "postqueue"):
         if not shutil.which(tool):
             harness.skip("%s not installed (Debian packages postfix, swaks)" % tool)
-    master_doc = doc_block(lambda b: "content_filter=spoold:dummy" in b, "master.cf")
+    master_doc = doc_block(lambda b: "spoold-reinject" in b and " pipe" in b, "master.cf")
     group_doc = doc_block(lambda b: b.startswith("usermod "), "usermod")
     main_doc = doc_block(lambda b: "spoold_destination_recipient_limit" in b, "main.cf")
     conf_doc = doc_block(lambda b: "connectors = (" in b, "spoold.conf")
@@ -226,7 +228,12 @@ def postfix_takes_the_reinjection_on_the_documented_unix_socket():
     with open(os.path.join(d, "master.cf"), "w") as f:
         f.write(master + BASE_SERVICES)
     with open(os.path.join(d, "vmailbox"), "w") as f:
-        f.write("bob@test.example bob/\n")
+        f.write("bob@test.example bob/\ncarol@test.example carol/\n"
+                "archive@test.example archive/\n")
+    # A virtual alias that expands to two addresses, and always_bcc: each mapping must
+    # happen once, after the filter (receive_override_options in the doc's main.cf).
+    with open(os.path.join(d, "valias"), "w") as f:
+        f.write("team@test.example bob@test.example, carol@test.example\n")
 
     def postfix(*args, check=True):
         r = harness.run(["postfix", "-c", d] + list(args), timeout=60)
@@ -236,6 +243,10 @@ def postfix_takes_the_reinjection_on_the_documented_unix_socket():
     postfix("set-permissions", "create-missing", check=False)
     postfix("start")
     harness.cleanup(lambda: postfix("stop", check=False))
+    def queue_empty():
+        r = harness.run(["postqueue", "-c", d, "-p"], timeout=30)
+        return "Mail queue is empty" in r.out
+
     wait_for(lambda: _listening(pin) and os.path.exists(sock), timeout=30,
              what="postfix to listen on %d and %s\n%s" % (pin, sock, _maillog(d)[-1500:]))
     # The spool user, in the doc's group, can reach the socket; a user without it cannot.
@@ -263,6 +274,33 @@ def postfix_takes_the_reinjection_on_the_documented_unix_socket():
     wait_for(lambda: p.entries("quarantine"), timeout=60, what="EICAR in quarantine")
     time.sleep(1)
     assert len(os.listdir(newdir)) == 1, "the infected message must not be delivered"
+
+    # One message to the alias: bob and carol get it once each, the archive once (for
+    # the bcc of this message; it has the two earlier ones already).
+    def count(box):
+        nd = os.path.join(mail, box, "new")
+        return len(os.listdir(nd)) if os.path.isdir(nd) else 0
+    before = {b: count(b) for b in ("bob", "carol", "archive")}
+    assert before["archive"] == 1, before  # the clean message above; EICAR went nowhere
+    r = harness.run(["swaks", "--server", "127.0.0.1:%d" % pin, "--from", "alice@example.org",
+                     "--to", "team@test.example", "--header", "Subject: to the team",
+                     "--body", "for both of you"], timeout=60)
+    assert r.returncode == 0, r.out
+    wait_for(lambda: count("carol") >= 1 and count("archive") >= 2 and
+             count("bob") >= before["bob"] + 1, timeout=120,
+             what="the alias expanded after the filter\n%s" % _maillog(d)[-2000:])
+    wait_for(lambda: queue_empty(), timeout=60, what="Postfix's queue to empty")
+    time.sleep(2)
+    after = {b: count(b) for b in ("bob", "carol", "archive")}
+    assert after == {"bob": before["bob"] + 1, "carol": 1, "archive": 2}, (before, after)
+    # Everything that reached a mailbox, rescanned whole and re-split, is clean.
+    delivered = []
+    for box in ("bob", "carol", "archive"):
+        nd = os.path.join(mail, box, "new")
+        for n in sorted(os.listdir(nd)):
+            with open(os.path.join(nd, n), "rb") as f:
+                delivered.append(("%s/%s" % (box, n), f.read()))
+    p.assert_delivered_clean(delivered)
     log = _maillog(d)
     # Postfix took the re-injection from a client on the Unix socket (smtpd names it
     # localhost[127.0.0.1]; the TCP listener's clients are unknown[127.0.0.1] here).
