@@ -52,7 +52,9 @@ def _moved_conf(root, clamd, sink, user):
     assert 'user = "spoold";' in text, "the production config must drop to spoold"
     text = text.replace('"/var/spool/spoold', '"' + _installed(root, "/var/spool/spoold"))
     text = text.replace('"unix:/run/clamav/clamd.ctl"', '"%s"' % clamd.unix_addr)
-    text = re.sub(r'relay = "smtp://[^"]*";', 'relay = "smtp://127.0.0.1:%d";' % sink.port, text)
+    assert 'unix_socket = "/var/spool/postfix/public/spoold-reinject";' in text, \
+        "the production config re-injects over Postfix's Unix socket"
+    text = text.replace('"/var/spool/postfix/public/spoold-reinject"', '"%s"' % sink.unix_path)
     text = text.replace('user = "spoold";', 'user = "%s";' % user)
     with open(path, "w") as f:
         f.write(text)
@@ -81,6 +83,8 @@ def make_install_then_run_as_the_unit_does():
     r = harness.run([_installed(root, argv[0]), "--version"])
     assert r.returncode == 0 and r.out.startswith("spoold (spoold) "), r.out
 
+    sink = SmtpSink(unix_path=os.path.join(harness.tmpdir("sink"), "reinject"))
+    harness.cleanup(sink.stop)
     # The user and the spool, from the installed sysusers.d and tmpfiles.d files, as the
     # package (or make install into the running system) makes them.
     if os.geteuid() == 0:
@@ -98,17 +102,20 @@ def make_install_then_run_as_the_unit_does():
         assert r.returncode == 0, r.out
         st = os.stat(_installed(root, "/var/spool/spoold"))
         assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o750), st
-        # The stages, as spoold, must reach the temp root and the signatures.
-        for d in (os.path.dirname(root), root, os.path.dirname(harness.sigdir())):
+        # The installed sysusers.d file put spoold into postdrop, for Postfix's socket.
+        import grp
+        assert "spoold" in grp.getgrnam("postdrop").gr_mem, grp.getgrnam("postdrop")
+        # The stages, as spoold, must reach the temp root, the signatures and the sink.
+        for d in (os.path.dirname(root), root, os.path.dirname(harness.sigdir()),
+                  os.path.dirname(sink.unix_path)):
             os.chmod(d, 0o755)
+        os.chmod(sink.unix_path, 0o666)
     else:
         user = ""
         os.makedirs(_installed(root, "/var/spool/spoold"))
 
     clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
     harness.cleanup(clamd.stop)
-    sink = SmtpSink()
-    harness.cleanup(sink.stop)
     conf = _moved_conf(root, clamd, sink, user)
     log = open(os.path.join(root, "spoold.log"), "ab")
     proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
