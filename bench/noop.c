@@ -8,6 +8,9 @@
  * WHY not /bin/true: a scanner that never reports EICAR would fail the canary self-test
  * and the 5 % EICAR messages would not reach quarantine; one 68-byte read per file is
  * noise next to the fork+exec this stands in for, and the floor uses the same binary.
+ * A zip (PK\3\4) is "FOUND" too, as Bench.Archive: this scanner never looks inside an
+ * archive, and the canary rightly fails a scanner that calls an encrypted or over-deep
+ * archive clean.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -32,6 +35,9 @@ int main(int argc, char **argv)
 			return 2;
 		if ((size_t)n >= sizeof eicar - 1 && memcmp(buf, eicar, sizeof eicar - 1) == 0) {
 			fprintf(stdout, "%s: Bench.EICAR FOUND\n", argv[i]);
+			rc = 1;
+		} else if (n >= 4 && memcmp(buf, "PK\3\4", 4) == 0) {
+			fprintf(stdout, "%s: Bench.Archive FOUND\n", argv[i]);
 			rc = 1;
 		}
 	}

@@ -59,7 +59,8 @@ def only_db(kind):
 @test
 def mksigs_output_files():
     d = harness.sigdir()
-    assert sorted(os.listdir(d)) == ["eicar.com", "spoold-test.hdb", "spoold-test.ndb"], \
+    assert sorted(os.listdir(d)) == ["eicar-encrypted.zip", "eicar-nested20.zip", "eicar.com",
+                                      "spoold-test.hdb", "spoold-test.ndb"], \
         "unexpected files: %s" % sorted(os.listdir(d))
     e = open(os.path.join(d, "eicar.com"), "rb").read()
     assert len(e) == 68, "eicar.com has %d bytes" % len(e)
@@ -84,7 +85,8 @@ def mksigs_idempotent():
                         check=True)
         assert "UNOFFICIAL FOUND" in r.out, r.out
         files = sorted(os.listdir(d))
-        assert files == ["eicar.com", "spoold-test.hdb", "spoold-test.ndb"], \
+        assert files == ["eicar-encrypted.zip", "eicar-nested20.zip", "eicar.com",
+                         "spoold-test.hdb", "spoold-test.ndb"], \
             "run %d left %s" % (i + 1, files)
         now = {f: open(os.path.join(d, f), "rb").read() for f in files}
         if i == 0:
