@@ -172,6 +172,9 @@ install: all
 		    > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u && \
 		chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u || exit 1; \
 	done
+	install -d $(DESTDIR)$(PREFIX)/share/spoold/postfix
+	install -m 0644 dist/postfix/master.cf dist/postfix/main.cf \
+	    $(DESTDIR)$(PREFIX)/share/spoold/postfix/
 	install -m 0644 dist/spoold.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf
 	install -m 0644 dist/spoold.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
 ifeq ($(DESTDIR),)
@@ -211,6 +214,7 @@ uninstall:
 	    $(DESTDIR)$(PREFIX)/lib/systemd/system/spoold-maildir@.service \
 	    $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/spoold.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/spoold.conf
 	rm -f $(DESTDIR)/etc/spoold/spoold.conf.dist
+	rm -rf $(DESTDIR)$(PREFIX)/share/spoold
 	@echo "make uninstall: kept /etc/spoold/spoold.conf and /var/spool/spoold (mail); remove them by hand"
 
 FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \

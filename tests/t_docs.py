@@ -68,5 +68,39 @@ def every_spoolctl_command_is_in_the_man_page():
     assert "connectors" in words, "spoolctl(8) does not say that connectors can be restarted"
 
 
+def _blocks_after(text, heading):
+    """The fenced code blocks of the section that starts at heading."""
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return re.findall(r"^```\w*\n(.*?)^```", text[start:end if end > 0 else None], re.S | re.M)
+
+
+@test
+def postfix_snippet_files_are_the_doc_blocks():
+    doc = _read("docs", "postfix.md")
+    for name in ("master.cf", "main.cf"):
+        blocks = _blocks_after(doc, "## " + name)
+        assert blocks, name
+        assert _read("dist", "postfix", name) == blocks[0], \
+            "dist/postfix/%s differs from the block in docs/postfix.md" % name
+
+
+@test
+def readme_install_recipe_uses_the_installed_snippets():
+    (block,) = _blocks_after(_read("README.md"), "## Install on a relay")
+    cmds = [l for l in block.splitlines() if l.strip() and not l.startswith("#")]
+    assert len(cmds) <= 10, "the relay install takes %d commands, at most 10: %s" % (
+        len(cmds), cmds)
+    assert "make install" in cmds
+    makefile = _read("Makefile")
+    for name in ("main.cf", "master.cf"):
+        installed = "/usr/local/share/spoold/postfix/" + name
+        assert any(installed in c for c in cmds), (installed, cmds)
+        assert "dist/postfix/%s" % name in makefile, "make install does not install " + name
+    # clamd must alert on what it cannot scan (the canary checks it, spoold.conf(5)).
+    assert any("AlertExceedsMax yes" in c and "AlertEncrypted yes" in c for c in cmds), cmds
+    assert "systemctl enable --now spoold" in cmds, cmds
+
+
 if __name__ == "__main__":
     harness.main()

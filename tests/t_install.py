@@ -75,7 +75,8 @@ def make_install_then_run_as_the_unit_does():
                 "lib/systemd/system/spoold-maildir@.service",
                 "lib/sysusers.d/spoold.conf", "lib/tmpfiles.d/spoold.conf",
                 "share/man/man8/spoold.8", "share/man/man8/spoolctl.8",
-                "share/man/man5/spoold.conf.5"):
+                "share/man/man5/spoold.conf.5", "share/spoold/postfix/master.cf",
+                "share/spoold/postfix/main.cf"):
         assert os.path.exists(_installed(root, PREFIX, rel)), rel
     assert os.path.exists(_installed(root, "/etc/spoold/spoold.conf.dist"))
     argv = _unit_exec_start(root, "spoold.service")
