@@ -71,6 +71,28 @@ static size_t smtp_read(char *out, size_t size, size_t nitems, void *arg)
 	return n;
 }
 
+/* The next hop's last reply line, for the log: after a good DATA it is the final 250,
+ * which names the next hop's own queue ID ("250 2.0.0 Ok: queued as 4Xy7Zq"). libcurl
+ * hands every server reply line to the header callback. */
+struct smtp_last {
+	char line[256];
+};
+
+static size_t smtp_header(char *b, size_t size, size_t n, void *u)
+{
+	struct smtp_last *last = u;
+	size_t len = size * n, k = len;
+	while (k > 0 && (b[k - 1] == '\n' || b[k - 1] == '\r'))
+		k--;
+	if (k >= 3 && b[0] >= '2' && b[0] <= '5') {
+		if (k >= sizeof last->line)
+			k = sizeof last->line - 1;
+		memcpy(last->line, b, k);
+		last->line[k] = '\0';
+	}
+	return len;
+}
+
 static enum conn_result smtp_deliver(const struct conf_connector *cc, struct outbox_entry *e,
                                      const struct envelope *env, int msgfd, char *reply,
                                      size_t rlen)
@@ -113,12 +135,19 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	struct smtp_last last = {.line = ""};
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, smtp_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, &last);
 	CURLcode rc = curl_easy_perform(c);
 	long code = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	if (rc == CURLE_OK) {
-		snprintf(reply, rlen, "%ld accepted by %s%s%s", code, cc->relay,
-		         cc->unix_socket[0] ? " via " : "", cc->unix_socket);
+		if (last.line[0])
+			snprintf(reply, rlen, "%s (%s%s%s)", last.line, cc->relay,
+			         cc->unix_socket[0] ? " via " : "", cc->unix_socket);
+		else
+			snprintf(reply, rlen, "%ld accepted by %s%s%s", code, cc->relay,
+			         cc->unix_socket[0] ? " via " : "", cc->unix_socket);
 		res = CONN_OK;
 	} else {
 		snprintf(reply, rlen, "%ld %s", code, errbuf[0] ? errbuf : curl_easy_strerror(rc));

@@ -78,8 +78,11 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 	if (res == CONN_OK) {
 		trace_add(e.fd, qid, "delivered connector=%s ms=%ld reply=%s", cc->name, ms,
 		          buf_cstr(&esc));
-		log_info(qid, "delivered connector=%s rcpts=%zu ms=%ld reply=%s", cc->name,
-		         env.n_rcpts, ms, buf_cstr(&esc));
+		/* The log shows the reply as text (log.c escapes control bytes, spaces stay),
+		 * with the next hop's "queued as" ID, so that its log can be joined to ours;
+		 * the trace keeps the k=v escaping. */
+		log_info(qid, "delivered connector=%s rcpts=%zu ms=%ld reply=\"%s\"", cc->name,
+		         env.n_rcpts, ms, reply);
 		if (outbox_done(&e) < 0)
 			log_warn(qid, "delivered, but cannot remove outbox/%s/%s: %s", cc->name,
 			         qid, strerror(errno));
@@ -87,7 +90,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		const char *why = res == CONN_PERM ? "rejected" : "expired, still failing";
 		trace_add(e.fd, qid, "bounce connector=%s why=%s reply=%s", cc->name,
 		          res == CONN_PERM ? "rejected" : "expired", buf_cstr(&esc));
-		log_warn(qid, "bounced connector=%s (%s): %s", cc->name, why, buf_cstr(&esc));
+		log_warn(qid, "bounced connector=%s (%s): %s", cc->name, why, reply);
 		snprintf(reason, sizeof reason, "%s: %s", why, buf_cstr(&esc));
 		if (outbox_bounce(&e, reason) < 0)
 			log_warn(qid, "cannot bounce: %s", strerror(errno));
@@ -97,8 +100,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		trace_add(e.fd, qid, "deferred connector=%s attempts=%llu reply=%s", cc->name,
 		          (unsigned long long)st.attempts, buf_cstr(&esc));
 		log_warn(qid, "deferred connector=%s attempts=%llu retry_at=%llu: %s", cc->name,
-		         (unsigned long long)st.attempts, (unsigned long long)st.next,
-		         buf_cstr(&esc));
+		         (unsigned long long)st.attempts, (unsigned long long)st.next, reply);
 		waiting = 1;
 	}
 	buf_free(&esc);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -16,11 +17,27 @@
 static const char *log_prog = "spoold";
 static enum log_target log_tgt = LOG_TO_STDERR;
 static enum log_level log_min = LOG_LVL_INFO;
+/* Standard error is a journald stream: lines carry a <N> syslog priority prefix. */
+static int log_journal;
+
+/* systemd sets JOURNAL_STREAM=<dev>:<inode> for a service whose standard error goes to the
+ * journal. It is inherited by everything the service starts, so it counts only while
+ * standard error still is that very stream (a child with its own stderr, a test's file). */
+static int log_stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+		return 0;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
 
 void log_init(const char *prog)
 {
 	const char *slash = strrchr(prog, '/');
 	log_prog = slash ? slash + 1 : prog;
+	log_journal = log_stderr_is_journal();
 }
 
 void log_configure(enum log_target target, enum log_level level)
@@ -85,11 +102,16 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 			syslog(prio[lvl], "%s: %s", names[lvl], msg);
 	} else {
 		int n;
+		/* journald reads a leading <N> as the line's priority (SyslogLevelPrefix), so
+		 * that journalctl -p err finds the errors. */
+		char pfx[8] = "";
+		if (log_journal)
+			snprintf(pfx, sizeof pfx, "<%d>", prio[lvl]);
 		if (qid)
-			n = snprintf(line, sizeof line, "%s[%ld]: %s: qid=%s %s\n", log_prog,
+			n = snprintf(line, sizeof line, "%s%s[%ld]: %s: qid=%s %s\n", pfx, log_prog,
 			             (long)getpid(), names[lvl], qid, msg);
 		else
-			n = snprintf(line, sizeof line, "%s[%ld]: %s: %s\n", log_prog,
+			n = snprintf(line, sizeof line, "%s%s[%ld]: %s: %s\n", pfx, log_prog,
 			             (long)getpid(), names[lvl], msg);
 		if (n < 0)
 			n = 0;
@@ -115,6 +137,29 @@ LOG_FN(log_debug, LOG_LVL_DEBUG)
 LOG_FN(log_info, LOG_LVL_INFO)
 LOG_FN(log_warn, LOG_LVL_WARN)
 LOG_FN(log_error, LOG_LVL_ERROR)
+
+void log_audit(const char *qid, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_emit(LOG_LVL_INFO, qid, fmt, ap);
+	va_end(ap);
+	if (log_tgt == LOG_TO_SYSLOG)
+		return; /* log_emit sent it there already */
+	/* An administrator's command logs to its own terminal; the mail log must have it too,
+	 * with who did it. */
+	char raw[2048], msg[2048];
+	va_start(ap, fmt);
+	vsnprintf(raw, sizeof raw, fmt, ap);
+	va_end(ap);
+	log_escape(msg, sizeof msg, raw);
+	openlog(log_prog, LOG_PID, LOG_MAIL);
+	if (qid)
+		syslog(LOG_NOTICE, "info: qid=%s uid=%ld %s", qid, (long)getuid(), msg);
+	else
+		syslog(LOG_NOTICE, "info: uid=%ld %s", (long)getuid(), msg);
+	closelog();
+}
 
 void die_temp(const char *qid, const char *fmt, ...)
 {

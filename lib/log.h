@@ -3,6 +3,9 @@
  *
  * Output goes to stderr (journald-friendly, no timestamp) or to syslog. Every line about
  * a message carries its queue ID. Messages about syscalls end with "path: strerror".
+ * When stderr is the journal (JOURNAL_STREAM names it), each line starts with its syslog
+ * priority, <3> to <7>, which journald takes as the line's priority. Bytes outside
+ * printable ASCII are written \xNN; spaces stay.
  *
  *   log_warn   - something failed, the program goes on.
  *   die_temp   - the environment is broken (disk, memory, spool): exit 75 so that the
@@ -25,6 +28,10 @@ void log_debug(const char *qid, const char *fmt, ...) __attribute__((format(prin
 void log_info(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_warn(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_error(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An operator's action (release, requeue, delete, hold): logged like log_info, and also
+ * to syslog (facility mail) with the caller's uid when the log goes to standard error,
+ * which for spoolctl is the operator's terminal. */
+void log_audit(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 noreturn void die_temp(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 noreturn void die_perm(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 noreturn void log_panic(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -147,19 +147,33 @@ void buf_free(struct buf *b)
 	buf_init(b);
 }
 
-void escape_bytes(struct buf *out, const void *p, size_t n, size_t maxin)
+/* One code for both escapings: a byte passes when it is printable ASCII (a space too,
+ * when spaces may stay) and not one of the bytes the format reserves. */
+static void escape_with(struct buf *out, const void *p, size_t n, size_t maxin, int space_ok,
+                        int eq_ok)
 {
 	const unsigned char *s = p;
 	size_t lim = n < maxin ? n : maxin;
 	for (size_t i = 0; i < lim; i++) {
 		unsigned char c = s[i];
-		if (c > 0x20 && c < 0x7f && c != '\\' && c != '=')
+		if ((c > 0x20 || (space_ok && c == 0x20)) && c < 0x7f && c != '\\' &&
+		    (eq_ok || c != '='))
 			buf_add(out, &c, 1);
 		else
 			buf_printf(out, "\\x%02x", c);
 	}
 	if (lim < n)
 		buf_addstr(out, "...");
+}
+
+void text_escape(struct buf *out, const void *p, size_t n, size_t maxin)
+{
+	escape_with(out, p, n, maxin, 1, 1);
+}
+
+void escape_bytes(struct buf *out, const void *p, size_t n, size_t maxin)
+{
+	escape_with(out, p, n, maxin, 0, 0);
 }
 
 static int hexval(int c)

@@ -53,6 +53,10 @@ void buf_free(struct buf *b);
  * printable ASCII except '\\' and ' ' pass, all else becomes \xHH. Bounded by maxin
  * input bytes; longer input is cut and marked with "...". */
 void escape_bytes(struct buf *out, const void *p, size_t n, size_t maxin);
+/* The same for text that people read (reports, status, notices): spaces and '=' stay, a
+ * backslash and every byte outside printable ASCII become \xHH, so it never holds a line
+ * break or a control byte from outside. */
+void text_escape(struct buf *out, const void *p, size_t n, size_t maxin);
 /* Append p[0..n) as the inside of a JSON string: quotes, backslashes, control bytes and
  * bytes over 0x7e become escapes (bytes >= 0x80 as \u00XX), so the result is always valid
  * JSON whatever the input. */

@@ -45,16 +45,7 @@ enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED, OUT_UNSCANNABL
  * came from outside. At most maxin input bytes; a longer input is cut and ends in "...". */
 static void router_text(struct buf *out, const char *s, size_t maxin)
 {
-	size_t n = strlen(s), lim = n < maxin ? n : maxin;
-	for (size_t i = 0; i < lim; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c >= 0x20 && c < 0x7f && c != '\\')
-			buf_add(out, &c, 1);
-		else
-			buf_printf(out, "\\x%02x", c);
-	}
-	if (lim < n)
-		buf_addstr(out, "...");
+	text_escape(out, s, strlen(s), maxin);
 }
 
 /* A multi-line text (a why) for a report, a reason file or a notice body: like

@@ -503,9 +503,9 @@ static void canary_set(struct runner_scanner *rs, int ok, const char *reason)
 		if (rs->degraded || !rs->checked) {
 			rs->since = now;
 			if (rs->degraded)
-				log_error(NULL,
-				          "scanner %s passed its canary again; no longer degraded",
-				          name);
+				log_info(NULL,
+				         "scanner %s passed its canary again; no longer degraded",
+				         name);
 			else
 				log_info(NULL, "scanner %s passed its canary (version %s)", name,
 				         rs->version);

@@ -274,14 +274,14 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		if (spool_entry_move(&e, SD_ROUTE) < 0)
 			die_temp(e.qid, "cannot move quarantine/%s to route/: %s", e.qid,
 			         strerror(errno));
-		log_info(argv[1], "released from quarantine; the router delivers it");
+		log_audit(argv[1], "released from quarantine; the router delivers it");
 		printf("%s released\n", argv[1]);
 	} else if (strcmp(sub, "delete") == 0) {
 		qr_claim(&sp, argv[1], &e);
 		if (spool_entry_trash(&e) < 0)
 			die_temp(e.qid, "cannot delete quarantine/%s: %s", e.qid, strerror(errno));
 		spool_entry_release(&e);
-		log_info(argv[1], "deleted from quarantine");
+		log_audit(argv[1], "deleted from quarantine");
 		printf("%s deleted\n", argv[1]);
 	} else if (strcmp(sub, "expire") == 0) {
 		if (argc != 1)

@@ -535,12 +535,12 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 		if (spool_entry_move(&e, SD_SCAN) < 0)
 			die_temp(e.qid, "cannot move %s/hold/%s to scan/: %s", sp.root, e.qid,
 			         strerror(errno));
-		log_info(e.qid, "requeued from hold/ to scan/ by spoolctl");
+		log_audit(e.qid, "requeued from hold/ to scan/ by spoolctl");
 		printf("%s requeued: hold -> scan\n", e.qid);
 	} else if (e.where == SD_BADMAIL) {
 		rc = q_requeue_badmail(&e);
 		if (rc == 0)
-			log_info(e.qid, "requeued from badmail/ to inbound/ by spoolctl");
+			log_audit(e.qid, "requeued from badmail/ to inbound/ by spoolctl");
 	} else if (e.where == SD_QUARANTINE) {
 		rc = q_refuse(&e, "requeue", "use `spoolctl quarantine release`");
 	} else {
@@ -579,7 +579,7 @@ int ctl_cmd_delete(struct conf *c, int argc, char **argv)
 			die_temp(e.qid, "cannot delete %s/%s/%s: %s", sp.root, spool_dir_name(from),
 			         e.qid, strerror(errno));
 		spool_entry_release(&e);
-		log_info(e.qid, "deleted from %s/ by spoolctl", spool_dir_name(from));
+		log_audit(e.qid, "deleted from %s/ by spoolctl", spool_dir_name(from));
 	}
 	printf("%s deleted\n", e.qid);
 	spool_close(&sp);
@@ -618,7 +618,7 @@ int ctl_cmd_hold(struct conf *c, int argc, char **argv)
 		die_temp(e.qid, "cannot move %s/%s/%s to hold/: %s", sp.root, spool_dir_name(from),
 		         e.qid, strerror(errno));
 	spool_entry_release(&e);
-	log_info(e.qid, "held by spoolctl (from %s/)", spool_dir_name(from));
+	log_audit(e.qid, "held by spoolctl (from %s/)", spool_dir_name(from));
 	printf("%s held (manual)\n", e.qid);
 	spool_close(&sp);
 	return 0;

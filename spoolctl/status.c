@@ -186,7 +186,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		if (!conf_ok) {
 			struct buf e;
 			buf_init(&e);
-			escape_bytes(&e, conf_err.data, conf_err.len, 2048);
+			text_escape(&e, conf_err.data, conf_err.len, 2048);
 			printf("CONFIG REJECTED: the last reload (%lld s ago) refused %s; spoold "
 			       "runs on "
 			       "the config it loaded before: %s\n",
@@ -285,7 +285,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			       s->max_concurrent, h.state);
 			if (h.reason.len) {
 				buf_reset(&e);
-				escape_bytes(&e, h.reason.data, h.reason.len, 512);
+				text_escape(&e, h.reason.data, h.reason.len, 512);
 				printf(" (%s)", buf_cstr(&e));
 			}
 			printf("\n");

@@ -4,6 +4,7 @@ bouncing it and is loud in spoolctl status, the log and the metrics; spoolctl ru
 acts as the spool's user, so the stages can read what it writes."""
 import os
 import pwd
+import re
 import signal
 import sys
 
@@ -175,6 +176,49 @@ def every_program_has_version():
     with open(os.path.join(harness.ROOT, "VERSION")) as f:
         release = f.read().strip()
     assert release in r.out, (release, r.out)
+
+
+@test
+def logs_fit_the_journal_and_join_the_next_hop():
+    from lib.smtpsink import SmtpSink
+    sink = SmtpSink(data_replies=["250 2.0.0 Ok: queued as 4Xy7Zq1aBc"])
+    harness.cleanup(sink.stop)
+    p = Pipeline(scanners=[clamscan()],
+                 connectors=[dict(name="smtp", domains=["*"], type="smtp",
+                                  relay="smtp://127.0.0.1:%d" % sink.port, retry_min=1,
+                                  retry_max=2)])
+    # spoold's stderr is the log file; JOURNAL_STREAM names it as journald would.
+    open(p.log, "ab").close()
+    st = os.stat(p.log)
+    os.environ["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
+    harness.cleanup(os.environ.pop, "JOURNAL_STREAM", None)
+    p.start()
+    r = p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=msgs.clean())
+    assert r.returncode == 0, r.out
+    wait_for(lambda: sink.messages and not p.outbox(), timeout=60, what="delivery")
+    wait_for(lambda: "queued as" in p.logtext(), timeout=10, what="the delivery log line")
+    log = p.logtext()
+    lines = log.splitlines()
+    # Every line has its syslog priority for journald: journalctl -p err finds errors.
+    assert lines and all(re.match(r"<[3-7]>", l) for l in lines), lines[:5]
+    assert any(l.startswith("<6>spoold[") for l in lines), lines[:5]
+    # The reply reads as text (no \x20 for every space) and names the next hop's ID.
+    (d,) = [l for l in lines if "delivered connector=smtp" in l]
+    assert 'reply="250 2.0.0 Ok: queued as 4Xy7Zq1aBc' in d, d
+    assert "\\x20" not in d, d
+    # Without JOURNAL_STREAM (a terminal, a file), no prefix.
+    r = p.ctl("quarantine", "delete", "00000000000000-000000-0000")
+    assert not r.out.startswith("<"), r.out
+
+
+@test
+def status_shows_a_degraded_reason_once_escaped():
+    p = Pipeline(scanners=[clamscan()]).start()
+    with open(os.path.join(p.spool, "run", "scanners"), "w") as f:
+        f.write("scanner name=clamscan state=degraded since=1700000000 "
+                "reason=canary\\x20missed\\x20EICAR\\x1b[31m\nend\n")
+    out = p.ctl("status").out
+    assert "health degraded (canary missed EICAR\\x1b[31m)" in out, out
 
 
 if __name__ == "__main__":
