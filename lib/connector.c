@@ -198,6 +198,11 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 		int64_t wait = next_scan - now_ms_monotonic();
 		switch (watch_next(wait < 0 ? 0 : (int)wait, ev, sizeof ev)) {
 		case WATCH_NAME:
+			/* spoolctl flush made every entry due now: look at all of them. */
+			if (strcmp(ev, OUTBOX_FLUSH_NAME) == 0) {
+				next_scan = 0;
+				break;
+			}
 			if (ev[0] != '.' && spool_qid_valid(ev) && !connector_paused)
 				waiting += connector_one(cn, cc, &sp, dirfd, ev);
 			if (waiting && next_scan > now_ms_monotonic() + 1000)

@@ -58,6 +58,25 @@ void outbox_state_read(struct outbox_entry *e, struct outbox_state *st)
 	buf_free(&v);
 }
 
+/* The retry state as a "deliver" file, atomic and durable. */
+static int outbox_state_write(struct outbox_entry *e, const struct outbox_state *st,
+                              const char *reply)
+{
+	struct buf b;
+	buf_init(&b);
+	buf_printf(&b, "deliver attempts=%llu first=%llu next=%llu",
+	           (unsigned long long)st->attempts, (unsigned long long)st->first,
+	           (unsigned long long)st->next);
+	kv_addstr(&b, "last", reply);
+	buf_addstr(&b, "\n");
+	/* Atomic and durable: a restarted connector must keep the back-off schedule. */
+	int r = write_file_atomic(e->fd, "deliver", b.data, b.len, 0640);
+	if (r == 0)
+		r = fsync_dir(e->fd);
+	buf_free(&b);
+	return r;
+}
+
 int outbox_defer(struct outbox_entry *e, struct outbox_state *st, int min, int max,
                  const char *reply)
 {
@@ -72,18 +91,25 @@ int outbox_defer(struct outbox_entry *e, struct outbox_state *st, int min, int m
 		delay = (uint64_t)max;
 	delay += (uint64_t)(rand() % (int)(delay / 4 + 1));
 	st->next = now + delay;
-	struct buf b;
+	return outbox_state_write(e, st, reply);
+}
+
+int outbox_retry_now(struct outbox_entry *e)
+{
+	struct outbox_state st;
+	outbox_state_read(e, &st);
+	if (st.next == 0)
+		return 0; /* never deferred: nothing to bring forward */
+	struct buf b, last;
 	buf_init(&b);
-	buf_printf(&b, "deliver attempts=%llu first=%llu next=%llu",
-	           (unsigned long long)st->attempts, (unsigned long long)st->first,
-	           (unsigned long long)st->next);
-	kv_addstr(&b, "last", reply);
-	buf_addstr(&b, "\n");
-	/* Atomic and durable: a restarted connector must keep the back-off schedule. */
-	int r = write_file_atomic(e->fd, "deliver", b.data, b.len, 0640);
-	if (r == 0)
-		r = fsync_dir(e->fd);
+	buf_init(&last);
+	if (read_file_at(e->fd, "deliver", &b, 8192) == 0)
+		kv_find(buf_cstr(&b), "last", &last);
+	/* attempts and first stay: max_age still counts from the first attempt. */
+	st.next = 0;
+	int r = outbox_state_write(e, &st, buf_cstr(&last));
 	buf_free(&b);
+	buf_free(&last);
 	return r;
 }
 

@@ -26,6 +26,9 @@ struct outbox_entry {
 	char qid[SPOOL_QID_LEN + 1];
 };
 
+/* A name spoolctl flush creates (and removes) in outbox/<conn>/ to wake its connector. */
+#define OUTBOX_FLUSH_NAME ".flush"
+
 struct outbox_state {
 	uint64_t attempts;
 	uint64_t first; /* unix time of the first attempt */
@@ -41,6 +44,8 @@ void outbox_state_read(struct outbox_entry *e, struct outbox_state *st);
  * with jitter), the reply kept for humans. */
 int outbox_defer(struct outbox_entry *e, struct outbox_state *st, int min, int max,
                  const char *reply);
+/* spoolctl flush: the next attempt is due now (attempts and first are kept). 0 or -1. */
+int outbox_retry_now(struct outbox_entry *e);
 /* Delivered: rename into trash/<qid>.<conn>, then remove. */
 int outbox_done(struct outbox_entry *e);
 /* Permanent failure: rename into badmail/<qid> with a "reason" file (or, when badmail/<qid>

@@ -33,5 +33,11 @@ ctl_cmd_fn ctl_cmd_restart __attribute__((weak));
 ctl_cmd_fn ctl_cmd_pause __attribute__((weak));
 ctl_cmd_fn ctl_cmd_resume __attribute__((weak));
 ctl_cmd_fn ctl_cmd_quarantine __attribute__((weak));
+ctl_cmd_fn ctl_cmd_flush;
+
+/* hold/<qid> (claimed) back to scan/, its hold state and any manual hold removed, logged
+ * and traced as done by "spoolctl <by>". Dies temporary on an I/O error. */
+struct spool_entry;
+void ctl_requeue_hold(struct spool_entry *e, const char *by);
 
 #endif

@@ -517,6 +517,24 @@ static void q_open_one(struct conf *c, int argc, char **argv, struct spool *sp,
 	q_claim(sp, argv[0], e);
 }
 
+void ctl_requeue_hold(struct spool_entry *e, const char *by)
+{
+	struct spool *sp = e->sp;
+	/* The retry state goes with the requeue: the operator decided, so the next hold
+	 * (if any) starts afresh, and a manual hold is lifted. */
+	if (q_unlink_opt(e->fd, "manual-hold") < 0 || q_unlink_opt(e->fd, "hold") < 0)
+		die_temp(e->qid, "cannot remove the hold state of %s/hold/%s: %s", sp->root, e->qid,
+		         strerror(errno));
+	trace_add(e->fd, e->qid, "requeue from=hold to=scan by=spoolctl-%s", by);
+	/* spool_entry_move syncs first: the hold state removed above is durable
+	 * before the entry leaves hold/. */
+	if (spool_entry_move(e, SD_SCAN) < 0)
+		die_temp(e->qid, "cannot move %s/hold/%s to scan/: %s", sp->root, e->qid,
+		         strerror(errno));
+	log_audit(e->qid, "requeued from hold/ to scan/ by spoolctl %s", by);
+	printf("%s requeued: hold -> scan\n", e->qid);
+}
+
 int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 {
 	struct spool sp;
@@ -524,19 +542,7 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 	q_open_one(c, argc, argv, &sp, &e);
 	int rc = 0;
 	if (e.where == SD_HOLD) {
-		/* The retry state goes with the requeue: the operator decided, so the next hold
-		 * (if any) starts afresh, and a manual hold is lifted. */
-		if (q_unlink_opt(e.fd, "manual-hold") < 0 || q_unlink_opt(e.fd, "hold") < 0)
-			die_temp(e.qid, "cannot remove the hold state of %s/hold/%s: %s", sp.root,
-			         e.qid, strerror(errno));
-		trace_add(e.fd, e.qid, "requeue from=hold to=scan by=spoolctl");
-		/* spool_entry_move syncs first: the hold state removed above is durable
-		 * before the entry leaves hold/. */
-		if (spool_entry_move(&e, SD_SCAN) < 0)
-			die_temp(e.qid, "cannot move %s/hold/%s to scan/: %s", sp.root, e.qid,
-			         strerror(errno));
-		log_audit(e.qid, "requeued from hold/ to scan/ by spoolctl");
-		printf("%s requeued: hold -> scan\n", e.qid);
+		ctl_requeue_hold(&e, "requeue");
 	} else if (e.where == SD_BADMAIL) {
 		rc = q_requeue_badmail(&e);
 		if (rc == 0)

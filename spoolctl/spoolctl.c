@@ -25,6 +25,7 @@ void ctl_usage(void)
 	         "  ls QUEUE [--json]                 messages in a queue\n"
 	         "  show ID                           where a message is, and its trace\n"
 	         "  requeue ID | delete ID | hold ID\n"
+	         "  flush hold | flush outbox/CONNECTOR retry now what waits on a back-off\n"
 	         "  start|stop|restart|pause|resume STAGE\n"
 	         "  quarantine list [--json] | show ID | release ID | delete ID | expire");
 }
@@ -89,6 +90,7 @@ int main(int argc, char **argv)
 	    {"pause", ctl_cmd_pause},
 	    {"resume", ctl_cmd_resume},
 	    {"quarantine", ctl_cmd_quarantine},
+	    {"flush", ctl_cmd_flush},
 	};
 	for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {
 		if (strcmp(cmd, cmds[k].name) == 0 && cmds[k].fn != NULL) {

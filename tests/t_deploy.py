@@ -221,5 +221,48 @@ def status_shows_a_degraded_reason_once_escaped():
     assert "health degraded (canary missed EICAR\\x1b[31m)" in out, out
 
 
+@test
+def flush_hold_retries_held_mail_now_but_not_manual_holds():
+    from lib.spool import fake
+    p = Pipeline(scanners=[fake("exit7", name="av")]).start()  # hold_retry_min 3600
+    qids = [p.inject("a@example.org", ["b@example.org"], msgs.clean(subject="s%d" % i))
+            for i in range(3)]
+    wait_for(lambda: len(p.entries("hold")) == 3, timeout=60, what="three held messages")
+    r = p.ctl("hold", qids[0])  # the operator's own hold stays put
+    assert r.returncode == 0, r.out
+    # The scanner is mended; without a flush, the held mail would wait an hour.
+    with open(p.conf) as f:
+        text = f.read()
+    with open(p.conf, "w") as f:
+        f.write(text.replace(os.path.join(harness.FAKE, "exit7"), os.path.join(harness.FAKE, "av")))
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in p.logtext(), timeout=20, what="the reload")
+    r = p.ctl("flush", "hold")
+    assert r.returncode == 0 and "flushed 2 held" in r.out and "1 held by hand" in r.out, r.out
+    wait_for(lambda: len(p.outbox()) == 2, timeout=60, what="the two flushed messages delivered")
+    assert p.entries("hold") == [qids[0]], p.entries("hold")
+
+
+@test
+def flush_outbox_retries_deferred_deliveries_now():
+    from lib.smtpsink import SmtpSink
+    sink = SmtpSink(data_replies=["451 4.3.0 try later", "250 2.0.0 Ok: queued as X1"])
+    harness.cleanup(sink.stop)
+    p = Pipeline(scanners=[clamscan()],
+                 connectors=[dict(name="smtp", domains=["*"], type="smtp",
+                                  relay="smtp://127.0.0.1:%d" % sink.port, retry_min=3600,
+                                  retry_max=7200)]).start()
+    r = p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=msgs.clean())
+    assert r.returncode == 0, r.out
+    wait_for(lambda: "deferred connector=smtp" in p.logtext(), timeout=60, what="a deferral")
+    assert len(p.outbox()) == 1 and not sink.messages
+    r = p.ctl("flush", "outbox/smtp")
+    assert r.returncode == 0 and "flushed 1 message(s) in outbox/smtp" in r.out, r.out
+    wait_for(lambda: sink.messages and not p.outbox(), timeout=20,
+             what="the deferred message delivered at once")
+    r = p.ctl("flush", "outbox/nosuch")
+    assert r.returncode == 64, r.out
+
+
 if __name__ == "__main__":
     harness.main()
