@@ -532,7 +532,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       "canary_interval",
 	                                       "metrics",
 	                                       NULL};
-	static const char *const metrics_keys[] = {"file", "interval", NULL};
+	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
 	static const char *const split_keys[] = {"instances",       "max_message_size",
 	                                         "max_parts",       "max_depth",
@@ -565,12 +565,15 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	c->metrics.interval = 15;
 	c->metrics.file = xasprintf("%s/run/metrics.prom", c->spool_dir);
 	const config_setting_t *mg = conf_get(root, "metrics");
+	const char *mgroup = mg ? conf_str(cx, mg, "group", 0) : NULL;
+	c->metrics.group = xstrdup(mgroup ? mgroup : "");
 	if (mg) {
 		conf_check_keys(cx, mg, "metrics", metrics_keys);
 		conf_int(cx, mg, "interval", &c->metrics.interval, 1, 3600);
 		const char *mf = conf_str(cx, mg, "file", 0);
 		if (mf) {
 			free(c->metrics.file);
+	free(c->metrics.group);
 			c->metrics.file = mf[0] ? conf_path_resolve(cx, mf) : xstrdup("");
 		}
 	}

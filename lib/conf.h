@@ -111,6 +111,7 @@ struct conf_router {
 struct conf_metrics {
 	char *file;   /* absolute; "" disables */
 	int interval; /* seconds between rewrites */
+	char *group;  /* "" : mode 0644; else mode 0640 with this group */
 };
 
 struct conf {

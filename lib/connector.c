@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "spool.h"
 #include "stage.h"
 #include "trace.h"
@@ -86,6 +87,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		if (outbox_done(&e) < 0)
 			log_warn(qid, "delivered, but cannot remove outbox/%s/%s: %s", cc->name,
 			         qid, strerror(errno));
+		metrics_inc("spoold_messages_total", "outcome=\"delivered\"", 1);
 	} else if (res == CONN_PERM || (st.first && now - st.first > (uint64_t)cc->max_age)) {
 		const char *why = res == CONN_PERM ? "rejected" : "expired, still failing";
 		trace_add(e.fd, qid, "bounce connector=%s why=%s reply=%s", cc->name,
@@ -94,6 +96,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		snprintf(reason, sizeof reason, "%s: %s", why, buf_cstr(&esc));
 		if (outbox_bounce(&e, reason) < 0)
 			log_warn(qid, "cannot bounce: %s", strerror(errno));
+		metrics_inc("spoold_messages_total", "outcome=\"bounced\"", 1);
 	} else {
 		if (outbox_defer(&e, &st, cc->retry_min, cc->retry_max, reply) < 0)
 			log_warn(qid, "cannot record the deferral: %s", strerror(errno));
@@ -189,6 +192,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 		was_paused = connector_paused;
 		if (now >= next_scan && !connector_paused) {
 			waiting = connector_scan(cn, cc, &sp, dirfd);
+			metrics_flush(&sp, cn->prog);
 			next_scan = now_ms_monotonic() +
 			            (waiting ? 1000 : (int64_t)c->rescan_interval * 1000);
 		}

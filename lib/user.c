@@ -11,7 +11,7 @@
 #include "user.h"
 #include "util.h"
 
-uid_t user_become(const char *name)
+uid_t user_become(const char *name, gid_t extra)
 {
 	if (geteuid() != 0 || name == NULL || name[0] == '\0')
 		return (uid_t)-1;
@@ -27,7 +27,9 @@ uid_t user_become(const char *name)
 	/* Order matters: supplementary groups and the gid can only be changed while we are
 	 * still root, so setuid comes last. setuid as root sets the real, effective and
 	 * saved uid together. */
-	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+	gid_t groups[2] = {gid, extra};
+	size_t ng = extra != (gid_t)-1 && extra != gid ? 2 : 1;
+	if (setgroups(ng, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
 		die_temp(NULL, "cannot drop privileges to %s: %s", name, strerror(errno));
 	if (setuid(0) == 0)
 		die_temp(NULL, "privileges were not dropped: setuid(0) still works");

@@ -29,6 +29,7 @@
 #include "crash.h"
 #include "envelope.h"
 #include "log.h"
+#include "metrics.h"
 #include "manifest.h"
 #include "router.h"
 #include "spool.h"
@@ -254,6 +255,7 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 		die_temp(e->qid, "cannot move %s/route/%s to quarantine/: %s", e->sp->root, e->qid,
 		         strerror(errno));
 	log_info(e->qid, "quarantined reason=%s", reason);
+	metrics_inc("spoold_messages_total", "outcome=\"quarantined\"", 1);
 	buf_free(&r);
 	buf_free(&j);
 }
@@ -284,6 +286,7 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 		         strerror(errno));
 	log_warn(e->qid, "held attempts=%llu retry_in=%llds why=%s", (unsigned long long)h.attempts,
 	         (long long)delay, buf_cstr(&w));
+	metrics_inc("spoold_messages_total", "outcome=\"held\"", 1);
 	buf_free(&b);
 	buf_free(&w);
 	buf_free(&rs);
@@ -875,6 +878,7 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 		         strerror(errno));
 	log_warn(e->qid, "discarded infected message sender=%s rcpts=%zu viruses=%s",
 	         s.len ? buf_cstr(&s) : "<>", env->n_rcpts, buf_cstr(&v));
+	metrics_inc("spoold_messages_total", "outcome=\"discarded\"", 1);
 	buf_free(&v);
 	buf_free(&s);
 }

@@ -27,6 +27,7 @@
 #include "crash.h"
 #include "envelope.h"
 #include "log.h"
+#include "metrics.h"
 #include "manifest.h"
 #include "mime.h"
 #include "spool.h"
@@ -133,6 +134,7 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 	CRASH_POINT("split-badmail");
 	if (spool_entry_move(e, SD_BADMAIL) < 0)
 		return splitter_tempfail(e, "cannot move to badmail/");
+	metrics_inc("spoold_messages_total", "outcome=\"badmail\"", 1);
 	return 1;
 }
 

@@ -72,7 +72,7 @@ int main(int argc, char **argv)
 	/* Run as root, spoolctl becomes the spool's user before it touches anything, so that
 	 * every file it makes (a queue file, a marker, a moved entry) belongs to that user
 	 * and the stages can read it. */
-	user_become(c->user);
+	user_become(c->user, (gid_t)-1);
 	static const struct {
 		const char *name;
 		ctl_cmd_fn *fn;

@@ -65,6 +65,16 @@ gid_t privs_control_gid(const struct conf *c)
 	return g->gr_gid;
 }
 
+gid_t privs_metrics_gid(const struct conf *c)
+{
+	if (c->metrics.group == NULL || c->metrics.group[0] == '\0')
+		return (gid_t)-1;
+	struct group *g = getgrnam(c->metrics.group);
+	if (g == NULL)
+		die_perm(EXIT_CONFIG, "metrics.group \"%s\": no such group", c->metrics.group);
+	return g->gr_gid;
+}
+
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 {
 	if (geteuid() != 0 || c->user == NULL || c->user[0] == '\0')
@@ -96,6 +106,6 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	    (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 || fchmod(sp->fd[SD_RUN], 0710) < 0))
 		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root,
 		         strerror(errno));
-	user_become(c->user);
+	user_become(c->user, privs_metrics_gid(c));
 	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
 }

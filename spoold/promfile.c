@@ -259,6 +259,37 @@ void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_i
 		buf_printf(&b, "spoold_scanner_slots_max{scanner=\"%s\"} %d\n", esc,
 		           c->scanners[i].max_concurrent);
 	}
+	/* The canary's verdict on each scanner, from run/scanners (written by the
+	 * scanner-runner): 1 ok, 0 degraded or not checked yet. An alert on 0 is an alert on
+	 * held mail. */
+	struct buf sc, v;
+	buf_init(&sc);
+	buf_init(&v);
+	int have_sc = read_file_at(sp->fd[SD_RUN], "scanners", &sc, 1 << 20) == 0;
+	prom_head(&b, "spoold_scanner_healthy", "gauge",
+	          "1 when the scanner passed its canary, 0 when it is degraded or unchecked");
+	for (size_t i = 0; i < c->n_scanners; i++) {
+		char esc[128];
+		int ok = 0;
+		for (const char *line = have_sc ? buf_cstr(&sc) : ""; *line;) {
+			const char *nl = strchr(line, '\n');
+			size_t len = nl ? (size_t)(nl - line) : strlen(line);
+			char one[4096];
+			if (len < sizeof one && strncmp(line, "scanner ", 8) == 0) {
+				memcpy(one, line, len);
+				one[len] = '\0';
+				if (kv_find(one, "name", &v) == 0 &&
+				    strcmp(buf_cstr(&v), c->scanners[i].name) == 0 &&
+				    kv_find(one, "state", &v) == 0)
+					ok = strcmp(buf_cstr(&v), "ok") == 0;
+			}
+			line = nl ? nl + 1 : line + len;
+		}
+		metrics_label_escape(c->scanners[i].name, esc, sizeof esc);
+		buf_printf(&b, "spoold_scanner_healthy{scanner=\"%s\"} %d\n", esc, ok);
+	}
+	buf_free(&sc);
+	buf_free(&v);
 	prom_head(&b, "spoold_stage_instances", "gauge", "Stage instances configured");
 	for (size_t i = 0; i < n; i++)
 		buf_printf(&b, "spoold_stage_instances{stage=\"%s\"} %d\n", st[i].name,
@@ -283,8 +314,12 @@ void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_i
 	const char *base = slash + 1;
 	*slash = '\0';
 	int dfd = open(dir[0] ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	/* Atomic (tmp + rename): a scraper never reads half a file. */
-	if (dfd < 0 || write_file_atomic(dfd, base, b.data ? b.data : "", b.len, 0644) < 0)
+	/* Atomic (tmp + rename): a scraper never reads half a file. With metrics.group the
+	 * file is 0640 with that group (spoold keeps it as a supplementary group when it drops
+	 * root), for a collector that should read it and nothing else. */
+	gid_t mgid = c->metrics.group && c->metrics.group[0] ? privs_metrics_gid(c) : (gid_t)-1;
+	if (dfd < 0 || write_file_atomic(dfd, base, b.data ? b.data : "", b.len, 0640) < 0 ||
+	    (mgid != (gid_t)-1 && fchownat(dfd, base, (uid_t)-1, mgid, AT_SYMLINK_NOFOLLOW) < 0))
 		log_warn(NULL, "cannot write metrics file %s: %s", c->metrics.file,
 		         strerror(errno));
 	if (dfd >= 0)

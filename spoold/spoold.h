@@ -29,6 +29,8 @@ void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_i
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid);
 /* The gid of c->control_group, or (gid_t)-1 when unset. Dies when the group is unknown. */
 gid_t privs_control_gid(const struct conf *c);
+/* The gid of c->metrics.group, or (gid_t)-1 when unset. Dies when the group is unknown. */
+gid_t privs_metrics_gid(const struct conf *c);
 
 /* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. No-op without it. */
 void notify_send(const char *state);

@@ -264,5 +264,50 @@ def flush_outbox_retries_deferred_deliveries_now():
     assert r.returncode == 64, r.out
 
 
+def _metrics(p):
+    res = {}
+    try:
+        with open(os.path.join(p.spool, "run", "metrics.prom")) as f:
+            for line in f:
+                if not line.startswith("#") and " " in line:
+                    k, v = line.rsplit(" ", 1)
+                    res[k] = float(v)
+    except FileNotFoundError:
+        pass
+    return res
+
+
+@test
+def metrics_count_outcomes_and_scanner_health():
+    from lib.smtpsink import SmtpSink
+    sink = SmtpSink()
+    harness.cleanup(sink.stop)
+    p = Pipeline(scanners=[clamscan()],
+                 connectors=[dict(name="smtp", domains=["*"], type="smtp",
+                                  relay="smtp://127.0.0.1:%d" % sink.port)],
+                 extra="metrics = { interval = 1; };\n").start()
+    for data in (msgs.clean(subject="one"), msgs.clean(subject="two"), msgs.eicar_attachment()):
+        assert p.ctl("inject", "-f", "a@example.org", "b@example.org", stdin=data).returncode == 0
+    p.drop("empty", b"")
+    want = {'spoold_messages_total{outcome="delivered"}': 2,
+            'spoold_messages_total{outcome="quarantined"}': 1,
+            'spoold_messages_total{outcome="badmail"}': 1,
+            'spoold_scanner_healthy{scanner="clamscan"}': 1}
+    wait_for(lambda: all(_metrics(p).get(k) == v for k, v in want.items()), timeout=60,
+             what="the counters %s in metrics.prom:\n%s" % (want, _metrics(p)))
+
+
+@test
+def metrics_file_is_readable_by_the_chosen_group_only():
+    import grp
+    users = grp.getgrnam("users")
+    p, nobody = _nobody_pipeline('metrics = { interval = 1; group = "users"; };\n')
+    path = os.path.join(p.spool, "run", "metrics.prom")
+    wait_for(lambda: os.path.exists(path) and os.stat(path).st_gid == users.gr_gid,
+             timeout=20, what="metrics.prom with group users")
+    st = os.stat(path)
+    assert st.st_mode & 0o777 == 0o640 and st.st_uid == nobody.pw_uid, (oct(st.st_mode), st)
+
+
 if __name__ == "__main__":
     harness.main()
