@@ -573,7 +573,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		const char *mf = conf_str(cx, mg, "file", 0);
 		if (mf) {
 			free(c->metrics.file);
-	free(c->metrics.group);
+			free(c->metrics.group);
 			c->metrics.file = mf[0] ? conf_path_resolve(cx, mf) : xstrdup("");
 		}
 	}
