@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -535,8 +536,113 @@ void ctl_requeue_hold(struct spool_entry *e, const char *by)
 	printf("%s requeued: hold -> scan\n", e->qid);
 }
 
+/* Filters of requeue --all: shell patterns (fnmatch) on the sender, any recipient, and
+ * the reason (hold: the hold reason file; badmail: its reason). NULL matches all. */
+struct q_filter {
+	const char *from, *to, *reason;
+};
+
+static int q_filter_match(struct spool_entry *e, const struct q_filter *f)
+{
+	if (f->from || f->to) {
+		struct envelope env;
+		char why[128];
+		envelope_init(&env);
+		int ok = envelope_read_at(e->fd, &env, why, sizeof why) == 0;
+		if (ok && f->from)
+			ok = fnmatch(f->from, env.sender, FNM_CASEFOLD) == 0;
+		if (ok && f->to) {
+			ok = 0;
+			for (size_t i = 0; i < env.n_rcpts && !ok; i++)
+				ok = fnmatch(f->to, env.rcpts[i], FNM_CASEFOLD) == 0;
+		}
+		envelope_free(&env);
+		if (!ok)
+			return 0;
+	}
+	if (f->reason) {
+		struct buf r;
+		buf_init(&r);
+		int ok = read_file_at(e->fd, "reason", &r, 65536) == 0;
+		/* One line per reason: a match of any line counts. */
+		int hit = 0;
+		for (char *line = ok ? r.data : NULL; line && *line && !hit;) {
+			char *nl = strchr(line, '\n');
+			if (nl)
+				*nl = '\0';
+			hit = fnmatch(f->reason, line, 0) == 0;
+			line = nl ? nl + 1 : NULL;
+		}
+		buf_free(&r);
+		if (!hit)
+			return 0;
+	}
+	return 1;
+}
+
+/* requeue --all hold|badmail [--from PAT] [--to PAT] [--reason PAT]: each match as one
+ * requeue would; busy entries are skipped and counted. */
+static int q_requeue_all(struct conf *c, int argc, char **argv)
+{
+	struct q_filter f = {NULL, NULL, NULL};
+	const char *queue = NULL;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--all") == 0 && i + 1 < argc)
+			queue = argv[++i];
+		else if (strcmp(argv[i], "--from") == 0 && i + 1 < argc)
+			f.from = argv[++i];
+		else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
+			f.to = argv[++i];
+		else if (strcmp(argv[i], "--reason") == 0 && i + 1 < argc)
+			f.reason = argv[++i];
+		else
+			ctl_usage();
+	}
+	enum spool_dir d;
+	if (queue && strcmp(queue, "hold") == 0)
+		d = SD_HOLD;
+	else if (queue && strcmp(queue, "badmail") == 0)
+		d = SD_BADMAIL;
+	else
+		die_perm(EXIT_USAGE, "requeue --all takes hold or badmail");
+	struct spool sp;
+	ctl_spool_open(c, &sp);
+	trace_set_prog("spoolctl");
+	char **names;
+	size_t n, done = 0, busy = 0, skipped = 0;
+	if (spool_list(sp.fd[d], 1, &names, &n) < 0)
+		die_temp(NULL, "cannot list %s/%s: %s", sp.root, queue, strerror(errno));
+	for (size_t i = 0; i < n; i++) {
+		struct spool_entry e;
+		int r = spool_entry_claim(&sp, d, names[i], &e);
+		if (r < 0)
+			die_temp(names[i], "cannot claim %s/%s/%s: %s", sp.root, queue, names[i],
+			         strerror(errno));
+		if (r == 0) {
+			busy += errno != ENOENT;
+			continue;
+		}
+		if (!q_filter_match(&e, &f)) {
+			skipped++;
+		} else if (d == SD_HOLD) {
+			ctl_requeue_hold(&e, "requeue");
+			done++;
+		} else if (q_requeue_badmail(&e) == 0) {
+			log_audit(e.qid, "requeued from badmail/ to inbound/ by spoolctl");
+			done++;
+		}
+		spool_entry_release(&e);
+	}
+	spool_names_free(names, n);
+	printf("requeued %zu from %s/; %zu did not match, %zu busy\n", done, queue, skipped, busy);
+	spool_close(&sp);
+	return 0;
+}
+
 int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 {
+	if (argc > 0 && strcmp(argv[0], "--all") == 0)
+		return q_requeue_all(c, argc, argv);
 	struct spool sp;
 	struct spool_entry e;
 	q_open_one(c, argc, argv, &sp, &e);

@@ -25,6 +25,7 @@ void ctl_usage(void)
 	         "  ls QUEUE [--json]                 messages in a queue\n"
 	         "  show ID                           where a message is, and its trace\n"
 	         "  requeue ID | delete ID | hold ID\n"
+	         "  requeue --all hold|badmail [--from PAT] [--to PAT] [--reason PAT]\n"
 	         "  flush hold | flush outbox/CONNECTOR retry now what waits on a back-off\n"
 	         "  start|stop|restart|pause|resume STAGE\n"
 	         "  quarantine list [--json] | show ID | release ID | delete ID | expire");

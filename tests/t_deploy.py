@@ -264,6 +264,27 @@ def flush_outbox_retries_deferred_deliveries_now():
     assert r.returncode == 64, r.out
 
 
+@test
+def requeue_all_with_filters():
+    from lib.spool import fake
+    p = Pipeline(scanners=[fake("exit7", name="av")]).start()
+    for i, to in enumerate(("x@example.org", "y@example.net", "z@example.org")):
+        p.inject("a%d@example.com" % i, [to], msgs.clean(subject="r%d" % i))
+    wait_for(lambda: len(p.entries("hold")) == 3, timeout=60, what="three held messages")
+    with open(p.conf) as f:
+        text = f.read()
+    with open(p.conf, "w") as f:
+        f.write(text.replace(os.path.join(harness.FAKE, "exit7"), os.path.join(harness.FAKE, "av")))
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in p.logtext(), timeout=20, what="the reload")
+    r = p.ctl("requeue", "--all", "hold", "--to", "*@example.org", "--reason", "*not scanned clean*")
+    assert r.returncode == 0 and "requeued 2 from hold/; 1 did not match" in r.out, r.out
+    wait_for(lambda: len(p.outbox()) == 2, timeout=60, what="the two requeued delivered")
+    assert len(p.entries("hold")) == 1
+    r = p.ctl("requeue", "--all", "outbox")
+    assert r.returncode == 64, r.out
+
+
 def _metrics(p):
     res = {}
     try:
