@@ -16,18 +16,19 @@
  * them when a shared setting changed: spool, log, rescan interval, user).
  *
  * Control: run/control (lib/control.h) takes start, stop, restart, pause, resume for one
- * stage (all its instances). stop creates run/down/<stage> and start removes it: a stage
- * with a down file is not started, also not by the next spoold (s6's down file). pause
- * sends SIGUSR1 (finish the current message, claim nothing new); resume sends SIGUSR2;
- * an instance started while its stage is paused starts paused (SPOOLD_PAUSED=1).
+ * stage (all its instances); each client is read without blocking, with one deadline.
+ * stop creates run/down/<stage> and start removes it: a stage with a down file is not
+ * started, also not by the next spoold (s6's down file). pause sends SIGUSR1 (finish the
+ * current message, claim nothing new); resume sends SIGUSR2; an instance started while
+ * its stage is paused starts paused (SPOOLD_PAUSED=1).
  *
  * run/status is rewritten atomically on every change, for spoolctl status. run/spoold.lock
  * is flock'd while spoold runs, so two supervisors never share a spool. Every
  * metrics.interval seconds the metrics file is rewritten (promfile.c).
  *
  * DIAGNOSTICS
- *   Exit 78 on a config error at start, 75 when the spool is unusable or another spoold
- *   holds it, 64 on usage errors.
+ *   Exit 78 on a config error at start (and as root without fs.protected_hardlinks), 75
+ *   when the spool is unusable or another spoold holds it, 64 on usage errors.
  */
 #include <errno.h>
 #include <fcntl.h>
