@@ -53,6 +53,7 @@
 #include "log.h"
 #include "spool.h"
 #include "spoold.h"
+#include "user.h"
 #include "util.h"
 #include "version.h"
 
@@ -946,6 +947,7 @@ int main(int argc, char **argv)
 	 * stages inherit this umask. */
 	umask(027);
 	sup_conf = conf_load(sup_conf_path);
+	user_root_check(sup_conf, "spoold");
 	privs_check_kernel();
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
 	/* Said once, at start: safe either way, but an administrator should know. */

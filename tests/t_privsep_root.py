@@ -276,6 +276,34 @@ def every_process_runs_as_the_user_with_only_its_group():
     assert place == "outbox/smtp", place
 
 
+@test
+def root_with_no_user_refuses_unless_allow_root():
+    _need_root()
+    md = os.path.join(harness.tmpdir("md"), "Maildir")
+    p = Pipeline(scanners=[clamscan()],
+                 connectors=[dict(name="local", domains=["*"], type="maildir", maildir=md)])
+    with open(p.conf) as f:
+        text = f.read()
+    assert "allow_root = true;" in text
+    with open(p.conf, "w") as f:
+        f.write(text.replace("allow_root = true;\n", ""))
+    # Before: each of them ran as root, the MIME parser and the scanners included.
+    for argv in (["spoold"], ["splitter", "--once"], ["scanner-runner", "--once"],
+                 ["router", "--once"], ["connector-maildir", "-n", "local", "--once"]):
+        r = harness.run([harness.bin_path(argv[0]), "-c", p.conf] + argv[1:], timeout=30)
+        assert r.returncode == 78 and "allow_root" in r.out and "refusing to run as root" in r.out, \
+            (argv, r.returncode, r.out)
+    assert not os.path.exists(p.spool), "refused only after making the spool"
+    with open(p.conf, "w") as f:
+        f.write(text)
+    p.start()
+    wait_for(lambda: p.logtext().count("RUNNING AS ROOT") >= 5, timeout=20,
+             what="spoold, each stage and the connector to warn that they run as root")
+    p.drop("m", msgs.clean())
+    wait_for(lambda: os.path.isdir(os.path.join(md, "new")) and os.listdir(os.path.join(md, "new")),
+             timeout=60, what="the message in the Maildir")
+
+
 # ---- connector-maildir ----------------------------------------------------------------
 
 @test
