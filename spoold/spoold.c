@@ -909,6 +909,13 @@ static int sup_lock_open(uid_t user_uid)
 			if (S_ISREG(st.st_mode) && st.st_nlink == 1 &&
 			    (st.st_uid == geteuid() || st.st_uid == 0 || st.st_uid == user_uid))
 				return fd;
+			/* Held by a live spoold after all (one that dropped to another user, say):
+			 * replacing it would let two supervisors share the spool. */
+			if (flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK)
+				die_temp(NULL,
+				         "another spoold already supervises %s (run/spoold.lock is "
+				         "locked)",
+				         sup_spool.root);
 			close(fd);
 			what = !S_ISREG(st.st_mode) ? "not a regular file"
 			       : st.st_nlink != 1   ? "a file with more than one name (a hard link)"
