@@ -147,6 +147,30 @@ def control_socket_belongs_to_the_user_with_its_mode_before_listen():
 
 
 @test
+def fchmod_on_a_socket_descriptor_does_not_change_the_socket_file():
+    """Why lib/control.c sets the socket's mode by name, in its private directory: on Linux
+    fchmod/fchown on the socket's descriptor change the sockfs inode, not the file bind()
+    made. If this ever changes, the by-name step could become fchmod on the fd."""
+    import stat
+    d = harness.tmpdir("sockmode")
+    path = os.path.join(d, "s")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    before = stat.S_IMODE(os.lstat(path).st_mode)
+    assert before == 0o700, oct(before)  # 0777 less the umask
+    try:
+        os.fchmod(s.fileno(), 0o666)
+    except OSError:
+        pass
+    assert stat.S_IMODE(os.lstat(path).st_mode) == before, oct(os.lstat(path).st_mode)
+    s.close()
+
+
+@test
 def slow_control_client_does_not_stall_spoold():
     p = Pipeline(scanners=[clamscan()]).start()
     path = os.path.join(p.spool, "run", "control")
