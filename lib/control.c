@@ -3,6 +3,7 @@
  */
 #include "control.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -61,6 +62,36 @@ static int control_privdir(int run_fd, char *name, size_t nlen)
 	return -1;
 }
 
+/* Private directories a predecessor left when it died between mkdir and rmdir. Only ones
+ * that are ours and 0700 are emptied: nobody else can have put anything in them. */
+static void control_privdir_sweep(int run_fd)
+{
+	int fd = openat(run_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (d == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, ".ctl.", 5) != 0)
+			continue;
+		int dfd =
+		    openat(run_fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		struct stat st;
+		if (dfd < 0)
+			continue;
+		if (fstat(dfd, &st) == 0 && st.st_uid == geteuid() &&
+		    (st.st_mode & 07777) == 0700) {
+			unlinkat(dfd, CONTROL_NAME, 0);
+			unlinkat(run_fd, de->d_name, AT_REMOVEDIR);
+		}
+		close(dfd);
+	}
+	closedir(d);
+}
+
 /* bind(2) takes a path: resolve it from a working directory set to the private directory,
  * so that no component the spool's owner controls is looked up. Single-threaded start-up
  * only (the working directory is process-wide); it is restored before returning. */
@@ -96,6 +127,7 @@ int control_listen(int run_fd, uid_t owner, gid_t gid, mode_t mode)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -1;
+	control_privdir_sweep(run_fd);
 	int dfd = control_privdir(run_fd, priv, sizeof priv);
 	if (dfd < 0)
 		goto fail;

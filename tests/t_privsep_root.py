@@ -117,6 +117,14 @@ def control_socket_planted_symlink_or_directory_is_not_followed():
             os.symlink(outdir, ctl)
         else:
             os.mkdir(ctl)  # before: unlink failed (EISDIR) and there was no control socket
+        # What a spoold killed between bind and rename leaves: ours (root, 0700), swept.
+        stale = os.path.join(p.spool, "run", ".ctl.0123456789abcdef")
+        os.mkdir(stale, 0o700)
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).bind(os.path.join(stale, "control"))
+        # One that is not ours (the spool's owner made it) is left alone.
+        foreign = os.path.join(p.spool, "run", ".ctl.fedcba9876543210")
+        os.mkdir(foreign, 0o700)
+        os.chown(foreign, 65534, 65534)
         p.start()
         _unchanged(target, before)
         assert os.listdir(outdir) == [], os.listdir(outdir)
@@ -126,8 +134,9 @@ def control_socket_planted_symlink_or_directory_is_not_followed():
         r = p.ctl("pause", "router")
         assert r.returncode == 0, (kind, r.out, p.logtext()[-1500:])
         assert p.ctl("resume", "router").returncode == 0
-        # The private directory the socket was bound in is gone.
-        assert [n for n in os.listdir(os.path.join(p.spool, "run")) if n.startswith(".ctl.")] == []
+        # The private directory the socket was bound in is gone, and so is the stale one.
+        assert [n for n in os.listdir(os.path.join(p.spool, "run"))
+                if n.startswith(".ctl.")] == [os.path.basename(foreign)]
         p.stop()
 
 
