@@ -217,7 +217,7 @@ class Run:
         self.log = os.path.join(self.dir, "spoold.log")
         os.makedirs(os.path.join(self.spool, "inbound"))
         os.makedirs(self.stage_dir)
-        text = 'spool_dir = "%s";\nrescan_interval = 3600;\n' % self.spool
+        text = 'spool_dir = "%s";\nrescan_interval = 3600;\nallow_root = true;\n' % self.spool
         text += 'log = { level = "warning"; };\n'
         text += "scanner_runner = {\n%s};\n" % libspool._group(dict(instances=instances))
         text += "router = {\n%s};\n" % libspool._group(dict(hold_retry_min=3600,

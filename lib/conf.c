@@ -531,6 +531,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       "control_group",
 	                                       "canary_interval",
 	                                       "metrics",
+	                                       "allow_root", /* lib/user.c user_root_check */
 	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
@@ -560,6 +561,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	c->user = xstrdup(u ? u : "");
 	const char *cg = conf_str(cx, root, "control_group", 0);
 	c->control_group = xstrdup(cg ? cg : "");
+	conf_bool(cx, root, "allow_root", &c->allow_root);
 	c->canary_interval = 300;
 	conf_int(cx, root, "canary_interval", &c->canary_interval, 0, 86400);
 	c->metrics.interval = 15;

@@ -119,6 +119,7 @@ struct conf {
 	char *spool_dir;     /* absolute */
 	char *user;          /* run as this user when started as root; "" keeps root */
 	char *control_group; /* group allowed on the control socket; "" means 0600 */
+	int allow_root;      /* root with user "" is refused unless this is set */
 	int canary_interval; /* seconds between scanner canary checks; 0 disables */
 	struct conf_metrics metrics;
 	enum log_target log_target;

@@ -17,6 +17,7 @@
 #include "spool.h"
 #include "stage.h"
 #include "trace.h"
+#include "user.h"
 #include "util.h"
 #include "version.h"
 #include "watch.h"
@@ -160,6 +161,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	if (cc->type != cn->type)
 		die_perm(EXIT_CONFIG, "%s:%d: connector '%s' is not of the type %s delivers",
 		         conf_path, cc->line, name, cn->prog);
+	user_root_check(c, cn->prog);
 	struct spool sp;
 	spool_open(&sp, c->spool_dir, 1);
 	int dirfd = spool_outbox_open(&sp, cc->name);

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "trace.h"
+#include "user.h"
 #include "util.h"
 #include "version.h"
 #include "watch.h"
@@ -152,6 +153,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 			stage_usage(st->name);
 	}
 	st->conf = conf_load(conf_path);
+	user_root_check(st->conf, st->name);
 	spool_open(&st->spool, st->conf->spool_dir, 1);
 	stage_signals();
 

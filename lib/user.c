@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "log.h"
 #include "user.h"
 #include "util.h"
@@ -34,4 +35,22 @@ uid_t user_become(const char *name, gid_t extra)
 	if (setuid(0) == 0)
 		die_temp(NULL, "privileges were not dropped: setuid(0) still works");
 	return uid;
+}
+
+void user_root_check(const struct conf *c, const char *prog)
+{
+	if (geteuid() != 0 || (c->user != NULL && c->user[0] != '\0'))
+		return;
+	/* Everything a stage runs (the MIME parser, the scanners) would run as root: only on
+	 * purpose, and never quietly. */
+	if (!c->allow_root)
+		die_perm(
+		    EXIT_CONFIG,
+		    "%s: refusing to run as root with no user: set user = \"NAME\" in %s (the "
+		    "spool then belongs to it), or allow_root = true to run as root on purpose",
+		    prog, c->path ? c->path : "the config");
+	log_warn(NULL,
+	         "%s: RUNNING AS ROOT (allow_root = true and no user): the MIME parser and every "
+	         "scanner run as root; set user = \"NAME\" for production",
+	         prog);
 }

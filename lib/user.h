@@ -18,4 +18,11 @@
 
 uid_t user_become(const char *name, gid_t extra);
 
+struct conf;
+/* At the start of spoold, every stage and every connector: running as root with no user
+ * configured dies 78 naming allow_root, unless c->allow_root; with it, one loud warning.
+ * Nothing when not root or when a user is set (spoold drops to it; a stage started by a
+ * dropped spoold is not root). */
+void user_root_check(const struct conf *c, const char *prog);
+
 #endif

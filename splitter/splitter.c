@@ -26,6 +26,7 @@
 #include "conf.h"
 #include "crash.h"
 #include "envelope.h"
+#include "landlock.h"
 #include "log.h"
 #include "metrics.h"
 #include "manifest.h"
@@ -567,6 +568,10 @@ static int splitter_recover_pass(struct stage *st)
 
 static void splitter_recover(struct stage *st)
 {
+	/* Start-up is done: from here on the parser reaches only these (lib/landlock.h). */
+	static const enum spool_dir mine[] = {SD_INBOUND, SD_INCOMING, SD_SCAN, SD_BADMAIL,
+	                                      SD_TMP,     SD_TRASH,    SD_RUN};
+	landlock_restrict_spool(&st->spool, mine, ARRAY_LEN(mine));
 	splitter_recover_pass(st);
 }
 

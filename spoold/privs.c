@@ -1,11 +1,17 @@
 /*
- * privs - run as a dedicated user when started as root (see spoold.h).
+ * privs - what spoold does as root, at start, before it leaves root for good (spoold.h).
+ *
+ * Trust: the spool and everything in it belong to the configured user, who may be hostile
+ * (a stage or a scanner it runs may be exploited). So root works on descriptors only, never
+ * follows a name the user controls, and never changes an inode that the user could have
+ * made appear in the spool (a hard link, a symlink, a file in inbound/).
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,17 +21,85 @@
 #include "user.h"
 #include "util.h"
 
-/* Walk the tree below dfd without following symlinks: an entry planted as a symlink
- * must not make root chown something outside the spool. */
-static void privs_chown_tree(int dfd, const char *path, uid_t uid, gid_t gid, int depth)
+#define PRIVS_HARDLINKS "/proc/sys/fs/protected_hardlinks"
+
+void privs_check_kernel(void)
 {
-	if (fchown(dfd, uid, gid) < 0)
-		log_warn(NULL, "cannot chown %s: %s", path, strerror(errno));
-	if (depth > 8)
+	if (geteuid() != 0)
+		return;
+	const char *path = PRIVS_HARDLINKS;
+#ifdef SPOOLD_CRASH_POINTS
+	/* Test builds only: the sysctl is machine-wide, a test must not flip it. */
+	const char *alt = getenv("SPOOLD_TEST_PROTECTED_HARDLINKS");
+	if (alt && alt[0])
+		path = alt;
+#endif
+	char v[16] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, v, sizeof v - 1) : -1;
+	int err = errno;
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		die_perm(EXIT_CONFIG, "cannot read %s: %s; refusing to run as root without it",
+		         path, strerror(err));
+	v[n] = '\0';
+	/* Without it, the spool's user could hard-link any file of the system (/etc/shadow)
+	 * into the spool, and whatever root does there would reach that file. */
+	if (strcmp(v, "1\n") != 0 && strcmp(v, "1") != 0)
+		die_perm(
+		    EXIT_CONFIG,
+		    "fs.protected_hardlinks is not 1 (%s says \"%.4s\"): refusing to run as root; "
+		    "set it (sysctl -w fs.protected_hardlinks=1, the Debian default)",
+		    path, v[0] == '\n' ? "" : v);
+}
+
+int privs_target(const struct conf *c, uid_t *uid, gid_t *gid)
+{
+	if (geteuid() != 0 || c->user == NULL || c->user[0] == '\0')
+		return 0;
+	errno = 0;
+	struct passwd *pw = getpwnam(c->user);
+	if (pw == NULL)
+		die_perm(EXIT_CONFIG, "user \"%s\": no such user", c->user);
+	if (pw->pw_uid == 0)
+		return 0;
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	return 1;
+}
+
+/* Give one inode, open as fd, to the user: only a directory, or a regular file with a
+ * single name. A file with st_nlink > 1 may be a hard link to a file outside the spool;
+ * anything else (symlink, socket, fifo, device) is never ours to change. */
+static void privs_give(int fd, const char *path, const char *name, uid_t uid, gid_t gid)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		log_warn(NULL, "cannot stat %s/%s: %s", path, name, strerror(errno));
+		return;
+	}
+	if (!S_ISDIR(st.st_mode) && !(S_ISREG(st.st_mode) && st.st_nlink == 1))
+		return;
+	if (st.st_uid == uid && st.st_gid == gid)
+		return;
+	/* AT_EMPTY_PATH: the very inode we just checked, not a name looked up again. */
+	if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH) < 0)
+		log_warn(NULL, "cannot chown %s/%s: %s", path, name, strerror(errno));
+}
+
+/* Below dfd: directories and single-named regular files go to the user; nothing is
+ * followed. Only for directories the spool itself made (not inbound/, where anyone who may
+ * drop mail puts files). Bounded depth: entries are at most outbox/<conn>/<qid>/<file>. */
+static void privs_chown_below(int dfd, const char *path, uid_t uid, gid_t gid, int depth)
+{
+	if (depth > 4)
 		return;
 	int fd = dup(dfd);
 	if (fd < 0)
 		return;
+	/* fdopendir reads from the current offset: start from the top. */
+	lseek(fd, 0, SEEK_SET);
 	DIR *d = fdopendir(fd);
 	if (!d) {
 		close(fd);
@@ -35,21 +109,23 @@ static void privs_chown_tree(int dfd, const char *path, uid_t uid, gid_t gid, in
 	while ((de = readdir(d)) != NULL) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		struct stat st;
-		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		/* O_PATH|O_NOFOLLOW opens a symlink itself, never its target. */
+		int sub = openat(dirfd(d), de->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
 			continue;
-		if (S_ISDIR(st.st_mode)) {
-			int sub = openat(dirfd(d), de->d_name,
-			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (sub >= 0) {
-				privs_chown_tree(sub, de->d_name, uid, gid, depth + 1);
-				close(sub);
-			}
-		} else if (S_ISSOCK(st.st_mode)) {
-			continue; /* the control socket: privs_drop sets its group itself */
-		} else if (fchownat(dirfd(d), de->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
-			log_warn(NULL, "cannot chown %s/%s: %s", path, de->d_name, strerror(errno));
+		struct stat st;
+		if (fstat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
+			close(sub);
+			sub = openat(dirfd(d), de->d_name,
+			             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0)
+				continue;
+			privs_give(sub, path, de->d_name, uid, gid);
+			privs_chown_below(sub, de->d_name, uid, gid, depth + 1);
+		} else {
+			privs_give(sub, path, de->d_name, uid, gid);
 		}
+		close(sub);
 	}
 	closedir(d);
 }
@@ -77,23 +153,21 @@ gid_t privs_metrics_gid(const struct conf *c)
 
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 {
-	if (geteuid() != 0 || c->user == NULL || c->user[0] == '\0')
+	uid_t uid;
+	gid_t gid;
+	if (!privs_target(c, &uid, &gid))
 		return;
-	errno = 0;
-	struct passwd *pw = getpwnam(c->user);
-	if (pw == NULL)
-		die_perm(EXIT_CONFIG, "user \"%s\": no such user", c->user);
-	if (pw->pw_uid == 0)
-		return;
-	uid_t uid = pw->pw_uid;
-	gid_t gid = pw->pw_gid;
-	privs_chown_tree(sp->root_fd, sp->root, uid, gid, 0);
-	/* The control socket keeps control_group (when set) but must belong to the user
-	 * spoold becomes, or only root could use it. */
-	if (fchownat(sp->fd[SD_RUN], "control", uid, control_gid != (gid_t)-1 ? control_gid : gid,
-	             AT_SYMLINK_NOFOLLOW) < 0 &&
-	    errno != ENOENT)
-		log_warn(NULL, "cannot chown %s/run/control: %s", sp->root, strerror(errno));
+	/* The spool's skeleton goes to the user (a spool made by root, or by an older
+	 * version), and what a root-run pipeline left in the state directories. inbound/'s
+	 * contents stay as they are: whoever may drop mail puts files there, and a file dropped
+	 * by root stays root's (the splitter then reports it and moves it to badmail/). */
+	privs_give(sp->root_fd, sp->root, ".", uid, gid);
+	for (int i = 0; i < SD__COUNT; i++) {
+		privs_give(sp->fd[i], sp->root, spool_dir_name((enum spool_dir)i), uid, gid);
+		if (i != SD_INBOUND)
+			privs_chown_below(sp->fd[i], spool_dir_name((enum spool_dir)i), uid, gid,
+			                  0);
+	}
 	/* 0750: the spool holds other people's mail. With a control_group, its members must
 	 * reach run/control, and nothing else: the root becomes 0711 (anyone may pass
 	 * through, no one but the user may list it) and run/ 0710 with that group, while

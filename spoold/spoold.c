@@ -16,18 +16,19 @@
  * them when a shared setting changed: spool, log, rescan interval, user).
  *
  * Control: run/control (lib/control.h) takes start, stop, restart, pause, resume for one
- * stage (all its instances). stop creates run/down/<stage> and start removes it: a stage
- * with a down file is not started, also not by the next spoold (s6's down file). pause
- * sends SIGUSR1 (finish the current message, claim nothing new); resume sends SIGUSR2;
- * an instance started while its stage is paused starts paused (SPOOLD_PAUSED=1).
+ * stage (all its instances); each client is read without blocking, with one deadline.
+ * stop creates run/down/<stage> and start removes it: a stage with a down file is not
+ * started, also not by the next spoold (s6's down file). pause sends SIGUSR1 (finish the
+ * current message, claim nothing new); resume sends SIGUSR2; an instance started while
+ * its stage is paused starts paused (SPOOLD_PAUSED=1).
  *
  * run/status is rewritten atomically on every change, for spoolctl status. run/spoold.lock
  * is flock'd while spoold runs, so two supervisors never share a spool. Every
  * metrics.interval seconds the metrics file is rewritten (promfile.c).
  *
  * DIAGNOSTICS
- *   Exit 78 on a config error at start, 75 when the spool is unusable or another spoold
- *   holds it, 64 on usage errors.
+ *   Exit 78 on a config error at start (and as root without fs.protected_hardlinks), 75
+ *   when the spool is unusable or another spoold holds it, 64 on usage errors.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +54,7 @@
 #include "log.h"
 #include "spool.h"
 #include "spoold.h"
+#include "user.h"
 #include "util.h"
 #include "version.h"
 
@@ -603,47 +605,145 @@ static void sup_control_do(const char *cmd, const char *stage, struct buf *reply
 	}
 }
 
+/* Control clients being read. Each has one deadline from accept to reply, and none is
+ * ever waited for: the socket is non-blocking and read when poll says so, so a client that
+ * connects and says nothing, or one byte a second, costs a slot and nothing else. */
+#define CTL_MAX 8
+struct ctl_client {
+	int fd; /* -1: free */
+	int64_t deadline;
+	struct ucred cred;
+	size_t n;
+	char line[CONTROL_LINE_MAX];
+};
+static struct ctl_client sup_ctl[CTL_MAX];
+
+static void sup_ctl_init(void)
+{
+	for (int i = 0; i < CTL_MAX; i++)
+		sup_ctl[i].fd = -1;
+}
+
+static void sup_ctl_close(struct ctl_client *cl)
+{
+	close(cl->fd);
+	cl->fd = -1;
+	cl->n = 0;
+}
+
+/* One reply line, then close. The socket buffer takes a line this short at once; a client
+ * that does not read is not waited for either. */
+static void sup_ctl_reply(struct ctl_client *cl, struct buf *reply)
+{
+	buf_addstr(reply, "\n");
+	ssize_t w = send(cl->fd, reply->data, reply->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (w != (ssize_t)reply->len)
+		log_warn(NULL, "control socket reply to uid %ld pid %ld: %s", (long)cl->cred.uid,
+		         (long)cl->cred.pid, w < 0 ? strerror(errno) : "short write");
+	sup_ctl_close(cl);
+}
+
 static void sup_control_accept(int lfd)
 {
-	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	if (fd < 0) {
 		if (errno != EAGAIN && errno != EINTR)
 			log_warn(NULL, "control socket accept: %s", strerror(errno));
 		return;
 	}
-	/* A client that connects and says nothing must not stall supervision. */
-	struct timeval tv = {.tv_sec = 2};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	char line[CONTROL_LINE_MAX];
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t r = read(fd, line + n, sizeof line - 1 - n);
-		if (r <= 0)
-			break;
-		n += (size_t)r;
-		if (memchr(line, '\n', n))
+	struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+	socklen_t cl_len = sizeof cred;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl_len) < 0)
+		log_warn(NULL, "control socket SO_PEERCRED: %s", strerror(errno));
+	int slot = -1;
+	for (int i = 0; i < CTL_MAX && slot < 0; i++)
+		if (sup_ctl[i].fd < 0)
+			slot = i;
+	if (slot < 0) {
+		/* Every slot taken by a client still talking: this one is refused at once rather
+		 * than queued behind them. */
+		static const char busy[] = "error busy: too many control clients\n";
+		log_warn(NULL, "control: refused uid %ld pid %ld: %d clients pending",
+		         (long)cred.uid, (long)cred.pid, CTL_MAX);
+		ssize_t w = send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		(void)w;
+		close(fd);
+		return;
+	}
+	struct ctl_client *cl = &sup_ctl[slot];
+	cl->fd = fd;
+	cl->cred = cred;
+	cl->n = 0;
+	cl->deadline = now_ms_monotonic() + CONTROL_DEADLINE_MS;
+}
+
+/* Read what is there; act once the line is complete. */
+static void sup_ctl_read(struct ctl_client *cl)
+{
+	for (;;) {
+		ssize_t r = read(cl->fd, cl->line + cl->n, sizeof cl->line - 1 - cl->n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN)
+			return;
+		if (r <= 0) {
+			log_warn(NULL, "control: uid %ld pid %ld closed without a request%s%s",
+			         (long)cl->cred.uid, (long)cl->cred.pid, r < 0 ? ": " : "",
+			         r < 0 ? strerror(errno) : "");
+			sup_ctl_close(cl);
+			return;
+		}
+		cl->n += (size_t)r;
+		if (memchr(cl->line, '\n', cl->n) || cl->n == sizeof cl->line - 1)
 			break;
 	}
-	line[n] = '\0';
+	cl->line[cl->n] = '\0';
 	struct buf reply;
 	buf_init(&reply);
-	char *nl = strchr(line, '\n');
-	char *sp = strchr(line, ' ');
+	char *nl = strchr(cl->line, '\n');
+	char *sp = strchr(cl->line, ' ');
 	if (nl == NULL || sp == NULL || sp > nl) {
+		log_warn(NULL, "control: malformed request from uid %ld pid %ld",
+		         (long)cl->cred.uid, (long)cl->cred.pid);
 		buf_addstr(&reply, "error malformed request");
 	} else {
 		*nl = '\0';
 		*sp = '\0';
-		sup_control_do(line, sp + 1, &reply);
+		log_info(NULL, "control: request from uid %ld pid %ld", (long)cl->cred.uid,
+		         (long)cl->cred.pid);
+		sup_control_do(cl->line, sp + 1, &reply);
 	}
 	/* run/status first: whoever got "ok" may look at it at once. */
 	sup_status_write();
-	buf_addstr(&reply, "\n");
-	if (write_all(fd, reply.data, reply.len) < 0)
-		log_warn(NULL, "control socket reply: %s", strerror(errno));
+	sup_ctl_reply(cl, &reply);
 	buf_free(&reply);
-	close(fd);
+}
+
+/* Clients past their deadline: told so and closed. Returns the ms until the next
+ * deadline, or -1 when no client is pending. */
+static int64_t sup_ctl_expire(void)
+{
+	int64_t now = now_ms_monotonic(), next = -1;
+	for (int i = 0; i < CTL_MAX; i++) {
+		struct ctl_client *cl = &sup_ctl[i];
+		if (cl->fd < 0)
+			continue;
+		if (now >= cl->deadline) {
+			log_warn(NULL,
+			         "control: uid %ld pid %ld sent no complete request within %d ms; "
+			         "closed",
+			         (long)cl->cred.uid, (long)cl->cred.pid, CONTROL_DEADLINE_MS);
+			struct buf reply;
+			buf_init(&reply);
+			buf_addstr(&reply, "error timeout: no complete request");
+			sup_ctl_reply(cl, &reply);
+			buf_free(&reply);
+			continue;
+		}
+		if (next < 0 || cl->deadline - now < next)
+			next = cl->deadline - now;
+	}
+	return next;
 }
 
 /* ---- readiness --------------------------------------------------------------------- */
@@ -788,6 +888,57 @@ static void sup_metrics(void)
 	prom_write(sup_conf, &sup_spool, info, N_STAGES, sup_conf_error[0] == '\0');
 }
 
+/* run/spoold.lock, opened as root at start in run/, which the spool's user owns: never
+ * through a symlink (O_NOFOLLOW), and only a regular file with one name, owned by us, by
+ * root or by that user. Anything else there (a symlink to /etc/shadow, a hard link, a
+ * fifo, a directory) was planted: it is removed (unlinkat never follows) and a fresh file
+ * made in its place. A live spoold's lock always passes the check, so replacing never
+ * breaks the mutual exclusion. */
+static int sup_lock_open(uid_t user_uid)
+{
+	int run = sup_spool.fd[SD_RUN];
+	for (int tries = 0; tries < 3; tries++) {
+		int fd =
+		    openat(run, "spoold.lock",
+		           O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0640);
+		const char *what;
+		if (fd >= 0) {
+			struct stat st;
+			if (fstat(fd, &st) < 0)
+				die_temp(NULL, "cannot stat %s/run/spoold.lock: %s", sup_spool.root,
+				         strerror(errno));
+			if (S_ISREG(st.st_mode) && st.st_nlink == 1 &&
+			    (st.st_uid == geteuid() || st.st_uid == 0 || st.st_uid == user_uid))
+				return fd;
+			/* Held by a live spoold after all (one that dropped to another user, say):
+			 * replacing it would let two supervisors share the spool. */
+			if (flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK)
+				die_temp(NULL,
+				         "another spoold already supervises %s (run/spoold.lock is "
+				         "locked)",
+				         sup_spool.root);
+			close(fd);
+			what = !S_ISREG(st.st_mode) ? "not a regular file"
+			       : st.st_nlink != 1   ? "a file with more than one name (a hard link)"
+			                            : "owned by another user";
+		} else if (errno == ELOOP) {
+			what = "a symlink";
+		} else if (errno == EISDIR || errno == ENXIO || errno == EOPNOTSUPP) {
+			what = "not a regular file";
+		} else {
+			die_temp(NULL, "cannot open %s/run/spoold.lock: %s", sup_spool.root,
+			         strerror(errno));
+		}
+		log_warn(NULL, "%s/run/spoold.lock is %s: replacing it with a fresh lock file",
+		         sup_spool.root, what);
+		if (unlinkat(run, "spoold.lock", 0) < 0 && errno != ENOENT &&
+		    (errno != EISDIR || unlinkat(run, "spoold.lock", AT_REMOVEDIR) < 0))
+			die_temp(NULL, "cannot remove %s/run/spoold.lock: %s", sup_spool.root,
+			         strerror(errno));
+	}
+	die_temp(NULL, "%s/run/spoold.lock keeps being replaced; giving up", sup_spool.root);
+}
+
 int main(int argc, char **argv)
 {
 	sup_conf_path = "/etc/spoold/spoold.conf";
@@ -808,6 +959,8 @@ int main(int argc, char **argv)
 	if (exec_sigchld_default() < 0)
 		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
 	sup_conf = conf_load(sup_conf_path);
+	user_root_check(sup_conf, "spoold");
+	privs_check_kernel();
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
 	/* Said once, at start: safe either way, but an administrator should know. */
 	if (!sup_spool.rename_journaled)
@@ -818,10 +971,10 @@ int main(int argc, char **argv)
 		         sup_spool.root);
 	sup_find_bindir();
 
-	int lock = openat(sup_spool.fd[SD_RUN], "spoold.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-	if (lock < 0)
-		die_temp(NULL, "cannot open %s/run/spoold.lock: %s", sup_spool.root,
-		         strerror(errno));
+	uid_t uid = (uid_t)-1;
+	gid_t ugid = (gid_t)-1;
+	int dropping = privs_target(sup_conf, &uid, &ugid);
+	int lock = sup_lock_open(uid);
 	if (flock(lock, LOCK_EX | LOCK_NB) < 0)
 		die_temp(NULL, "another spoold already supervises %s (run/spoold.lock is locked)",
 		         sup_spool.root);
@@ -831,9 +984,14 @@ int main(int argc, char **argv)
 		log_warn(NULL, "cannot write the pid into run/spoold.lock: %s", strerror(errno));
 
 	/* The socket is made before dropping privileges so that its group can be set to
-	 * control_group even when the spoold user is not a member. */
+	 * control_group even when the spoold user is not a member; it belongs to the user
+	 * spoold becomes, or only root could use it. */
 	gid_t cgid = privs_control_gid(sup_conf);
-	int cfd = control_listen(sup_spool.root, cgid);
+	int cfd = control_listen(sup_spool.fd[SD_RUN], dropping ? uid : (uid_t)-1,
+	                         cgid != (gid_t)-1 ? cgid
+	                         : dropping        ? ugid
+	                                           : (gid_t)-1,
+	                         cgid != (gid_t)-1 ? 0660 : 0600);
 	/* Supervision matters more than remote control: without the socket (a spool path
 	 * too long for sun_path, say) the stages still run, and spoolctl says why not. */
 	if (cfd < 0)
@@ -855,6 +1013,7 @@ int main(int argc, char **argv)
 	if (sfd < 0)
 		die_temp(NULL, "signalfd: %s", strerror(errno));
 	signal(SIGPIPE, SIG_IGN);
+	sup_ctl_init();
 
 	sup_stage_defs(sup_conf);
 	if (sig_compute(sup_conf_path, sup_sig) < 0)
@@ -888,14 +1047,19 @@ int main(int argc, char **argv)
 				if (d < wait)
 					wait = d;
 			}
+		int64_t ctl_wait = sup_ctl_expire();
+		if (ctl_wait >= 0 && ctl_wait < wait)
+			wait = ctl_wait;
 		if (wait < 0)
 			wait = 0;
-		struct pollfd pfd[2 + 256];
+		struct pollfd pfd[2 + CTL_MAX + 256];
 		size_t map[256];
 		pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 		pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
-		int nr = sup_ready_poll(pfd + 2, map, 256);
-		int pr = poll(pfd, (nfds_t)(2 + nr), (int)wait);
+		for (int i = 0; i < CTL_MAX; i++)
+			pfd[2 + i] = (struct pollfd){.fd = sup_ctl[i].fd, .events = POLLIN};
+		int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, 256);
+		int pr = poll(pfd, (nfds_t)(2 + CTL_MAX + nr), (int)wait);
 		if (pr < 0 && errno != EINTR)
 			die_temp(NULL, "poll: %s", strerror(errno));
 		int changed = 0;
@@ -912,8 +1076,8 @@ int main(int argc, char **argv)
 		}
 		if (pr > 0)
 			for (int k = 0; k < nr; k++)
-				if (pfd[2 + k].revents && map[k] < sup_n &&
-				    sup_children[map[k]].ready_fd == pfd[2 + k].fd)
+				if (pfd[2 + CTL_MAX + k].revents && map[k] < sup_n &&
+				    sup_children[map[k]].ready_fd == pfd[2 + CTL_MAX + k].fd)
 					changed |= sup_ready_read(&sup_children[map[k]]);
 		size_t before = 0;
 		for (size_t i = 0; i < sup_n; i++)
@@ -931,6 +1095,10 @@ int main(int argc, char **argv)
 				sup_child_start(&sup_children[i]);
 				changed = 1;
 			}
+		for (int i = 0; i < CTL_MAX && !stop && pr > 0; i++)
+			if (sup_ctl[i].fd >= 0 && sup_ctl[i].fd == pfd[2 + i].fd &&
+			    pfd[2 + i].revents)
+				sup_ctl_read(&sup_ctl[i]);
 		if (!stop && pr > 0 && (pfd[1].revents & POLLIN))
 			sup_control_accept(cfd);
 		if (changed)
@@ -947,11 +1115,12 @@ int main(int argc, char **argv)
 	sup_metrics();
 	sup_status_write();
 	unlinkat(sup_spool.fd[SD_RUN], "status", 0);
-	char sock[PATH_MAX];
-	snprintf(sock, sizeof sock, "%s/run/" CONTROL_NAME, sup_spool.root);
+	for (int i = 0; i < CTL_MAX; i++)
+		if (sup_ctl[i].fd >= 0)
+			sup_ctl_close(&sup_ctl[i]);
 	if (cfd >= 0) {
 		close(cfd);
-		unlink(sock);
+		unlinkat(sup_spool.fd[SD_RUN], CONTROL_NAME, 0);
 	}
 	log_info(NULL, "stopped");
 	return 0;

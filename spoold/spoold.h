@@ -23,10 +23,16 @@ struct sup_stage_info {
 void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n,
                 int config_ok);
 
-/* When root and c->user is set: chown the spool to the user, then drop to it (setgroups,
- * setgid, setuid). The control socket goes to the user and control_gid ((gid_t)-1: the
- * user's group). Dies on failure: running as root by accident is worse than not running. */
+/* When root and c->user is set: give the spool's directories (and single-named regular
+ * files outside inbound/) to the user, by descriptor and without following anything, then
+ * drop to it (setgroups, setgid, setuid) for good. Dies on failure: running as root by
+ * accident is worse than not running. */
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid);
+/* 1 when spoold will drop to c->user (it runs as root, the user is set and is not root),
+ * with its uid and primary gid; else 0. Dies when the user is unknown. */
+int privs_target(const struct conf *c, uid_t *uid, gid_t *gid);
+/* As root: die 78 unless fs.protected_hardlinks is 1 (read from /proc/sys). */
+void privs_check_kernel(void);
 /* The gid of c->control_group, or (gid_t)-1 when unset. Dies when the group is unknown. */
 gid_t privs_control_gid(const struct conf *c);
 /* The gid of c->metrics.group, or (gid_t)-1 when unset. Dies when the group is unknown. */

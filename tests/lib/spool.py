@@ -108,6 +108,7 @@ class Pipeline:
         scanners = scanners if scanners is not None else [clamscan()]
         connectors = connectors or [dict(name="smtp", domains=["*"])]
         text = 'spool_dir = "%s";\nrescan_interval = %d;\n' % (self.spool, rescan_interval)
+        text += "allow_root = true;\n"  # the suite runs as root; a test sets user to drop
         text += "log = { level = \"debug\"; };\n"
         if splitter:
             text += "splitter = {\n%s};\n" % _group(splitter)
