@@ -575,7 +575,6 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		const char *mf = conf_str(cx, mg, "file", 0);
 		if (mf) {
 			free(c->metrics.file);
-			free(c->metrics.group);
 			c->metrics.file = mf[0] ? conf_path_resolve(cx, mf) : xstrdup("");
 		}
 	}
@@ -930,6 +929,7 @@ void conf_free(struct conf *c)
 	free(c->user);
 	free(c->control_group);
 	free(c->metrics.file);
+	free(c->metrics.group);
 	for (size_t i = 0; i < c->n_scanners; i++)
 		conf_scanner_free(&c->scanners[i]);
 	free(c->scanners);

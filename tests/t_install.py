@@ -130,7 +130,8 @@ def make_install_then_run_as_the_unit_does():
     harness.cleanup(stop)
     spool = _installed(root, "/var/spool/spoold")
     wait_for(lambda: os.path.exists(os.path.join(spool, "run", "status")), timeout=30,
-             what="the installed spoold to start")
+             what="the installed spoold to start; its log:\n" +
+             open(os.path.join(root, "spoold.log"), errors="replace").read()[-3000:])
     ctl = [_installed(root, PREFIX, "bin/spoolctl"), "-c", conf]
     clean = msgs.clean(subject="installed relay")
     for data in (clean, msgs.eicar_attachment()):
