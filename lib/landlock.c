@@ -51,7 +51,8 @@ static void landlock_probe(void)
 #endif
 }
 
-int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, size_t n)
+int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, size_t n,
+                            const enum spool_dir *look, size_t nlook)
 {
 	long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
 	if (abi < 0 && (errno == ENOSYS || errno == EOPNOTSUPP)) {
@@ -96,6 +97,11 @@ int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, 
 		if (landlock_fs_rule(rs, sp->fd[dirs[i]], spool_rights) < 0)
 			die_temp(NULL, "landlock_add_rule %s/%s: %s", sp->root,
 			         spool_dir_name(dirs[i]), strerror(errno));
+	/* Directories it only looks into (whether a queue ID is in use): listing, no file. */
+	for (size_t i = 0; i < nlook; i++)
+		if (landlock_fs_rule(rs, sp->fd[look[i]], LANDLOCK_ACCESS_FS_READ_DIR) < 0)
+			die_temp(NULL, "landlock_add_rule %s/%s: %s", sp->root,
+			         spool_dir_name(look[i]), strerror(errno));
 	/* Read-only, for what the C library and GLib open late: iconv modules (a charset
 	 * first seen in a message), locale data, /etc/localtime's target in zoneinfo. */
 	int usr = open("/usr", O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -1,10 +1,12 @@
 /*
  * landlock - a stage confines its own file access to the spool (Linux Landlock).
  *
- * landlock_restrict_spool(sp, dirs, n) is called once a stage has finished its start-up
+ * landlock_restrict_spool(sp, dirs, n, look, nlook) is called once a stage has finished its
+ * start-up
  * (config read, spool opened, watch set). From then on the process, and anything it would
  * start, can open, create, rename and remove files only beneath the listed spool
- * directories (and make no device node there), read files beneath /usr (what glibc and
+ * directories (and make no device node there), list the look directories (only list:
+ * whether a name is in use there), read files beneath /usr (what glibc and
  * GLib load late: iconv modules, locales, time zones), execute nothing, and (Landlock ABI
  * 4, Linux 6.7) make no TCP connection. A compromised parser is then held to the
  * directories the stage already works in: it cannot read /etc, a scanner's files, another
@@ -29,6 +31,7 @@
 
 #include "spool.h"
 
-int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, size_t n);
+int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, size_t n,
+                            const enum spool_dir *look, size_t nlook);
 
 #endif

@@ -571,7 +571,10 @@ static void splitter_recover(struct stage *st)
 	/* Start-up is done: from here on the parser reaches only these (lib/landlock.h). */
 	static const enum spool_dir mine[] = {SD_INBOUND, SD_INCOMING, SD_SCAN, SD_BADMAIL,
 	                                      SD_TMP,     SD_TRASH,    SD_RUN};
-	landlock_restrict_spool(&st->spool, mine, ARRAY_LEN(mine));
+	/* Listed only: a dropped name that is a queue ID keeps it unless it is in use in any
+	 * state (spool_inbound_claim), and outbox/ holds one directory per connector. */
+	static const enum spool_dir look[] = {SD_ROUTE, SD_QUARANTINE, SD_HOLD, SD_OUTBOX};
+	landlock_restrict_spool(&st->spool, mine, ARRAY_LEN(mine), look, ARRAY_LEN(look));
 	splitter_recover_pass(st);
 }
 
