@@ -209,43 +209,5 @@ def strip_a_text_body_still_quarantines():
     assert p.outbox() == [] and p.entries("quarantine") == [qid], p.finals()
 
 
-# ---- crash points of the strip commit (docs/INTERNALS.md, S4g) -------------------------
-STRIP_POINTS = ["route-strip-prepared", "route-strip-plan", "route-strip-handoff",
-                "moved-to-quarantine"]
-
-
-def crash_case(point):
-    if "asan" not in (harness.BIN or ""):
-        harness.skip("crash points exist only in the test build (build/asan/bin)")
-    p = mk()
-    m = msgs.eicar_attachment()
-    qid = p.inject("alice@example.com", ["bob@example.org"], m)
-    for s in ("splitter", "scanner-runner"):
-        assert p.stage(s).returncode == 0
-    r = p.stage("router", env={"SPOOLD_CRASH_AT": point})
-    assert r.returncode == 99, "router did not reach %s (exit %d): %s" % (
-        point, r.returncode, r.out[-1500:])
-    run_all(p, n=3)
-    # exactly one derivative, delivered once; the original once, in quarantine
-    assert p.entries("quarantine") == [qid], p.finals()
-    d = derivative_of(p, qid)
-    assert p.outbox() == [("smtp", d)], (point, p.finals())
-    assert p.read(os.path.join(p.spool, "quarantine", qid), "message") == m
-    assert p.in_flight() == 0, "in flight: %s" % {
-        s: p.entries(s) for s in ("inbound", "incoming", "scan", "route")}
-    assert p.entries("trash") == [], p.entries("trash")
-
-
-def make_crash(point):
-    def fn():
-        crash_case(point)
-    fn.__name__ = "strip_crash_router_" + point.replace("-", "_")
-    return fn
-
-
-for _pt in STRIP_POINTS:
-    test(make_crash(_pt))
-
-
 if __name__ == "__main__":
     harness.main()
