@@ -135,9 +135,10 @@ static void router_drop_parts(struct spool_entry *e)
 }
 
 /* Write report and report.json and drop the parts; durable after the next sync. */
+/* derived: the queue ID of the strip derivative, or NULL. */
 static void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
                                      const struct manifest *m, const struct verdicts *vs,
-                                     const char *why, const char *reason)
+                                     const char *why, const char *reason, const char *derived)
 {
 	struct buf r, j;
 	buf_init(&r);
@@ -171,7 +172,10 @@ static void router_quarantine_report(struct spool_entry *e, const struct envelop
 		first = 0;
 		buf_free(&v);
 	}
-	buf_addstr(&j, "]}\n");
+	buf_addstr(&j, "]");
+	if (derived)
+		buf_printf(&j, ",\"stripped\":\"%s\"", derived); /* a queue ID: [0-9a-f-] */
+	buf_addstr(&j, "}\n");
 	router_drop_parts(e);
 	if (spool_entry_write(e, "report", r.data, r.len) < 0 ||
 	    spool_entry_write(e, "report.json", j.data, j.len) < 0)
@@ -192,7 +196,7 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
                               const struct manifest *m, const struct verdicts *vs, const char *why,
                               const char *reason)
 {
-	router_quarantine_report(e, env, m, vs, why, reason);
+	router_quarantine_report(e, env, m, vs, why, reason, NULL);
 	if (spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write the quarantine report: %s", strerror(errno));
 	trace_add(e->fd, e->qid, "quarantine reason=%s", reason);
@@ -880,7 +884,7 @@ static void router_strip_commit(struct spool_entry *e, const struct envelope *en
 	           "stripped: the rest of the message was handed on as %s, scanned again "
 	           "before delivery\n",
 	           d);
-	router_quarantine_report(e, env, m, vs, buf_cstr(why), "infected");
+	router_quarantine_report(e, env, m, vs, buf_cstr(why), "infected", d);
 	/* Without a journal the plan could reach the disk before derived/: sync first. */
 	if (!e->sp->rename_journaled && spool_entry_sync(e) < 0)
 		goto fail;
@@ -954,7 +958,11 @@ static int router_handle(struct stage *st, const char *qid)
 		spool_entry_release(&e);
 		return 1;
 	}
-	if (fstatat(e.fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+	/* A committed strip is finished, never redone - unless the entry is a stripped
+	 * original that spoolctl released from quarantine (its plan is done: the release
+	 * decides). */
+	if (fstatat(e.fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
 		log_info(qid, "resuming an interrupted strip");
 		router_strip_finish(&e);
 		spool_entry_release(&e);

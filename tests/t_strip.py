@@ -112,7 +112,8 @@ def strip_derivative_is_scanned_again_and_traced_under_both_qids():
     assert base64.b64encode(b"plain data that is clean\n" * 20)[:40] in out
     rep = p.read(os.path.join(p.spool, "quarantine", qid), "report").decode()
     assert "stripped" in rep and d in rep, rep
-    assert json.loads(p.read(os.path.join(p.spool, "quarantine", qid), "report.json"))["reason"] == "infected"
+    rj = json.loads(p.read(os.path.join(p.spool, "quarantine", qid), "report.json"))
+    assert rj["reason"] == "infected" and rj["stripped"] == d, rj
     assert "strip part=2" in trace(p, "quarantine", qid)
 
 
@@ -199,6 +200,23 @@ def strip_plain_eicar_attachment_delivers_the_clean_rest_exactly_once():
     assert b"This part was removed by spoold" in n[2] and eicar_b64() not in out
     assert p.read(os.path.join(p.spool, "quarantine", qid), "message") == m
     assert p.in_flight() == 0 and p.entries("trash") == []
+
+
+@test
+def strip_released_original_is_delivered_as_received():
+    # The administrator's release beats the finished strip plan left in the entry.
+    p = mk(router=dict(add_scanned_header=False),
+           invariant="delivers the released EICAR original on purpose")
+    m = msgs.eicar_attachment()
+    qid = p.inject("alice@example.com", ["bob@example.org"], m)
+    run_all(p)
+    d = derivative_of(p, qid)
+    r = p.ctl("quarantine", "release", qid)
+    assert r.returncode == 0, r.out
+    run_all(p, n=1)
+    assert p.outbox() == sorted([("smtp", d), ("smtp", qid)]), p.finals()
+    assert p.read(os.path.join(p.spool, "outbox", "smtp", qid), "message") == m
+    assert p.entries("quarantine") == [] and p.in_flight() == 0
 
 
 @test
