@@ -69,6 +69,11 @@
 
 /* Longest run of a line and its continuation lines handed to GMime (see mime_prescan). */
 #define MIME_RUN_MAX (1024 * 1024)
+/* ...and of one that starts with "Content-": GMime's parameter list handling is
+ * quadratic in the number of parameters (a 300 KB Content-Type of "; pN=v" takes 5 s of
+ * CPU, 1 MiB a minute; fuzz_strip found it as a timeout). Real ones are a few KB, RFC
+ * 2231 continuations of a long file name included. */
+#define MIME_CONTENT_RUN_MAX (16 * 1024)
 
 #define MIME_OVER(what) "over limit (" what ")"
 /* Conflicting Content-Type / Content-Transfer-Encoding headers: at most this many other
@@ -822,7 +827,8 @@ struct mime_scan {
  * stop (scan->cut, size if it never must):
  *  - so that GMime builds at most budget objects: each line that may start an object
  *    (a boundary-like "--" line, a line naming a message/ type) counts;
- *  - before a run of more than MIME_RUN_MAX bytes made of a line and the lines that
+ *  - before a run of more than MIME_RUN_MAX bytes (MIME_CONTENT_RUN_MAX if its first
+ *    line starts with "Content-") made of a line and the lines that
  *    continue it (starting with a space or a tab): GMime keeps a header field, folded or
  *    not, whole in memory (three copies), and no run of that size is mail (RFC 5322
  *    lines are at most 998 bytes).
@@ -857,9 +863,10 @@ static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_
                         struct sha256_ctx *sha, struct mime_scan *scan, unsigned char *chunk)
 {
 	uint64_t off = 0, objects = 0, line_start = 0, run_start = 0, run_len = 0;
-	size_t bol_len = 0;  /* bytes seen of the current line, up to 2 */
-	size_t tail_len = 0; /* the last bytes of the current line, up to 7 */
-	unsigned char bol[2], tail[7];
+	size_t bol_len = 0;   /* bytes seen of the current line, up to 2 */
+	size_t tail_len = 0;  /* the last bytes of the current line, up to 7 */
+	size_t rhead_len = 0; /* the first bytes of the current run, up to 8 */
+	unsigned char bol[2], tail[7], rhead[8];
 	int msg_seen = 0;
 	scan->cut = size;
 	scan->why = NULL;
@@ -891,10 +898,15 @@ static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_
 				if (first != ' ' && first != '\t') {
 					run_start = line_start;
 					run_len = 0;
+					rhead_len = 0;
 				}
 			}
+			for (size_t k = i; rhead_len < sizeof rhead && k < e; k++)
+				rhead[rhead_len++] = buf[k];
 			run_len += len + (size_t)nl;
-			if (run_len > MIME_RUN_MAX) {
+			if (run_len > MIME_RUN_MAX ||
+			    (run_len > MIME_CONTENT_RUN_MAX && rhead_len == sizeof rhead &&
+			     g_ascii_strncasecmp((const char *)rhead, "content-", 8) == 0)) {
 				scan->cut = run_start;
 				scan->why = MIME_OVER("max_header_size");
 				break;
@@ -1571,8 +1583,10 @@ static int mime_entity_delim(const unsigned char *p, size_t n, const char *bnd)
  * delimiter. The range is kept (c->ent_*) only if the bytes around it are what RFC 2046
  * puts there: a delimiter line of bnd right before it (for a part without headers, then
  * one empty line), and a line end and "--" right after it (or the end of the file).
- * Anything else - dropped junk lines before the headers, a content end GMime put
- * elsewhere - leaves the leaf without a range, so strip quarantines instead of guessing.
+ * (Lines GMime dropped before the first header are inside the range: it runs from the
+ * delimiter, so it holds every reading of the part.) Anything else - a line before the
+ * headers that is no delimiter, a content end GMime put elsewhere - leaves the leaf
+ * without a range, so strip quarantines instead of guessing.
  * 0 (range set or not), or -1 on a read error (reason filled). */
 static int mime_entity(struct mime_ctx *c, GMimeObject *obj, const char *bnd)
 {

@@ -1,8 +1,9 @@
-// links: router/strip.c
+// links: router/strip.c splitter/mime.c
 /*
- * Unit tests for cutting MIME entities by byte ranges (router/strip.c, strip_apply) and
- * for the manifest's entity fields (lib/manifest.c): a table of cuts over small
- * messages, each with the expected result or failure.
+ * Unit tests for cutting MIME entities by byte ranges (router/strip.c, strip_apply), for
+ * the manifest's entity fields (lib/manifest.c) and the ranges the splitter records
+ * (splitter/mime.c): a table of cuts over small messages, each with the expected result
+ * or failure; and the bound on Content-* header runs that fuzz_strip made necessary.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 
 #include "../../router/router.h"
 #include "manifest.h"
+#include "mime.h"
 #include "util.h"
 
 static int failures;
@@ -212,8 +214,108 @@ static void manifest_entity_cases(void)
 	rmdir(dir);
 }
 
+static const struct mime_limits test_limits = {
+    .max_message_size = 1u << 24,
+    .max_parts = 100,
+    .max_depth = 10,
+    .max_part_size = 1u << 22,
+    .max_total_size = 1u << 24,
+    .scan_raw = 0,
+    .mem_max = MIME_MEM_MAX,
+};
+
+/* Split msg (into a fresh directory, removed after) and fill m. */
+static int split_mem(const char *msg, size_t len, struct manifest *m)
+{
+	char dir[] = "/tmp/test_strip.XXXXXX", reason[256];
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	write_file_replace(dfd, "message", msg, len, 0600);
+	int fd = openat(dfd, "message", O_RDONLY | O_CLOEXEC);
+	manifest_init(m);
+	int rc = mime_extract(fd, "message", dfd, &test_limits, m, reason, sizeof reason);
+	close(fd);
+	close(dfd);
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "%s", dir);
+	int tfd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	remove_tree_at(tfd, cmd + 5);
+	close(tfd);
+	return rc;
+}
+
+/* The splitter's entity ranges: a child leaf's headers and body, the delimiter lines
+ * and the line end before the next one left out; the issue 14 sample (a quoted ';' in a
+ * Content-Type parameter) cut where GMime put its parts. */
+static void mime_entity_cases(void)
+{
+	static const char q[] =
+	    "From: a\nContent-Type: multipart/mixed; foo=\"z;boundary=Q\"; boundary=X\n\n--X\n"
+	    "Content-Type: text/plain\n\nhello\n--Q\"\nmore\n--X\n"
+	    "Content-Type: application/octet-stream\n\nvirus\n--X--\n";
+	struct manifest m;
+	int rc = split_mem(q, strlen(q), &m);
+	const char *e1 = "Content-Type: text/plain\n\nhello\n--Q\"\nmore";
+	const char *e2 = "Content-Type: application/octet-stream\n\nvirus";
+	CHECK("mime: entity ranges are GMime's parts",
+	      rc == 0 && m.n_parts == 2 && m.parts[0].has_entity && m.parts[1].has_entity &&
+	          m.parts[0].entity_end - m.parts[0].entity_start == strlen(e1) &&
+	          memcmp(q + m.parts[0].entity_start, e1, strlen(e1)) == 0 &&
+	          m.parts[1].entity_end - m.parts[1].entity_start == strlen(e2) &&
+	          memcmp(q + m.parts[1].entity_start, e2, strlen(e2)) == 0);
+	if (rc == 0)
+		manifest_free(&m);
+	/* a non-multipart body and junk before a part's headers: no range */
+	static const char nb[] = "From: a\nContent-Type: text/plain\n\nbody\n";
+	rc = split_mem(nb, strlen(nb), &m);
+	CHECK("mime: a message body has no entity range",
+	      rc == 0 && m.n_parts == 1 && !m.parts[0].has_entity);
+	if (rc == 0)
+		manifest_free(&m);
+	/* junk before a part's headers (GMime drops it, other readers start the body
+	 * there): the range is still everything between the delimiters, both readings */
+	static const char junk[] = "From: a\nContent-Type: multipart/mixed; boundary=X\n\n--X\n"
+	                           "junk line\nContent-Type: text/plain\n\nx\n--X--\n";
+	const char *ej = "junk line\nContent-Type: text/plain\n\nx";
+	rc = split_mem(junk, strlen(junk), &m);
+	CHECK("mime: junk before a part's headers is inside its entity range",
+	      rc == 0 && m.n_parts >= 1 && m.parts[0].has_entity &&
+	          m.parts[0].entity_end - m.parts[0].entity_start == strlen(ej) &&
+	          memcmp(junk + m.parts[0].entity_start, ej, strlen(ej)) == 0);
+	if (rc == 0)
+		manifest_free(&m);
+}
+
+static void mime_content_run_case(void)
+{
+	struct buf b;
+	buf_init(&b);
+	buf_addstr(&b, "From: a\nContent-Type: multipart/mixed; boundary=X\n\n--X\n"
+	               "Content-Type: text/plain");
+	for (int i = 0; i < 30000; i++)
+		buf_printf(&b, "; p%d=v", i);
+	buf_addstr(&b, "\n\nhi\n--X--\n");
+	struct manifest m;
+	int64_t t0 = now_ms_monotonic();
+	int rc = split_mem(b.data, b.len, &m);
+	int64_t ms = now_ms_monotonic() - t0;
+	CHECK("mime: a huge Content-Type is cut, not parsed",
+	      rc == 0 && m.n_unscannable == 1 &&
+	          strcmp(m.unscannable[0], "over limit (max_header_size)") == 0);
+	printf("  (%lld ms)\n", (long long)ms);
+	if (rc == 0)
+		manifest_free(&m);
+	buf_free(&b);
+}
+
 int main(void)
 {
+	mime_init();
+	mime_entity_cases();
+	mime_content_run_case();
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		strip_case_run(&cases[i]);
 	manifest_entity_cases();
