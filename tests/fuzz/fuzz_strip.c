@@ -117,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t len = size - 1;
 	struct manifest m, m2;
 	int dirfd = -1, dir2 = -1;
+	manifest_init(&m);
 	manifest_init(&m2);
 	if (len == 0 || fuzz_split("a", msg, len, &m, &dirfd) != 0 || m.n_unscannable)
 		goto done;
