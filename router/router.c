@@ -134,8 +134,8 @@ static void router_drop_parts(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
-/* Write report and report.json and drop the parts; durable after the next sync. */
-/* derived: the queue ID of the strip derivative, or NULL. */
+/* Write report and report.json (with derived, the queue ID of the strip derivative, or
+ * NULL) and drop the parts; durable after the next sync. */
 static void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
                                      const struct manifest *m, const struct verdicts *vs,
                                      const char *why, const char *reason, const char *derived)
