@@ -220,6 +220,31 @@ def strip_released_original_is_delivered_as_received():
 
 
 @test
+def strip_with_spoold_running_delivers_the_rest_once():
+    # The splitter picks the derivative up from incoming/ by itself (its tick), the
+    # whole pipeline runs under spoold, the rest lands in a Maildir once.
+    md = os.path.join(harness.tmpdir("md"), "Maildir")
+    p = Pipeline(router=dict(infected_action="strip"), extra="canary_interval = 0;\n",
+                 connectors=[dict(name="local", domains=["*"], type="maildir", maildir=md)])
+    p.start()
+    m = msgs.eicar_attachment(text="Keep this text.\n")
+    p.drop("m", m)
+    new = os.path.join(md, "new")
+    harness.wait_for(lambda: os.path.isdir(new) and os.listdir(new) and p.entries("quarantine"),
+                     timeout=90, what="the stripped rest in the Maildir\n" + p.logtext()[-2000:])
+    harness.wait_for(lambda: p.outbox() == [] and p.in_flight() == 0, timeout=30,
+                     what="the pipeline idle")
+    names = os.listdir(new)
+    assert len(names) == 1, names
+    data = open(os.path.join(new, names[0]), "rb").read()
+    assert b"Keep this text." in data and b"This part was removed by spoold" in data
+    assert eicar_b64() not in data and msgs.eicar() not in data
+    q = p.entries("quarantine")
+    assert len(q) == 1 and p.read(os.path.join(p.spool, "quarantine", q[0]), "message") == m
+    p.assert_delivered_clean([("maildir " + names[0], data)])
+
+
+@test
 def strip_a_text_body_still_quarantines():
     p = mk()
     qid = p.inject("alice@example.com", ["bob@example.org"], msgs.eicar_inline_text())
