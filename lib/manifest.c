@@ -83,8 +83,14 @@ void manifest_format(const struct manifest *m, struct buf *out)
 		kv_addstr(out, "charset", p->charset);
 		kv_addstr(out, "cte", p->cte);
 		kv_add(out, "filename", p->filename, strlen(p->filename));
-		buf_printf(out, " size=%llu sha256=%s\n", (unsigned long long)p->size,
+		buf_printf(out, " size=%llu sha256=%s", (unsigned long long)p->size,
 		           p->sha256[0] ? p->sha256 : "-");
+		/* Optional, at the end: readers that do not know them skip unknown keys. */
+		if (p->has_entity)
+			buf_printf(out, " entity_start=%llu entity_end=%llu entity_sha256=%s",
+			           (unsigned long long)p->entity_start,
+			           (unsigned long long)p->entity_end, p->entity_sha256);
+		buf_addstr(out, "\n");
 	}
 	for (size_t i = 0; i < m->n_unscannable; i++) {
 		buf_addstr(out, "unscannable ");
@@ -92,6 +98,16 @@ void manifest_format(const struct manifest *m, struct buf *out)
 		buf_addstr(out, "\n");
 	}
 	buf_printf(out, "end %zu\n", m->n_parts);
+}
+
+/* 64 lower-case hex digits. */
+static int manifest_sha_valid(const char *s)
+{
+	size_t i;
+	for (i = 0; s[i]; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return i == 64;
 }
 
 static int manifest_parse_part(struct manifest *m, const char *line, struct buf *v)
@@ -141,6 +157,22 @@ static int manifest_parse_part(struct manifest *m, const char *line, struct buf 
 		goto out;
 	if (strcmp(buf_cstr(v), "-") != 0)
 		memcpy(p->sha256, v->data, v->len + 1);
+	/* The entity range is optional (absent: the part cannot be cut out), but all three
+	 * fields or none, and well-formed: a half range is a malformed manifest. */
+	int has_s = kv_find(line, "entity_start", v) == 0;
+	if (has_s && parse_u64(buf_cstr(v), &p->entity_start) < 0)
+		goto out;
+	int has_e = kv_find(line, "entity_end", v) == 0;
+	if (has_e && parse_u64(buf_cstr(v), &p->entity_end) < 0)
+		goto out;
+	int has_h = kv_find(line, "entity_sha256", v) == 0;
+	if (has_h && !manifest_sha_valid(buf_cstr(v)))
+		goto out;
+	if (has_h)
+		memcpy(p->entity_sha256, v->data, 65);
+	if (has_s != has_e || has_s != has_h || (has_s && p->entity_start >= p->entity_end))
+		goto out;
+	p->has_entity = has_s;
 	rc = 0;
 out:
 	free(path);

@@ -3,6 +3,7 @@
  *
  *   part <index> path=<mime-path> found=<how> type=<t> charset=<c> cte=<e> filename=<f>
  *        size=<decoded-bytes> sha256=<hex>
+ *        [entity_start=<n> entity_end=<n> entity_sha256=<hex>]
  *   unscannable <reason>
  *   end <count>
  *
@@ -38,6 +39,13 @@ struct manifest_part {
 	char *filename; /* raw decoded bytes, may contain anything; "" if none */
 	uint64_t size;
 	char sha256[65];
+	/* The MIME entity (headers and body) of a leaf that is a child of a multipart, as
+	 * the splitter's parser (GMime) delimited it: bytes [entity_start, entity_end) of
+	 * the message file, and their sha256. Only the router's strip uses it: it cuts
+	 * exactly these bytes, after checking the hash. has_entity 0: not cuttable. */
+	int has_entity;
+	uint64_t entity_start, entity_end;
+	char entity_sha256[65];
 };
 
 struct manifest {

@@ -619,6 +619,27 @@ out:;
 	return rc;
 }
 
+int spool_entry_move_sub_to_incoming(struct spool_entry *e, const char *sub, const char *qid)
+{
+	if (!spool_qid_valid(qid)) {
+		errno = EINVAL;
+		return -1;
+	}
+	/* Its files must be on disk before the splitter can see them under incoming/. */
+	if (spool_entry_sync_once(e) < 0)
+		return -1;
+	/* The one rename that hands the new message on: a <sub> that is gone was handed on
+	 * already, so a restarted router never makes a second one. */
+	if (renameat(e->fd, sub, e->sp->fd[SD_INCOMING], qid) < 0)
+		return errno == ENOENT ? 0 : -1;
+	/* Durable before the caller's next step (the original's final move): fsync
+	 * incoming/, and the entry too where renames are not journaled. */
+	if (fsync_dir(e->sp->fd[SD_INCOMING]) < 0 ||
+	    (!e->sp->rename_journaled && fsync_dir(e->fd) < 0))
+		return -1;
+	return 1;
+}
+
 int spool_trash_empty(struct spool *sp)
 {
 	char **names;

@@ -153,6 +153,13 @@ int spool_message_open(struct spool_entry *e, char *reason, size_t rlen);
  * earlier); -1: error. */
 int spool_entry_move_sub_to_outbox(struct spool_entry *e, const char *sub, const char *conn);
 
+/* A new message made from an entry (the router's strip): rename(where/qid/<sub>,
+ * incoming/<qid>) of a complete work directory (message, envelope, origin, attempts,
+ * trace), after a sync of its contents, then fsync incoming/ (and the entry where renames
+ * are not journaled). The splitter splits it as it splits any unlocked incoming/ entry.
+ * 1: moved; 0: <sub> was already gone (moved earlier); -1: error. */
+int spool_entry_move_sub_to_incoming(struct spool_entry *e, const char *sub, const char *qid);
+
 /* Empty trash/. Best effort; returns the number of trees removed. */
 int spool_trash_empty(struct spool *sp);
 

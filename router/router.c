@@ -191,9 +191,11 @@ static void router_drop_parts(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
-static void router_quarantine(struct spool_entry *e, const struct envelope *env,
-                              const struct manifest *m, const struct verdicts *vs, const char *why,
-                              const char *reason)
+/* Write report and report.json (with derived, the queue ID of the strip derivative, or
+ * NULL) and drop the parts; durable after the next sync. */
+static void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
+                                     const struct manifest *m, const struct verdicts *vs,
+                                     const char *why, const char *reason, const char *derived)
 {
 	struct buf r, j;
 	buf_init(&r);
@@ -244,20 +246,37 @@ static void router_quarantine(struct spool_entry *e, const struct envelope *env,
 		json_escape(&j, m->unscannable[i], strlen(m->unscannable[i]));
 		buf_addstr(&j, "\"");
 	}
-	buf_addstr(&j, "]}\n");
+	buf_addstr(&j, "]");
+	if (derived)
+		buf_printf(&j, ",\"stripped\":\"%s\"", derived); /* a queue ID: [0-9a-f-] */
+	buf_addstr(&j, "}\n");
 	router_drop_parts(e);
 	if (spool_entry_write(e, "report", r.data, r.len) < 0 ||
-	    spool_entry_write(e, "report.json", j.data, j.len) < 0 || spool_entry_sync(e) < 0)
+	    spool_entry_write(e, "report.json", j.data, j.len) < 0)
 		die_temp(e->qid, "cannot write the quarantine report: %s", strerror(errno));
-	trace_add(e->fd, e->qid, "quarantine reason=%s", reason);
-	CRASH_POINT("route-quarantine");
+	buf_free(&r);
+	buf_free(&j);
+}
+
+static void router_quarantine_move(struct spool_entry *e, const char *reason)
+{
 	if (spool_entry_move(e, SD_QUARANTINE) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to quarantine/: %s", e->sp->root, e->qid,
 		         strerror(errno));
 	log_info(e->qid, "quarantined reason=%s", reason);
 	metrics_inc("spoold_messages_total", "outcome=\"quarantined\"", 1);
-	buf_free(&r);
-	buf_free(&j);
+}
+
+static void router_quarantine(struct spool_entry *e, const struct envelope *env,
+                              const struct manifest *m, const struct verdicts *vs, const char *why,
+                              const char *reason)
+{
+	router_quarantine_report(e, env, m, vs, why, reason, NULL);
+	if (spool_entry_sync(e) < 0)
+		die_temp(e->qid, "cannot write the quarantine report: %s", strerror(errno));
+	trace_add(e->fd, e->qid, "quarantine reason=%s", reason);
+	CRASH_POINT("route-quarantine");
+	router_quarantine_move(e, reason);
 }
 
 static void router_hold(struct stage *st, struct spool_entry *e, const char *why)
@@ -400,7 +419,8 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 	router_fanout_finish(e);
 }
 
-/* Without a committed plan, out.* are debris of an interrupted preparation. */
+/* Without a committed plan, out.* and derived* are debris of an interrupted
+ * preparation. */
 static void router_drop_outs(struct spool_entry *e)
 {
 	char **names;
@@ -408,7 +428,8 @@ static void router_drop_outs(struct spool_entry *e)
 	if (spool_list(e->fd, 0, &names, &n) < 0)
 		die_temp(e->qid, "cannot list the work directory: %s", strerror(errno));
 	for (size_t i = 0; i < n; i++)
-		if (strncmp(names[i], "out.", 4) == 0 && remove_tree_at(e->fd, names[i]) < 0)
+		if ((strncmp(names[i], "out.", 4) == 0 || strncmp(names[i], "derived", 7) == 0) &&
+		    remove_tree_at(e->fd, names[i]) < 0)
 			die_temp(e->qid, "cannot remove %s: %s", names[i], strerror(errno));
 	spool_names_free(names, n);
 }
@@ -575,23 +596,14 @@ fail:
 	         strerror(errno));
 }
 
-struct strip_range {
-	size_t start, end;
-	unsigned part;
-	const char *virus;
-	const char *filename;
-};
-
-static int strip_range_cmp(const void *a, const void *b)
-{
-	const struct strip_range *x = a, *y = b;
-	return x->start < y->start ? -1 : x->start > y->start;
-}
-
 /* Replace every infected leaf by a short text/plain part, copying all other bytes as they
- * are. Fails (-1, why filled) when a part cannot be cut out cleanly: an embedded payload,
- * a body that is not a multipart child, or a whole-message verdict that no stripped part
- * explains. The caller then quarantines: strip never delivers what it cannot remove. */
+ * are, by the entity ranges the splitter recorded (router/strip.c). Fails (-1, why
+ * filled) when the message cannot be cleaned for sure: it was not fully split (an
+ * unscannable mark), a verdict is on the whole message or on a part that is no cuttable
+ * entity (embedded payload, preamble, a message body, a leaf without a range), a
+ * whole-message verdict no stripped leaf explains, a banned part that is not inside a cut,
+ * or a range whose bytes are not the ones the splitter hashed. The caller then
+ * quarantines: strip never delivers what it cannot remove. */
 static int router_strip(struct stage *st, struct spool_entry *e, const struct manifest *m,
                         const struct verdicts *vs, struct buf *out, struct buf *why)
 {
@@ -601,12 +613,12 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 	router_banned(&st->conf->router, m, &bw, banned);
 	buf_free(&bw);
 	struct buf msg;
-	struct strip_range *r = xcalloc(vs->n + 1, sizeof *r);
+	struct strip_cut *r = xcalloc(vs->n + 1, sizeof *r);
 	size_t nr = 0;
 	int rc = -1;
 	buf_init(&msg);
-	if (read_file_at(e->fd, "message", &msg, st->conf->splitter.max_message_size + 1) < 0) {
-		buf_printf(why, "strip: cannot read the message: %s\n", strerror(errno));
+	if (m->n_unscannable) {
+		buf_addstr(why, "strip: the message was not split whole (unscannable)\n");
 		goto out;
 	}
 	for (size_t i = 0; i < vs->n; i++) {
@@ -621,12 +633,14 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 		const struct manifest_part *p = &m->parts[l->part - 1];
 		if (p->found == FOUND_RAW)
 			continue; /* checked below against the leaves */
-		if (p->found != FOUND_LEAF ||
-		    strip_locate(msg.data, msg.len, p->path, &r[nr].start, &r[nr].end) < 0) {
+		if (p->found != FOUND_LEAF || !p->has_entity) {
 			buf_printf(why, "strip: part %u (path %s, %s) cannot be cut out\n",
 			           p->index, p->path, manifest_found_name(p->found));
 			goto out;
 		}
+		r[nr].start = p->entity_start;
+		r[nr].end = p->entity_end;
+		r[nr].sha256 = p->entity_sha256;
 		r[nr].part = p->index;
 		r[nr].virus = l->virus;
 		r[nr].filename = p->filename;
@@ -647,55 +661,32 @@ static int router_strip(struct stage *st, struct spool_entry *e, const struct ma
 			goto out;
 		}
 	}
-	if (nr == 0) {
-		buf_addstr(why, "strip: no part to strip\n");
-		goto out;
-	}
-	/* A banned part that is not itself cut out would be delivered: refuse. */
+	/* A banned part that is not inside a cut would be delivered: refuse. */
 	for (size_t i = 0; i < m->n_parts; i++) {
-		size_t bs, be;
+		const struct manifest_part *p = &m->parts[i];
 		int ok = 0;
 		if (!banned[i])
 			continue;
-		if (strip_locate(msg.data, msg.len, m->parts[i].path, &bs, &be) == 0)
-			for (size_t k = 0; k < nr && !ok; k++)
-				ok = r[k].start == bs && r[k].end == be;
+		for (size_t k = 0; k < nr && !ok && p->has_entity; k++)
+			ok = r[k].start <= p->entity_start && p->entity_end <= r[k].end;
 		if (!ok) {
-			buf_printf(why, "strip: part %u is banned and not infected\n",
-			           m->parts[i].index);
+			buf_printf(why, "strip: part %u is banned and not infected\n", p->index);
 			goto out;
 		}
 	}
-	qsort(r, nr, sizeof *r, strip_range_cmp);
-	const char *eol = strip_eol(msg.data, msg.len);
-	size_t at = 0;
+	if (read_file_at(e->fd, "message", &msg, st->conf->splitter.max_message_size + 1) < 0) {
+		buf_printf(why, "strip: cannot read the message: %s\n", strerror(errno));
+		goto out;
+	}
+	if (strip_apply(msg.data ? msg.data : "", msg.len, r, nr, out, why) < 0)
+		goto out;
 	for (size_t k = 0; k < nr; k++) {
-		if (k > 0 && r[k].start == r[k - 1].start && r[k].end == r[k - 1].end)
-			continue; /* two readings or two scanners of one part */
-		if (r[k].start < at) {
-			buf_printf(why, "strip: parts overlap at part %u\n", r[k].part);
-			goto out;
-		}
-		buf_add(out, msg.data + at, r[k].start - at);
-		struct buf v, fn;
+		struct buf v;
 		buf_init(&v);
-		buf_init(&fn);
 		escape_bytes(&v, r[k].virus, strlen(r[k].virus), 200);
-		escape_bytes(&fn, r[k].filename, strlen(r[k].filename), 200);
-		buf_printf(
-		    out,
-		    "Content-Type: text/plain; charset=us-ascii%sContent-Transfer-Encoding: 7bit%s"
-		    "Content-Disposition: inline%s%s"
-		    "This part was removed by spoold because it contained a virus.%s"
-		    "Virus: %s%sOriginal file name: %s%s",
-		    eol, eol, eol, eol, eol, buf_cstr(&v), eol, fn.len ? buf_cstr(&fn) : "(none)",
-		    eol);
 		trace_add(e->fd, e->qid, "strip part=%u virus=%s", r[k].part, buf_cstr(&v));
 		buf_free(&v);
-		buf_free(&fn);
-		at = r[k].end;
 	}
-	buf_add(out, msg.data + at, msg.len - at);
 	rc = 0;
 out:
 	free(r);
@@ -942,24 +933,147 @@ static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
 	buf_free(&h);
 }
 
+/* The origin of a strip derivative: "spoold-strip/<qid>". A '/' is in no file name, so
+ * no message dropped into inbound/ has this origin (spool_inbound_claim writes the
+ * inbound name there): only the router itself makes one. */
+#define ROUTER_DERIVED_ORIGIN "spoold-strip/"
+
+/* Is this entry a strip derivative? Then *of gets the qid it was stripped from. */
+static int router_derived(struct spool_entry *e, char of[SPOOL_QID_LEN + 1])
+{
+	struct buf b;
+	buf_init(&b);
+	int yes = 0;
+	size_t pl = strlen(ROUTER_DERIVED_ORIGIN);
+	if (read_file_at(e->fd, "origin", &b, 4096) == 0 && b.len >= pl &&
+	    memcmp(b.data, ROUTER_DERIVED_ORIGIN, pl) == 0) {
+		yes = 1;
+		snprintf(of, SPOOL_QID_LEN + 1, "%.*s", SPOOL_QID_LEN, b.data + pl);
+	}
+	buf_free(&b);
+	return yes;
+}
+
+/* Finish a committed strip (the `strip` plan names the derivative's qid): hand derived/
+ * on to incoming/ if it is still here, then move the original into quarantine/. Each
+ * step is one rename, and a restart redoes only the steps still to do, so there is never
+ * a second derivative, and never none. */
+static void router_strip_finish(struct spool_entry *e)
+{
+	struct buf b;
+	buf_init(&b);
+	if (read_file_at(e->fd, "strip", &b, 4096) < 0)
+		die_temp(e->qid, "cannot read %s/route/%s/strip: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	char d[SPOOL_QID_LEN + 1];
+	const char *nl = memchr(b.data ? b.data : "", '\n', b.len);
+	if (nl == NULL || (size_t)(nl - b.data) != SPOOL_QID_LEN)
+		log_panic("%s: malformed strip plan in %s/route/%s", e->qid, e->sp->root, e->qid);
+	memcpy(d, b.data, SPOOL_QID_LEN);
+	d[SPOOL_QID_LEN] = '\0';
+	buf_free(&b);
+	int r = spool_entry_move_sub_to_incoming(e, "derived", d);
+	if (r < 0)
+		die_temp(e->qid, "cannot move %s/route/%s/derived to incoming/%s: %s", e->sp->root,
+		         e->qid, d, strerror(errno));
+	if (r == 1) {
+		log_info(e->qid, "stripped message handed on as %s", d);
+		CRASH_POINT("route-strip-handoff");
+	}
+	trace_add(e->fd, e->qid, "quarantine reason=infected stripped=%s", d);
+	router_quarantine_move(e, "infected");
+}
+
+/* strip: the stripped message is a new message with its own queue ID, split and scanned
+ * again before it may be delivered; the original goes to quarantine. Steps (docs/
+ * INTERNALS.md, S4g): derived/ is built complete under derived.tmp/ and renamed; the
+ * quarantine report is written; one sync; the plan `strip` (the derivative's qid) is
+ * written and synced - the commit; then router_strip_finish. */
+static void router_strip_commit(struct spool_entry *e, const struct envelope *env,
+                                const struct manifest *m, const struct verdicts *vs,
+                                const struct buf *body, struct buf *why)
+{
+	char d[SPOOL_QID_LEN + 1];
+	spool_qid_new(d);
+	if (remove_tree_at(e->fd, "derived.tmp") < 0 || remove_tree_at(e->fd, "derived") < 0 ||
+	    mkdirat(e->fd, "derived.tmp", 0750) < 0)
+		goto fail;
+	int dfd = openat(e->fd, "derived.tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		goto fail;
+	struct buf eb, ob;
+	buf_init(&eb);
+	buf_init(&ob);
+	envelope_format(env, &eb);
+	buf_printf(&ob, "%s%s\n", ROUTER_DERIVED_ORIGIN, e->qid);
+	/* A bare message with its committed envelope is what the splitter's recovery of an
+	 * incoming/ entry splits; attempts 0: its first split is attempt 1. Nothing is
+	 * fsync'd on its own: the one sync before the plan covers it all. */
+	int w = write_file_replace(dfd, "message", body->data ? body->data : "", body->len, 0640);
+	if (w == 0)
+		w = write_file_replace(dfd, "envelope", eb.data, eb.len, 0640);
+	if (w == 0)
+		w = write_file_replace(dfd, "origin", ob.data, ob.len, 0640);
+	if (w == 0)
+		w = write_file_replace(dfd, "attempts", "0\n", 2, 0640);
+	int err = errno;
+	buf_free(&eb);
+	buf_free(&ob);
+	if (w == 0)
+		trace_add(dfd, d, "derived from=%s action=strip", e->qid);
+	close(dfd);
+	errno = err;
+	if (w < 0 || renameat(e->fd, "derived.tmp", e->fd, "derived") < 0)
+		goto fail;
+	CRASH_POINT("route-strip-prepared");
+	buf_printf(why,
+	           "stripped: the rest of the message was handed on as %s, scanned again "
+	           "before delivery\n",
+	           d);
+	router_quarantine_report(e, env, m, vs, buf_cstr(why), "infected", d);
+	/* Without a journal the plan could reach the disk before derived/: sync first. */
+	if (!e->sp->rename_journaled && spool_entry_sync(e) < 0)
+		goto fail;
+	/* The plan commits the strip: from here on derived/ is only ever moved. */
+	struct buf plan;
+	buf_init(&plan);
+	buf_printf(&plan, "%s\nend\n", d);
+	w = spool_entry_write(e, "strip", plan.data, plan.len);
+	buf_free(&plan);
+	if (w < 0 || spool_entry_sync(e) < 0)
+		goto fail;
+	trace_add(e->fd, e->qid, "strip derivative=%s", d);
+	CRASH_POINT("route-strip-plan");
+	router_strip_finish(e);
+	return;
+fail:
+	die_temp(e->qid, "cannot prepare the stripped message in %s/route/%s: %s", e->sp->root,
+	         e->qid, strerror(errno));
+}
+
 static void router_infected(struct stage *st, struct spool_entry *e, const struct envelope *env,
                             const struct manifest *m, const struct verdicts *vs, struct buf *why)
 {
 	const char *action = st->conf->router.infected_action;
+	char of[SPOOL_QID_LEN + 1];
 	if (strcmp(action, "discard") == 0) {
 		router_discard(e, env, vs);
 		router_notify(st, e->qid, env, vs, "discard", "infected", buf_cstr(why));
 		return;
 	}
-	if (strcmp(action, "strip") == 0) {
+	if (strcmp(action, "strip") == 0 && router_derived(e, of)) {
+		/* Stripped once and infected again: never stripped twice (no loop). */
+		buf_printf(why, "strip derivative of %s, infected again: not stripped twice\n", of);
+		log_warn(e->qid, "strip derivative of %s is infected again, quarantining", of);
+	} else if (strcmp(action, "strip") == 0) {
 		struct buf body;
 		buf_init(&body);
 		if (router_strip(st, e, m, vs, &body, why) == 0) {
 			char qid[SPOOL_QID_LEN + 1];
 			memcpy(qid, e->qid, sizeof qid);
-			log_warn(qid, "stripped infected parts, delivering the rest: %s",
+			log_warn(qid, "stripped infected parts, scanning the rest again: %s",
 			         buf_cstr(why));
-			router_deliver_scanned(st, e, env, vs, NULL, &body);
+			router_strip_commit(e, env, m, vs, &body, why);
 			buf_free(&body);
 			router_notify(st, qid, env, vs, "strip", "infected", buf_cstr(why));
 			return;
@@ -987,6 +1101,16 @@ static int router_handle(struct stage *st, const char *qid)
 	if (fstatat(e.fd, "fanout", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		log_info(qid, "resuming an interrupted fan-out");
 		router_fanout_finish(&e);
+		spool_entry_release(&e);
+		return 1;
+	}
+	/* A committed strip is finished, never redone - unless the entry is a stripped
+	 * original that spoolctl released from quarantine (its plan is done: the release
+	 * decides). */
+	if (fstatat(e.fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+		log_info(qid, "resuming an interrupted strip");
+		router_strip_finish(&e);
 		spool_entry_release(&e);
 		return 1;
 	}
@@ -1035,7 +1159,17 @@ static int router_handle(struct stage *st, const char *qid)
 		}
 	}
 	CRASH_POINT("route-claimed");
-	if (o == OUT_QUARANTINE) {
+	char of[SPOOL_QID_LEN + 1];
+	if (o == OUT_HOLD && strcmp(st->conf->router.infected_action, "strip") == 0 &&
+	    router_derived(&e, of)) {
+		/* A stripped message is delivered only on a clean scan of its own: anything
+		 * less and the original's verdict stands. */
+		char q[SPOOL_QID_LEN + 1];
+		memcpy(q, e.qid, sizeof q);
+		buf_printf(&why, "strip derivative of %s, not scanned clean\n", of);
+		router_quarantine(&e, &env, &m, &vs, buf_cstr(&why), "strip-not-clean");
+		router_notify(st, q, &env, &vs, "quarantine", "strip-not-clean", buf_cstr(&why));
+	} else if (o == OUT_QUARANTINE) {
 		router_infected(st, &e, &env, &m, &vs, &why);
 	} else if (o == OUT_BANNED) {
 		char q[SPOOL_QID_LEN + 1];

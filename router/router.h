@@ -1,8 +1,8 @@
 /*
  * router internals shared by the router's .c files.
  *
- * strip.c   locates a MIME entity by its IMAP section path in the raw message bytes, so
- *           an infected part can be replaced while every other byte stays as received.
+ * strip.c   cuts MIME entities out of the raw message by the byte ranges the splitter
+ *           recorded (checked against their sha256), every other byte as received.
  * notice.c  writes notification messages as new outbox entries.
  * hold.c    reads and writes the hold record and decides expiry and retries (pure
  *           functions of the record and the time, unit-tested in tests/unit/test_route.c).
@@ -18,11 +18,22 @@
 #include "spool.h"
 #include "util.h"
 
-/* The byte range [*start, *end) of the entity at path ("2", "1.3") in msg[0..len): its
- * headers and body, without the line break that belongs to the next delimiter. Only
- * children of multiparts are found: 0 on success, -1 if the path does not name such an
- * entity (not multipart, no boundary, a Content-Type given twice, path out of range). */
-int strip_locate(const char *msg, size_t len, const char *path, size_t *start, size_t *end);
+/* One MIME entity to cut out of a message: bytes [start, end), which must hash to
+ * sha256 (hex), with what the notice that replaces it says. */
+struct strip_cut {
+	uint64_t start, end;
+	const char *sha256;
+	unsigned part;
+	const char *virus;
+	const char *filename;
+};
+/* Append to out the message msg[0..len) with each cut's range replaced by a short
+ * text/plain notice, every other byte as it is. cuts is sorted in place. Fails (-1, why
+ * filled, out partly written) when there is no cut, a range is not inside the message,
+ * its bytes do not hash to the recorded sha256, or two different ranges overlap; the
+ * same range twice is one cut. */
+int strip_apply(const char *msg, size_t len, struct strip_cut *cuts, size_t n, struct buf *out,
+                struct buf *why);
 /* The line break the message uses: "\r\n" if its first line ends so, else "\n". */
 const char *strip_eol(const char *msg, size_t len);
 

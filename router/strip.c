@@ -1,15 +1,27 @@
 /*
- * strip - find a MIME entity's bytes by its section path, without re-serializing.
+ * strip - cut MIME entities out of the raw message by the byte ranges the splitter
+ * recorded, without parsing the message again.
  *
- * Why not GMime: writing a parsed tree back re-folds headers and may re-encode parts, so
- * "every other byte identical" could not hold. Here the multipart structure is walked on
- * the raw bytes (RFC 2046 section 5.1.1): the headers of each level give the boundary,
- * the delimiter lines give the children. Anything ambiguous (two Content-Type fields, no
- * boundary, a path through a non-multipart) fails, and the router quarantines instead:
- * when in doubt, the message is not delivered.
+ * Why ranges and not a MIME walk of our own: a second parser that reads the message
+ * differently from the splitter's (GMime) is a bypass. An earlier version walked the
+ * multipart structure itself and split Content-Type parameters on every ';', also inside
+ * a quoted value: for `foo="z;boundary=Q"; boundary=X` it found a boundary GMime never
+ * saw, cut "part 2" inside the text part, and delivered the attachment GMime had found
+ * infected. Now the only reading is the splitter's: each leaf that is a child of a
+ * multipart carries, in the manifest, the range [entity_start, entity_end) of its
+ * headers and body in `message`, and the sha256 of those bytes (docs/MANIFEST.md).
+ *
+ * strip_apply trusts no range blindly: every range must lie inside the message, its bytes
+ * must hash to the recorded value (a message changed after the split, or a manifest that
+ * is not the message's, fails), and two different ranges must not overlap. Any failure
+ * returns -1 and the router quarantines the message: when in doubt, nothing is
+ * delivered. And what strip produces is a new message, split and scanned again before
+ * it is delivered (docs/INTERNALS.md, "Strip"), so a mistake here can only quarantine.
  */
+#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
+
+#include <nettle/sha2.h>
 
 #include "router.h"
 
@@ -19,166 +31,92 @@ const char *strip_eol(const char *msg, size_t len)
 	return nl && nl > msg && nl[-1] == '\r' ? "\r\n" : "\n";
 }
 
-/* End of the line that starts at i: the index after its '\n' (or e). */
-static size_t strip_line_next(const char *p, size_t i, size_t e)
+static int strip_cut_cmp(const void *a, const void *b)
 {
-	const char *nl = memchr(p + i, '\n', e - i);
-	return nl ? (size_t)(nl - p) + 1 : e;
+	const struct strip_cut *x = a, *y = b;
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	return x->end < y->end ? -1 : x->end > y->end;
 }
 
-static int strip_line_blank(const char *p, size_t i, size_t e)
+static void strip_sha_hex(const char *p, size_t n, char hex[65])
 {
-	return (i < e && p[i] == '\n') || (i + 1 < e && p[i] == '\r' && p[i + 1] == '\n');
-}
-
-/* The unfolded Content-Type value of the entity's headers [s, e) into ct. Returns the
- * body start; *n_ct counts Content-Type fields. */
-static size_t strip_headers(const char *p, size_t s, size_t e, struct buf *ct, int *n_ct)
-{
-	size_t i = s;
-	int in_ct = 0;
-	*n_ct = 0;
-	while (i < e) {
-		if (strip_line_blank(p, i, e))
-			return strip_line_next(p, i, e);
-		size_t nx = strip_line_next(p, i, e);
-		if (p[i] == ' ' || p[i] == '\t') {
-			if (in_ct)
-				for (size_t k = i; k < nx; k++)
-					if (p[k] != '\r' && p[k] != '\n')
-						buf_add(ct, p + k, 1);
-		} else {
-			in_ct = nx - i >= 13 && strncasecmp(p + i, "content-type:", 13) == 0;
-			if (in_ct) {
-				(*n_ct)++;
-				for (size_t k = i + 13; k < nx; k++)
-					if (p[k] != '\r' && p[k] != '\n')
-						buf_add(ct, p + k, 1);
-			}
-		}
-		i = nx;
+	struct sha256_ctx x;
+	uint8_t d[SHA256_DIGEST_SIZE];
+	sha256_init(&x);
+	sha256_update(&x, n, (const uint8_t *)p);
+	sha256_digest(&x, sizeof d, d);
+	for (size_t i = 0; i < sizeof d; i++) {
+		static const char hx[] = "0123456789abcdef";
+		hex[2 * i] = hx[d[i] >> 4];
+		hex[2 * i + 1] = hx[d[i] & 15];
 	}
-	return e; /* no blank line: headers only, empty body */
+	hex[64] = '\0';
 }
 
-/* The boundary parameter of a multipart Content-Type value into out; 0 or -1. */
-static int strip_boundary(const char *ct, struct buf *out)
+int strip_apply(const char *msg, size_t len, struct strip_cut *cuts, size_t n, struct buf *out,
+                struct buf *why)
 {
-	while (*ct == ' ' || *ct == '\t')
-		ct++;
-	if (strncasecmp(ct, "multipart/", 10) != 0)
+	if (n == 0) {
+		buf_addstr(why, "strip: no part to strip\n");
 		return -1;
-	const char *q = ct;
-	while ((q = strchr(q, ';')) != NULL) {
-		q++;
-		while (*q == ' ' || *q == '\t')
-			q++;
-		if (strncasecmp(q, "boundary", 8) != 0)
-			continue;
-		const char *v = q + 8;
-		while (*v == ' ' || *v == '\t')
-			v++;
-		if (*v != '=')
-			continue;
-		v++;
-		while (*v == ' ' || *v == '\t')
-			v++;
-		buf_reset(out);
-		if (*v == '"') {
-			for (v++; *v && *v != '"'; v++) {
-				if (*v == '\\' && v[1])
-					v++;
-				buf_add(out, v, 1);
-			}
-		} else {
-			while (*v && *v != ';' && *v != ' ' && *v != '\t')
-				buf_add(out, v++, 1);
+	}
+	for (size_t k = 0; k < n; k++) {
+		const struct strip_cut *c = &cuts[k];
+		char hex[65];
+		if (c->start >= c->end || c->end > len) {
+			buf_printf(
+			    why, "strip: part %u: range %llu-%llu is not inside the message\n",
+			    c->part, (unsigned long long)c->start, (unsigned long long)c->end);
+			return -1;
 		}
-		/* RFC 2046: 1 to 70 characters. */
-		return out->len >= 1 && out->len <= 70 ? 0 : -1;
-	}
-	return -1;
-}
-
-/* Is the line at i a delimiter for b? 1: delimiter, 2: close delimiter, 0: no. */
-static int strip_delim(const char *p, size_t i, size_t e, const struct buf *b)
-{
-	if (e - i < b->len + 2 || p[i] != '-' || p[i + 1] != '-' ||
-	    memcmp(p + i + 2, b->data, b->len) != 0)
-		return 0;
-	size_t k = i + 2 + b->len;
-	int close = 0;
-	if (e - k >= 2 && p[k] == '-' && p[k + 1] == '-') {
-		close = 1;
-		k += 2;
-	}
-	while (k < e && (p[k] == ' ' || p[k] == '\t'))
-		k++; /* transport padding */
-	if (k < e && p[k] != '\r' && p[k] != '\n')
-		return 0;
-	return close ? 2 : 1;
-}
-
-/* Child number want (1-based) of the multipart entity [s, e). */
-static int strip_child(const char *p, size_t s, size_t e, unsigned long want, size_t *cs,
-                       size_t *ce)
-{
-	struct buf ct, b;
-	int n_ct, rc = -1;
-	buf_init(&ct);
-	buf_init(&b);
-	size_t i = strip_headers(p, s, e, &ct, &n_ct);
-	if (n_ct != 1 || strip_boundary(buf_cstr(&ct), &b) < 0)
-		goto out;
-	unsigned long n = 0;
-	size_t open_at = 0;
-	for (; i < e; i = strip_line_next(p, i, e)) {
-		int d = strip_delim(p, i, e, &b);
-		if (d == 0)
-			continue;
-		if (n == want) {
-			/* The line break before the delimiter belongs to the delimiter. */
-			size_t end = i;
-			if (end > open_at && p[end - 1] == '\n')
-				end--;
-			if (end > open_at && p[end - 1] == '\r')
-				end--;
-			*cs = open_at;
-			*ce = end;
-			rc = 0;
-			goto out;
+		strip_sha_hex(msg + c->start, (size_t)(c->end - c->start), hex);
+		if (c->sha256 == NULL || strcmp(hex, c->sha256) != 0) {
+			buf_printf(why,
+			           "strip: part %u: the message bytes %llu-%llu are not the ones "
+			           "the splitter saw (sha256 differs)\n",
+			           c->part, (unsigned long long)c->start,
+			           (unsigned long long)c->end);
+			return -1;
 		}
-		if (d == 2)
-			break;
-		n++;
-		open_at = strip_line_next(p, i, e);
 	}
-out:
-	buf_free(&ct);
-	buf_free(&b);
-	return rc;
-}
-
-int strip_locate(const char *msg, size_t len, const char *path, size_t *start, size_t *end)
-{
-	size_t s = 0, e = len;
-	const char *c = path;
-	if (*c == '\0')
-		return -1;
-	while (*c) {
-		unsigned long k = 0;
-		if (*c < '1' || *c > '9')
+	qsort(cuts, n, sizeof *cuts, strip_cut_cmp);
+	const char *eol = strip_eol(msg, len);
+	size_t at = 0;
+	struct buf v, fn;
+	buf_init(&v);
+	buf_init(&fn);
+	for (size_t k = 0; k < n; k++) {
+		const struct strip_cut *c = &cuts[k];
+		if (k > 0 && c->start == cuts[k - 1].start && c->end == cuts[k - 1].end)
+			continue; /* one part named by two scanners */
+		if (c->start < at) {
+			buf_printf(why, "strip: parts %u and %u overlap\n", cuts[k - 1].part,
+			           c->part);
+			buf_free(&v);
+			buf_free(&fn);
 			return -1;
-		while (*c >= '0' && *c <= '9' && k < 100000)
-			k = k * 10 + (unsigned long)(*c++ - '0');
-		if (*c == '.')
-			c++;
-		else if (*c)
-			return -1;
-		if (strip_child(msg, s, e, k, &s, &e) < 0)
-			return -1;
+		}
+		buf_add(out, msg + at, (size_t)c->start - at);
+		buf_reset(&v);
+		buf_reset(&fn);
+		escape_bytes(&v, c->virus ? c->virus : "", c->virus ? strlen(c->virus) : 0, 200);
+		escape_bytes(&fn, c->filename ? c->filename : "",
+		             c->filename ? strlen(c->filename) : 0, 200);
+		/* The notice is a complete entity in place of the one cut out: the delimiter
+		 * before it and the line end before the next one stay as they were. */
+		buf_printf(
+		    out,
+		    "Content-Type: text/plain; charset=us-ascii%sContent-Transfer-Encoding: 7bit%s"
+		    "Content-Disposition: inline%s%s"
+		    "This part was removed by spoold because it contained a virus.%s"
+		    "Virus: %s%sOriginal file name: %s%s",
+		    eol, eol, eol, eol, eol, v.len ? buf_cstr(&v) : "-", eol,
+		    fn.len ? buf_cstr(&fn) : "(none)", eol);
+		at = (size_t)c->end;
 	}
-	*start = s;
-	*end = e;
+	buf_add(out, msg + at, len - at);
+	buf_free(&v);
+	buf_free(&fn);
 	return 0;
 }

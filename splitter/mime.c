@@ -74,6 +74,11 @@
 
 /* Longest run of a line and its continuation lines handed to GMime (see mime_prescan). */
 #define MIME_RUN_MAX (1024 * 1024)
+/* ...and of one that starts with "Content-": GMime's parameter list handling is
+ * quadratic in the number of parameters (a 300 KB Content-Type of "; pN=v" takes 5 s of
+ * CPU, 1 MiB a minute; fuzz_strip found it as a timeout). Real ones are a few KB, RFC
+ * 2231 continuations of a long file name included. */
+#define MIME_CONTENT_RUN_MAX (16 * 1024)
 
 #define MIME_OVER(what) "over limit (" what ")"
 /* Conflicting Content-Type / Content-Transfer-Encoding headers: at most this many other
@@ -125,6 +130,20 @@ struct mime_ctx {
 	 * mime_extract returns, after every GMime object made from them is gone. */
 	GMimeStream *mem;
 	int mem_fd;
+	/* Entity ranges for strip (docs/MANIFEST.md, entity_*): the message file, its bytes
+	 * when in memory, whether the tree being walked was parsed from that file as it is
+	 * (offsets are file offsets: not a decoded attachment, no inserted line end, no
+	 * other reading), the boundary of the multipart whose child is being walked, and
+	 * the range of the leaf about to be written. */
+	int msg_fd;
+	const unsigned char *msg_mem;
+	uint64_t msg_size;
+	int direct;
+	int reparsed;
+	const char *parent_bnd;
+	int ent_valid;
+	uint64_t ent_start, ent_end;
+	char ent_sha[65];
 };
 
 /* One part file being written. */
@@ -780,7 +799,18 @@ static int mime_leaf_enc(struct mime_ctx *c, GMimeObject *obj, const char *path,
 	    GMIME_IS_PART(obj) ? g_mime_part_get_filename(GMIME_PART(obj)) : NULL;
 	struct mime_out o;
 	struct mime_embed emb;
+	/* The entity range belongs to this leaf only, not to an embedded payload found in
+	 * it or to another reading of it: taken once, here. */
+	int ent = c->ent_valid;
+	c->ent_valid = 0;
 	int rc = mime_out_open(c, &o, path, FOUND_LEAF, type, charset, cte, filename);
+	if (rc == 0 && ent) {
+		struct manifest_part *mp = &c->m->parts[o.index - 1];
+		mp->has_entity = 1;
+		mp->entity_start = c->ent_start;
+		mp->entity_end = c->ent_end;
+		memcpy(mp->entity_sha256, c->ent_sha, sizeof mp->entity_sha256);
+	}
 	if (rc != 0) {
 		rc = rc < 0 ? -1 : 0;
 		goto out;
@@ -828,7 +858,8 @@ struct mime_scan {
  * stop (scan->cut, size if it never must):
  *  - so that GMime builds at most budget objects: each line that may start an object
  *    (a boundary-like "--" line, a line naming a message/ type) counts;
- *  - before a run of more than MIME_RUN_MAX bytes made of a line and the lines that
+ *  - before a run of more than MIME_RUN_MAX bytes (MIME_CONTENT_RUN_MAX if its first
+ *    line starts with "Content-") made of a line and the lines that
  *    continue it (starting with a space or a tab): GMime keeps a header field, folded or
  *    not, whole in memory (three copies), and no run of that size is mail (RFC 5322
  *    lines are at most 998 bytes).
@@ -863,9 +894,10 @@ static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_
                         struct sha256_ctx *sha, struct mime_scan *scan, unsigned char *chunk)
 {
 	uint64_t off = 0, objects = 0, line_start = 0, run_start = 0, run_len = 0;
-	size_t bol_len = 0;  /* bytes seen of the current line, up to 2 */
-	size_t tail_len = 0; /* the last bytes of the current line, up to 7 */
-	unsigned char bol[2], tail[7];
+	size_t bol_len = 0;   /* bytes seen of the current line, up to 2 */
+	size_t tail_len = 0;  /* the last bytes of the current line, up to 7 */
+	size_t rhead_len = 0; /* the first bytes of the current run, up to 8 */
+	unsigned char bol[2], tail[7], rhead[8];
 	int msg_seen = 0;
 	scan->cut = size;
 	scan->why = NULL;
@@ -897,10 +929,15 @@ static int mime_prescan(int fd, const unsigned char *mem, uint64_t size, uint64_
 				if (first != ' ' && first != '\t') {
 					run_start = line_start;
 					run_len = 0;
+					rhead_len = 0;
 				}
 			}
+			for (size_t k = i; rhead_len < sizeof rhead && k < e; k++)
+				rhead[rhead_len++] = buf[k];
 			run_len += len + (size_t)nl;
-			if (run_len > MIME_RUN_MAX) {
+			if (run_len > MIME_RUN_MAX ||
+			    (run_len > MIME_CONTENT_RUN_MAX && rhead_len == sizeof rhead &&
+			     g_ascii_strncasecmp((const char *)rhead, "content-", 8) == 0)) {
 				scan->cut = run_start;
 				scan->why = MIME_OVER("max_header_size");
 				break;
@@ -1042,6 +1079,7 @@ static int mime_parse(struct mime_ctx *c, int fd, uint64_t start, uint64_t end, 
 		g_object_unref(*msg);
 		*msg = again;
 		stop = stop2;
+		c->reparsed = 1; /* offsets are the cat stream's now, not the file's */
 	}
 	return pr;
 }
@@ -1234,10 +1272,15 @@ static int mime_source(struct mime_ctx *c, int fd, uint64_t start, uint64_t end,
 	GMimeMessage *msg = NULL;
 	c->njunk = 0;
 	c->collect = !c->in_alt;
+	c->reparsed = 0;
 	int pr = mime_parse(c, fd, start, end, &msg);
 	c->collect = 0;
 	if (pr != 0)
 		return pr;
+	/* Offsets in this tree are message file offsets only when it was parsed from the
+	 * message file itself, in one pass. */
+	int was_direct = c->direct;
+	c->direct = fd == c->msg_fd && !c->in_alt && !c->reparsed;
 	GMimeObject *body = g_mime_message_get_mime_part(msg);
 	if (body == NULL) {
 		g_object_unref(msg);
@@ -1248,6 +1291,7 @@ static int mime_source(struct mime_ctx *c, int fd, uint64_t start, uint64_t end,
 	size_t nj = c->njunk;
 	memcpy(junk, c->junk, nj * sizeof junk[0]);
 	int rc = mime_walk(c, body, path, 1, depth);
+	c->direct = was_direct;
 	if (rc == 0 && nj > 0 && !c->in_alt && !c->stop)
 		rc = mime_junk_reading(c, fd, start, end, junk, nj, path, depth);
 	g_object_unref(msg);
@@ -1972,6 +2016,128 @@ static int mime_split_long(struct mime_ctx *c, const char *body, const char *bou
 	return rc;
 }
 
+/* ---- entity ranges for strip ----------------------------------------------------- */
+
+/* n bytes of the message file at off into out (from memory when it is there). 0, or -1
+ * with errno (EIO for a short read: the file changed under us). */
+static int mime_msg_read(struct mime_ctx *c, uint64_t off, unsigned char *out, size_t n)
+{
+	if (off > c->msg_size || n > c->msg_size - off) {
+		errno = EIO;
+		return -1;
+	}
+	if (c->msg_mem) {
+		memcpy(out, c->msg_mem + off, n);
+		return 0;
+	}
+	ssize_t r = pread_full(c->msg_fd, out, n, (off_t)off);
+	if (r < 0)
+		return -1;
+	if ((size_t)r != n) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
+}
+
+/* Is line [p, p+n) (with its line end) the delimiter "--bnd" plus transport padding? */
+static int mime_entity_delim(const unsigned char *p, size_t n, const char *bnd)
+{
+	size_t bl = strlen(bnd);
+	if (n < bl + 3 || p[0] != '-' || p[1] != '-' || memcmp(p + 2, bnd, bl) != 0)
+		return 0;
+	size_t k = bl + 2;
+	while (k < n && (p[k] == ' ' || p[k] == '\t'))
+		k++;
+	if (k < n && p[k] == '\r')
+		k++;
+	return k + 1 == n && p[k] == '\n';
+}
+
+/* The MIME entity of the leaf obj, a child of the multipart with boundary bnd, as GMime
+ * delimited it: from its first header line (or the body, for a part without headers)
+ * to the end of its content, which GMime ends before the line end of the next
+ * delimiter. The range is kept (c->ent_*) only if the bytes around it are what RFC 2046
+ * puts there: a delimiter line of bnd right before it (for a part without headers, then
+ * one empty line), and a line end and "--" right after it (or the end of the file).
+ * (Lines GMime dropped before the first header are inside the range: it runs from the
+ * delimiter, so it holds every reading of the part.) Anything else - a line before the
+ * headers that is no delimiter, a content end GMime put elsewhere - leaves the leaf
+ * without a range, so strip quarantines instead of guessing.
+ * 0 (range set or not), or -1 on a read error (reason filled). */
+static int mime_entity(struct mime_ctx *c, GMimeObject *obj, const char *bnd)
+{
+	c->ent_valid = 0;
+	if (!GMIME_IS_PART(obj))
+		return 0;
+	GMimeDataWrapper *w = g_mime_part_get_content(GMIME_PART(obj));
+	GMimeStream *s = w ? g_mime_data_wrapper_get_stream(w) : NULL;
+	if (s == NULL || s->bound_start < 0 || s->bound_end < s->bound_start ||
+	    (uint64_t)s->bound_end > c->msg_size)
+		return 0;
+	uint64_t start = (uint64_t)s->bound_start, end = (uint64_t)s->bound_end;
+	GMimeHeaderList *hl = g_mime_object_get_header_list(obj);
+	int nh = hl ? g_mime_header_list_get_count(hl) : 0;
+	for (int i = 0; i < nh; i++) {
+		gint64 off = g_mime_header_get_offset(g_mime_header_list_get_header_at(hl, i));
+		if (off < 0 || (uint64_t)off >= (uint64_t)s->bound_start)
+			return 0;
+		if ((uint64_t)off < start)
+			start = (uint64_t)off;
+	}
+	/* The line before start: at most one delimiter (boundaries GMime matches are
+	 * shorter than MIME_LONG_BOUNDARY) plus padding, and maybe an empty line. */
+	unsigned char *w8 = c->chunk;
+	size_t want = start < 4096 ? (size_t)start : 4096;
+	if (mime_msg_read(c, start - want, w8, want) < 0)
+		return mime_fail(c, "read", "message");
+	size_t pos = want;
+	for (int round = 0; round < 2; round++) {
+		if (pos == 0 || w8[pos - 1] != '\n')
+			return 0;
+		size_t ls = pos - 1;
+		while (ls > 0 && w8[ls - 1] != '\n')
+			ls--;
+		if (ls == 0 && start > want)
+			return 0; /* the line may start before the window: too long anyway */
+		if (mime_entity_delim(w8 + ls, pos - ls, bnd))
+			break;
+		/* a part without headers starts with its empty line */
+		int blank = pos - ls == 1 || (pos - ls == 2 && w8[ls] == '\r');
+		if (round == 1 || nh > 0 || !blank)
+			return 0;
+		pos = ls;
+	}
+	start -= want - pos;
+	if (end < c->msg_size) {
+		unsigned char after[4];
+		size_t an = c->msg_size - end < 4 ? (size_t)(c->msg_size - end) : 4;
+		if (mime_msg_read(c, end, after, an) < 0)
+			return mime_fail(c, "read", "message");
+		int ok = (an >= 3 && after[0] == '\n' && after[1] == '-' && after[2] == '-') ||
+		         (an >= 4 && after[0] == '\r' && after[1] == '\n' && after[2] == '-' &&
+		          after[3] == '-');
+		if (!ok)
+			return 0;
+	}
+	if (start >= end)
+		return 0;
+	struct sha256_ctx sha;
+	sha256_init(&sha);
+	for (uint64_t at = start; at < end;) {
+		size_t n = end - at < MIME_CHUNK ? (size_t)(end - at) : MIME_CHUNK;
+		if (mime_msg_read(c, at, c->chunk, n) < 0)
+			return mime_fail(c, "read", "message");
+		sha256_update(&sha, n, c->chunk);
+		at += n;
+	}
+	mime_sha_hex(&sha, c->ent_sha);
+	c->ent_start = start;
+	c->ent_end = end;
+	c->ent_valid = 1;
+	return 0;
+}
+
 /* Visit obj, which sits at depth; is_body: obj is the body of a message whose section
  * path is path ("" for the top level). */
 static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int is_body,
@@ -1991,7 +2157,10 @@ static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int
 		int n = g_mime_multipart_get_count(mp), mine = 0;
 		mime_multipart_ambiguous(c, obj, bnd);
 		if (n == 0 && pro && bnd && strlen(bnd) > MIME_LONG_BOUNDARY) {
+			int was_direct = c->direct;
+			c->direct = 0; /* parsed from a copy of the preamble */
 			int r = mime_split_long(c, pro, bnd, path, depth);
+			c->direct = was_direct;
 			if (r <= 0)
 				return r;
 		}
@@ -2008,7 +2177,11 @@ static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int
 				manifest_add_unscannable(c->m, MIME_OVER("max_depth"));
 				return 0;
 			}
-			if (mime_walk(c, g_mime_multipart_get_part(mp, i), sub, 0, depth + 1) < 0)
+			const char *was_bnd = c->parent_bnd;
+			c->parent_bnd = bnd;
+			int wr = mime_walk(c, g_mime_multipart_get_part(mp, i), sub, 0, depth + 1);
+			c->parent_bnd = was_bnd;
+			if (wr < 0)
 				return -1;
 		}
 		const char *epi = c->only ? NULL : g_mime_multipart_get_epilogue(mp);
@@ -2022,6 +2195,8 @@ static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int
 			return -1;
 		return 0;
 	}
+	const char *bnd = c->parent_bnd;
+	c->parent_bnd = NULL; /* a grandchild's parent is set by its own multipart */
 	if (GMIME_IS_MESSAGE_PART(obj)) {
 		GMimeMessage *msg = g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj));
 		if (msg == NULL)
@@ -2046,8 +2221,13 @@ static int mime_walk(struct mime_ctx *c, GMimeObject *obj, const char *path, int
 		rc =
 		    mime_encoded_message(c, GMIME_PART(obj), path, leafpath, depth, MIME_ENC_GMIME);
 	} else {
+		if (!is_body && bnd && c->direct && !c->in_alt && !c->only &&
+		    mime_entity(c, obj, bnd) < 0)
+			return -1;
 		rc = mime_leaf(c, obj, leafpath);
-		/* the names and types other readers give this leaf */
+		c->ent_valid = 0;
+		/* the names and types other readers give this leaf (linked parts, no range of
+		 * their own: strip cannot cut them, so a flagged one quarantines) */
 		if (rc == 0 && !c->in_alt && !c->stop && c->m->n_parts > before &&
 		    c->m->parts[before].found == FOUND_LEAF)
 			rc = mime_other_names(c, obj, c->m->parts[before].index);
@@ -2119,6 +2299,7 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 	c.m = m;
 	c.reason = reason;
 	c.rlen = rlen;
+	c.msg_fd = msg_fd;
 	/* one slot stays for the raw part, so that all parts together stay within max_parts */
 	c.content_max = lim->max_parts;
 	if (lim->scan_raw && c.content_max > 0)
@@ -2133,6 +2314,7 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 		return 1;
 	}
 	uint64_t size = (uint64_t)st.st_size;
+	c.msg_size = size;
 	if (size == 0) {
 		snprintf(reason, rlen, "empty file");
 		return 1;
@@ -2173,6 +2355,7 @@ int mime_extract(int msg_fd, const char *msg_name, int dirfd, const struct mime_
 			goto out;
 		}
 		if ((uint64_t)r == size) {
+			c.msg_mem = whole->data;
 			c.mem = g_mime_stream_mem_new_with_byte_array(whole);
 			g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(c.mem), FALSE);
 			c.mem_fd = msg_fd;

@@ -76,5 +76,49 @@ for _stage, _point, _want in POINTS:
     test(make(_stage, _point, _want))
 
 
+# The strip commit (S4g): infected_action = "strip", an EICAR attachment. After the crash
+# and the reruns, exactly one derivative is delivered (its queue ID is the one the
+# original's trace names) and the original is in quarantine, byte for byte.
+STRIP_POINTS = ["route-strip-prepared", "route-strip-plan", "route-strip-handoff",
+                "moved-to-quarantine"]
+
+
+def run_strip_point(point):
+    crash_build()
+    p = Pipeline(router=dict(infected_action="strip"))
+    m = msgs.eicar_attachment()
+    p.drop("msg", m)
+    for s in ("splitter", "scanner-runner"):
+        r = p.stage(s)
+        assert r.returncode == 0, r.out[-1500:]
+    r = p.stage("router", env={"SPOOLD_CRASH_AT": point})
+    assert r.returncode == 99, "router did not reach crash point %s (exit %d): %s" % (
+        point, r.returncode, r.out[-1500:])
+    for _ in range(3):  # recovery, then the derivative's split, scan and route
+        for s in ("splitter", "scanner-runner", "router"):
+            r = p.stage(s)
+            assert r.returncode == 0, "%s exited %d: %s" % (s, r.returncode, r.out[-1500:])
+    q = p.entries("quarantine")
+    assert len(q) == 1, p.finals()
+    tr = p.read(os.path.join(p.spool, "quarantine", q[0]), "trace").decode()
+    d = tr.split("strip derivative=")[1].split()[0]
+    assert p.outbox() == [("smtp", d)], p.finals()
+    assert p.read(os.path.join(p.spool, "quarantine", q[0]), "message") == m
+    assert msgs.eicar() not in p.read(os.path.join(p.spool, "outbox", "smtp", d), "message")
+    assert p.in_flight() == 0, "orphans left in flight"
+    assert p.entries("trash") == [], "trash not emptied: %s" % p.entries("trash")
+
+
+def make_strip(point):
+    def fn():
+        run_strip_point(point)
+    fn.__name__ = "crash_router_strip_%s" % point.replace("-", "_")
+    return fn
+
+
+for _point in STRIP_POINTS:
+    test(make_strip(_point))
+
+
 if __name__ == "__main__":
     harness.main()

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""A short, bounded libFuzzer run of the MIME extractor (the long run is `make fuzz`),
-seeded from generated test messages and, where present, ../shared/corpus."""
+"""Short, bounded libFuzzer runs of the MIME extractor (fuzz_mime; the long run is
+`make fuzz`) and of the strip path (fuzz_strip: split, flag, cut, re-split; the long run
+is `make -f tests/fuzz/fuzz.mk run-strip`), seeded from generated test messages and,
+where present, ../shared/corpus."""
+import base64
 import os
 import shutil
 import sys
@@ -35,6 +38,47 @@ def fuzz_mime_short_run():
     secs = os.environ.get("FUZZ_SECONDS_CI", "30")
     os.makedirs(os.path.join(out, "work"))
     r = harness.run([os.path.join(out, "fuzz", "fuzz_mime"), os.path.join(out, "work")] + dirs +
+                    ["-max_total_time=" + secs, "-timeout=10", "-rss_limit_mb=2048",
+                     "-max_len=131072", "-artifact_prefix=" + out + "/"],
+                    timeout=int(secs) + 300, cwd=out)
+    crashes = [f for f in os.listdir(out) if f.startswith(("crash-", "leak-", "timeout-", "oom-"))]
+    assert r.returncode == 0 and not crashes, "fuzzer found %s: %s" % (crashes, r.out[-3000:])
+    assert "Done" in r.out, r.out[-2000:]
+
+
+@test(timeout=600)
+def fuzz_strip_short_run():
+    if "asan" not in (harness.BIN or ""):
+        harness.skip("runs once, with the ASan build")
+    if not shutil.which("clang"):
+        harness.skip("clang not installed")
+    out = harness.tmpdir("fuzz")
+    r = harness.run(["make", "-s", "-f", "tests/fuzz/fuzz.mk", "O=" + out, "build"],
+                    timeout=300, cwd=harness.ROOT)
+    assert r.returncode == 0, r.out[-3000:]
+    seeds = os.path.join(out, "seeds")
+    os.mkdir(seeds)
+    eicar64 = base64.b64encode(msgs.eicar())
+    # the issue 14 sample: a quoted ';' in a Content-Type parameter
+    quoted = (b'From: a@example.com\nTo: b@example.org\nMIME-Version: 1.0\n'
+              b'Content-Type: multipart/mixed; foo="z;boundary=Q"; boundary=X\n\n'
+              b'--X\nContent-Type: text/plain\n\nhello\n--Q"\n\ntext\n--Q"--\n'
+              b'--X\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64'
+              b'\n\n' + eicar64 + b'\n--X--\n')
+    samples = [quoted, msgs.clean(), msgs.eicar_attachment(), msgs.multipart(5),
+               msgs.nested_rfc822(), msgs.eicar_attachment(crlf=True), msgs.eicar_inline_text()]
+    # the first byte chooses parts to flag (bit i % 8 flags part i)
+    for i, m in enumerate(samples):
+        for sel in (0, 0x02, 0xff):
+            with open(os.path.join(seeds, "seed%d_%d" % (i, sel)), "wb") as f:
+                f.write(bytes([sel]) + m)
+    dirs = [seeds]
+    shared = os.path.join(harness.ROOT, "..", "shared", "corpus", "msgs")
+    if os.path.isdir(shared):
+        dirs.append(shared)
+    secs = os.environ.get("FUZZ_SECONDS_CI", "30")
+    os.makedirs(os.path.join(out, "work"))
+    r = harness.run([os.path.join(out, "fuzz", "fuzz_strip"), os.path.join(out, "work")] + dirs +
                     ["-max_total_time=" + secs, "-timeout=10", "-rss_limit_mb=2048",
                      "-max_len=131072", "-artifact_prefix=" + out + "/"],
                     timeout=int(secs) + 300, cwd=out)
