@@ -75,13 +75,15 @@ def strip_quoted_semicolon_boundary_does_not_deliver_the_virus():
         out = p.read(os.path.join(p.spool, "outbox", c, q), "message")
         assert eicar_b64() not in out, "the EICAR attachment was delivered in %s/%s" % (c, q)
     assert p.entries("quarantine") == [qid], p.finals()
-    d = derivative_of(p, qid)
-    assert p.outbox() == [("smtp", d)], (p.finals(), p.logtext()[-3000:])
-    out = p.read(os.path.join(p.spool, "outbox", "smtp", d), "message")
-    assert eicar_b64() not in out and msgs.eicar() not in out, out
-    # GMime's text part is kept byte for byte; the attachment became the notice.
-    assert b'hello\n--Q"\n\nnot a part to GMime\n--Q"\n\nstill text\n--Q"--\n' in out, out
-    assert b"Original file name: eicar.com" in out, out
+    # A boundary= inside another quoted parameter can be read two ways: the splitter
+    # marks the message unscannable (tests/t_differential.py), so it is quarantined
+    # whole and nothing is cut; that strip's ranges fall where GMime puts the parts of
+    # this message is tests/unit/test_strip.c's.
+    report = p.read(os.path.join(p.spool, "quarantine", qid), "report").decode()
+    manifest = p.read(os.path.join(p.spool, "quarantine", qid), "manifest").decode()
+    assert "unscannable ambiguous\\x20structure\\x20(conflicting\\x20boundary" in manifest, manifest
+    assert "not split whole (unscannable)" in report, report
+    assert p.outbox() == [], p.finals()
     assert p.in_flight() == 0
 
 
