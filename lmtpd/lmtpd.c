@@ -291,7 +291,7 @@ static void lmtpd_commit_all(void)
 		struct buf lb;
 		buf_init(&lb);
 		kv_addstr(&lb, "from", c->sess.env.sender);
-		buf_printf(&lb, " nrcpt=%zu size=%llu proto=%s", c->sess.env.n_rcpts,
+		buf_printf(&lb, " nrcpt=%zu size=%llu via=%s", c->sess.env.n_rcpts,
 		           (unsigned long long)c->sess.data_size, c->sess.lmtp ? "lmtp" : "smtp");
 		if (c->sess.xforward.len)
 			buf_add(&lb, c->sess.xforward.data, c->sess.xforward.len);
