@@ -300,7 +300,7 @@ static void lmtpd_commit_all(void)
 		metrics_inc("spoold_lmtp_messages_total", NULL, 1);
 		smtp_commit_done(&c->sess, NULL, c->qid);
 	}
-	(void)n;
+	log_debug(NULL, "group commit: %d messages, one syncfs, %d renames", n, renamed);
 }
 
 /* A killed lmtpd left its unfinished queue files in tmp/: none was acknowledged (the

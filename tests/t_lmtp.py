@@ -422,14 +422,23 @@ def concurrent_sessions_share_commits():
         lhlo(c)
         c.send(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n")
         assert [c.code() for _ in range(3)] == [250, 250, 354]
-    # Everything but the final dot, then every dot at once: one turn of the loop commits
-    # the messages that ended together.
+    # Everything but the final dot; then, with lmtpd stopped, every dot: once it runs
+    # again one turn of its loop sees all eight ends, and commits them with one sync.
     for i, c in enumerate(clients):
         c.send(data_lines(msgs.clean(subject="c%d" % i))[:-3])
-    time.sleep(0.3)
-    for c in clients:
-        c.send(b".\r\n")
+    time.sleep(0.5)
+    pid = _lmtpd_pid(p)
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for c in clients:
+            c.send(b".\r\n")
+        time.sleep(0.2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     qids = [queued_qid(c.line()) for c in clients]
+    wait_for(lambda: "group commit: 8 messages, one syncfs, 8 renames" in p.logtext(),
+             timeout=10, what="one group commit of the 8 messages:\n" + p.logtext()[-2000:])
     assert len(set(qids)) == 8, qids
     done = p.wait_final(8)
     assert sorted(f[1] for f in done) == sorted(qids)
