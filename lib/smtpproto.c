@@ -408,8 +408,14 @@ static void smtp_data_line(struct smtp_sess *s, const char *line, size_t len, in
 			s->ops->data_end(s->ctx);
 		return;
 	}
-	if (s->data_fail)
-		return; /* the message already failed: read on to its end, store nothing */
+	if (s->data_fail) {
+		/* The message already failed: read on to its end, store nothing - but not for
+		 * ever: past twice SIZE the client is not sending mail. */
+		s->data_size += len;
+		if (s->data_size > 2 * s->max_size + SMTP_DISCARD_SLACK)
+			smtp_close_with(s, "421 4.3.4 Too much data after an error; closing");
+		return;
+	}
 	if (bad == 2) {
 		s->data_fail = "500 5.5.2 Message line longer than 1000 bytes";
 		return;
@@ -462,6 +468,11 @@ size_t smtp_input(struct smtp_sess *s, const char *p, size_t n)
 			s->over += take - keep;
 		}
 		i += take;
+		/* An endless command line is not a client: bounded work. */
+		if (s->state != SMTP_S_DATA && s->over > SMTP_DISCARD_SLACK) {
+			smtp_close_with(s, "421 4.7.0 Command line far too long; closing");
+			break;
+		}
 		if (nl == NULL)
 			break;
 		int crlf = before == '\r';

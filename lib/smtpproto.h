@@ -22,7 +22,9 @@
  *     BODY=7BIT|8BITMIME only, RCPT none (555 5.5.4).
  *   - The message is stored with LF line ends (as Postfix's pipe(8) hands it to
  *     spoolctl inject), dot-unstuffed; a message over max_size fails with 552 5.3.4.
- *   - After SMTP_MAX_ERRORS bad commands the session is closed with 421.
+ *   - After SMTP_MAX_ERRORS bad commands the session is closed with 421, and so is one
+ *     that sends a command line over SMTP_DISCARD_SLACK bytes, or, after its message
+ *     failed, more than twice max_size plus SMTP_DISCARD_SLACK before the final dot.
  *
  * Memory and work per session are bounded: one line buffer, the envelope (max_rcpts), the
  * XFORWARD text (SMTP_XFWD_MAX); the caller bounds `out` by not feeding input while it is
@@ -45,6 +47,7 @@
 #define SMTP_XFWD_MAX      1024
 #define SMTP_MAX_ERRORS    20
 #define SMTP_OUT_HIGH      65536
+#define SMTP_DISCARD_SLACK (1u << 20)
 
 enum smtp_state {
 	SMTP_S_GREETED, /* no LHLO/EHLO/HELO yet */

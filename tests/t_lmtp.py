@@ -4,6 +4,7 @@ Unix socket (and loopback TCP), under a real spoold with real ClamAV behind it."
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -73,13 +74,13 @@ def data_lines(msg):
     return b"\r\n".join(out) + b"\r\n.\r\n"
 
 
-def lmtp_pipeline(start=True, **lmtp):
+def lmtp_pipeline(start=True, spool=None, **lmtp):
     conf = dict(enabled=True, timeout=30)
     conf.update(lmtp)
     body = "".join("\t%s = %s;\n" % (k, ('"%s"' % v) if isinstance(v, str) else
                                      ("true" if v is True else "false" if v is False else v))
                    for k, v in conf.items())
-    p = Pipeline(extra="lmtp = {\n%s};\n" % body)
+    p = Pipeline(extra="lmtp = {\n%s};\n" % body, spool=spool)
     p.sock = os.path.join(p.spool, "run", "lmtp")
     if start:
         p.start()
@@ -224,6 +225,24 @@ def size_over_the_limit_is_refused():
 
 
 @test
+def recipient_cap_gives_452_and_lmtp_answers_only_the_accepted():
+    p = lmtp_pipeline(max_recipients=2)
+    c = connect(p)
+    lhlo(c)
+    c.send(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.org>\r\n"
+           b"RCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n" +
+           data_lines(msgs.clean()) + b"NOOP\r\n")
+    replies = [c.reply() for _ in range(5)]
+    assert [r[0] for r in replies] == [250, 250, 250, 452, 354], replies
+    assert "4.5.3" in replies[3][1][0], replies[3]
+    qids = {queued_qid(c.line()) for _ in range(2)}
+    assert c.line().startswith("250 2.0.0 Ok") and len(qids) == 1, "not 2 final replies"
+    done = p.wait_final(1)
+    env = p.read(done[0][2], "envelope").decode()
+    assert env == "Ss@example.com\nRa@example.org\nRb@example.org\nE\n", env
+
+
+@test
 def bad_addresses_get_5xx():
     p = lmtp_pipeline()
     c = connect(p)
@@ -281,6 +300,14 @@ def long_lines_are_refused():
     qid = queued_qid(c.line())
     done = p.wait_final(1)
     assert [f[1] for f in done] == [qid], done
+    # A command line without end is not read for ever.
+    c2 = connect(p)
+    try:
+        c2.send(b"NOOP " + b"x" * (2 << 20))
+    except OSError:
+        pass  # closed while we were still sending: that is the point
+    code, lines = c2.reply()
+    assert code == 421 and "too long" in lines[0], lines
 
 
 @test
@@ -442,6 +469,36 @@ def concurrent_sessions_share_commits():
     assert len(set(qids)) == 8, qids
     done = p.wait_final(8)
     assert sorted(f[1] for f in done) == sorted(qids)
+
+
+@test(timeout=300)
+def full_spool_answers_452_and_recovers():
+    if os.geteuid() != 0:
+        harness.skip("needs root to mount a small tmpfs")
+    small = harness.tmpdir("small")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", small],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        harness.skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
+    harness.cleanup(lambda: subprocess.run(["umount", "-l", small]))
+    p = lmtp_pipeline(spool=os.path.join(small, "spool"))
+    # Leave 5 MB: below lmtpd's reserve (twice the stages' 4 MB).
+    st = os.statvfs(small)
+    filler = os.path.join(small, "filler")
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - (5 << 20)))
+    c = connect(p)
+    lhlo(c)
+    c.send("MAIL FROM:<s@example.com>\r\n")
+    code, lines = c.reply()
+    assert code == 452 and "4.3.1" in lines[0], lines
+    os.unlink(filler)
+    c.send(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n" +
+           data_lines(msgs.clean()))
+    assert [c.code() for _ in range(3)] == [250, 250, 354]
+    qid = queued_qid(c.line())
+    p.wait_final(1)
+    assert locate(p, qid) == ["outbox/smtp"], locate(p, qid)
 
 
 if __name__ == "__main__":
