@@ -592,6 +592,10 @@ int main(int argc, char **argv)
 			pconn[np++] = c;
 			if (c->deadline - now < wait)
 				wait = c->deadline - now < 0 ? 0 : c->deadline - now;
+			/* A message that ended in input fed after the last commit: commit it now,
+			 * not after the next event. */
+			if (c->commit_pending)
+				wait = 0;
 		}
 		int r = poll(pfd, np, (int)wait);
 		if (r < 0 && errno != EINTR)

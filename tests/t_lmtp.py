@@ -161,6 +161,27 @@ def pipelined_lmtp_gives_one_reply_per_recipient_and_mail_flows_to_the_outbox():
 
 
 @test
+def two_messages_in_one_write_are_both_committed_at_once():
+    """The second message ends in input held back during the first one's commit: it must
+    be committed in the next turn of the loop, not after the next event (1 s later)."""
+    p = lmtp_pipeline()
+    c = connect(p)
+    lhlo(c)
+    one = b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
+    t0 = time.time()
+    c.send(one + data_lines(msgs.clean(subject="first")) +
+           one + data_lines(msgs.clean(subject="second")))
+    codes = [c.code() for _ in range(3)]
+    first = queued_qid(c.line())
+    codes += [c.code() for _ in range(3)]
+    second = queued_qid(c.line())
+    took = time.time() - t0
+    assert codes == [250, 250, 354] * 2 and first != second, codes
+    assert took < 0.7, "two pipelined messages took %.2f s" % took
+    assert len(p.wait_final(2)) == 2
+
+
+@test
 def eicar_through_lmtp_is_quarantined():
     p = lmtp_pipeline()
     c = connect(p)
