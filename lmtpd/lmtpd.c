@@ -9,7 +9,8 @@
  * is the I/O and the commit.
  *
  * Each message becomes a queue file exactly as `spoolctl inject` writes one (docs/
- * INTERNALS.md "Queue file format"): tmp/<qid>.lmtp, renamed into inbound/<qid>, so the
+ * INTERNALS.md "Queue file format"; lib/queuefile.c): tmp/<qid>.lmtp, renamed into
+ * inbound/<qid>, so the
  * splitter keeps the queue ID the client was told. The reply that accepts a message (one
  * per recipient for LMTP) is sent only once the file's data and its name in inbound/ are
  * durable. Sessions that end their DATA in the same turn of the loop share one commit:
@@ -40,7 +41,6 @@
  * restarts it); 78 on a bad config.
  */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -58,6 +58,7 @@
 #include "envelope.h"
 #include "log.h"
 #include "metrics.h"
+#include "queuefile.h"
 #include "smtpproto.h"
 #include "spool.h"
 #include "stage.h"
@@ -75,11 +76,9 @@ struct lmtpd_conn {
 	size_t in_len;
 	size_t out_off;   /* bytes of sess.out already sent */
 	int64_t deadline; /* monotonic ms */
-	int tmp_fd;       /* the queue file being written, or -1 */
-	char qid[SPOOL_QID_LEN + 1];
-	char tmpname[SPOOL_QID_LEN + sizeof LMTPD_TMP_SUFF];
+	struct queuefile qf;
+	int qf_open;        /* qf is being written (DATA) or waits for its commit */
 	struct buf wbuf;    /* message bytes not yet written */
-	int werr;           /* errno of the first failed write, 0 if none */
 	int commit_pending; /* DATA ended: commit in this turn of the loop */
 	struct lmtpd_conn *next;
 };
@@ -121,27 +120,20 @@ static void lmtpd_signals(void)
 
 static void lmtpd_tmp_discard(struct lmtpd_conn *c)
 {
-	if (c->tmp_fd >= 0) {
-		close(c->tmp_fd);
-		c->tmp_fd = -1;
-		if (unlinkat(lmtpd_spool.fd[SD_TMP], c->tmpname, 0) < 0 && errno != ENOENT)
-			log_warn(c->qid, "cannot remove %s/tmp/%s: %s", lmtpd_spool.root,
-			         c->tmpname, strerror(errno));
-	}
+	if (c->qf_open)
+		queuefile_discard(&lmtpd_spool, &c->qf);
+	c->qf_open = 0;
 	buf_reset(&c->wbuf);
-	c->werr = 0;
 	c->commit_pending = 0;
 }
 
 static void lmtpd_wbuf_flush(struct lmtpd_conn *c)
 {
-	if (c->wbuf.len == 0 || c->tmp_fd < 0)
+	if (c->wbuf.len == 0 || !c->qf_open)
 		return;
-	if (c->werr == 0 && write_all(c->tmp_fd, c->wbuf.data, c->wbuf.len) < 0) {
-		c->werr = errno ? errno : EIO;
-		log_warn(c->qid, "cannot write %s/tmp/%s: %s", lmtpd_spool.root, c->tmpname,
-		         strerror(c->werr));
-	}
+	if (c->qf.err == 0 && queuefile_write(&c->qf, c->wbuf.data, c->wbuf.len) < 0)
+		log_warn(c->qf.qid, "cannot write %s/tmp/%s: %s", lmtpd_spool.root, c->qf.tmpname,
+		         strerror(c->qf.err));
 	buf_reset(&c->wbuf);
 }
 
@@ -161,19 +153,13 @@ static const char *lmtpd_op_mail(void *ctx, uint64_t size)
 static int lmtpd_op_data_begin(void *ctx)
 {
 	struct lmtpd_conn *c = ctx;
-	spool_qid_new(c->qid);
-	snprintf(c->tmpname, sizeof c->tmpname, "%s%s", c->qid, LMTPD_TMP_SUFF);
-	c->tmp_fd = openat(lmtpd_spool.fd[SD_TMP], c->tmpname,
-	                   O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (c->tmp_fd < 0) {
-		log_warn(c->qid, "cannot create %s/tmp/%s: %s", lmtpd_spool.root, c->tmpname,
+	buf_reset(&c->wbuf);
+	if (queuefile_create(&lmtpd_spool, LMTPD_TMP_SUFF, &c->sess.env, &c->qf) < 0) {
+		log_warn(c->qf.qid, "cannot create a queue file in %s/tmp: %s", lmtpd_spool.root,
 		         strerror(errno));
 		return -1;
 	}
-	c->werr = 0;
-	buf_reset(&c->wbuf);
-	buf_addstr(&c->wbuf, QUEUE_FILE_MAGIC);
-	envelope_format(&c->sess.env, &c->wbuf);
+	c->qf_open = 1;
 	return 0;
 }
 
@@ -212,76 +198,39 @@ static const char *lmtpd_fail_reply(int err)
 	return "451 4.3.0 Cannot queue the message now; try again later";
 }
 
-static void lmtpd_commit_fail(struct lmtpd_conn *c, int err)
-{
-	lmtpd_tmp_discard(c);
-	/* Closed already by the commit: the file is still in tmp/ unless renamed. */
-	if (unlinkat(lmtpd_spool.fd[SD_TMP], c->tmpname, 0) < 0 && errno != ENOENT)
-		log_warn(c->qid, "cannot remove %s/tmp/%s: %s", lmtpd_spool.root, c->tmpname,
-		         strerror(errno));
-	smtp_commit_done(&c->sess, lmtpd_fail_reply(err), NULL);
-}
-
 /*
- * The group commit: every session whose DATA ended in this turn. One syncfs makes every
- * queue file's data durable at once; then each is renamed into inbound/ (the splitter
- * may claim it at once: its data is on disk), and one fsync of inbound/ (and of tmp/
- * where renames are not journaled as one) makes the names durable. Only then are the
- * replies queued. The same order as spoolctl inject, with the syncs shared.
+ * The group commit: every session whose DATA ended in this turn of the loop, committed
+ * as one batch by queuefile_commit (one syncfs, the renames into inbound/, one fsync of
+ * inbound/). Only then are the replies queued: "accepted" means durable. A batch is
+ * bounded; sessions beyond it stay pending and go in the next turn (poll does not wait
+ * while one is pending).
  */
 static void lmtpd_commit_all(void)
 {
-	int n = 0;
-	for (struct lmtpd_conn *c = lmtpd_conns; c; c = c->next)
+	struct lmtpd_conn *batch[256];
+	struct queuefile *qfs[256];
+	size_t n = 0;
+	for (struct lmtpd_conn *c = lmtpd_conns; c && n < ARRAY_LEN(batch); c = c->next)
 		if (c->commit_pending) {
-			if (c->werr == 0 && close(c->tmp_fd) < 0)
-				c->werr = errno;
-			else if (c->werr != 0)
-				close(c->tmp_fd);
-			c->tmp_fd = -1;
-			n++;
+			batch[n] = c;
+			qfs[n++] = &c->qf;
 		}
 	if (n == 0)
 		return;
-	int serr = 0;
-	/* The data of every file, and the envelope in it, before any name appears in
-	 * inbound/: the splitter may act on a name the moment it is there. */
-	if (syncfs(lmtpd_spool.fd[SD_TMP]) < 0) {
-		serr = errno;
-		log_error(NULL, "cannot sync the spool %s: %s", lmtpd_spool.root, strerror(serr));
-	}
-	int renamed = 0;
-	for (struct lmtpd_conn *c = lmtpd_conns; c; c = c->next) {
-		if (!c->commit_pending)
-			continue;
-		if (c->werr == 0 && serr != 0)
-			c->werr = serr;
-		if (c->werr == 0 && renameat(lmtpd_spool.fd[SD_TMP], c->tmpname,
-		                             lmtpd_spool.fd[SD_INBOUND], c->qid) < 0) {
-			c->werr = errno;
-			log_error(c->qid, "cannot rename %s/tmp/%s into inbound/: %s",
-			          lmtpd_spool.root, c->tmpname, strerror(c->werr));
-		}
-		if (c->werr == 0)
-			renamed++;
-	}
-	/* The names must be durable before we say "accepted": the client deletes its copy. If
-	 * this fails the files are in inbound/ anyway and will be delivered; answering 4xx
-	 * then risks a duplicate, never a loss. */
 	int derr = 0;
-	if (renamed && (fsync_dir(lmtpd_spool.fd[SD_INBOUND]) < 0 ||
-	                (!lmtpd_spool.rename_journaled && fsync_dir(lmtpd_spool.fd[SD_TMP]) < 0))) {
+	if (queuefile_commit(&lmtpd_spool, qfs, n) < 0) {
 		derr = errno;
 		log_error(NULL, "cannot fsync %s/inbound: %s", lmtpd_spool.root, strerror(derr));
 	}
-	for (struct lmtpd_conn *c = lmtpd_conns; c; c = c->next) {
-		if (!c->commit_pending)
-			continue;
+	int ok = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct lmtpd_conn *c = batch[i];
 		c->commit_pending = 0;
-		if (c->werr != 0) {
-			log_warn(c->qid, "message not queued (%s): answered temporary failure",
-			         strerror(c->werr));
-			lmtpd_commit_fail(c, c->werr);
+		c->qf_open = 0;
+		if (c->qf.err != 0) {
+			log_warn(c->qf.qid, "message not queued (%s): answered temporary failure",
+			         strerror(c->qf.err));
+			smtp_commit_done(&c->sess, lmtpd_fail_reply(c->qf.err), NULL);
 			continue;
 		}
 		if (derr != 0) {
@@ -295,40 +244,25 @@ static void lmtpd_commit_all(void)
 		           (unsigned long long)c->sess.data_size, c->sess.lmtp ? "lmtp" : "smtp");
 		if (c->sess.xforward.len)
 			buf_add(&lb, c->sess.xforward.data, c->sess.xforward.len);
-		log_info(c->qid, "queued%s", buf_cstr(&lb));
+		log_info(c->qf.qid, "queued%s", buf_cstr(&lb));
 		buf_free(&lb);
 		metrics_inc("spoold_lmtp_messages_total", NULL, 1);
-		smtp_commit_done(&c->sess, NULL, c->qid);
+		smtp_commit_done(&c->sess, NULL, c->qf.qid);
+		ok++;
 	}
-	log_debug(NULL, "group commit: %d messages, one syncfs, %d renames", n, renamed);
+	log_debug(NULL, "group commit: %zu messages, one syncfs, %d accepted", n, ok);
 }
 
 /* A killed lmtpd left its unfinished queue files in tmp/: none was acknowledged (the
  * reply follows the rename), so the client still has every one of them. */
 static void lmtpd_recover(void)
 {
-	int fd = dup(lmtpd_spool.fd[SD_TMP]);
-	if (fd < 0)
-		die_temp(NULL, "cannot dup %s/tmp: %s", lmtpd_spool.root, strerror(errno));
-	DIR *d = fdopendir(fd);
-	if (d == NULL) {
-		close(fd);
+	int n = queuefile_recover(&lmtpd_spool, LMTPD_TMP_SUFF);
+	if (n < 0)
 		die_temp(NULL, "cannot list %s/tmp: %s", lmtpd_spool.root, strerror(errno));
-	}
-	struct dirent *de;
-	size_t sl = strlen(LMTPD_TMP_SUFF);
-	while ((de = readdir(d)) != NULL) {
-		size_t n = strlen(de->d_name);
-		if (n <= sl || strcmp(de->d_name + n - sl, LMTPD_TMP_SUFF) != 0)
-			continue;
-		if (unlinkat(lmtpd_spool.fd[SD_TMP], de->d_name, 0) < 0)
-			log_warn(NULL, "cannot remove %s/tmp/%s: %s", lmtpd_spool.root, de->d_name,
-			         strerror(errno));
-		else
-			log_info(NULL, "removed unacknowledged %s/tmp/%s", lmtpd_spool.root,
-			         de->d_name);
-	}
-	closedir(d);
+	if (n > 0)
+		log_info(NULL, "removed %d unacknowledged queue files (*%s) from %s/tmp", n,
+		         LMTPD_TMP_SUFF, lmtpd_spool.root);
 }
 
 /* ---- listeners --------------------------------------------------------------------- */
@@ -483,7 +417,6 @@ static void lmtpd_accept(int lfd)
 		}
 		struct lmtpd_conn *c = xcalloc(1, sizeof *c);
 		c->fd = fd;
-		c->tmp_fd = -1;
 		buf_init(&c->wbuf);
 		smtp_sess_init(&c->sess, &lmtpd_ops, c, lmtpd_host,
 		               lmtpd_conf->lmtp.max_message_size, lmtpd_conf->lmtp.max_recipients);

@@ -485,7 +485,7 @@ def concurrent_sessions_share_commits():
     finally:
         os.kill(pid, signal.SIGCONT)
     qids = [queued_qid(c.line()) for c in clients]
-    wait_for(lambda: "group commit: 8 messages, one syncfs, 8 renames" in p.logtext(),
+    wait_for(lambda: "group commit: 8 messages, one syncfs, 8 accepted" in p.logtext(),
              timeout=10, what="one group commit of the 8 messages:\n" + p.logtext()[-2000:])
     assert len(set(qids)) == 8, qids
     done = p.wait_final(8)
