@@ -522,5 +522,29 @@ def full_spool_answers_452_and_recovers():
     assert locate(p, qid) == ["outbox/smtp"], locate(p, qid)
 
 
+@test
+def spoold_starts_and_stops_lmtpd_with_the_config():
+    p = lmtp_pipeline(start=False, enabled=False)
+    p.start()
+    time.sleep(1)
+    assert not os.path.exists(p.sock), "lmtpd runs while lmtp.enabled is false"
+    assert not [s for s in p.status_file() if s["name"] == "lmtpd"], p.status_file()
+    with open(p.conf) as f:
+        text = f.read()
+    with open(p.conf, "w") as f:
+        f.write(text.replace("enabled = false;", "enabled = true;"))
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: os.path.exists(p.sock) and _lmtpd_pid(p), timeout=20,
+             what="spoold to start lmtpd after SIGHUP:\n" + p.logtext()[-2000:])
+    c = connect(p)
+    lhlo(c)
+    c.close()
+    with open(p.conf, "w") as f:
+        f.write(text)
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: not os.path.exists(p.sock), timeout=20,
+             what="lmtpd to stop and remove its socket:\n" + p.logtext()[-2000:])
+
+
 if __name__ == "__main__":
     harness.main()
