@@ -10,11 +10,11 @@
  *
  * Each message becomes a queue file exactly as `spoolctl inject` writes one (docs/
  * INTERNALS.md "Queue file format"; lib/queuefile.c): tmp/<qid>.lmtp, renamed into
- * inbound/<qid>, so the
- * splitter keeps the queue ID the client was told. The reply that accepts a message (one
- * per recipient for LMTP) is sent only once the file's data and its name in inbound/ are
- * durable. Sessions that end their DATA in the same turn of the loop share one commit:
- * one syncfs(2) for all their data, their renames, one fsync of inbound/ (group commit).
+ * inbound/<qid>, so the splitter keeps the queue ID the client was told. The reply that
+ * accepts a message (one per recipient for LMTP) is sent only once the file's data and
+ * its name in inbound/ are durable. Sessions that end their DATA in the same turn of the loop share
+ * one commit: one syncfs(2) for all their data, their renames, one fsync of inbound/ (group
+ * commit).
  *
  * Why one process with poll(2): a session is a few kilobytes of state and a line at a
  * time of work, so non-blocking I/O serves hundreds of clients without a process each;
