@@ -31,7 +31,9 @@
  *
  * Start-up: queue files a killed lmtpd left in tmp/ (*.lmtp) were never acknowledged,
  * so they are removed. Then readiness for spoold (lib/stage.c). SIGTERM: answer every
- * session 421, drop unfinished messages, exit 0.
+ * session 421, drop unfinished messages, exit 0. The loop is not stage_main's, which
+ * waits on inotify for names in a directory; lmtpd waits on sockets. It keeps the
+ * stages' conventions: readiness, SIGTERM/SIGUSR1/SIGUSR2, $SPOOLD_PAUSED, metrics.
  *
  * XFORWARD attributes (the original client, from Postfix) are logged with the queue ID
  * on the "queued" line; the trace file is begun by the splitter, which the queue-file
