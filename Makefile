@@ -41,7 +41,7 @@ PREFIX  ?= /usr/local
 VERSION := $(shell cat VERSION)$(shell git describe --always --dirty --abbrev=12 2>/dev/null | sed 's/^/+g/')
 DESTDIR ?=
 
-PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir
+PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir lmtpd
 LIB_SRC   = $(wildcard lib/*.c)
 splitter_SRC       = $(wildcard splitter/*.c)
 scanner-runner_SRC = $(wildcard scanner-runner/*.c)
@@ -50,6 +50,7 @@ spoold_SRC         = $(wildcard spoold/*.c)
 spoolctl_SRC       = $(wildcard spoolctl/*.c)
 connector-smtp_SRC = $(wildcard connector-smtp/*.c)
 connector-maildir_SRC = $(wildcard connector-maildir/*.c)
+lmtpd_SRC          = $(wildcard lmtpd/*.c)
 connector-smtp_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
@@ -155,7 +156,7 @@ install: all
 	install -m 0755 bin/spoold $(DESTDIR)$(PREFIX)/sbin/spoold
 	install -m 0755 bin/spoolctl $(DESTDIR)$(PREFIX)/bin/spoolctl
 	install -m 0755 bin/splitter bin/scanner-runner bin/router bin/connector-smtp \
-	    bin/connector-maildir $(DESTDIR)$(PREFIX)/libexec/spoold/
+	    bin/connector-maildir bin/lmtpd $(DESTDIR)$(PREFIX)/libexec/spoold/
 	install -d -m 0755 $(DESTDIR)/etc/spoold
 	install -m 0644 conf/production/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.dist
 	test -e $(DESTDIR)/etc/spoold/spoold.conf || \
@@ -218,7 +219,7 @@ uninstall:
 	@echo "make uninstall: kept /etc/spoold/spoold.conf and /var/spool/spoold (mail); remove them by hand"
 
 FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \
-               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] lmtpd/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 check-format:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 

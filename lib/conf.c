@@ -517,6 +517,59 @@ static void conf_scanner_free(struct conf_scanner *sc)
 	free(sc->workdir);
 }
 
+/* The lmtp group: lmtpd's listeners and bounds. Kept apart from conf_parse so that the
+ * intake's keys stay in one place. */
+static void conf_parse_lmtp(struct conf_ctx *cx, const config_setting_t *root, struct conf *c)
+{
+	static const char *const lmtp_keys[] = {
+	    "enabled",        "socket",           "socket_mode", "listen_tcp", "max_connections",
+	    "max_recipients", "max_message_size", "timeout",     NULL};
+	struct conf_lmtp *l = &c->lmtp;
+	l->enabled = 0;
+	l->socket_mode = 0660;
+	l->max_connections = 50;
+	l->max_recipients = 1000;
+	l->max_message_size = c->splitter.max_message_size;
+	l->timeout = 300;
+	const char *sock = NULL, *tcp = NULL;
+	const config_setting_t *g = conf_get(root, "lmtp");
+	if (g) {
+		conf_check_keys(cx, g, "lmtp", lmtp_keys);
+		conf_bool(cx, g, "enabled", &l->enabled);
+		sock = conf_str(cx, g, "socket", 0);
+		/* A string: libconfig has no octal numbers. */
+		const char *sm = conf_str(cx, g, "socket_mode", 0);
+		if (sm) {
+			char *end;
+			long v = strtol(sm, &end, 8);
+			if (sm[0] < '0' || sm[0] > '7' || *end != '\0' || v < 0 || v > 0777)
+				conf_fail(
+				    cx, conf_get(g, "socket_mode"),
+				    "socket_mode '%s' must be octal permission bits, e.g. \"0660\"",
+				    sm);
+			else
+				l->socket_mode = (int)v;
+		}
+		tcp = conf_str(cx, g, "listen_tcp", 0);
+		conf_int(cx, g, "max_connections", &l->max_connections, 1, 10000);
+		int mr = (int)l->max_recipients;
+		conf_int(cx, g, "max_recipients", &mr, 1, ENV_RCPT_MAX);
+		l->max_recipients = (size_t)mr;
+		conf_u64(cx, g, "max_message_size", &l->max_message_size, 1);
+		conf_int(cx, g, "timeout", &l->timeout, 1, 3600);
+	}
+	l->socket =
+	    sock && sock[0] ? conf_path_resolve(cx, sock) : xasprintf("%s/run/lmtp", c->spool_dir);
+	/* TCP only on loopback: the intake trusts whoever connects as much as whoever can
+	 * write into inbound/, so it must never face the network. */
+	if (tcp && tcp[0] && strncmp(tcp, "127.0.0.1:", 10) != 0 && strncmp(tcp, "[::1]:", 6) != 0)
+		conf_fail(cx, conf_get(g, "listen_tcp"),
+		          "listen_tcp '%s' must be \"127.0.0.1:PORT\" or \"[::1]:PORT\" (loopback "
+		          "only; \"\" turns TCP off)",
+		          tcp);
+	l->listen_tcp = xstrdup(tcp ? tcp : "");
+}
+
 static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 {
 	static const char *const top_keys[] = {"spool_dir",
@@ -532,6 +585,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       "canary_interval",
 	                                       "metrics",
 	                                       "allow_root", /* lib/user.c user_root_check */
+	                                       "lmtp",
 	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
@@ -622,6 +676,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		conf_bool(cx, g, "scan_raw_message", &sp->scan_raw_message);
 		conf_int(cx, g, "poison_attempts", &sp->poison_attempts, 1, 100);
 	}
+	conf_parse_lmtp(cx, root, c);
 	c->runner.instances = 1;
 	c->runner.max_message_scan_time = 600;
 	c->runner.max_message_scan_runs = 0;
@@ -930,6 +985,8 @@ void conf_free(struct conf *c)
 	free(c->control_group);
 	free(c->metrics.file);
 	free(c->metrics.group);
+	free(c->lmtp.socket);
+	free(c->lmtp.listen_tcp);
 	for (size_t i = 0; i < c->n_scanners; i++)
 		conf_scanner_free(&c->scanners[i]);
 	free(c->scanners);

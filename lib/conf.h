@@ -108,6 +108,18 @@ struct conf_router {
 	int expire_interval;      /* seconds between quarantine expiry runs in the router */
 };
 
+/* The LMTP/SMTP intake (lmtpd), started by spoold when enabled. */
+struct conf_lmtp {
+	int enabled;
+	char *socket;              /* absolute path of the Unix socket */
+	int socket_mode;           /* its permission bits */
+	char *listen_tcp;          /* "" off, else "127.0.0.1:PORT" or "[::1]:PORT" */
+	int max_connections;       /* more are answered 421 */
+	size_t max_recipients;     /* per message; more are answered 452 */
+	uint64_t max_message_size; /* SIZE; 0 in the file means splitter.max_message_size */
+	int timeout;               /* seconds a client may stay silent */
+};
+
 struct conf_metrics {
 	char *file;   /* absolute; "" disables */
 	int interval; /* seconds between rewrites */
@@ -128,6 +140,7 @@ struct conf {
 	struct conf_splitter splitter;
 	struct conf_runner runner;
 	struct conf_router router;
+	struct conf_lmtp lmtp;
 	struct conf_scanner *scanners;
 	size_t n_scanners;
 	struct conf_connector *connectors;

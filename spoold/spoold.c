@@ -63,7 +63,7 @@
 #define FAIL_DEATHS      5
 #define FAIL_WINDOW_MS   60000
 #define STOP_GRACE_MS    10000
-#define N_STAGES         4
+#define N_STAGES         5
 
 enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED, CH_STOPPED };
 
@@ -96,7 +96,12 @@ struct stage_def {
  * is smtp or maildir, each running connector-<type> -n <name>. */
 #define SI_CONNECTORS 3
 static struct stage_def sup_stages[N_STAGES] = {
-    {.name = "splitter"}, {.name = "scanner-runner"}, {.name = "router"}, {.name = "connectors"}};
+    {.name = "splitter"},
+    {.name = "scanner-runner"},
+    {.name = "router"},
+    {.name = "connectors"},
+    /* The LMTP/SMTP intake: one instance when lmtp.enabled (it owns the socket). */
+    {.name = "lmtpd"}};
 static struct child *sup_children;
 static size_t sup_n;
 static char sup_bindir[PATH_MAX];
@@ -194,7 +199,8 @@ static const char *const sig_keys[N_STAGES][4] = {
     {"splitter", NULL},
     {"scanner_runner", "scanners", "canary_interval", NULL},
     {"router", "connectors", "scanners", NULL},
-    {"connectors", NULL}};
+    {"connectors", NULL},
+    {"lmtp", NULL}};
 static const char *const sig_spoold_only[] = {"metrics", "control_group", NULL};
 
 static int sig_in(const char *const *list, const char *name)
@@ -550,7 +556,8 @@ static void sup_control_do(const char *cmd, const char *stage, struct buf *reply
 	if (si < 0) {
 		buf_printf(
 		    reply,
-		    "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors)",
+		    "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors, "
+		    "lmtpd)",
 		    stage);
 		return;
 	}
@@ -795,7 +802,7 @@ static void sup_maybe_notify_ready(void)
 static void sup_stage_defs(const struct conf *c)
 {
 	int n[N_STAGES] = {c->splitter.instances, c->runner.instances, c->router.instances,
-	                   sup_connector_count(c)};
+	                   sup_connector_count(c), c->lmtp.enabled ? 1 : 0};
 	for (int s = 0; s < N_STAGES; s++) {
 		sup_stages[s].instances = n[s];
 		sup_stages[s].down = sup_down_exists(sup_stages[s].name);
@@ -846,9 +853,10 @@ static void sup_reload(void)
 	int all = !known || strcmp(nsig[N_STAGES], sup_sig[N_STAGES]) != 0;
 	unsigned mask = 0;
 	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
-	                       sup_conf->router.instances, sup_connector_count(sup_conf)};
+	                       sup_conf->router.instances, sup_connector_count(sup_conf),
+	                       sup_conf->lmtp.enabled ? 1 : 0};
 	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances,
-	                       sup_connector_count(nc)};
+	                       sup_connector_count(nc), nc->lmtp.enabled ? 1 : 0};
 	for (int s = 0; s < N_STAGES; s++)
 		if (all || strcmp(nsig[s], sup_sig[s]) != 0 || n_old[s] != n_new[s])
 			mask |= 1u << s;
@@ -857,10 +865,11 @@ static void sup_reload(void)
 	if (mask == 0)
 		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
 	else
-		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s%s",
+		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s%s%s",
 		         all ? " all stages (shared settings changed):" : "",
 		         mask & 1 ? " splitter" : "", mask & 2 ? " scanner-runner" : "",
-		         mask & 4 ? " router" : "", mask & 8 ? " connectors" : "");
+		         mask & 4 ? " router" : "", mask & 8 ? " connectors" : "",
+		         mask & 16 ? " lmtpd" : "");
 	sup_stop(mask);
 	conf_free(sup_conf);
 	sup_conf = nc;

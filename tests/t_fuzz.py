@@ -92,5 +92,41 @@ def fuzz_strip_short_run():
     assert "Done" in r.out, r.out[-2000:]
 
 
+
+@test(timeout=600)
+def fuzz_smtp_short_run():
+    """lmtpd's SMTP/LMTP state machine: client bytes whole and in chunks (fuzz_smtp.c)."""
+    if "asan" not in (harness.BIN or ""):
+        harness.skip("runs once, with the ASan build")
+    if not shutil.which("clang"):
+        harness.skip("clang not installed")
+    out = harness.tmpdir("fuzzsmtp")
+    r = harness.run(["make", "-s", "-f", "tests/fuzz/fuzz.mk", "O=" + out, "build-smtp"],
+                    timeout=300, cwd=harness.ROOT)
+    assert r.returncode == 0, r.out[-3000:]
+    seeds = os.path.join(out, "seeds")
+    os.mkdir(seeds)
+    body = msgs.eicar_attachment().replace(b"\n", b"\r\n")
+    samples = [b"LHLO x\r\nXFORWARD NAME=a ADDR=192.0.2.1 PROTO=ESMTP\r\n"
+               b"MAIL FROM:<a@b> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\n"
+               b"DATA\r\n" + body + b"..dot\r\nbare\n.\nlf\r\n.\r\nRSET\r\nQUIT\r\n",
+               b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\n"
+               b"HELO y\r\nMAIL FROM:<a@b> SIZE=7\r\nMAIL FROM:<a@b> SIZE=13\r\n",
+               b"LHLO x\r\n" + b"NOOP " + b"x" * 600 + b"\r\nVRFY\r\nMAIL FROM:<a b>\r\n"]
+    for i, m in enumerate(samples):
+        with open(os.path.join(seeds, "seed%d" % i), "wb") as f:
+            f.write(m)
+    secs = os.environ.get("FUZZ_SECONDS_CI", "30")
+    os.makedirs(os.path.join(out, "work"))
+    r = harness.run([os.path.join(out, "fuzz", "fuzz_smtp"), os.path.join(out, "work"), seeds,
+                     "-max_total_time=" + secs, "-timeout=10", "-rss_limit_mb=2048",
+                     "-max_len=65536", "-artifact_prefix=" + out + "/"],
+                    timeout=int(secs) + 300, cwd=out)
+    crashes = [f for f in os.listdir(out) if f.startswith(("crash-", "leak-", "timeout-", "oom-"))]
+    assert r.returncode == 0 and not crashes, "fuzzer found %s: %s" % (crashes, r.out[-3000:])
+    assert "Done" in r.out, r.out[-2000:]
+
+
+
 if __name__ == "__main__":
     harness.main()

@@ -45,3 +45,19 @@ run-strip: $(STRIP_BIN)
 	cd $(FUZZ_DIR) && ./fuzz_strip corpus-strip $(abspath $(SEEDS)) \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=131072 \
 	    -print_final_stats=1
+# The SMTP/LMTP state machine of lmtpd (tests/fuzz/fuzz_smtp.c): client bytes in, whole
+# and in chunks. `make -f tests/fuzz/fuzz.mk run-smtp`; `run` and `build` include it.
+SMTP_BIN      = $(FUZZ_DIR)/fuzz_smtp
+SMTP_SRC      = tests/fuzz/fuzz_smtp.c lib/smtpproto.c lib/envelope.c lib/util.c lib/log.c
+.PHONY: build-smtp run-smtp
+build: $(SMTP_BIN)
+build-smtp: $(SMTP_BIN)
+$(SMTP_BIN): $(SMTP_SRC) $(wildcard lib/*.h)
+	@mkdir -p $(FUZZ_DIR)
+	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -Ilib $(SMTP_SRC) -o $@
+run: run-smtp
+run-smtp: $(SMTP_BIN)
+	@mkdir -p $(FUZZ_DIR)/corpus-smtp
+	cd $(FUZZ_DIR) && ./fuzz_smtp corpus-smtp -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
