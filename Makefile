@@ -50,6 +50,7 @@ spoold_SRC         = $(wildcard spoold/*.c)
 spoolctl_SRC       = $(wildcard spoolctl/*.c)
 connector-smtp_SRC = $(wildcard connector-smtp/*.c)
 connector-maildir_SRC = $(wildcard connector-maildir/*.c)
+scanner-runner_LIBS = -llmdb
 connector-smtp_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)

@@ -30,6 +30,7 @@
 #include "conf.h"
 #include "crash.h"
 #include "exec.h"
+#include "farm.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -321,72 +322,6 @@ static void runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	runner_argv_free(argv);
 }
 
-/* One slot and one clamd session for all of the message's parts: the slot bounds how many
- * of our requests clamd serves at once, and a session costs one connection per message
- * instead of one per part (clamd.c falls back to a connection per part on any trouble). */
-static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
-                              const struct manifest *m, struct verdicts *vs, const char *qid,
-                              int backup)
-{
-	const struct conf_scanner *sc = rs->conf;
-	struct clamd_session cs;
-	struct clamd_policy pol;
-	int slot = -1;
-	if (m->n_parts == 0)
-		return;
-	slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-	if (slot < 0)
-		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
-	clamd_policy_init(&pol, sc);
-	clamd_session_init(&cs, sc->clamd_addrs, &pol);
-	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
-		size_t n =
-		    m->n_parts - b < CLAMD_SESSION_BATCH ? m->n_parts - b : CLAMD_SESSION_BATCH;
-		struct clamd_result r[CLAMD_SESSION_BATCH];
-		int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
-		size_t nopen = 0;
-		int64_t t0 = now_ms_monotonic();
-		/* Read-only and for this scan alone: in a session clamd gets these very
-		 * descriptors and moves their offsets. */
-		for (size_t i = 0; i < n; i++) {
-			char name[16];
-			manifest_part_name(m->parts[b + i].index, name);
-			fds[i] = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-			if (fds[i] < 0) {
-				memset(&r[i], 0, sizeof r[i]);
-				r[i].verdict = V_ERROR;
-				snprintf(r[i].reply, sizeof r[i].reply, "open %s: %s", name,
-				         strerror(errno));
-			} else {
-				open_fds[nopen++] = fds[i];
-			}
-		}
-		struct clamd_result ro[CLAMD_SESSION_BATCH];
-		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
-		for (size_t i = 0, k = 0; i < n; i++)
-			if (fds[i] >= 0) {
-				r[i] = ro[k++];
-				close(fds[i]);
-			}
-		/* The parts of a batch are scanned side by side: each gets the batch's time. */
-		long ms = (long)(now_ms_monotonic() - t0);
-		for (size_t i = 0; i < n; i++) {
-			runner_observe(sc, ms);
-			struct verdict_line *l = verdicts_add(
-			    vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
-			    r[i].addr, ms, rs->version, "clamd", r[i].reply);
-			l->backup = backup;
-			if (r[i].verdict != V_CLEAN)
-				log_info(qid,
-				         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
-				         sc->name, m->parts[b + i].index,
-				         verdict_name(r[i].verdict), r[i].virus, r[i].reply, ms);
-		}
-	}
-	clamd_session_close(&cs);
-	slot_release(slot);
-}
-
 static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct spool_entry *e,
                              const char *dir, const struct manifest *m, struct verdicts *vs,
                              int backup)
@@ -399,7 +334,8 @@ static void runner_scan_with(struct stage *st, struct runner_scanner *rs, struct
 		runner_scan_per_message(st, rs, dir, m, vs, e->qid, backup);
 		break;
 	case MODE_CLAMD:
-		runner_scan_clamd(st, rs, e->fd, m, vs, e->qid, backup);
+		/* farm.c: pool placement, probes, the verdict cache, one session. */
+		farm_scan_clamd(st, rs, e->fd, m, vs, e->qid, backup);
 		break;
 	}
 	/* A degraded scanner still ran (its verdicts stay on record, and an infected one still

@@ -1,0 +1,30 @@
+/*
+ * farm - a clamd scanner as a pool of addresses (lib/pool.h) with a verdict cache
+ * (cache.h): placement, probes, health marks, per-address canaries. Used by runner.c
+ * (the scan of one message) and canary.c (one canary per address).
+ */
+#ifndef SPOOLD_FARM_H
+#define SPOOLD_FARM_H
+
+#include <stddef.h>
+
+#include "manifest.h"
+#include "pool.h"
+#include "runner.h"
+#include "stage.h"
+#include "verdict.h"
+
+/* Scan every part of m (in dirfd) with the clamd scanner rs: cache first, then the pool
+ * (placement, probes of due addresses, failover), recording one verdict line per part:
+ * exit = the address, version = that address's VERSION line; a cached one says
+ * "cached=1" first in its output. Every address down: every part is an error naming
+ * each address, so the message is held. */
+void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
+                     const struct manifest *m, struct verdicts *vs, const char *qid, int backup);
+/* The pool of a clamd scanner (opened on first use; its fd may be -1: no memory). */
+struct pool *farm_pool(struct stage *st, const struct conf_scanner *sc);
+/* Does any address of this clamd scanner wait for a canary (failed one, or restarted
+ * with another version)? */
+int farm_canary_wanted(struct stage *st, const struct conf_scanner *sc);
+
+#endif
