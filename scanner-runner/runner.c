@@ -374,6 +374,9 @@ static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *
 		kv_addstr(&b, "exit", l->exit);
 		buf_printf(&b, " ms=%ld backup=%d", l->ms, l->backup);
 		kv_addstr(&b, "version", l->version);
+		/* A verdict from the cache (farm.c) says so in the record that travels. */
+		if (strncmp(l->output, "cached=1 ", 9) == 0)
+			buf_addstr(&b, " cached=1");
 		if (l->verdict != V_CLEAN) {
 			kv_addstr(&b, "argv", l->argv);
 			kv_add(&b, "output", l->output,
