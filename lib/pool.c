@@ -276,8 +276,10 @@ void pool_probe_result(struct pool *p, size_t i, int ok, const char *version, co
 		a->backoff_ms = 0;
 		if (version)
 			bsnprintf(a->version, sizeof a->version, "%s", version);
-		log_info(NULL, "clamd %s answered its probe (%s); back in the pool%s", p->addrs[i],
-		         version ? version : "", a->canary_bad ? " after its canary" : "");
+		log_info(NULL, "clamd %s answered its probe (%s); %s", p->addrs[i],
+		         version ? version : "",
+		         a->canary_bad ? "it takes mail once its canary passes"
+		                       : "back in the pool");
 	}
 	pool_write_unlock(p, &f);
 }

@@ -657,6 +657,10 @@ void canary_tick(struct stage *st, struct runner_scanner *sc, size_t n)
 		for (size_t i = 0; i < n; i++) {
 			char v[sizeof sc[i].version];
 			runner_version_fetch(&sc[i], v, sizeof v);
+			/* A pool: any address may have reloaded, not only the first. */
+			if (sc[i].conf->type == SCANNER_CLAMD && sc[i].conf->canary &&
+			    strcmp(v, sc[i].version) == 0 && farm_versions_changed(st, sc[i].conf))
+				want[i] = any = 1;
 			if (strcmp(v, sc[i].version) != 0) {
 				log_info(NULL,
 				         "scanner %s version changed from \"%s\" to \"%s\"; "

@@ -78,6 +78,29 @@ int farm_canary_wanted(struct stage *st, const struct conf_scanner *sc)
 	return 0;
 }
 
+int farm_versions_changed(struct stage *st, const struct conf_scanner *sc)
+{
+	struct pool_file pf;
+	struct clamd_policy pol;
+	struct pool *p = farm_pool(st, sc);
+	if (pool_snapshot(p, &pf) < 0)
+		return 0;
+	clamd_policy_init(&pol, sc);
+	for (size_t i = 0; i < p->n; i++) {
+		char v[sizeof pf.a[i].version];
+		/* Down or never checked: the probe or the next canary looks at it anyway. */
+		if (pf.a[i].down || pf.a[i].canary_bad || pf.a[i].version[0] == '\0')
+			continue;
+		if (clamd_version(p->addrs[i], &pol, FARM_PROBE_MS, v, sizeof v) == 0 &&
+		    strcmp(v, pf.a[i].version) != 0) {
+			log_info(NULL, "scanner %s: clamd %s version changed from \"%s\" to \"%s\"",
+			         sc->name, p->addrs[i], pf.a[i].version, v);
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static struct cache *farm_cache(struct stage *st, struct farm_state *f)
 {
 	if (!f->sc->cache)
@@ -206,9 +229,13 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	 * per message, so that a RELOAD is seen before the next lookup. */
 	struct cache *cache = farm_cache(st, f);
 	char cver[128] = "";
-	if (cache && (clamd_version(addrs[0], &pol, FARM_PROBE_MS, cver, sizeof cver) < 0 ||
-	              !cache_version_usable(cver)))
-		cache = NULL;
+	if (cache) {
+		/* On failure cver holds the reason: never a version for the record. */
+		if (clamd_version(addrs[0], &pol, FARM_PROBE_MS, cver, sizeof cver) < 0)
+			cver[0] = '\0';
+		if (cver[0] == '\0' || !cache_version_usable(cver))
+			cache = NULL;
+	}
 	if (first >= 0)
 		pool_begin(&f->pool, (size_t)first);
 	clamd_session_init(&cs, addrs, &pol);
@@ -272,7 +299,8 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 			char ver[128];
 			farm_addr_version(&pf, have, &f->pool, r[i].addr, rs->version, ver,
 			                  sizeof ver);
-			if (cached[i])
+			/* cver was asked of addrs[0] for this message: fresher than the pool's. */
+			if (cached[i] || (cver[0] && strcmp(r[i].addr, addrs[0]) == 0))
 				bsnprintf(ver, sizeof ver, "%s", cver);
 			else
 				farm_observe(sc, ms);

@@ -26,5 +26,8 @@ struct pool *farm_pool(struct stage *st, const struct conf_scanner *sc);
 /* Does any address of this clamd scanner wait for a canary (failed one, or restarted
  * with another version)? */
 int farm_canary_wanted(struct stage *st, const struct conf_scanner *sc);
+/* Does any address now answer VERSION with another line than its last canary saw (a
+ * RELOAD or a restart on one address only)? One VERSION request per address. */
+int farm_versions_changed(struct stage *st, const struct conf_scanner *sc);
 
 #endif
