@@ -207,6 +207,17 @@ size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due
 	return k;
 }
 
+size_t pool_fallback(struct pool *p, size_t *order, size_t n)
+{
+	struct pool_file f;
+	size_t k = 0;
+	int have = p->fd >= 0 && pool_snapshot(p, &f) == 0;
+	for (size_t i = 0; i < p->n && k < n; i++)
+		if (pool_usable(p, i) && !(have && f.a[i].canary_bad))
+			order[k++] = i;
+	return k;
+}
+
 static void pool_mark_down(struct pool *p, struct pool_addr *a, const char *why)
 {
 	int64_t b = a->backoff_ms > 0 ? a->backoff_ms * 2 : p->down_min_ms;

@@ -504,7 +504,8 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 	struct pool *p = farm_pool(st, sc);
 	struct clamd_policy pol;
 	struct buf all;
-	size_t passed = 0;
+	char first[512] = "";
+	size_t passed = 0, checked = 0;
 	clamd_policy_init(&pol, sc);
 	buf_init(&all);
 	for (size_t i = 0; sc->clamd_addrs && sc->clamd_addrs[i] && !stage_stopping(); i++) {
@@ -518,29 +519,40 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 			if (after_unix)
 				continue;
 		}
-		if (clamd_ping(addr, &pol, 2000) < 0) {
-			bsnprintf(why, sizeof why, "no PONG");
-			pool_fail(p, i, "canary: no PONG");
-		} else if (canary_check_one(st, rs, cd, addr, why, sizeof why) == 0) {
+		int alive = clamd_ping(addr, &pol, 2000) == 0;
+		/* Dead or not, the checks say why in clamd.c's words ("connect: ...",
+		 * "untrusted peer ..."); a dead one costs one failed connect. */
+		if (canary_check_one(st, rs, cd, addr, why, sizeof why) == 0) {
 			if (clamd_version(addr, &pol, 2000, version, sizeof version) < 0)
 				version[0] = '\0';
 			pool_canary(p, i, 1, version[0] ? version : NULL, NULL);
 			passed++;
 			continue;
+		}
+		checked++;
+		if (!alive) {
+			/* Not an engine that answers wrongly: down, and probed again later. */
+			pool_fail(p, i, why);
 		} else {
 			pool_canary(p, i, 0, NULL, why);
 			log_error(NULL,
 			          "scanner %s: clamd %s failed its canary and takes no mail: %s",
 			          sc->name, addr, why);
 		}
+		if (checked == 1)
+			bsnprintf(first, sizeof first, "%s", why);
 		buf_printf(&all, "%s%s: %s", all.len ? "; " : "", addr, why);
 	}
 	if (passed > 0) {
 		buf_free(&all);
 		return 0;
 	}
-	bsnprintf(reason, rlen, "no clamd address passed: %s",
-	          all.len ? buf_cstr(&all) : "no usable address");
+	/* One usable address: its own reason, as for any scanner. Several: each of them. */
+	if (checked == 1)
+		bsnprintf(reason, rlen, "%s", first);
+	else
+		bsnprintf(reason, rlen, "no clamd address passed: %s",
+		          all.len ? buf_cstr(&all) : "no usable address");
 	buf_free(&all);
 	return -1;
 }

@@ -218,6 +218,14 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	for (size_t j = 0; j < k; j++)
 		if (!due[j] || farm_probe(&f->pool, order[j], &pol, sc->canary) == 0)
 			addrs[n++] = f->pool.addrs[order[j]];
+	if (n == 0) {
+		/* Every address is down: try them all anyway, in order, as before pools (a
+		 * refused connect costs nothing, and one that is back is found at once). Those
+		 * that failed their canary stay out: never mail to a bad engine. */
+		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS);
+		for (size_t j = 0; j < k; j++)
+			addrs[n++] = f->pool.addrs[order[j]];
+	}
 	addrs[n] = NULL;
 	if (n == 0) {
 		farm_all_down(rs, &f->pool, m, vs, qid, backup);

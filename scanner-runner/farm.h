@@ -17,8 +17,9 @@
 /* Scan every part of m (in dirfd) with the clamd scanner rs: cache first, then the pool
  * (placement, probes of due addresses, failover), recording one verdict line per part:
  * exit = the address, version = that address's VERSION line; a cached one says
- * "cached=1" first in its output. Every address down: every part is an error naming
- * each address, so the message is held. */
+ * "cached=1" first in its output. Every address down: all are tried in order (as
+ * without a pool) and the message is held if none answers; every address failed its
+ * canary: every part is an error naming each address, so the message is held. */
 void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
                      const struct manifest *m, struct verdicts *vs, const char *qid, int backup);
 /* The pool of a clamd scanner (opened on first use; its fd may be -1: no memory). */

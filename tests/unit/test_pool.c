@@ -133,6 +133,14 @@ int main(void)
 	CHECK("canary_fail_excluded", k == 2 && order[0] != 0 && order[1] != 0);
 	pool_snapshot(&p, &f);
 	CHECK("canary_reason", strncmp(f.a[0].reason, "canary: ", 8) == 0);
+	/* Every address down: nothing placed; the fallback tries the down ones (today's
+	 * rule) but never one that failed its canary. */
+	pool_fail(&p, 1, "x");
+	pool_fail(&p, 2, "y");
+	k = pool_place(&p, POOL_LEAST_BUSY, order, due, POOL_MAX_ADDRS);
+	CHECK("all_down_nothing_placed", k == 0);
+	k = pool_fallback(&p, order, POOL_MAX_ADDRS);
+	CHECK("fallback_skips_canary_bad", k == 2 && order[0] == 1 && order[1] == 2);
 	pool_close(&p);
 
 	/* The trust rule: a tcp address after a unix one is never placed. */
