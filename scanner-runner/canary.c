@@ -525,7 +525,7 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 		if (canary_check_one(st, rs, cd, addr, why, sizeof why) == 0) {
 			if (clamd_version(addr, &pol, 2000, version, sizeof version) < 0)
 				version[0] = '\0';
-			pool_canary(p, i, 1, version[0] ? version : NULL, NULL);
+			farm_canary_mark(st, sc, i, 1, version[0] ? version : NULL, NULL);
 			passed++;
 			continue;
 		}
@@ -534,7 +534,7 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 			/* Not an engine that answers wrongly: down, and probed again later. */
 			pool_fail(p, i, why);
 		} else {
-			pool_canary(p, i, 0, NULL, why);
+			farm_canary_mark(st, sc, i, 0, NULL, why);
 			log_error(NULL,
 			          "scanner %s: clamd %s failed its canary and takes no mail: %s",
 			          sc->name, addr, why);

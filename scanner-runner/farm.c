@@ -38,6 +38,7 @@ struct farm_state {
 	struct pool pool;
 	struct cache cache;
 	int cache_tried;
+	unsigned char bad[POOL_MAX_ADDRS]; /* failed this process's own canary */
 };
 
 static struct farm_state *farm_g;
@@ -76,6 +77,15 @@ int farm_canary_wanted(struct stage *st, const struct conf_scanner *sc)
 		if (pf.a[i].canary_bad)
 			return 1;
 	return 0;
+}
+
+void farm_canary_mark(struct stage *st, const struct conf_scanner *sc, size_t i, int ok,
+                      const char *version, const char *why)
+{
+	struct farm_state *f = farm_state(st, sc);
+	if (i < POOL_MAX_ADDRS)
+		f->bad[i] = !ok;
+	pool_canary(&f->pool, i, ok, version, why);
 }
 
 int farm_versions_changed(struct stage *st, const struct conf_scanner *sc)
@@ -215,8 +225,11 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 		die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name, strerror(errno));
 	clamd_policy_init(&pol, sc);
 	size_t k = pool_place(&f->pool, (enum pool_balance)sc->balance, order, due, POOL_MAX_ADDRS);
+	/* Trust decision: an address this process's own canary failed never gets mail,
+	 * even if the shared file (advice) forgot it. */
 	for (size_t j = 0; j < k; j++)
-		if (!due[j] || farm_probe(&f->pool, order[j], &pol, sc->canary) == 0)
+		if (!f->bad[order[j]] &&
+		    (!due[j] || farm_probe(&f->pool, order[j], &pol, sc->canary) == 0))
 			addrs[n++] = f->pool.addrs[order[j]];
 	if (n == 0) {
 		/* Every address is down: try them all anyway, in order, as before pools (a
@@ -224,7 +237,8 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 		 * that failed their canary stay out: never mail to a bad engine. */
 		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS);
 		for (size_t j = 0; j < k; j++)
-			addrs[n++] = f->pool.addrs[order[j]];
+			if (!f->bad[order[j]])
+				addrs[n++] = f->pool.addrs[order[j]];
 	}
 	addrs[n] = NULL;
 	if (n == 0) {

@@ -27,6 +27,12 @@ struct pool *farm_pool(struct stage *st, const struct conf_scanner *sc);
 /* Does any address of this clamd scanner wait for a canary (failed one, or restarted
  * with another version)? */
 int farm_canary_wanted(struct stage *st, const struct conf_scanner *sc);
+/* Record addrs[i]'s own canary result: in the shared pool file, and in this process,
+ * which never places mail on an address its own canary failed, whatever the shared
+ * file says (a file started afresh by another runner, or torn by a crash, cannot let a
+ * bad engine back in). */
+void farm_canary_mark(struct stage *st, const struct conf_scanner *sc, size_t i, int ok,
+                      const char *version, const char *why);
 /* Does any address now answer VERSION with another line than its last canary saw (a
  * RELOAD or a restart on one address only)? One VERSION request per address. */
 int farm_versions_changed(struct stage *st, const struct conf_scanner *sc);

@@ -189,6 +189,15 @@ def pool_address_failing_its_canary_takes_no_mail():
         now = sum(1 for r in rogue.requests() if r in ("zFILDES", "zINSTREAM"))
         assert now == scans_after_canary, ("the rogue clamd got mail", now, scans_after_canary)
         assert "canary" in pool_of(p)[rogue.addr]["reason"], pool_of(p)[rogue.addr]
+        # The shared file is advice: wiped (a crash mid-write, or another runner starting
+        # it afresh), the runner still remembers its own canary and sends the rogue nothing.
+        with open(os.path.join(p.spool, "run", "pool.clamd"), "r+b") as f:
+            f.write(b"\0" * 64)
+        drop_many(p, "w", 8)
+        p.wait_final(17, timeout=120)
+        now = sum(1 for r in rogue.requests() if r in ("zFILDES", "zINSTREAM"))
+        assert now == scans_after_canary, ("mail reached the rogue after the pool file was wiped",
+                                           now, scans_after_canary)
     finally:
         rogue.stop()
         cd.stop()
