@@ -7,6 +7,7 @@
  * a damaged page can at worst miss.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <nettle/sha2.h>
 #include <stdio.h>
@@ -21,11 +22,31 @@
 /* value: key (32 bytes), verdict (1 byte: 'c' or 'i'), virus name (no NUL). */
 #define CACHE_VAL_MAX (CACHE_KEY_LEN + 1 + 255)
 
+/* LMDB 0.9 opens its lock and sync descriptors without O_CLOEXEC, and scanner children
+ * must inherit nothing of ours: mark close-on-exec whatever descriptor below
+ * CACHE_FD_SCAN was not open (or was already close-on-exec) before mdb_env_open. */
+#define CACHE_FD_SCAN 1024
+
+static void cache_fds_mark(unsigned char *was, int after)
+{
+	for (int fd = 0; fd < CACHE_FD_SCAN; fd++) {
+		int fl = fcntl(fd, F_GETFD);
+		if (!after)
+			was[fd] = fl >= 0 && !(fl & FD_CLOEXEC);
+		else if (fl >= 0 && !(fl & FD_CLOEXEC) && !was[fd] &&
+		         fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0)
+			log_warn(NULL, "cannot set close-on-exec on descriptor %d: %s", fd,
+			         strerror(errno));
+	}
+}
+
 static int cache_env_open(struct cache *c, uint64_t size)
 {
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi dbi;
+	static unsigned char was[CACHE_FD_SCAN];
+	cache_fds_mark(was, 0);
 	int rc = mdb_env_create(&env);
 	if (rc != 0)
 		return rc;
@@ -47,6 +68,8 @@ static int cache_env_open(struct cache *c, uint64_t size)
 		mdb_env_close(env);
 		return rc;
 	}
+	/* The reader table descriptor opens at the first transaction: done above. */
+	cache_fds_mark(was, 1);
 	c->env = env;
 	c->dbi = dbi;
 	return 0;

@@ -58,7 +58,18 @@ int main(void)
 	CHECK("key_has_version", memcmp(k1, k2, CACHE_KEY_LEN) != 0);
 	CHECK("key_has_scanner", memcmp(k1, k3, CACHE_KEY_LEN) != 0);
 
+	/* Every descriptor LMDB opens is close-on-exec (scanner children inherit nothing). */
+	int open_before[256];
+	for (int fd = 0; fd < 256; fd++)
+		open_before[fd] = fcntl(fd, F_GETFD) >= 0;
 	CHECK("open", cache_open(&c, dir, "s", 1u << 20) == 0 && c.env != NULL);
+	int leaks = 0;
+	for (int fd = 0; fd < 256; fd++) {
+		int fl = fcntl(fd, F_GETFD);
+		if (!open_before[fd] && fl >= 0 && !(fl & FD_CLOEXEC))
+			leaks++;
+	}
+	CHECK("lmdb_fds_cloexec", leaks == 0);
 	CHECK("miss_empty", cache_get(&c, k1, &v, virus, sizeof virus) == 0);
 	cache_put(&c, k1, V_CLEAN, "");
 	cache_put(&c, k3, V_INFECTED, "Eicar-Test-Signature");
