@@ -207,13 +207,13 @@ size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due
 	return k;
 }
 
-size_t pool_fallback(struct pool *p, size_t *order, size_t n)
+size_t pool_fallback(struct pool *p, size_t *order, size_t n, int with_bad)
 {
 	struct pool_file f;
 	size_t k = 0;
 	int have = p->fd >= 0 && pool_snapshot(p, &f) == 0;
 	for (size_t i = 0; i < p->n && k < n; i++)
-		if (pool_usable(p, i) && !(have && f.a[i].canary_bad))
+		if (pool_usable(p, i) && (with_bad || !(have && f.a[i].canary_bad)))
 			order[k++] = i;
 	return k;
 }

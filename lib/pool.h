@@ -90,10 +90,10 @@ void pool_close(struct pool *p);
  * the round-robin counter. */
 size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due, size_t n);
 /* canary: a version change after the probe keeps the address out until its canary. */
-/* When pool_place found nothing: every usable address that has not failed its canary,
- * in the configured order, down or not (today's rule: try them, and hold the message
- * if they all fail). Returns how many. */
-size_t pool_fallback(struct pool *p, size_t *order, size_t n);
+/* When pool_place found nothing: every usable address that has not failed its canary
+ * (with_bad: those too), in the configured order, down or not (today's rule: try them,
+ * and hold the message if they all fail). Returns how many. */
+size_t pool_fallback(struct pool *p, size_t *order, size_t n, int with_bad);
 void pool_probe_result(struct pool *p, size_t i, int ok, const char *version, const char *why,
                        int canary);
 /* A request in flight at addrs[i] for this process (+1 at begin, -1 at end). */

@@ -208,6 +208,54 @@ int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], enum verd
 	return hit;
 }
 
+/* The generation's key: shorter than any entry's key, so never one of them. */
+static const char cache_gen_key[] = "generation";
+
+uint64_t cache_generation(struct cache *c)
+{
+	MDB_txn *txn;
+	MDB_val k = {sizeof cache_gen_key, (void *)cache_gen_key}, d;
+	uint64_t g = 0;
+	if (c->env == NULL)
+		return 0;
+	int rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		cache_off(c, "read", rc);
+		return 0;
+	}
+	if (mdb_get(txn, c->dbi, &k, &d) == 0 && d.mv_size == sizeof g)
+		memcpy(&g, d.mv_data, sizeof g);
+	mdb_txn_abort(txn);
+	return g;
+}
+
+void cache_generation_bump(struct cache *c)
+{
+	MDB_txn *txn;
+	MDB_val k = {sizeof cache_gen_key, (void *)cache_gen_key}, d;
+	uint64_t g = 0;
+	if (c->env == NULL)
+		return;
+	int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc != 0) {
+		cache_off(c, "write", rc);
+		return;
+	}
+	/* One writer at a time (LMDB's write lock): runners bumping together each count. */
+	if (mdb_get(txn, c->dbi, &k, &d) == 0 && d.mv_size == sizeof g)
+		memcpy(&g, d.mv_data, sizeof g);
+	g++;
+	d.mv_size = sizeof g;
+	d.mv_data = &g;
+	if ((rc = mdb_put(txn, c->dbi, &k, &d, 0)) != 0) {
+		mdb_txn_abort(txn);
+		cache_off(c, "write", rc);
+		return;
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		cache_off(c, "write", rc);
+}
+
 void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], enum verdict v,
                const char *virus)
 {
@@ -225,7 +273,8 @@ void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], enum ver
 	bsnprintf(p->virus, sizeof p->virus, "%s", v == V_INFECTED ? virus : "");
 }
 
-/* Evict about an eighth of the entries (at least 16), from a random point on. */
+/* Evict about an eighth of the entries, and at least room for the pending ones, from a
+ * random point on. */
 static int cache_evict(struct cache *c)
 {
 	MDB_txn *txn;
@@ -240,7 +289,9 @@ static int cache_evict(struct cache *c)
 		mdb_txn_abort(txn);
 		return rc;
 	}
-	size_t want = ms.ms_entries / 8 > 16 ? ms.ms_entries / 8 : 16, gone = 0;
+	size_t want = ms.ms_entries / 8, gone = 0;
+	if (want < c->npending + 16)
+		want = c->npending + 16;
 	uint64_t seed = (uint64_t)now_us_wall() ^ (uint64_t)getpid() << 32;
 	for (size_t i = 0; i < sizeof start; i++) {
 		seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -250,13 +301,27 @@ static int cache_evict(struct cache *c)
 	rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
 	if (rc == MDB_NOTFOUND)
 		rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
-	while (rc == 0 && gone < want) {
+	/* Entries only: the generation (a shorter key) is never evicted, or older entries
+	 * would be reachable again. Around the key space at most once. */
+	for (int wrapped = 0; gone < want;) {
+		if (rc == MDB_NOTFOUND && !wrapped) {
+			wrapped = 1;
+			rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+			continue;
+		}
+		if (rc != 0)
+			break;
+		if (k.mv_size != CACHE_KEY_LEN) {
+			rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
+			continue;
+		}
 		if ((rc = mdb_cursor_del(cur, 0)) != 0)
 			break;
 		gone++;
+		/* After a delete the cursor stands on the next entry (or past the end). */
 		rc = mdb_cursor_get(cur, &k, &d, MDB_GET_CURRENT);
-		if (rc == MDB_NOTFOUND || rc == EINVAL)
-			rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+		if (rc == EINVAL)
+			rc = MDB_NOTFOUND;
 	}
 	mdb_cursor_close(cur);
 	if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -301,7 +366,7 @@ void cache_commit(struct cache *c)
 		rc = cache_evict(c);
 		if (rc == 0)
 			rc = cache_write(c);
-		/* Still full (one message larger than an eighth): drop these; a miss is safe. */
+		/* Still full (fragmented pages): drop these; a miss is safe. */
 		if (rc == MDB_MAP_FULL)
 			rc = 0;
 	}

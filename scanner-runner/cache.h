@@ -13,8 +13,9 @@
  * the canary never reads the cache (canary.c talks to clamd directly). Each value
  * repeats its key, so a damaged page can only miss, never answer for another part.
  *
- * Bounded: the map is cache_size bytes; when full, about an eighth of the entries,
- * from a random point of the (hash-ordered, so random) key space, are evicted.
+ * Bounded: the map is cache_size bytes; when full, about an eighth of the entries (at
+ * least as many as are waiting to be written), from a random point of the
+ * (hash-ordered, so random) key space, are evicted.
  *
  * DIAGNOSTICS
  *   A cache that cannot be opened, is corrupt or fails later is only a cache: it is
@@ -53,6 +54,15 @@ int cache_version_usable(const char *version);
 int cache_sha256_fd(int fd, unsigned char out[32]);
 void cache_key(unsigned char key[CACHE_KEY_LEN], const unsigned char part_sha[32],
                const char *scanner, const char *version);
+/*
+ * The generation: a counter in the cache itself, part of every key (farm.c puts it
+ * after the VERSION line). It goes up whenever an address of the scanner fails its
+ * canary, so that whatever was stored before (by an engine that may have been wrong
+ * since, with a VERSION line that did not change: a clamd.conf edit, a broken restart)
+ * is never served again. 0 when the cache is off or has none yet.
+ */
+uint64_t cache_generation(struct cache *c);
+void cache_generation_bump(struct cache *c);
 /* 1 and *v, virus set on a hit (V_CLEAN or V_INFECTED only), 0 on a miss. */
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], enum verdict *v, char *virus,
               size_t vlen);

@@ -41,6 +41,8 @@ struct farm_state {
 	unsigned char bad[POOL_MAX_ADDRS]; /* failed this process's own canary */
 };
 
+static struct cache *farm_cache(struct stage *st, struct farm_state *f);
+
 static struct farm_state *farm_g;
 static size_t farm_n;
 
@@ -86,6 +88,11 @@ void farm_canary_mark(struct stage *st, const struct conf_scanner *sc, size_t i,
 	if (i < POOL_MAX_ADDRS)
 		f->bad[i] = !ok;
 	pool_canary(&f->pool, i, ok, version, why);
+	/* An engine that answers its canary wrongly may have answered mail wrongly before,
+	 * under the same VERSION line: nothing cached until now is served again. */
+	struct cache *c = ok ? NULL : farm_cache(st, f);
+	if (c)
+		cache_generation_bump(c);
 }
 
 int farm_versions_changed(struct stage *st, const struct conf_scanner *sc)
@@ -235,10 +242,18 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 		/* Every address is down: try them all anyway, in order, as before pools (a
 		 * refused connect costs nothing, and one that is back is found at once). Those
 		 * that failed their canary stay out: never mail to a bad engine. */
-		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS);
+		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS, 0);
 		for (size_t j = 0; j < k; j++)
 			if (!f->bad[order[j]])
 				addrs[n++] = f->pool.addrs[order[j]];
+	}
+	if (n == 0 && rs->degraded) {
+		/* No address passed its canary: the scanner is degraded, and runs as any
+		 * degraded scanner does (runner.c adds an error line to every part, so its
+		 * mail is held, while what it finds still quarantines). */
+		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS, 1);
+		for (size_t j = 0; j < k; j++)
+			addrs[n++] = f->pool.addrs[order[j]];
 	}
 	addrs[n] = NULL;
 	if (n == 0) {
@@ -249,14 +264,19 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	int first = pool_index(&f->pool, addrs[0]);
 	/* The cache key needs the database the first address runs now: a VERSION request
 	 * per message, so that a RELOAD is seen before the next lookup. */
-	struct cache *cache = farm_cache(st, f);
-	char cver[128] = "";
+	/* Trust decision: a degraded scanner's results are never stored nor served. */
+	struct cache *cache = rs->degraded ? NULL : farm_cache(st, f);
+	char cver[128] = "", ckey[200] = "";
 	if (cache) {
 		/* On failure cver holds the reason: never a version for the record. */
 		if (clamd_version(addrs[0], &pol, FARM_PROBE_MS, cver, sizeof cver) < 0)
 			cver[0] = '\0';
 		if (cver[0] == '\0' || !cache_version_usable(cver))
 			cache = NULL;
+		/* The key: engine and database (VERSION), and the canary generation. */
+		else
+			bsnprintf(ckey, sizeof ckey, "%s\n%llu", cver,
+			          (unsigned long long)cache_generation(cache));
 	}
 	if (first >= 0)
 		pool_begin(&f->pool, (size_t)first);
@@ -288,7 +308,7 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 			}
 			unsigned char sha[32];
 			if (cache && cache_sha256_fd(fds[i], sha) == 0) {
-				cache_key(keys[i], sha, sc->name, cver);
+				cache_key(keys[i], sha, sc->name, ckey);
 				keyed[i] = 1;
 				if (cache_get(cache, keys[i], &r[i].verdict, r[i].virus,
 				              sizeof r[i].virus)) {

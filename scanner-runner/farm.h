@@ -18,8 +18,10 @@
  * (placement, probes of due addresses, failover), recording one verdict line per part:
  * exit = the address, version = that address's VERSION line; a cached one says
  * "cached=1" first in its output. Every address down: all are tried in order (as
- * without a pool) and the message is held if none answers; every address failed its
- * canary: every part is an error naming each address, so the message is held. */
+ * without a pool) and the message is held if none answers. Every address failed its
+ * canary: the scanner is degraded and they are used as a degraded scanner is (runner.c
+ * adds error lines, the mail is held; a virus found still quarantines). Nothing usable
+ * at all: every part is an error naming each address, so the message is held. */
 void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
                      const struct manifest *m, struct verdicts *vs, const char *qid, int backup);
 /* The pool of a clamd scanner (opened on first use; its fd may be -1: no memory). */

@@ -201,5 +201,24 @@ def cache_off_per_scanner_and_never_for_a_clamd_without_database_version():
         assert counter(p, "hit") == 0 and counter(p, "miss") == 0, stats(p)
 
 
+@test
+def cache_never_used_by_a_degraded_scanner():
+    # clamd without AlertEncrypted answers OK for an encrypted zip: the canary degrades
+    # the scanner, and what it says is neither stored nor served.
+    db = harness.tmpdir("db")
+    make_cud(db, 5)
+    with Clamd(harness.tmpdir("cd"), db, extra={"AlertEncrypted": None}) as cd:
+        p = Pipeline(scanners=[cache_scanner(cd.unix_addr)], splitter=ONE_PART).start()
+        wait_for(lambda: "failed its canary" in p.logtext(), timeout=60,
+                 what="the canary to fail\n" + p.logtext()[-2000:])
+        for i in range(2):
+            p.drop("d%d" % i, attachment_mail(b"same bytes\n" * 10, "d%d" % i))
+        places = sorted(v[0] for v in wait_places(p, 2).values())
+        assert places == ["hold", "hold"], places
+        import time
+        time.sleep(1.5)  # the metrics files are rewritten about once a second
+        assert counter(p, "hit") == 0 and counter(p, "miss") == 0, stats(p)
+
+
 if __name__ == "__main__":
     harness.main()

@@ -71,6 +71,10 @@ int main(void)
 	}
 	CHECK("lmdb_fds_cloexec", leaks == 0);
 	CHECK("miss_empty", cache_get(&c, k1, &v, virus, sizeof virus) == 0);
+	CHECK("generation_starts_at_0", cache_generation(&c) == 0);
+	cache_generation_bump(&c);
+	cache_generation_bump(&c);
+	CHECK("generation_bumps", cache_generation(&c) == 2);
 	cache_put(&c, k1, V_CLEAN, "");
 	cache_put(&c, k3, V_INFECTED, "Eicar-Test-Signature");
 	cache_put(&c, k2, V_ERROR, "");
@@ -92,6 +96,7 @@ int main(void)
 	/* Entries survive a reopen (a runner restart). */
 	CHECK("reopen", cache_open(&c, dir, "s", 1u << 20) == 0);
 	CHECK("survives_reopen", cache_get(&c, k1, &v, virus, sizeof virus) == 1 && v == V_CLEAN);
+	CHECK("generation_survives_reopen", cache_generation(&c) == 2);
 
 	/* Far more entries than a 1 MB map holds: eviction keeps the cache working. */
 	unsigned char last[CACHE_KEY_LEN];
@@ -105,6 +110,7 @@ int main(void)
 	cache_commit(&c);
 	CHECK("full_map_still_on", c.env != NULL);
 	CHECK("newest_entry_kept", cache_get(&c, last, &v, virus, sizeof virus) == 1);
+	CHECK("generation_never_evicted", cache_generation(&c) == 2);
 	cache_close(&c);
 
 	/* A corrupt file: started afresh, never an error for the caller. */

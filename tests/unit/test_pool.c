@@ -139,8 +139,10 @@ int main(void)
 	pool_fail(&p, 2, "y");
 	k = pool_place(&p, POOL_LEAST_BUSY, order, due, POOL_MAX_ADDRS);
 	CHECK("all_down_nothing_placed", k == 0);
-	k = pool_fallback(&p, order, POOL_MAX_ADDRS);
+	k = pool_fallback(&p, order, POOL_MAX_ADDRS, 0);
 	CHECK("fallback_skips_canary_bad", k == 2 && order[0] == 1 && order[1] == 2);
+	k = pool_fallback(&p, order, POOL_MAX_ADDRS, 1);
+	CHECK("fallback_with_bad", k == 3 && order[0] == 0);
 	pool_close(&p);
 
 	/* The trust rule: a tcp address after a unix one is never placed. */
