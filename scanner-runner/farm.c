@@ -51,7 +51,11 @@ static struct farm_state *farm_state(struct stage *st, const struct conf_scanner
 	for (size_t i = 0; i < farm_n; i++)
 		if (farm_g[i].sc == sc)
 			return &farm_g[i];
-	farm_g = xrealloc(farm_g, (farm_n + 1) * sizeof *farm_g);
+	/* One slot per configured scanner, allocated once: callers keep pointers. */
+	if (farm_g == NULL)
+		farm_g = xcalloc(st->conf->n_scanners ? st->conf->n_scanners : 1, sizeof *farm_g);
+	if (farm_n >= st->conf->n_scanners)
+		log_panic("farm_state: scanner %s is not in the configuration", sc->name);
 	struct farm_state *f = &farm_g[farm_n++];
 	memset(f, 0, sizeof *f);
 	f->sc = sc;
