@@ -236,6 +236,34 @@ def pool_all_down_holds_then_recovery_retries_held_mail_at_once():
             c.stop()
 
 
+@test
+def pool_hung_clamd_times_out_once_then_is_avoided():
+    import signal
+    cds = clamds(2)
+    try:
+        addrs = [c.unix_addr for c in cds]
+        p = Pipeline(scanners=[pool_scanner(addrs, balance="round-robin", timeout=3,
+                                            down_min=30, down_max=60)],
+                     splitter=ONE_PART).start()
+        wait_state(p, "ok")
+        cds[1].kill(signal.SIGSTOP)  # accepts connections, never answers
+        t0 = time.monotonic()
+        drop_many(p, "h", 8)
+        finals = p.wait_final(8, timeout=120)
+        took = time.monotonic() - t0
+        assert all(f[0] == "outbox/smtp" for f in finals), [f[0] for f in finals]
+        pool = pool_of(p)
+        assert pool[addrs[1]]["state"] == "down" and pool[addrs[1]]["errors"] >= 1, pool
+        assert "timeout" in pool[addrs[1]]["reason"], pool[addrs[1]]
+        # Without health memory round-robin would wait out the timeout for every other
+        # message (4 x 3 s); with it, once.
+        assert took < 2 * 3 + 4, took
+    finally:
+        cds[1].kill(signal.SIGCONT)
+        for c in cds:
+            c.stop()
+
+
 # ---- bench/farm.py, small (make bench-farm runs the full sizes) -----------------------
 
 @test
