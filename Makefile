@@ -5,6 +5,7 @@
 #   make O=DIR ...  put build outputs under DIR instead of build/ (parallel work trees)
 #   make test       make test-deps (adds Postfix, swaks, clang...), both builds, every test
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
+#   make bench-farm  clamd pool and verdict cache load tests (docs/PERFORMANCE.md, last section)
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
 #   make install    PREFIX=/usr/local DESTDIR=  (make uninstall removes it again)
 
@@ -51,13 +52,14 @@ spoolctl_SRC       = $(wildcard spoolctl/*.c)
 connector-smtp_SRC = $(wildcard connector-smtp/*.c)
 connector-maildir_SRC = $(wildcard connector-maildir/*.c)
 lmtpd_SRC          = $(wildcard lmtpd/*.c)
+scanner-runner_LIBS = -llmdb
 connector-smtp_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -139,6 +141,10 @@ fuzz: test-deps
 
 bench: test-deps all
 	python3 bench/run.py
+# Scan farm (issue 17): clamd pools and the verdict cache, loopback only, about a minute;
+# writes the "Scan farm" section at the end of docs/PERFORMANCE.md.
+bench-farm: test-deps all
+	python3 bench/farm.py
 
 chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long

@@ -8,7 +8,7 @@
 # Run as root it calls apt-get; otherwise it prints the exact command to run.
 set -eu
 PKGS="build-essential pkg-config libgmime-3.0-dev libconfig-dev libinotifytools0-dev
-libcurl4-openssl-dev nettle-dev clamav clamav-daemon clamav-testfiles python3"
+libcurl4-openssl-dev nettle-dev liblmdb-dev clamav clamav-daemon clamav-testfiles python3"
 if [ "${1:-}" = "--test" ]; then
 	PKGS="$PKGS clang clang-format ripmime postfix swaks"
 fi

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "envelope.h"
+#include "pool.h"
 #include "util.h"
 
 struct conf_ctx {
@@ -341,6 +342,11 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	                                   "max_file_size",
 	                                   "peer_user",
 	                                   "canary",
+	                                   "balance",
+	                                   "down_min",
+	                                   "down_max",
+	                                   "cache",
+	                                   "cache_size",
 	                                   NULL};
 	memset(sc, 0, sizeof *sc);
 	sc->line = config_setting_source_line(s);
@@ -401,15 +407,36 @@ static void conf_scanner_parse(struct conf_ctx *cx, const config_setting_t *s,
 	if (wd)
 		sc->workdir = conf_path_resolve(cx, wd);
 	if (sc->type != SCANNER_CLAMD) {
-		if (conf_get(s, "peer_user") != NULL || conf_get(s, "max_file_size") != NULL)
-			conf_fail(
-			    cx, s,
-			    "scanner '%s': peer_user and max_file_size are for type \"clamd\" "
-			    "only",
-			    sc->name);
+		if (conf_get(s, "peer_user") != NULL || conf_get(s, "max_file_size") != NULL ||
+		    conf_get(s, "balance") != NULL || conf_get(s, "down_min") != NULL ||
+		    conf_get(s, "down_max") != NULL || conf_get(s, "cache") != NULL ||
+		    conf_get(s, "cache_size") != NULL)
+			conf_fail(cx, s,
+			          "scanner '%s': peer_user, max_file_size, balance, down_min, "
+			          "down_max, cache and cache_size are for type \"clamd\" only",
+			          sc->name);
 	}
 	if (sc->type == SCANNER_CLAMD) {
 		conf_u64(cx, s, "max_file_size", &sc->max_file_size, 1);
+		const char *bal = conf_str(cx, s, "balance", 0);
+		sc->balance = POOL_FAILOVER;
+		if (bal && (sc->balance = pool_balance_parse(bal)) < 0)
+			conf_fail(cx, conf_get(s, "balance"),
+			          "balance '%s' is unknown (use \"failover\", \"round-robin\" or "
+			          "\"least-busy\")",
+			          bal);
+		sc->down_min = 2;
+		sc->down_max = 60;
+		conf_int(cx, s, "down_min", &sc->down_min, 1, 86400);
+		conf_int(cx, s, "down_max", &sc->down_max, 1, 86400);
+		if (sc->down_max < sc->down_min)
+			conf_fail(cx, conf_get(s, "down_max"),
+			          "scanner '%s': down_max (%d) is less than down_min (%d)",
+			          sc->name, sc->down_max, sc->down_min);
+		sc->cache = 1;
+		conf_bool(cx, s, "cache", &sc->cache);
+		sc->cache_size = 64u << 20;
+		conf_u64(cx, s, "cache_size", &sc->cache_size, 1u << 20);
 		conf_clamd_peer(cx, s, sc);
 		sc->clamd_addrs = conf_strv(cx, s, "addresses", 1);
 		for (char **a = sc->clamd_addrs; a && *a; a++) {

@@ -40,6 +40,13 @@ struct conf_scanner {
 	uid_t clamd_peer_uids[2];
 	size_t n_clamd_peer_uids;
 	int clamd_peer_default;
+	/* clamd pools (lib/pool.h): placement and the down back-off, in seconds. */
+	int balance; /* enum pool_balance */
+	int down_min;
+	int down_max;
+	/* clamd: the verdict cache (scanner-runner/cache.c), and its size in bytes. */
+	int cache;
+	uint64_t cache_size;
 	int timeout;         /* seconds */
 	int max_concurrent;  /* slots across all runner processes */
 	int backup;          /* used only when every primary scanner failed */

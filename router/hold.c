@@ -13,15 +13,22 @@
  * huge age and quarantine or, with hold_expiry_action = deliver, deliver it unscanned at
  * once), and a retry must not wait for the clock to catch up.
  *
+ * hold_held_for answers "was this held for that scanner's errors, before it recovered?"
+ * (router_tick retries such mail at once when run/recovered.<scanner> says the scanner
+ * passed its canary again; lib/pool.h).
+ *
  * DIAGNOSTICS
  *   None: an absent or malformed record reads as "never held" (attempts 0, first 0,
  *   next 0), which retries at once and starts the hold age afresh. Failing this way
  *   only ever rescans or holds longer; it never lets mail out.
  */
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "router.h"
+#include "verdict.h"
 
 /* A time field: digits, cut to INT64_MAX (spoolctl's "never" is UINT64_MAX). */
 static int64_t hold_time_field(const char *s, const char *key, struct buf *v)
@@ -104,4 +111,23 @@ int64_t hold_schedule(struct hold_state *h, int64_t now, int64_t retry_min, int6
 	delay += (int64_t)(rnd % (uint64_t)(delay / 4 + 1));
 	h->next = now + delay;
 	return delay;
+}
+
+int hold_held_for(int dirfd, const char *scanner, int64_t at)
+{
+	struct stat sb;
+	struct verdicts vs;
+	char reason[256];
+	int hit = 0;
+	/* The hold file is rewritten each time the entry is held: older than the recovery
+	 * means held before it, so a retry never loops on mail held again since. */
+	if (fstatat(dirfd, "hold", &sb, AT_SYMLINK_NOFOLLOW) < 0 || (int64_t)sb.st_mtime >= at)
+		return 0;
+	verdicts_init(&vs);
+	if (verdicts_read_at(dirfd, &vs, reason, sizeof reason) == 0)
+		for (size_t i = 0; i < vs.n && !hit; i++)
+			hit = vs.lines[i].verdict == V_ERROR &&
+			      strcmp(vs.lines[i].scanner, scanner) == 0;
+	verdicts_free(&vs);
+	return hit;
 }

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "manifest.h"
+#include "pool.h"
 #include "router.h"
 #include "spool.h"
 #include "stage.h"
@@ -1234,15 +1235,33 @@ static int router_tick(struct stage *st)
 			         strerror(errno));
 		next_expire = now_ms_monotonic() + (int64_t)st->conf->router.expire_interval * 1000;
 	}
+	/* A scanner that passed its canary again (run/recovered.<scanner>, newer than the
+	 * last one seen): the mail its errors held is retried now, not after its back-off. */
+	static int64_t seen_recovery;
+	int64_t newest = 0;
+	for (size_t s = 0; s < st->conf->n_scanners; s++) {
+		int64_t at = pool_recovered_at(st->spool.fd[SD_RUN], st->conf->scanners[s].name);
+		newest = at > newest ? at : newest;
+	}
+	int recovery = newest > seen_recovery;
 	if (spool_list(st->spool.fd[SD_HOLD], 1, &names, &n) < 0)
 		return -1;
 	for (size_t i = 0; i < n && !stage_stopping(); i++) {
 		struct spool_entry e;
 		struct hold_state h;
+		int recovered = 0;
 		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
 			continue;
 		hold_read(e.fd, &h);
-		if (hold_due(&h, now, horizon)) {
+		for (size_t s = 0; recovery && !h.manual && !recovered && s < st->conf->n_scanners;
+		     s++) {
+			const char *sn = st->conf->scanners[s].name;
+			recovered =
+			    hold_held_for(e.fd, sn, pool_recovered_at(st->spool.fd[SD_RUN], sn));
+		}
+		if (recovered)
+			log_info(e.qid, "a scanner that held it recovered; retrying now");
+		if (recovered || hold_due(&h, now, horizon)) {
 			trace_add(e.fd, e.qid, "retry attempts=%llu",
 			          (unsigned long long)h.attempts);
 			if (spool_entry_move(&e, SD_SCAN) < 0)
@@ -1255,6 +1274,8 @@ static int router_tick(struct stage *st)
 		spool_entry_release(&e);
 	}
 	spool_names_free(names, n);
+	if (recovery && !stage_stopping())
+		seen_recovery = newest;
 	return -1;
 }
 

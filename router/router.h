@@ -67,5 +67,8 @@ int hold_due(const struct hold_state *h, int64_t now, int64_t horizon);
  * if unknown or in the future. Returns the delay. */
 int64_t hold_schedule(struct hold_state *h, int64_t now, int64_t retry_min, int64_t retry_max,
                       unsigned rnd);
+/* 1 if the held entry in dirfd was held before at (its hold file is older) and its
+ * verdicts have an error line from scanner: mail that scanner's recovery may release. */
+int hold_held_for(int dirfd, const char *scanner, int64_t at);
 
 #endif

@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "clamd.h"
+#include "farm.h"
 #include "log.h"
 #include "runner.h"
 #include "slot.h"
@@ -417,7 +418,8 @@ static int canary_exec_one(struct stage *st, struct runner_scanner *rs, struct c
 }
 
 static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
-                            const char *file, enum canary_want want, char *reason, size_t rlen)
+                            const char *addr, const char *file, enum canary_want want, char *reason,
+                            size_t rlen)
 {
 	const struct conf_scanner *sc = rs->conf;
 	struct clamd_result r;
@@ -433,7 +435,9 @@ static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct 
 		die_temp(NULL, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
 		         st->spool.root, strerror(errno));
 	clamd_policy_init(&pol, sc);
-	clamd_scan_fd_any(sc->clamd_addrs, fd, &pol, sc->timeout * 1000, &r);
+	/* One address, never the pool: each address passes its own canary, and the cache
+	 * (farm.c) is never asked. */
+	clamd_scan_fd(addr, fd, &pol, sc->timeout * 1000, &r);
 	slot_release(slot);
 	close(fd);
 	int infected = r.verdict == V_INFECTED && r.virus[0];
@@ -466,15 +470,15 @@ static const struct {
 };
 
 /* Run the checks in order and stop at the first failure: a scanner that hangs on EICAR
- * costs one timeout, not five. */
-static int canary_check(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
-                        char *reason, size_t rlen)
+ * costs one timeout, not five. addr: the one clamd address to check (NULL for exec). */
+static int canary_check_one(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
+                            const char *addr, char *reason, size_t rlen)
 {
 	int clamd = rs->conf->type == SCANNER_CLAMD;
 	for (size_t i = 0; i < sizeof canary_checks / sizeof canary_checks[0]; i++) {
 		if (clamd && canary_checks[i].exec_only)
 			continue;
-		int rc = clamd ? canary_clamd_one(st, rs, cd, canary_checks[i].file,
+		int rc = clamd ? canary_clamd_one(st, rs, cd, addr, canary_checks[i].file,
 		                                  canary_checks[i].want, reason, rlen)
 		               : canary_exec_one(st, rs, cd, canary_checks[i].file,
 		                                 canary_checks[i].want, reason, rlen);
@@ -484,7 +488,76 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 	return 0;
 }
 
-static void canary_set(struct runner_scanner *rs, int ok, const char *reason)
+/*
+ * A clamd scanner is a pool: every address passes its own canary (one bad engine in a
+ * pool must not pass mail). An address that does not answer PING is marked down (the
+ * pool probes it later); one that answers but fails is kept out of the pool until a
+ * later canary passes. The scanner is degraded only when no address passes, and its
+ * reason then names every address and why.
+ */
+static int canary_check(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
+                        char *reason, size_t rlen)
+{
+	const struct conf_scanner *sc = rs->conf;
+	if (sc->type != SCANNER_CLAMD)
+		return canary_check_one(st, rs, cd, NULL, reason, rlen);
+	struct pool *p = farm_pool(st, sc);
+	struct clamd_policy pol;
+	struct buf all;
+	char first[512] = "";
+	size_t passed = 0, checked = 0;
+	clamd_policy_init(&pol, sc);
+	buf_init(&all);
+	for (size_t i = 0; sc->clamd_addrs && sc->clamd_addrs[i] && !stage_stopping(); i++) {
+		const char *addr = sc->clamd_addrs[i];
+		char why[512], version[128];
+		/* A tcp address after a unix one is never used (clamd.h): nothing to check. */
+		if (strncmp(addr, "tcp:", 4) == 0) {
+			int after_unix = 0;
+			for (size_t j = 0; j < i; j++)
+				after_unix |= strncmp(sc->clamd_addrs[j], "unix:", 5) == 0;
+			if (after_unix)
+				continue;
+		}
+		int alive = clamd_ping(addr, &pol, 2000) == 0;
+		/* Dead or not, the checks say why in clamd.c's words ("connect: ...",
+		 * "untrusted peer ..."); a dead one costs one failed connect. */
+		if (canary_check_one(st, rs, cd, addr, why, sizeof why) == 0) {
+			if (clamd_version(addr, &pol, 2000, version, sizeof version) < 0)
+				version[0] = '\0';
+			farm_canary_mark(st, sc, i, 1, version[0] ? version : NULL, NULL);
+			passed++;
+			continue;
+		}
+		checked++;
+		if (!alive) {
+			/* Not an engine that answers wrongly: down, and probed again later. */
+			pool_fail(p, i, why);
+		} else {
+			farm_canary_mark(st, sc, i, 0, NULL, why);
+			log_error(NULL,
+			          "scanner %s: clamd %s failed its canary and takes no mail: %s",
+			          sc->name, addr, why);
+		}
+		if (checked == 1)
+			bsnprintf(first, sizeof first, "%s", why);
+		buf_printf(&all, "%s%s: %s", all.len ? "; " : "", addr, why);
+	}
+	if (passed > 0) {
+		buf_free(&all);
+		return 0;
+	}
+	/* One usable address: its own reason, as for any scanner. Several: each of them. */
+	if (checked == 1)
+		bsnprintf(reason, rlen, "%s", first);
+	else
+		bsnprintf(reason, rlen, "no clamd address passed: %s",
+		          all.len ? buf_cstr(&all) : "no usable address");
+	buf_free(&all);
+	return -1;
+}
+
+static void canary_set(struct stage *st, struct runner_scanner *rs, int ok, const char *reason)
 {
 	int64_t now = now_us_wall() / 1000000;
 	const char *name = rs->conf->name;
@@ -502,11 +575,16 @@ static void canary_set(struct runner_scanner *rs, int ok, const char *reason)
 	} else {
 		if (rs->degraded || !rs->checked) {
 			rs->since = now;
-			if (rs->degraded)
+			if (rs->degraded) {
 				log_info(NULL,
 				         "scanner %s passed its canary again; no longer degraded",
 				         name);
-			else
+				/* The router retries the mail this scanner's errors held at once,
+				 * not after its back-off. */
+				char runpath[4200];
+				bsnprintf(runpath, sizeof runpath, "%s/run", st->spool.root);
+				pool_recovered_note(st->spool.fd[SD_RUN], runpath, name);
+			} else
 				log_info(NULL, "scanner %s passed its canary (version %s)", name,
 				         rs->version);
 		}
@@ -558,7 +636,7 @@ static void canary_run(struct stage *st, struct runner_scanner *sc, size_t n, co
 		} else {
 			ok = canary_check(st, &sc[i], &cd, reason, sizeof reason) == 0;
 		}
-		canary_set(&sc[i], ok, reason);
+		canary_set(st, &sc[i], ok, reason);
 		int64_t again = (int64_t)st->conf->canary_interval * 1000;
 		if (again <= 0 || again > DEGRADED_RECHECK_MS)
 			again = DEGRADED_RECHECK_MS;
@@ -591,6 +669,10 @@ void canary_tick(struct stage *st, struct runner_scanner *sc, size_t n)
 		for (size_t i = 0; i < n; i++) {
 			char v[sizeof sc[i].version];
 			runner_version_fetch(&sc[i], v, sizeof v);
+			/* A pool: any address may have reloaded, not only the first. */
+			if (sc[i].conf->type == SCANNER_CLAMD && sc[i].conf->canary &&
+			    strcmp(v, sc[i].version) == 0 && farm_versions_changed(st, sc[i].conf))
+				want[i] = any = 1;
 			if (strcmp(v, sc[i].version) != 0) {
 				log_info(NULL,
 				         "scanner %s version changed from \"%s\" to \"%s\"; "
@@ -606,6 +688,12 @@ void canary_tick(struct stage *st, struct runner_scanner *sc, size_t n)
 	 * canary_interval = 0 means "at start and on version changes only". */
 	for (size_t i = 0; i < n && interval > 0; i++)
 		if (sc[i].degraded && now >= sc[i].next_recheck_ms)
+			want[i] = any = 1;
+	/* A pool address that failed its canary, or came back with another version, is
+	 * checked on the same schedule as a degraded scanner: it takes no mail until then. */
+	for (size_t i = 0; i < n; i++)
+		if (sc[i].conf->type == SCANNER_CLAMD && sc[i].conf->canary &&
+		    now >= sc[i].next_recheck_ms && farm_canary_wanted(st, sc[i].conf))
 			want[i] = any = 1;
 	if (any)
 		canary_run(st, sc, n, want);

@@ -664,6 +664,7 @@ int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int 
 			return -1;
 	}
 
+	r->contacted = 1;
 	s = clamd_open(&a, pol, deadline, r);
 	if (s < 0)
 		goto out;
@@ -694,16 +695,43 @@ out:
 }
 
 /* Try addrs[from], addrs[from + 1]... until one gives a verdict, skipping the addresses
- * failover may not use. */
+ * failover may not use. Each failure of a contacted address goes to on_fail; when all
+ * fail and more than one was tried, r->reply lists every address and why, so that an
+ * operator (and a degraded scanner's reason) sees each, not only the last. */
+static int clamd_scan_fd_from_cb(char *const *addrs, size_t from, int fd,
+                                 const struct clamd_policy *pol, int timeout_ms,
+                                 struct clamd_result *r, clamd_fail_fn *on_fail, void *ctx)
+{
+	char all[sizeof r->reply];
+	size_t tried = 0, used = 0;
+
+	all[0] = '\0';
+	for (size_t i = from; addrs != NULL && addrs[i] != NULL; i++) {
+		if (!clamd_addr_usable(addrs, i))
+			continue;
+		if (clamd_scan_fd(addrs[i], fd, pol, timeout_ms, r) == 0)
+			return 0;
+		if (r->verdict == V_ERROR && r->contacted && on_fail != NULL)
+			on_fail(ctx, addrs[i], r);
+		tried++;
+		if (used < sizeof all) {
+			/* Truncation only shortens a diagnostic. */
+			int k = snprintf(all + used, sizeof all - used, "%s%s: %s",
+			                 used ? "; " : "", addrs[i], r->reply);
+			used += k > 0 ? (size_t)k : 0;
+		}
+	}
+	/* Only an error is rewritten: V_UNSCANNABLE keeps its own reply, which callers map. */
+	if (tried > 1 && r->verdict == V_ERROR)
+		snprintf(r->reply, sizeof r->reply, "%s", all);
+	return -1;
+}
+
 static int clamd_scan_fd_from(char *const *addrs, size_t from, int fd,
                               const struct clamd_policy *pol, int timeout_ms,
                               struct clamd_result *r)
 {
-	for (size_t i = from; addrs != NULL && addrs[i] != NULL; i++)
-		if (clamd_addr_usable(addrs, i) &&
-		    clamd_scan_fd(addrs[i], fd, pol, timeout_ms, r) == 0)
-			return 0;
-	return -1;
+	return clamd_scan_fd_from_cb(addrs, from, fd, pol, timeout_ms, r, NULL, NULL);
 }
 
 int clamd_scan_fd_any(char *const *addrs, int fd, const struct clamd_policy *pol, int timeout_ms,
@@ -750,6 +778,8 @@ static int clamd_session_open(struct clamd_session *cs, int timeout_ms)
 	static const char cmd[] = "zIDSESSION";
 	struct clamd_result r;
 
+	clamd_result_reset(&r, "");
+
 	for (; cs->addrs != NULL && cs->addrs[cs->at] != NULL; cs->at++) {
 		int64_t deadline = now_ms_monotonic() + timeout_ms;
 		int s;
@@ -758,9 +788,15 @@ static int clamd_session_open(struct clamd_session *cs, int timeout_ms)
 		    clamd_addr_parse(cs->addrs[cs->at], &cs->a, &r) < 0)
 			continue;
 		s = clamd_open(&cs->a, cs->pol, deadline, &r);
-		if (s < 0)
+		if (s < 0) {
+			/* The session moves on to the next address: the pool hears of this one. */
+			if (cs->on_fail != NULL)
+				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &r);
 			continue;
+		}
 		if (clamd_send_all(s, cmd, sizeof cmd, deadline, &r) != 0) {
+			if (cs->on_fail != NULL)
+				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &r);
 			close(s);
 			continue;
 		}
@@ -863,6 +899,8 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, int timeout_ms, stru
 		 * per-request path would wait as long once more): the next address is. */
 		if (strcmp(r->reply, "timeout") == 0) {
 			cs->last = *r;
+			if (cs->on_fail != NULL)
+				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], r);
 			cs->at++;
 		}
 	}
@@ -872,7 +910,8 @@ int clamd_session_scan_fd(struct clamd_session *cs, int fd, int timeout_ms, stru
 		*r = cs->last;
 		return -1;
 	}
-	return clamd_scan_fd_from(cs->addrs, cs->at, fd, cs->pol, timeout_ms, r);
+	return clamd_scan_fd_from_cb(cs->addrs, cs->at, fd, cs->pol, timeout_ms, r, cs->on_fail,
+	                             cs->fail_ctx);
 }
 
 /*
@@ -1003,8 +1042,11 @@ static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, s
 				}
 			/* As for one request: a clamd that let the deadline pass is not asked
 			 * again for this message. */
-			if (timed_out)
+			if (timed_out) {
+				if (cs->on_fail != NULL)
+					cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &cs->last);
 				cs->at++;
+			}
 		}
 		for (size_t j = 0; j < ntodo; j++)
 			if (tfinal[j]) {

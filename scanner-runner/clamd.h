@@ -89,7 +89,12 @@ struct clamd_result {
 	char virus[256]; /* signature name when infected, else "" */
 	char reply[512]; /* clamd's raw reply line (bounded, newline stripped) or our error text */
 	char addr[256];  /* which address answered (the last one tried) */
+	int contacted;   /* 1 once the address itself was asked: its failure is its own */
 };
+
+/* Told of every address that failed a request after it was contacted (connect error,
+ * timeout, protocol error, an ERROR reply): the pool marks it down. */
+typedef void clamd_fail_fn(void *ctx, const char *addr, const struct clamd_result *r);
 
 /*
  * Scan the file open on fd at addr under pol (pol->stream_max 0 allows only an empty file
@@ -104,7 +109,8 @@ int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int 
  * Try each address of the NULL-terminated addrs in order until one gives a verdict
  * (failover); each try gets its own timeout_ms. A tcp address after a unix one is never
  * tried (see Trust). Returns 0 on a verdict, -1 if all failed, r then describing the
- * last failure (an empty list: V_ERROR "no clamd address").
+ * last failure (an empty list: V_ERROR "no clamd address"); when more than one address
+ * was tried, r->reply names each with its failure ("A: timeout; B: connect: ...").
  */
 int clamd_scan_fd_any(char *const *addrs, int fd, const struct clamd_policy *pol, int timeout_ms,
                       struct clamd_result *r);
@@ -135,6 +141,8 @@ struct clamd_session {
 	unsigned next_id;
 	struct clamd_addr a;
 	struct clamd_result last; /* what ended the session on a timeout */
+	clamd_fail_fn *on_fail;   /* may be NULL; see clamd_fail_fn */
+	void *fail_ctx;
 };
 
 /* pol must outlive the session. */

@@ -38,6 +38,7 @@
 #include "conf.h"
 #include "crash.h"
 #include "exec.h"
+#include "farm.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -464,83 +465,11 @@ static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	return left == 0;
 }
 
-/* One slot and one clamd session for all of the message's parts: the slot bounds how many
- * of our requests clamd serves at once, and a session costs one connection per message
- * instead of one per part (clamd.c falls back to a connection per part on any trouble). */
+/* farm.c: pool placement, probes, the verdict cache, one slot and one clamd session for
+ * all of the message's parts. */
 static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, struct runner_job *j)
 {
-	const struct conf_scanner *sc = rs->conf;
-	const struct manifest *m = &j->m;
-	int dirfd = j->e.fd;
-	const char *qid = j->e.qid;
-	struct clamd_session cs;
-	struct clamd_policy pol;
-	int wait_s = st->conf->runner.slot_wait;
-	int slot = slot_acquire_timed(&st->spool, sc->name, sc->max_concurrent, wait_s * 1000);
-	if (slot < 0) {
-		if (errno != ETIMEDOUT)
-			die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name,
-			         strerror(errno));
-		char why[300];
-		snprintf(why, sizeof why, "no slot of scanner %s came free within slot_wait = %d s",
-		         sc->name, wait_s);
-		log_warn(qid, "%s", why);
-		for (size_t i = 0; i < m->n_parts; i++) {
-			struct verdict_line *l =
-			    verdicts_add(&j->vs, (int)m->parts[i].index, sc->name, V_ERROR, "",
-			                 "not-started", 0, rs->version, "clamd", why);
-			l->backup = j->backups;
-		}
-		return;
-	}
-	clamd_policy_init(&pol, sc);
-	clamd_session_init(&cs, sc->clamd_addrs, &pol);
-	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
-		size_t n =
-		    m->n_parts - b < CLAMD_SESSION_BATCH ? m->n_parts - b : CLAMD_SESSION_BATCH;
-		struct clamd_result r[CLAMD_SESSION_BATCH];
-		int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
-		size_t nopen = 0;
-		int64_t t0 = now_ms_monotonic();
-		/* Read-only and for this scan alone: in a session clamd gets these very
-		 * descriptors and moves their offsets. */
-		for (size_t i = 0; i < n; i++) {
-			char name[16];
-			manifest_part_name(m->parts[b + i].index, name);
-			fds[i] = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-			if (fds[i] < 0) {
-				memset(&r[i], 0, sizeof r[i]);
-				r[i].verdict = V_ERROR;
-				snprintf(r[i].reply, sizeof r[i].reply, "open %s: %s", name,
-				         strerror(errno));
-			} else {
-				open_fds[nopen++] = fds[i];
-			}
-		}
-		struct clamd_result ro[CLAMD_SESSION_BATCH];
-		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
-		for (size_t i = 0, k = 0; i < n; i++)
-			if (fds[i] >= 0) {
-				r[i] = ro[k++];
-				close(fds[i]);
-			}
-		/* The parts of a batch are scanned side by side: each gets the batch's time. */
-		long ms = (long)(now_ms_monotonic() - t0);
-		for (size_t i = 0; i < n; i++) {
-			runner_observe(sc, ms);
-			struct verdict_line *l = verdicts_add(
-			    &j->vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
-			    r[i].addr, ms, rs->version, "clamd", r[i].reply);
-			l->backup = j->backups;
-			if (r[i].verdict != V_CLEAN)
-				log_info(qid,
-				         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
-				         sc->name, m->parts[b + i].index,
-				         verdict_name(r[i].verdict), r[i].virus, r[i].reply, ms);
-		}
-	}
-	clamd_session_close(&cs);
-	slot_release(slot);
+	farm_scan_clamd(st, rs, j->e.fd, &j->m, &j->vs, j->e.qid, j->backups);
 }
 
 /* Move j->s to the next scanner whose turn it is (from j->s on): the primaries, then the
@@ -696,6 +625,9 @@ static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *
 		kv_addstr(&b, "exit", l->exit);
 		buf_printf(&b, " ms=%ld backup=%d", l->ms, l->backup);
 		kv_addstr(&b, "version", l->version);
+		/* A verdict from the cache (farm.c) says so in the record that travels. */
+		if (strncmp(l->output, "cached=1 ", 9) == 0)
+			buf_addstr(&b, " cached=1");
 		if (l->verdict != V_CLEAN) {
 			kv_addstr(&b, "argv", l->argv);
 			kv_add(&b, "output", l->output,

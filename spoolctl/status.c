@@ -4,9 +4,10 @@
  *
  * Stages come from spoold's run/status (a pid is shown only while spoold is alive);
  * scanner health from run/scanners, written by the scanner-runner's canary ("unknown"
- * when absent). A loud warning is printed when router.hold_expiry_action is "deliver":
- * held messages that expire are then delivered unscanned, and when spoold's last reload
- * rejected the config file (run/status "config ok=0").
+ * when absent); for a clamd scanner, its pool from run/pool.<scanner> (each address up,
+ * down, probe-due or bad, its version, requests in flight and errors). A loud warning is printed
+ * when router.hold_expiry_action is "deliver": held messages that expire are then delivered
+ * unscanned, and when spoold's last reload rejected the config file (run/status "config ok=0").
  *
  * Exit status, as systemctl status: 0 all well; 1 spoold runs but needs the
  * administrator (config rejected, a scanner not ok); 3 spoold is not running (the scanner
@@ -25,6 +26,7 @@
 #include "conf.h"
 #include "ctl.h"
 #include "log.h"
+#include "pool.h"
 #include "qstat.h"
 #include "slot.h"
 #include "spool.h"
@@ -48,6 +50,63 @@ static void st_json_str(const char *s)
 	json_escape(&e, s, strlen(s));
 	printf("\"%s\"", buf_cstr(&e));
 	buf_free(&e);
+}
+
+/* A clamd scanner's pool (run/pool.<scanner>, lib/pool.h): each address up or down, its
+ * version, requests in flight, errors. Nothing when the file is absent (no mail yet). */
+static void st_pool(const struct conf_scanner *s, int rundir, int json)
+{
+	struct pool_file pf;
+	if (s->type != SCANNER_CLAMD)
+		return;
+	int have = pool_read(rundir, s->name, &pf) == 0;
+	if (json) {
+		printf(",\"balance\":");
+		st_json_str(pool_balance_name((enum pool_balance)s->balance));
+		printf(",\"pool\":[");
+	} else {
+		printf("    balance %s\n", pool_balance_name((enum pool_balance)s->balance));
+	}
+	for (size_t i = 0; have && i < pf.n; i++) {
+		const struct pool_addr *a = &pf.a[i];
+		int64_t now = now_us_wall() / 1000;
+		const char *state = a->canary_bad                       ? "bad"
+		                    : a->down && a->down_until_ms > now ? "down"
+		                    : a->down                           ? "probe-due"
+		                                                        : "up";
+		if (json) {
+			printf("%s{\"address\":", i ? "," : "");
+			st_json_str(a->addr);
+			printf(",\"state\":");
+			st_json_str(state);
+			printf(",\"version\":");
+			st_json_str(a->version);
+			printf(",\"in_flight\":%d,\"errors\":%llu,\"requests\":%llu,\"reason\":",
+			       pool_addr_inflight(a), (unsigned long long)a->errors,
+			       (unsigned long long)a->requests);
+			st_json_str(a->reason);
+			printf("}");
+		} else {
+			struct buf e;
+			buf_init(&e);
+			escape_bytes(&e, a->addr, strlen(a->addr), 256);
+			printf("    %-40s %-9s in_flight %d errors %llu requests %llu",
+			       buf_cstr(&e), state, pool_addr_inflight(a),
+			       (unsigned long long)a->errors, (unsigned long long)a->requests);
+			buf_reset(&e);
+			escape_bytes(&e, a->version, strlen(a->version), 128);
+			printf(" version %s", e.len ? buf_cstr(&e) : "-");
+			if (a->reason[0]) {
+				buf_reset(&e);
+				escape_bytes(&e, a->reason, strlen(a->reason), 256);
+				printf(" (%s)", buf_cstr(&e));
+			}
+			printf("\n");
+			buf_free(&e);
+		}
+	}
+	if (json)
+		printf("]");
 }
 
 /* The health line of scanner name in run/scanners, if the file is complete ("end"). */
@@ -276,6 +335,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf(",\"since\":%lld,\"stale\":%s,\"reason\":", h.since,
 			       sup_alive ? "false" : "true");
 			st_json_str(buf_cstr(&h.reason));
+			st_pool(s, sp.fd[SD_RUN], 1);
 			printf("}");
 		} else {
 			struct buf e;
@@ -290,6 +350,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			}
 			printf("\n");
 			buf_free(&e);
+			st_pool(s, sp.fd[SD_RUN], 0);
 		}
 		if (strcmp(h.state, "ok") != 0 && strcmp(h.state, "unknown") != 0)
 			degraded = 1;
