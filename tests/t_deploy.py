@@ -169,7 +169,7 @@ def reload_that_changes_user_says_it_needs_a_restart():
 
 @test
 def every_program_has_version():
-    for prog in ("spoold", "spoolctl", "splitter", "scanner-runner", "router",
+    for prog in ("spoold", "spoolctl", "splitter", "scanner-runner", "router", "lmtpd",
                  "connector-smtp", "connector-maildir"):
         r = harness.run([harness.bin_path(prog), "--version"], timeout=10)
         assert r.returncode == 0 and r.out.startswith("%s (spoold) " % prog), (prog, r.out)

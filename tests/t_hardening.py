@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import test  # noqa: E402
 
-PROGS = ("splitter", "scanner-runner", "router", "spoold", "spoolctl", "connector-smtp",
+PROGS = ("splitter", "scanner-runner", "router", "spoold", "spoolctl", "lmtpd", "connector-smtp",
          "connector-maildir")
 
 

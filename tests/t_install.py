@@ -68,7 +68,7 @@ def make_install_then_run_as_the_unit_does():
     root = harness.tmpdir("root")
     _make("install", "DESTDIR=" + root)
     for rel in ("sbin/spoold", "bin/spoolctl", "libexec/spoold/splitter",
-                "libexec/spoold/scanner-runner", "libexec/spoold/router",
+                "libexec/spoold/scanner-runner", "libexec/spoold/router", "libexec/spoold/lmtpd",
                 "libexec/spoold/connector-smtp", "libexec/spoold/connector-maildir",
                 "lib/systemd/system/spoold.service", "lib/systemd/system/spoold-stage@.service",
                 "lib/systemd/system/spoold-smtp@.service",
