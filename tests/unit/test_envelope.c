@@ -17,18 +17,7 @@
 #include "manifest.h"
 #include "util.h"
 #include "verdict.h"
-
-static int failures;
-
-#define CHECK(name, cond)                                                                          \
-	do {                                                                                       \
-		if (cond)                                                                          \
-			printf("PASS %s\n", name);                                                 \
-		else {                                                                             \
-			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                  \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
+#include "check.h"
 
 struct addr_case {
 	const char *addr;

@@ -18,18 +18,7 @@
 #include "slot.h"
 #include "spool.h"
 #include "util.h"
-
-static int failures;
-
-#define CHECK(name, cond)                                                                          \
-	do {                                                                                       \
-		if (cond)                                                                          \
-			printf("PASS %s\n", name);                                                 \
-		else {                                                                             \
-			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                  \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
+#include "check.h"
 
 static int test_exec_sh(const char *script, size_t output_max, int timeout_ms,
                         struct exec_result *res)

@@ -16,18 +16,7 @@
 #include <unistd.h>
 
 #include "pool.h"
-
-static int failures;
-
-#define CHECK(name, cond)                                                                          \
-	do {                                                                                       \
-		if (cond)                                                                          \
-			printf("PASS %s\n", name);                                                 \
-		else {                                                                             \
-			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                  \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
+#include "check.h"
 
 /* Pretend addrs[i]'s back-off is over (instead of sleeping through it). */
 static void pool_test_expire(struct pool *p, size_t i)

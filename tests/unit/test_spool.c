@@ -18,18 +18,7 @@
 #include "manifest.h"
 #include "spool.h"
 #include "util.h"
-
-static int failures;
-
-#define CHECK(name, cond)                                                                          \
-	do {                                                                                       \
-		if (cond)                                                                          \
-			printf("PASS %s\n", name);                                                 \
-		else {                                                                             \
-			printf("FAIL %s: %s (line %d)\n", name, #cond, __LINE__);                  \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
+#include "check.h"
 
 static int exists(struct spool *sp, enum spool_dir d, const char *name)
 {
