@@ -450,7 +450,7 @@ static int q_unlink_opt(int dfd, const char *name)
 	return unlinkat(dfd, name, 0) < 0 && errno != ENOENT ? -1 : 0;
 }
 
-/* badmail/<qid> -> inbound/<qid> as a queue file. */
+/* badmail/<qid> -> incoming/<qid>, to be split again under the same ID. */
 static int q_requeue_badmail(struct spool_entry *e)
 {
 	struct spool *sp = e->sp;
@@ -461,49 +461,23 @@ static int q_requeue_badmail(struct spool_entry *e)
 			close(mfd);
 		return q_refuse(e, "requeue", "it has no message file to split again");
 	}
-	struct envelope env;
-	char reason[128];
-	envelope_init(&env);
-	int have_env = envelope_read_at(e->fd, &env, reason, sizeof reason) == 0;
-	char tmpname[SPOOL_QID_LEN + 16];
-	snprintf(tmpname, sizeof tmpname, "%s.requeue", e->qid);
-	int fd = openat(sp->fd[SD_TMP], tmpname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-	if (fd < 0)
-		die_temp(e->qid, "cannot create %s/tmp/%s: %s", sp->root, tmpname, strerror(errno));
-	struct buf b;
-	buf_init(&b);
-	if (have_env) {
-		buf_addstr(&b, QUEUE_FILE_MAGIC);
-		envelope_format(&env, &b);
-	}
-	envelope_free(&env);
-	/* Data durable before the name appears in inbound/, as for spoolctl inject. */
-	if (write_all(fd, b.data ? b.data : "", b.len) < 0 || copy_fd(mfd, fd) < 0 || fsync(fd) < 0)
-		die_temp(e->qid, "cannot write %s/tmp/%s: %s", sp->root, tmpname, strerror(errno));
-	close(fd);
 	close(mfd);
-	buf_free(&b);
-	trace_add(e->fd, e->qid, "requeue from=badmail by=spoolctl");
-	/* First the copy appears in inbound/, then the badmail entry goes: a crash between
-	 * the two leaves the message twice (the badmail copy is inert), never lost. */
-	/* Never over a file already named so in inbound/ (someone else's drop): that one
-	 * would be lost. The splitter gives a name in use a fresh queue ID anyway. */
-	char iname[SPOOL_QID_LEN + 1];
-	memcpy(iname, e->qid, sizeof iname);
-	int rr;
-	for (int tries = 0; (rr = spool_rename_noreplace(sp->fd[SD_TMP], tmpname,
-	                                                 sp->fd[SD_INBOUND], iname)) < 0 &&
-	                    errno == EEXIST && tries < 100;
-	     tries++)
-		spool_qid_new(iname);
-	if (rr < 0 || fsync_dir(sp->fd[SD_INBOUND]) < 0)
-		die_temp(e->qid, "cannot move %s/tmp/%s into inbound/: %s", sp->root, tmpname,
+	/* The entry goes back to the splitter whole, under its own queue ID and with its
+	 * trace: a work directory in incoming/ that holds its message is what a split cut
+	 * short by a crash leaves, and the splitter splits it again from scratch (it removes
+	 * parts and manifest itself; a message that still starts with the queue-file magic is
+	 * stripped again, else the envelope here is used). What made it badmail goes: the
+	 * reason, and the poison counter, which would send it straight back. */
+	if (q_unlink_opt(e->fd, "reason") < 0 || q_unlink_opt(e->fd, "attempts") < 0)
+		die_temp(e->qid, "cannot reset %s/badmail/%s: %s", sp->root, e->qid,
 		         strerror(errno));
-	if (spool_entry_trash(e) < 0)
-		log_warn(e->qid, "requeued, but cannot remove %s/badmail/%s: %s", sp->root, e->qid,
+	trace_add(e->fd, e->qid, "requeue from=badmail to=incoming by=spoolctl");
+	/* spool_entry_move syncs first, so the removals are durable before the move; one
+	 * rename, so a crash leaves the entry in badmail/ or in incoming/, never in both. */
+	if (spool_entry_move(e, SD_INCOMING) < 0)
+		die_temp(e->qid, "cannot move %s/badmail/%s to incoming/: %s", sp->root, e->qid,
 		         strerror(errno));
-	spool_entry_release(e);
-	printf("%s requeued: badmail -> inbound\n", e->qid);
+	printf("%s requeued: badmail -> incoming (split again under the same ID)\n", e->qid);
 	return 0;
 }
 
@@ -628,7 +602,7 @@ static int q_requeue_all(struct conf *c, int argc, char **argv)
 			ctl_requeue_hold(&e, "requeue");
 			done++;
 		} else if (q_requeue_badmail(&e) == 0) {
-			log_audit(e.qid, "requeued from badmail/ to inbound/ by spoolctl");
+			log_audit(e.qid, "requeued from badmail/ to incoming/ by spoolctl");
 			done++;
 		}
 		spool_entry_release(&e);
@@ -652,7 +626,7 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 	} else if (e.where == SD_BADMAIL) {
 		rc = q_requeue_badmail(&e);
 		if (rc == 0)
-			log_audit(e.qid, "requeued from badmail/ to inbound/ by spoolctl");
+			log_audit(e.qid, "requeued from badmail/ to incoming/ by spoolctl");
 	} else if (e.where == SD_QUARANTINE) {
 		rc = q_refuse(&e, "requeue", "use `spoolctl quarantine release`");
 	} else {

@@ -283,14 +283,18 @@ def requeue_badmail_goes_back_through_the_splitter():
     m = msgs.clean()
     qb, _ = seed(p, "badmail", 5, {"message": m, "reason": b"test\n"},
                  sender="alice@example.com", rcpts=["bob@example.org"])
+    with open(os.path.join(p.spool, "badmail", qb, "trace"), "wb") as f:
+        f.write(b"1700000000 splitter intake name=earlier\n")
     r = p.ctl("requeue", qb)
     assert r.returncode == 0, r.out
-    assert p.entries("badmail") == [] and p.entries("inbound") == [qb]
-    with open(os.path.join(p.spool, "inbound", qb), "rb") as f:
-        assert f.read() == msgs.queue_file("alice@example.com", ["bob@example.org"], m)
+    # The entry itself goes back to the splitter: same queue ID, same trace.
+    assert p.entries("badmail") == [] and p.entries("incoming") == [qb], p.finals()
+    assert not os.path.exists(os.path.join(p.spool, "incoming", qb, "reason"))
     p.start()
     p.wait_final(1)
     assert p.outbox() == [("smtp", qb)], p.finals()
+    tr = p.read(os.path.join(p.spool, "outbox", "smtp", qb), "trace").decode()
+    assert "name=earlier" in tr and "requeue from=badmail" in tr, tr
 
 
 @test
