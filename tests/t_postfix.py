@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Real MTA integration (issue 9): Postfix in, Postfix out, on loopback only.
-
-A throwaway Postfix instance (own config directory and queue in a temp dir) listens on two
-loopback ports: IN hands every message to `spoolctl inject` through a pipe(8) content
-filter; OUT takes the re-injection from connector-smtp and delivers test.example into a
-Maildir. swaks sends a clean and an EICAR message into IN. Skipped, with the reason,
-where there is no root, no postfix or no swaks."""
+"""Postfix in, spoold, Postfix out, configured from docs/postfix.md itself (issues 9, 14,
+20): the master.cf, main.cf, usermod and spoold.conf blocks of the doc are used as
+written, with only what a throwaway instance needs changed (a loopback smtp listener, the
+test's paths, the spool user nobody). Mail goes in over SMTP, through the pipe(8) filter
+(spoolctl inject -q), spoold, and back through the Unix-socket re-injection service into
+Maildirs: clean mail arrives once, also through always_bcc and a virtual alias that
+expands to two addresses (the doc's no_address_mappings); EICAR is quarantined; only the
+postdrop group reaches the re-injection socket; an unwritable spool makes Postfix defer,
+and the mail arrives once the spool is back. Everything that reached a mailbox, rescanned
+whole and re-split, is clean. Skipped, with the reason, without root, postfix or swaks."""
+import grp
 import os
 import pwd
-import shutil
-import socket
-import subprocess
+import re
 import sys
 import time
 
@@ -18,229 +20,119 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import test, wait_for  # noqa: E402
 from lib import msgs  # noqa: E402
+from lib.postfix import (Postfix, can_connect, free_port, listening, need_postfix,  # noqa: E402
+                         section_blocks)
 from lib.spool import Pipeline, clamscan  # noqa: E402
 
-MASTER = """\
-{inp} inet n - n - - smtpd -o content_filter=spoold:dummy
-{out} inet n - n - - smtpd -o content_filter= -o smtpd_recipient_restrictions=permit_mynetworks,reject
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-local unix - n n - - local
-virtual unix - n n - - virtual
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-spoold unix - n n - 10 pipe
-  flags=Rq user=nobody argv={spoolctl} -c {conf} inject -f ${{sender}} -- ${{recipient}}
-"""
 
-MAIN = """\
-compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = spoold-test.localdomain
-mydomain = localdomain
-myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_recipient_restrictions = permit_mynetworks, reject
-virtual_mailbox_domains = test.example
-virtual_mailbox_base = {mail}
-virtual_mailbox_maps = texthash:{d}/vmailbox
-virtual_uid_maps = static:{uid}
-virtual_gid_maps = static:{gid}
-virtual_minimum_uid = 1
-maillog_file = {d}/maillog
-maillog_file_prefixes = /tmp, /var, {d}
-smtputf8_enable = no
-biff = no
-relayhost =
-spoold_destination_recipient_limit = 1
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-"""
+def recipe():
+    """The doc's blocks: master.cf (spoold's two services), the usermod line, main.cf,
+    and the connector of spoold.conf."""
+    master, usermod = section_blocks("## master.cf")[:2]
+    (main,) = section_blocks("## main.cf")[:1]
+    conf = section_blocks("## spoold.conf")[0]
+    return master, usermod, main, conf
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-SYSLOG = []
-
-
-def syslog_catch():
-    """Postfix reports fatal start-up errors only to syslog; where nothing listens on
-    /dev/log (containers, CI), listen there for the length of the test."""
-    if os.path.exists("/dev/log"):
-        return
-    import threading
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("/dev/log")
-    sock.settimeout(0.5)
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            try:
-                SYSLOG.append(sock.recv(8192).decode(errors="replace"))
-            except socket.timeout:
-                pass
-
-    th = threading.Thread(target=loop, daemon=True)
-    th.start()
-
-    def done():
-        stop.set()
-        th.join()
-        sock.close()
-        os.unlink("/dev/log")
-    harness.cleanup(done)
-
-
-def postfix(d, *args, check=True):
-    r = harness.run(["postfix", "-c", d] + list(args), timeout=60)
-    if check:
-        time.sleep(0.2)
-        assert r.returncode == 0, "postfix %s: %s %s %s" % (" ".join(args), r.out, SYSLOG[-5:],
-                                                            _maillog(d)[-1500:])
-    return r
-
-
-def queue_empty(d):
-    r = harness.run(["postqueue", "-c", d, "-p"], timeout=30)
-    return "Mail queue is empty" in r.out
+@test
+def the_recipe_filters_every_way_in_and_reinjects_over_a_socket():
+    """Without Postfix: what the blocks must say."""
+    master, usermod, main, conf = recipe()
+    assert "content_filter = spoold:dummy" in main, main
+    assert "receive_override_options = no_address_mappings" in main, main
+    assert re.search(r"inject -q \$\{queue_id\}", master), master
+    svc = re.search(r"^(\S+)\s+unix\s+n\s+.*\bsmtpd$", master, re.M)
+    assert svc and "-o content_filter=\n" in master + "\n", master
+    assert "10026" not in master and "127.0.0.1:" not in master, master
+    sock = re.search(r'unix_socket = "([^"]+)";', conf).group(1)
+    assert sock == "/var/spool/postfix/public/" + svc.group(1), (sock, svc.group(1))
+    assert re.match(r"usermod -a -G postdrop spoold\n?$", usermod), usermod
 
 
 @test(timeout=600)
-def postfix_in_spoold_postfix_out():
-    if os.geteuid() != 0:
-        harness.skip("needs root (a Postfix instance and a pipe transport user)")
-    for tool in ("postfix", "swaks", "postqueue"):
-        if not shutil.which(tool):
-            harness.skip("%s not installed (Debian packages postfix, swaks)" % tool)
+def postfix_spoold_postfix_from_the_documented_recipe():
+    master_doc, usermod, main_doc, conf_doc = recipe()
+    need_postfix()
+    svc = re.search(r"^(\S+)\s+unix\s+n\s+.*\bsmtpd$", master_doc, re.M).group(1)
+    relay = re.search(r'relay = "([^"]+)";', conf_doc).group(1)
+    group = grp.getgrnam(re.match(r"usermod -a -G (\S+) spoold", usermod).group(1))
     nobody = pwd.getpwnam("nobody")
     base = harness.tmpdir("pf")
-    # The pipe transport runs spoolctl as nobody: it must reach the config and the spool.
-    p_dir = os.path.dirname(base)
-    for path in (p_dir, base):
+    for path in (os.path.dirname(base), base):
         os.chmod(path, 0o755)
-    pin, pout = free_port(), free_port()
+    # The doc's /var/spool/postfix is this instance's queue; its spool user is nobody
+    # (in the doc's group when it acts as the spool user).
+    q = os.path.join(base, "postfix", "queue")
+    sock = os.path.join(q, "public", svc)
+    pin = free_port()
     p = Pipeline(scanners=[clamscan()],
-                 connectors=[dict(name="smtp", domains=["*"], type="smtp",
-                                  relay="smtp://127.0.0.1:%d" % pout, helo="spoold-test",
+                 connectors=[dict(name="smtp", domains=["*"], type="smtp", relay=relay,
+                                  unix_socket=sock, helo="spoold-test",
                                   retry_min=1, retry_max=2)])
     os.chmod(p.dir, 0o755)
     os.chmod(p.conf, 0o644)
     p.start()
-    # The pipe transport runs as the spool's owner (here nobody; in production the
-    # spoold user, see docs/postfix.md).
     for root, dirs, files in os.walk(p.spool):
         for x in [root] + [os.path.join(root, f) for f in files]:
             os.chown(x, nobody.pw_uid, nobody.pw_gid)
-    conn = p.stage("connector-smtp", once=False, args=["-n", "smtp"])
-    d = os.path.join(base, "postfix")
-    mail = os.path.join(base, "mail")
-    os.makedirs(d)
-    os.makedirs(mail)
-    os.chown(mail, nobody.pw_uid, nobody.pw_gid)
-    with open(os.path.join(d, "main.cf"), "w") as f:
-        f.write(MAIN.format(d=d, mail=mail, uid=nobody.pw_uid, gid=nobody.pw_gid))
-    with open(os.path.join(d, "master.cf"), "w") as f:
-        f.write(MASTER.format(inp=pin, out=pout, spoolctl=harness.bin_path("spoolctl"), conf=p.conf))
-    with open(os.path.join(d, "vmailbox"), "w") as f:
-        f.write("bob@test.example bob/\n")
-    syslog_catch()
-    os.makedirs(os.path.join(d, "queue"))
-    os.makedirs(os.path.join(d, "data"))
-    pf = pwd.getpwnam("postfix")
-    os.chown(os.path.join(d, "data"), pf.pw_uid, pf.pw_gid)
-    postfix(d, "set-permissions", "create-missing", check=False)
-    postfix(d, "check", check=False)
-    postfix(d, "start")
-    harness.cleanup(lambda: postfix(d, "stop", check=False))
-    wait_for(lambda: _listening(pin) and _listening(pout), timeout=30, what="postfix to listen")
+    master = master_doc.replace("/usr/local/bin/spoolctl", harness.bin_path("spoolctl"))
+    master = master.replace("/etc/spoold/spoold.conf", p.conf).replace("user=spoold",
+                                                                       "user=nobody")
+    # The doc leaves the smtp service as Postfix ships it; here it is a loopback port.
+    master = "%d inet n - n - - smtpd\n" % pin + master
+    pf = Postfix(base, master, main_doc, boxes=("bob", "carol", "archive"),
+                 aliases={"team@test.example": ["bob@test.example", "carol@test.example"]})
+    with open(os.path.join(pf.d, "main.cf"), "a") as f:
+        f.write("always_bcc = archive@test.example\n")
+    pf.start()
+    wait_for(lambda: listening(pin) and os.path.exists(sock), timeout=30,
+             what="postfix to listen on %d and %s\n%s" % (pin, sock, pf.maillog()[-1500:]))
+    # The spool user, in the doc's group, reaches the socket; users without it do not.
+    assert can_connect(sock, "nobody", [group.gr_gid]), "the spool user cannot reach " + sock
+    assert not can_connect(sock, "nobody"), "nobody without %s reached %s" % (group.gr_name, sock)
+    assert not can_connect(sock, "daemon"), "daemon reached %s" % sock
 
     eicar = os.path.join(base, "eicar.com")
     with open(eicar, "wb") as f:
         f.write(msgs.eicar())
-    r = harness.run(["swaks", "--server", "127.0.0.1:%d" % pin, "--from", "alice@example.org",
-                     "--to", "bob@test.example", "--header", "Subject: clean one",
-                     "--body", "hello through spoold"], timeout=60)
-    assert r.returncode == 0, r.out
-    r = harness.run(["swaks", "--server", "127.0.0.1:%d" % pin, "--from", "alice@example.org",
-                     "--to", "bob@test.example", "--header", "Subject: infected one",
-                     "--attach", "@" + eicar], timeout=60)
-    assert r.returncode == 0, r.out
-    newdir = os.path.join(mail, "bob", "new")
-    wait_for(lambda: os.path.isdir(newdir) and os.listdir(newdir), timeout=120,
-             what="the clean message in the Maildir; spoold log:\n" + p.logtext()[-2000:])
-    got = open(os.path.join(newdir, os.listdir(newdir)[0]), "rb").read()
+    pf.send(pin, "bob@test.example", "clean one", body="hello through spoold")
+    pf.send(pin, "bob@test.example", "infected one", attach=eicar)
+    wait_for(lambda: pf.mailbox("bob"), timeout=120,
+             what="the clean message in the Maildir\n%s\n%s" % (p.logtext()[-2000:],
+                                                                 pf.maillog()[-2000:]))
+    got = pf.mailbox("bob")[0][1]
     assert b"hello through spoold" in got and b"Subject: clean one" in got, got[:500]
     wait_for(lambda: p.entries("quarantine"), timeout=60, what="EICAR in quarantine")
-    assert len(os.listdir(newdir)) == 1, "the infected message must not be delivered"
-    wait_for(lambda: queue_empty(d), timeout=60, what="Postfix's queue to empty")
+    time.sleep(1)
+    assert len(pf.mailbox("bob")) == 1, "the infected message must not be delivered"
+    # Postfix took the re-injection from a client on the Unix socket.
+    assert re.search(r"client=localhost\[127\.0\.0\.1\]", pf.maillog()), pf.maillog()[-2000:]
+
+    # One message to the alias: bob and carol once each, the archive once for it (it has
+    # the clean one above already). Without no_address_mappings the archive got three.
+    pf.send(pin, "team@test.example", "to the team", body="for both of you")
+    wait_for(lambda: pf.mailbox("carol") and len(pf.mailbox("archive")) >= 2 and
+             len(pf.mailbox("bob")) >= 2, timeout=120,
+             what="the alias expanded after the filter\n%s" % pf.maillog()[-2000:])
+    wait_for(pf.queue_empty, timeout=60, what="Postfix's queue to empty")
+    time.sleep(2)
+    counts = {b: len(pf.mailbox(b)) for b in ("bob", "carol", "archive")}
+    assert counts == {"bob": 2, "carol": 1, "archive": 2}, counts
 
     # The spool becomes unwritable: spoolctl exits 75, Postfix defers and keeps the mail.
     os.chmod(os.path.join(p.spool, "tmp"), 0o500)
-    r = harness.run(["swaks", "--server", "127.0.0.1:%d" % pin, "--from", "alice@example.org",
-                     "--to", "bob@test.example", "--header", "Subject: deferred one",
-                     "--body", "held back by postfix"], timeout=60)
-    assert r.returncode == 0, r.out
-    wait_for(lambda: "status=deferred" in _maillog(d), timeout=60,
-             what="postfix to defer:\n" + _maillog(d)[-2000:])
-    assert not queue_empty(d)
+    pf.send(pin, "bob@test.example", "deferred one", body="held back by postfix")
+    wait_for(lambda: "status=deferred" in pf.maillog(), timeout=60,
+             what="postfix to defer:\n" + pf.maillog()[-2000:])
+    assert not pf.queue_empty()
     os.chmod(os.path.join(p.spool, "tmp"), 0o755)
-    harness.run(["postqueue", "-c", d, "-f"], timeout=30)
-    wait_for(lambda: len(os.listdir(newdir)) == 2, timeout=120,
+    pf.flush()
+    wait_for(lambda: len(pf.mailbox("bob")) == 3, timeout=120,
              what="the deferred message delivered once the spool is back")
-    wait_for(lambda: queue_empty(d), timeout=60, what="Postfix's queue to empty")
-    assert p.outbox() == [], "outbox entries left: %s" % p.outbox()
-    # What reached the mailbox, through Postfix, rescanned whole and re-split, is clean.
-    p.assert_delivered_clean([("Maildir/" + n, open(os.path.join(newdir, n), "rb").read())
-                              for n in sorted(os.listdir(newdir))])
-    conn.terminate()
-
-
-def _listening(port):
-    s = socket.socket()
-    try:
-        s.settimeout(1)
-        s.connect(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def _maillog(d):
-    try:
-        return open(os.path.join(d, "maillog"), errors="replace").read()
-    except FileNotFoundError:
-        return ""
+    wait_for(pf.queue_empty, timeout=60, what="Postfix's queue to empty")
+    wait_for(lambda: p.outbox() == [], timeout=60, what="the outbox to empty")
+    # Everything that reached a mailbox, rescanned whole and re-split, is clean.
+    p.assert_delivered_clean(pf.mailbox("bob") + pf.mailbox("carol") + pf.mailbox("archive"))
 
 
 if __name__ == "__main__":
