@@ -28,9 +28,20 @@ uid_t user_become(const char *name, gid_t extra)
 	/* Order matters: supplementary groups and the gid can only be changed while we are
 	 * still root, so setuid comes last. setuid as root sets the real, effective and
 	 * saved uid together. */
-	gid_t groups[2] = {gid, extra};
-	size_t ng = extra != (gid_t)-1 && extra != gid ? 2 : 1;
-	if (setgroups(ng, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+	/* The user's own supplementary groups (/etc/group), as systemd's User= gives them:
+	 * an administrator adds the user to a group on purpose - postdrop, so that the SMTP
+	 * connector reaches Postfix's re-injection socket in public/ (docs/postfix.md) - and
+	 * a drop to the primary group alone would silently undo that. Plus extra. */
+	gid_t groups[256];
+	int ng = (int)ARRAY_LEN(groups) - 1;
+	if (getgrouplist(name, gid, groups, &ng) < 0)
+		die_temp(NULL, "user %s is in more than %zu groups", name, ARRAY_LEN(groups) - 1);
+	int have = 0;
+	for (int i = 0; i < ng; i++)
+		have |= groups[i] == extra;
+	if (extra != (gid_t)-1 && !have)
+		groups[ng++] = extra;
+	if (setgroups((size_t)ng, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
 		die_temp(NULL, "cannot drop privileges to %s: %s", name, strerror(errno));
 	if (setuid(0) == 0)
 		die_temp(NULL, "privileges were not dropped: setuid(0) still works");

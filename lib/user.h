@@ -2,8 +2,9 @@
  * user - leave root for the configured unprivileged user, for good.
  *
  * user_become(name, extra) does nothing when the process is not root or name is NULL or
- * "". Otherwise it sets the supplementary groups to the user's primary group (and extra,
- * unless it is (gid_t)-1: a group spoold writes a file for, the metrics file's), the gid,
+ * "". Otherwise it sets the supplementary groups to the user's groups (its primary group
+ * and those /etc/group gives it, as systemd's User= does; plus extra, unless it is
+ * (gid_t)-1: a group spoold writes a file for, the metrics file's), the gid,
  * then the uid (real, effective and saved), and checks that setuid(0) now fails.
  * Returns the uid it became, or (uid_t)-1 when nothing was done.
  *

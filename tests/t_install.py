@@ -42,7 +42,7 @@ def _unit_exec_start(root, unit):
     return m.group(1).split()
 
 
-def _moved_conf(root, clamd, sink, user):
+def _moved_conf(root, clamd, reinject, user):
     """The installed production config with its paths moved under root, clamd and the
     next hop pointed at the test's own, as a site would edit it."""
     path = _installed(root, "/etc/spoold/spoold.conf")
@@ -54,7 +54,7 @@ def _moved_conf(root, clamd, sink, user):
     text = text.replace('"unix:/run/clamav/clamd.ctl"', '"%s"' % clamd.unix_addr)
     assert 'unix_socket = "/var/spool/postfix/public/spoold-reinject";' in text, \
         "the production config re-injects over Postfix's Unix socket"
-    text = text.replace('"/var/spool/postfix/public/spoold-reinject"', '"%s"' % sink.unix_path)
+    text = text.replace('"/var/spool/postfix/public/spoold-reinject"', '"%s"' % reinject)
     text = text.replace('user = "spoold";', 'user = "%s";' % user)
     with open(path, "w") as f:
         f.write(text)
@@ -117,7 +117,7 @@ def make_install_then_run_as_the_unit_does():
 
     clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
     harness.cleanup(clamd.stop)
-    conf = _moved_conf(root, clamd, sink, user)
+    conf = _moved_conf(root, clamd, sink.unix_path, user)
     log = open(os.path.join(root, "spoold.log"), "ab")
     proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -154,6 +154,117 @@ def make_install_then_run_as_the_unit_does():
     assert not os.path.exists(_installed(root, PREFIX, "sbin/spoold"))
     assert not os.path.exists(_installed(root, PREFIX, "libexec/spoold"))
     assert os.path.exists(conf) and os.path.isdir(os.path.join(spool, "quarantine"))
+
+
+@test(timeout=900)
+def installed_relay_behind_postfix_by_the_book():
+    """The whole recipe at once: make install into a temp root; the user and the spool
+    from the installed sysusers.d and tmpfiles.d files; the installed spoold started as
+    its unit starts it, with the installed production config (paths moved under the
+    root, clamd and the re-injection socket pointed at the test's own); a throwaway
+    Postfix built from docs/postfix.md's master.cf and main.cf, with the installed
+    spoolctl in the pipe filter running as spoold. Then: clean mail to a virtual alias
+    with always_bcc reaches each mailbox once; EICAR is quarantined; a typo in the config
+    defers the mail (Postfix keeps it) and it arrives once the file is mended; spoolctl
+    run as root queues mail the stages can read."""
+    import grp
+    import shutil
+    from lib.postfix import Postfix, free_port, listening, need_postfix, section_blocks
+    if harness.LABEL.endswith("asan"):
+        harness.skip("make install installs the production build; it runs once, with prod")
+    need_postfix()
+    master_doc = section_blocks("## master.cf")[0]
+    main_doc = section_blocks("## main.cf")[0]
+    root = harness.tmpdir("root")
+    _make("install", "DESTDIR=" + root)
+    r = harness.run(["systemd-sysusers", _installed(root, PREFIX, "lib/sysusers.d/spoold.conf")])
+    assert r.returncode == 0, r.out
+    for db in ("passwd", "group"):
+        shutil.copy("/etc/" + db, _installed(root, "/etc", db))
+    r = harness.run(["systemd-tmpfiles", "--create", "--root=" + root,
+                     _installed(root, PREFIX, "lib/tmpfiles.d/spoold.conf")])
+    assert r.returncode == 0, r.out
+    assert "spoold" in grp.getgrnam("postdrop").gr_mem, grp.getgrnam("postdrop")
+    for d in (os.path.dirname(root), root, os.path.dirname(harness.sigdir())):
+        os.chmod(d, 0o755)
+
+    base = harness.tmpdir("pfi")
+    os.chmod(base, 0o755)
+    queue = os.path.join(base, "postfix", "queue")
+    svc = re.search(r"^(\S+)\s+unix\s+n\s+.*\bsmtpd$", master_doc, re.M).group(1)
+    reinject = os.path.join(queue, "public", svc)
+    clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
+    harness.cleanup(clamd.stop)
+    conf = _moved_conf(root, clamd, reinject, "spoold")
+    spoolctl = _installed(root, PREFIX, "bin/spoolctl")
+    master = master_doc.replace(PREFIX + "/bin/spoolctl", spoolctl)
+    master = master.replace("/etc/spoold/spoold.conf", conf)
+    pin = free_port()
+    master = "%d inet n - n - - smtpd\n" % pin + master  # the smtp service, on loopback
+    pf = Postfix(base, master, main_doc + "always_bcc = archive@test.example\n",
+                 boxes=("bob", "carol", "archive"),
+                 aliases={"team@test.example": ["bob@test.example", "carol@test.example"]})
+    pf.start()
+    argv = _unit_exec_start(root, "spoold.service")
+    log = open(os.path.join(root, "spoold.log"), "ab")
+    proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    harness.cleanup(stop)
+
+    def spoold_log():
+        with open(os.path.join(root, "spoold.log"), errors="replace") as f:
+            return f.read()[-3000:]
+    spool = _installed(root, "/var/spool/spoold")
+    wait_for(lambda: os.path.exists(os.path.join(spool, "run", "status")) and listening(pin)
+             and os.path.exists(reinject), timeout=30,
+             what="spoold and postfix to start\n%s\n%s" % (spoold_log(), pf.maillog()[-1500:]))
+
+    eicar = os.path.join(base, "eicar.com")
+    with open(eicar, "wb") as f:
+        f.write(msgs.eicar())
+    pf.send(pin, "team@test.example", "to the team", body="for both of you")
+    pf.send(pin, "bob@test.example", "infected", attach=eicar)
+    wait_for(lambda: pf.mailbox("bob") and pf.mailbox("carol") and pf.mailbox("archive")
+             and os.listdir(os.path.join(spool, "quarantine")), timeout=120,
+             what="delivery and quarantine\n%s\n%s" % (spoold_log(), pf.maillog()[-2000:]))
+    wait_for(pf.queue_empty, timeout=60, what="Postfix's queue to empty")
+    time.sleep(2)
+    counts = {b: len(pf.mailbox(b)) for b in ("bob", "carol", "archive")}
+    assert counts == {"bob": 1, "carol": 1, "archive": 1}, counts
+
+    # An administrator's typo: Postfix defers (inject exits 75), nothing bounces.
+    with open(conf) as f:
+        good = f.read()
+    with open(conf, "a") as f:
+        f.write("router = { hold_retry_min = ; };\n")
+    pf.send(pin, "bob@test.example", "during the typo", body="wait for me")
+    wait_for(lambda: "status=deferred" in pf.maillog(), timeout=60,
+             what="postfix to defer\n" + pf.maillog()[-2000:])
+    assert "status=bounced" not in pf.maillog(), pf.maillog()[-2000:]
+    with open(conf, "w") as f:
+        f.write(good)
+    pf.flush()
+    wait_for(lambda: len(pf.mailbox("bob")) == 2, timeout=120,
+             what="the deferred message once the config is mended\n" + pf.maillog()[-2000:])
+
+    # spoolctl run as root: the queue file belongs to spoold, the stages read it.
+    r = harness.run([spoolctl, "-c", conf, "inject", "-f", "root@example.org",
+                     "bob@test.example"], input=msgs.clean(subject="injected by root"),
+                    stdin=None, timeout=30)
+    assert r.returncode == 0, r.out
+    wait_for(lambda: len(pf.mailbox("bob")) == 3, timeout=120,
+             what="the root-injected message delivered\n" + spoold_log())
+    assert not os.listdir(os.path.join(spool, "badmail")), os.listdir(os.path.join(spool, "badmail"))
+    # Everything that reached a mailbox, rescanned whole and re-split, is clean.
+    assert_delivered_clean(pf.mailbox("bob") + pf.mailbox("carol") + pf.mailbox("archive"),
+                           spool=spool)
+    stop()
 
 
 if __name__ == "__main__":
