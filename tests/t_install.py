@@ -61,6 +61,27 @@ def _moved_conf(root, clamd, reinject, user):
     return path
 
 
+def _start_installed(root, conf):
+    """The installed spoold, started as spoold.service's ExecStart starts it, with conf;
+    returns (stop, log): stop() ends it (also a cleanup), log() its log's tail."""
+    argv = _unit_exec_start(root, "spoold.service")
+    assert argv == [PREFIX + "/sbin/spoold", "-c", "/etc/spoold/spoold.conf"], argv
+    with open(os.path.join(root, "spoold.log"), "ab") as log:
+        proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    harness.cleanup(stop)
+
+    def log_tail():
+        with open(os.path.join(root, "spoold.log"), errors="replace") as f:
+            return f.read()[-3000:]
+    return stop, log_tail
+
+
 @test(timeout=600)
 def make_install_then_run_as_the_unit_does():
     if harness.LABEL.endswith("asan"):
@@ -118,20 +139,10 @@ def make_install_then_run_as_the_unit_does():
     clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
     harness.cleanup(clamd.stop)
     conf = _moved_conf(root, clamd, sink.unix_path, user)
-    log = open(os.path.join(root, "spoold.log"), "ab")
-    proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-
-    def stop():
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-    harness.cleanup(stop)
+    stop, spoold_log = _start_installed(root, conf)
     spool = _installed(root, "/var/spool/spoold")
     wait_for(lambda: os.path.exists(os.path.join(spool, "run", "status")), timeout=30,
-             what="the installed spoold to start; its log:\n" +
-             open(os.path.join(root, "spoold.log"), errors="replace").read()[-3000:])
+             what="the installed spoold to start; its log:\n" + spoold_log())
     ctl = [_installed(root, PREFIX, "bin/spoolctl"), "-c", conf]
     clean = msgs.clean(subject="installed relay")
     for data in (clean, msgs.eicar_attachment()):
@@ -205,21 +216,7 @@ def installed_relay_behind_postfix_by_the_book():
                  boxes=("bob", "carol", "archive"),
                  aliases={"team@test.example": ["bob@test.example", "carol@test.example"]})
     pf.start()
-    argv = _unit_exec_start(root, "spoold.service")
-    log = open(os.path.join(root, "spoold.log"), "ab")
-    proc = subprocess.Popen([_installed(root, argv[0]), "-c", conf], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-
-    def stop():
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-    harness.cleanup(stop)
-
-    def spoold_log():
-        with open(os.path.join(root, "spoold.log"), errors="replace") as f:
-            return f.read()[-3000:]
+    stop, spoold_log = _start_installed(root, conf)
     spool = _installed(root, "/var/spool/spoold")
     wait_for(lambda: os.path.exists(os.path.join(spool, "run", "status")) and listening(pin)
              and os.path.exists(reinject), timeout=30,
