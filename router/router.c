@@ -304,9 +304,15 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 	if (spool_entry_move(e, SD_HOLD) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to hold/: %s", e->sp->root, e->qid,
 		         strerror(errno));
-	log_warn(e->qid, "held attempts=%llu retry_in=%llds why=%s", (unsigned long long)h.attempts,
-	         (long long)delay, buf_cstr(&w));
+	/* The log reads as text: spaces stay, a line break becomes \x0a (the trace keeps the
+	 * k=v escaping). */
+	struct buf wl;
+	buf_init(&wl);
+	text_escape(&wl, why, strlen(why), 1024);
+	log_warn(e->qid, "held attempts=%llu retry_in=%llds why=\"%s\"",
+	         (unsigned long long)h.attempts, (long long)delay, buf_cstr(&wl));
 	metrics_inc("spoold_messages_total", "outcome=\"held\"", 1);
+	buf_free(&wl);
 	buf_free(&b);
 	buf_free(&w);
 	buf_free(&rs);
