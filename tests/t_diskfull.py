@@ -3,7 +3,6 @@
 and says so once, nothing is lost or half-written, and mail flows again once space is
 back. Needs root (mount); skipped otherwise."""
 import os
-import subprocess
 import sys
 import time
 
@@ -13,19 +12,6 @@ from lib import test  # noqa: E402
 from lib import msgs  # noqa: E402
 from lib.spool import Pipeline, clamscan  # noqa: E402
 
-
-
-def mount_tmpfs(size):
-    if os.geteuid() != 0:
-        harness.skip("needs root to mount a small tmpfs")
-    d = harness.tmpdir("small")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        harness.skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
-    if not os.environ.get("TEST_KEEP_TMP"):
-        harness.cleanup(lambda: subprocess.run(["umount", "-l", d]))
-    return d
 
 
 def fill(path, leave):
@@ -47,7 +33,7 @@ def fill(path, leave):
 
 @test(timeout=300)
 def disk_full_stops_intake_and_resumes():
-    small = mount_tmpfs("24m")
+    small = harness.mount_tmpfs("24m")
     p = Pipeline(scanners=[clamscan()])
     p.spool = os.path.join(small, "spool")
     with open(p.conf) as f:

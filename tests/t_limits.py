@@ -4,7 +4,6 @@ bombs (M2), bounded walks over attacker-made directory trees (L11). Real binarie
 clamscan."""
 import os
 import struct
-import subprocess
 import sys
 import time
 
@@ -138,19 +137,6 @@ def binhex_rle_bomb_is_stopped_with_bounded_disk_use():
     assert [f[0] for f in finals] in (["hold"], ["quarantine"]), finals
 
 
-def _mount_tmpfs(size):
-    if os.geteuid() != 0:
-        harness.skip("needs root to mount a small tmpfs")
-    d = harness.tmpdir("small")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        harness.skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
-    if not os.environ.get("TEST_KEEP_TMP"):
-        harness.cleanup(lambda: subprocess.run(["umount", "-l", d]))
-    return d
-
-
 def _free(path):
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
@@ -174,7 +160,7 @@ def decoding_keeps_the_spool_reserve_free():
     stages need it to move mail on) and the message is deferred, not failed; once there
     is space it is split and marked over the limit. Before, the splitter wrote until
     the disk was full and left the partial parts there."""
-    small = _mount_tmpfs("24m")
+    small = harness.mount_tmpfs("24m")
     p = Pipeline(scanners=[clamscan()])
     p.spool = os.path.join(small, "spool")
     with open(p.conf) as f:

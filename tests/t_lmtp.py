@@ -4,7 +4,6 @@ Unix socket (and loopback TCP), under a real spoold with real ClamAV behind it."
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -494,14 +493,7 @@ def concurrent_sessions_share_commits():
 
 @test(timeout=300)
 def full_spool_answers_452_and_recovers():
-    if os.geteuid() != 0:
-        harness.skip("needs root to mount a small tmpfs")
-    small = harness.tmpdir("small")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", small],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        harness.skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
-    harness.cleanup(lambda: subprocess.run(["umount", "-l", small]))
+    small = harness.mount_tmpfs("24m")
     p = lmtp_pipeline(spool=os.path.join(small, "spool"))
     # Leave 5 MB: below lmtpd's reserve (twice the stages' 4 MB).
     st = os.statvfs(small)

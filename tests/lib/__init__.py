@@ -45,7 +45,7 @@ import tempfile
 import time
 import traceback
 
-__all__ = ["test", "skip", "Skip", "main", "check_after", "wait_for", "tmpdir", "sigdir", "cleanup",
+__all__ = ["test", "skip", "Skip", "main", "check_after", "mount_tmpfs", "wait_for", "tmpdir", "sigdir", "cleanup",
            "bin_path", "run", "BIN", "ROOT", "TESTS", "FAKE"]
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +95,22 @@ def cleanup(fn, *args, **kwargs):
     exceptions are printed as detail lines, not raised. Returns fn."""
     _cleanups.append((fn, args, kwargs))
     return fn
+
+
+def mount_tmpfs(size):
+    """A fresh directory with a small tmpfs of size (e.g. "24m") mounted on it, unmounted
+    after the test: for tests that fill a filesystem. Needs root; skips, saying why, when
+    it cannot mount."""
+    if os.geteuid() != 0:
+        skip("needs root to mount a small tmpfs")
+    d = tmpdir("small")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        skip("cannot mount tmpfs: %s" % r.stdout.decode().strip())
+    if not os.environ.get("TEST_KEEP_TMP"):
+        cleanup(lambda: subprocess.run(["umount", "-l", d]))
+    return d
 
 
 def check_after(fn, *args, **kwargs):
