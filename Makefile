@@ -225,7 +225,7 @@ uninstall:
 	@echo "make uninstall: kept /etc/spoold/spoold.conf and /var/spool/spoold (mail); remove them by hand"
 
 FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \
-               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] lmtpd/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] lmtpd/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch])
 check-format:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 

@@ -22,7 +22,7 @@ SEEDS         = $(wildcard ../shared/corpus/msgs ../shared/corpus/extras)
 .PHONY: run build run-strip
 build: $(FUZZ_BIN) $(STRIP_BIN)
 
-$(FUZZ_BIN): $(SRC) $(wildcard lib/*.h splitter/*.h)
+$(FUZZ_BIN): $(SRC) $(wildcard lib/*.h splitter/*.h tests/fuzz/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -Ilib -Isplitter $$(pkg-config --cflags gmime-3.0 nettle) \
@@ -33,7 +33,7 @@ run: $(FUZZ_BIN)
 	cd $(FUZZ_DIR) && ./fuzz_mime corpus $(abspath $(SEEDS)) -max_total_time=$(FUZZ_SECONDS) \
 	    -timeout=10 -rss_limit_mb=2048 -max_len=131072 -print_final_stats=1
 
-$(STRIP_BIN): $(STRIP_SRC) $(wildcard lib/*.h splitter/*.h router/*.h)
+$(STRIP_BIN): $(STRIP_SRC) $(wildcard lib/*.h splitter/*.h router/*.h tests/fuzz/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -Ilib -Isplitter -Irouter \

@@ -33,8 +33,7 @@
 #include "mime.h"
 #include "util.h"
 
-static char fuzz_base[256];
-static int fuzz_basefd = -1;
+#include "fuzz_common.h"
 
 static const struct mime_limits fuzz_limits = {
     .max_message_size = 1u << 20,
@@ -46,26 +45,10 @@ static const struct mime_limits fuzz_limits = {
     .mem_max = MIME_MEM_MAX,
 };
 
-static void fuzz_setup(void)
-{
-	const char *t = getenv("TMPDIR");
-	snprintf(fuzz_base, sizeof fuzz_base, "%s/fuzz_mime.XXXXXX", t ? t : "/tmp");
-	if (mkdtemp(fuzz_base) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-	fuzz_basefd = open(fuzz_base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fuzz_basefd < 0) {
-		perror(fuzz_base);
-		abort();
-	}
-	mime_init();
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (fuzz_basefd < 0)
-		fuzz_setup();
+		fuzz_setup_dir("fuzz_mime");
 	int msg = memfd_create("fuzz_mime", MFD_CLOEXEC);
 	if (msg < 0 || write_all(msg, data, size) < 0) {
 		perror("memfd");

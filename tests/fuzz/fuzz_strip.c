@@ -29,8 +29,7 @@
 #include "router.h"
 #include "util.h"
 
-static char fuzz_base[256];
-static int fuzz_basefd = -1;
+#include "fuzz_common.h"
 
 static const char fuzz_eicar[] =
     "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -44,22 +43,6 @@ static const struct mime_limits fuzz_limits = {
     .scan_raw = 0,
     .mem_max = MIME_MEM_MAX,
 };
-
-static void fuzz_setup(void)
-{
-	const char *t = getenv("TMPDIR");
-	snprintf(fuzz_base, sizeof fuzz_base, "%s/fuzz_strip.XXXXXX", t ? t : "/tmp");
-	if (mkdtemp(fuzz_base) == NULL) {
-		perror("mkdtemp");
-		abort();
-	}
-	fuzz_basefd = open(fuzz_base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fuzz_basefd < 0) {
-		perror(fuzz_base);
-		abort();
-	}
-	mime_init();
-}
 
 /* Split data into directory name under the base: 0 (m filled), 1 (not a message). */
 static int fuzz_split(const char *name, const void *data, size_t size, struct manifest *m,
@@ -111,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	if (fuzz_basefd < 0)
-		fuzz_setup();
+		fuzz_setup_dir("fuzz_strip");
 	unsigned sel = data[0];
 	const char *msg = (const char *)data + 1;
 	size_t len = size - 1;
