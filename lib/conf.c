@@ -597,23 +597,100 @@ static void conf_parse_lmtp(struct conf_ctx *cx, const config_setting_t *root, s
 	l->listen_tcp = xstrdup(tcp ? tcp : "");
 }
 
+static const char *const conf_role_keys[ROLE__COUNT] = {
+    [ROLE_SPOOL] = "user",
+    [ROLE_SPLITTER] = "splitter_user",
+    [ROLE_RUNNER] = "runner_user",
+    [ROLE_ROUTER] = "router_user",
+    [ROLE_CONNECTOR] = "connector_user",
+};
+
+const char *conf_role_name(enum conf_role r)
+{
+	if ((unsigned)r >= ROLE__COUNT)
+		log_panic("conf_role_name: role %d out of range", (int)r);
+	return conf_role_keys[r];
+}
+
+int conf_role_of_stage(const char *stage)
+{
+	if (!strcmp(stage, "splitter") || !strcmp(stage, "lmtpd"))
+		return ROLE_SPLITTER;
+	if (!strcmp(stage, "scanner-runner"))
+		return ROLE_RUNNER;
+	if (!strcmp(stage, "router"))
+		return ROLE_ROUTER;
+	if (!strcmp(stage, "connectors"))
+		return ROLE_CONNECTOR;
+	return -1;
+}
+
+/* Names to ids once, at load: a missing user is a config error with its line, not a
+ * surprise at the first restart. A role without a user of its own runs as the spool's. */
+static void conf_roles_resolve(struct conf_ctx *cx, const config_setting_t *root, struct conf *c)
+{
+	for (int r = 0; r < ROLE__COUNT; r++) {
+		const char *u = conf_str(cx, root, conf_role_keys[r], 0);
+		struct conf_role_user *ru = &c->roles[r];
+		ru->name = xstrdup(u ? u : "");
+		ru->uid = (uid_t)-1;
+		ru->gid = (gid_t)-1;
+		if (ru->name[0] == '\0') {
+			if (r != ROLE_SPOOL)
+				*ru = (struct conf_role_user){xstrdup(c->roles[ROLE_SPOOL].name),
+				                              c->roles[ROLE_SPOOL].uid,
+				                              c->roles[ROLE_SPOOL].gid};
+			continue;
+		}
+		errno = 0;
+		struct passwd *pw = getpwnam(ru->name);
+		/* An unknown `user` is reported where it is used (lib/user.c: exit 78 when a
+		 * program started as root would become it), as before these keys existed. */
+		if (pw == NULL && r == ROLE_SPOOL)
+			continue;
+		if (pw == NULL) {
+			conf_fail(
+			    cx, conf_get(root, conf_role_keys[r]),
+			    "%s '%s' is not a user on this system (dist/spoold.sysusers makes "
+			    "the bundled ones)",
+			    conf_role_keys[r], ru->name);
+			continue;
+		}
+		ru->uid = pw->pw_uid;
+		ru->gid = pw->pw_gid;
+	}
+	c->separated = 0;
+	for (int r = 1; r < ROLE__COUNT; r++)
+		if (c->roles[r].uid != c->roles[ROLE_SPOOL].uid)
+			c->separated = 1;
+	if (c->separated && c->roles[ROLE_SPOOL].uid == (uid_t)-1)
+		conf_fail(cx, conf_get(root, "splitter_user"),
+		          "users of their own for the stages need `user` (the spool's user) too");
+}
+
+uid_t conf_role_uid(const struct conf *c, enum conf_role r)
+{
+	if ((unsigned)r >= ROLE__COUNT)
+		log_panic("conf_role_uid: role %d out of range", (int)r);
+	/* The configured users are in force only when the pipeline was started as root and
+	 * switched to them; started as a plain user, every program runs as that user. A
+	 * program sees which by its own uid. */
+	uid_t me = geteuid();
+	for (int k = 0; k < ROLE__COUNT; k++)
+		if (c->roles[k].uid != (uid_t)-1 && c->roles[k].uid == me)
+			return c->roles[r].uid != (uid_t)-1 ? c->roles[r].uid : me;
+	return me;
+}
+
 static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 {
-	static const char *const top_keys[] = {"spool_dir",
-	                                       "log",
-	                                       "rescan_interval",
-	                                       "splitter",
-	                                       "scanner_runner",
-	                                       "router",
-	                                       "scanners",
-	                                       "connectors",
-	                                       "user",
-	                                       "control_group",
-	                                       "canary_interval",
-	                                       "metrics",
-	                                       "allow_root", /* lib/user.c user_root_check */
-	                                       "lmtp",
-	                                       NULL};
+	static const char *const top_keys[] = {
+	    "spool_dir",      "log",           "rescan_interval", "splitter",
+	    "scanner_runner", "router",        "scanners",        "connectors",
+	    "user",           "control_group", "canary_interval", "metrics",
+	    "allow_root",                      /* lib/user.c user_root_check */
+	    "lmtp",           "splitter_user", /* conf_roles_resolve */
+	    "runner_user",    "router_user",   "connector_user",  NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
 	static const char *const split_keys[] = {"instances",       "max_message_size",
@@ -643,6 +720,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	const char *cg = conf_str(cx, root, "control_group", 0);
 	c->control_group = xstrdup(cg ? cg : "");
 	conf_bool(cx, root, "allow_root", &c->allow_root);
+	conf_roles_resolve(cx, root, c);
 	c->canary_interval = 300;
 	conf_int(cx, root, "canary_interval", &c->canary_interval, 0, 86400);
 	c->metrics.interval = 15;
@@ -1009,6 +1087,8 @@ void conf_free(struct conf *c)
 	free(c->path);
 	free(c->spool_dir);
 	free(c->user);
+	for (int r = 0; r < ROLE__COUNT; r++)
+		free(c->roles[r].name);
 	free(c->control_group);
 	free(c->metrics.file);
 	free(c->metrics.group);

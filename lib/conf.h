@@ -133,12 +133,32 @@ struct conf_metrics {
 	char *group;  /* "" : mode 0644; else mode 0640 with this group */
 };
 
+/* The roles that may run as users of their own (privilege separation, docs/SECURITY.md).
+ * ROLE_SPOOL is the spool's own user (`user`): spoold, spoolctl, the admin. */
+enum conf_role {
+	ROLE_SPOOL,
+	ROLE_SPLITTER, /* the splitter and the LMTP intake: they parse what senders send */
+	ROLE_RUNNER,
+	ROLE_ROUTER,
+	ROLE_CONNECTOR,
+	ROLE__COUNT
+};
+
+struct conf_role_user {
+	char *name; /* "" : the spool's user (ROLE_SPOOL: "" keeps the invoking user) */
+	uid_t uid;  /* (uid_t)-1 : whoever runs the program (no user configured) */
+	gid_t gid;  /* its primary group, (gid_t)-1 likewise */
+};
+
 struct conf {
 	char *path;          /* the config file as given */
 	char *spool_dir;     /* absolute */
 	char *user;          /* run as this user when started as root; "" keeps root */
 	char *control_group; /* group allowed on the control socket; "" means 0600 */
 	int allow_root;      /* root with user "" is refused unless this is set */
+	/* Who each role runs as, resolved at load (an unknown user is a config error). */
+	struct conf_role_user roles[ROLE__COUNT];
+	int separated;       /* some role runs as a user other than the spool's */
 	int canary_interval; /* seconds between scanner canary checks; 0 disables */
 	struct conf_metrics metrics;
 	enum log_target log_target;
@@ -162,5 +182,15 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen);
 void conf_splitter_defaults(struct conf_splitter *sp);
 void conf_free(struct conf *c);
 const struct conf_connector *conf_connector_find(const struct conf *c, const char *name);
+/* The uid a file written by role r must belong to, for a reader that acts on it (trust by
+ * ownership, docs/SECURITY.md): the role's configured user (else the spool's user) when
+ * the caller itself runs as one of the configured users; otherwise nothing was switched
+ * (started as a plain user, or as root with allow_root) and every program runs as the
+ * caller's own uid. */
+uid_t conf_role_uid(const struct conf *c, enum conf_role r);
+/* The role of a stage program by its name ("splitter", "lmtpd", "scanner-runner",
+ * "router", "connectors"); -1 if none. */
+int conf_role_of_stage(const char *stage);
+const char *conf_role_name(enum conf_role r);
 
 #endif

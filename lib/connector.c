@@ -36,6 +36,9 @@ static void connector_on_signal(int sig)
 }
 
 /* One entry. Returns 1 when it still waits for a retry, else 0. */
+/* The router's uid: the owner every outbox message must have. */
+static uid_t connector_router_uid;
+
 static int connector_one(const struct connector *cn, const struct conf_connector *cc,
                          struct spool *sp, int dirfd, const char *qid)
 {
@@ -66,6 +69,20 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 			snprintf(reason, sizeof reason, "message: %s", strerror(errno));
 		log_error(qid, "outbox/%s/%s is damaged (%s): bounced to badmail/", cc->name, qid,
 		          reason);
+		if (outbox_bounce(&e, reason) < 0)
+			log_warn(qid, "cannot bounce: %s", strerror(errno));
+		goto out;
+	}
+	/* Trust by ownership: what leaves is a copy the router made (or, with one user for
+	 * every stage, that user's file). A message another stage's user owns was not put
+	 * here by the router, whatever the directory says. */
+	struct stat ms_st;
+	if (fstat(msgfd, &ms_st) < 0 ||
+	    (ms_st.st_uid != connector_router_uid && ms_st.st_uid != 0)) {
+		snprintf(reason, sizeof reason,
+		         "message belongs to uid %ld, not to the router's uid %ld: not delivered",
+		         (long)ms_st.st_uid, (long)connector_router_uid);
+		log_error(qid, "outbox/%s/%s: %s; moved to badmail/", cc->name, qid, reason);
 		if (outbox_bounce(&e, reason) < 0)
 			log_warn(qid, "cannot bounce: %s", strerror(errno));
 		goto out;
@@ -155,6 +172,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	if (name == NULL)
 		die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]", cn->prog);
 	struct conf *c = conf_load(conf_path);
+	connector_router_uid = conf_role_uid(c, ROLE_ROUTER);
 	const struct conf_connector *cc = conf_connector_find(c, name);
 	if (cc == NULL)
 		die_perm(EXIT_CONFIG, "%s: no connector named '%s'", conf_path, name);

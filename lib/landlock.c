@@ -99,7 +99,9 @@ int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, 
 			         spool_dir_name(dirs[i]), strerror(errno));
 	/* Directories it only looks into (whether a queue ID is in use): listing, no file. */
 	for (size_t i = 0; i < nlook; i++)
-		if (landlock_fs_rule(rs, sp->fd[look[i]], LANDLOCK_ACCESS_FS_READ_DIR) < 0)
+		/* fd -1: a directory this user may not enter anyway (outbox/, separated). */
+		if (sp->fd[look[i]] >= 0 &&
+		    landlock_fs_rule(rs, sp->fd[look[i]], LANDLOCK_ACCESS_FS_READ_DIR) < 0)
 			die_temp(NULL, "landlock_add_rule %s/%s: %s", sp->root,
 			         spool_dir_name(look[i]), strerror(errno));
 	/* Read-only, for what the C library and GLib open late: iconv modules (a charset

@@ -184,13 +184,25 @@ out:
 
 int manifest_read_at(int dirfd, struct manifest *m, char *reason, size_t rlen)
 {
+	return manifest_read_owned_at(dirfd, m, (uid_t)-1, reason, rlen);
+}
+
+int manifest_read_owned_at(int dirfd, struct manifest *m, uid_t owner, char *reason, size_t rlen)
+{
 	struct buf b, v;
 	buf_init(&b);
 	buf_init(&v);
 	manifest_init(m);
 	int rc = -1;
-	if (read_file_at(dirfd, "manifest", &b, MANIFEST_MAX_BYTES) < 0) {
-		snprintf(reason, rlen, "manifest: %s", strerror(errno));
+	uid_t found = (uid_t)-1;
+	if (read_file_owned_at(dirfd, "manifest", &b, MANIFEST_MAX_BYTES, owner, &found) < 0) {
+		if (errno == EPERM && found != (uid_t)-1)
+			snprintf(reason, rlen,
+			         "manifest: belongs to uid %ld, not to uid %ld that writes it: "
+			         "treated as not written",
+			         (long)found, (long)owner);
+		else
+			snprintf(reason, rlen, "manifest: %s", strerror(errno));
 		goto out;
 	}
 	char *line = b.data;

@@ -15,6 +15,7 @@
 #define SPOOLD_MANIFEST_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 
 #include "util.h"
@@ -66,6 +67,9 @@ void manifest_add_unscannable(struct manifest *m, const char *reason);
 void manifest_format(const struct manifest *m, struct buf *out);
 /* 0, or -1 with reason (missing, incomplete, malformed). */
 int manifest_read_at(int dirfd, struct manifest *m, char *reason, size_t rlen);
+/* The same, for a reader that acts on it: only a manifest that belongs to owner (the
+ * splitter's user) or root; another owner is "not written" (trust by ownership). */
+int manifest_read_owned_at(int dirfd, struct manifest *m, uid_t owner, char *reason, size_t rlen);
 /* "0007.ATT" */
 void manifest_part_name(unsigned index, char out[16]);
 

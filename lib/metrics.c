@@ -122,7 +122,7 @@ void metrics_flush(struct spool *sp, const char *prog)
 		buf_printf(&b, " %llu\n", (unsigned long long)s->count);
 	}
 	int dfd = openat(sp->fd[SD_RUN], "stats", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0 && errno == ENOENT && mkdirat(sp->fd[SD_RUN], "stats", 0750) == 0)
+	if (dfd < 0 && errno == ENOENT && mkdirat(sp->fd[SD_RUN], "stats", 0770) == 0)
 		dfd = openat(sp->fd[SD_RUN], "stats", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	char name[128];
 	snprintf(name, sizeof name, "%s.%ld.prom", prog, (long)getpid());

@@ -12,6 +12,16 @@
 #include "spool.h"
 #include "util.h"
 
+/* A slot file is only ever flock'd, never written: read-only is enough, and is all a
+ * runner gets on one that spoold (another user, in a separated spool) made first. */
+static int slot_file_open(struct spool *sp, const char *name)
+{
+	int fd = openat(sp->fd[SD_SLOTS], name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+	if (fd < 0 && errno == EACCES)
+		fd = openat(sp->fd[SD_SLOTS], name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	return fd;
+}
+
 static int slot_open(struct spool *sp, const char *scanner, int n)
 {
 	char name[128];
@@ -19,7 +29,7 @@ static int slot_open(struct spool *sp, const char *scanner, int n)
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	return openat(sp->fd[SD_SLOTS], name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	return slot_file_open(sp, name);
 }
 
 /* Try every slot without waiting; the locked descriptor, or -1 (errno EWOULDBLOCK when
@@ -78,7 +88,7 @@ int slot_acquire_timed(struct spool *sp, const char *scanner, int max, int timeo
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	int wfd = openat(sp->fd[SD_SLOTS], wname, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	int wfd = slot_file_open(sp, wname);
 	if (wfd < 0)
 		return -1;
 	while (slot_lock_until(wfd, deadline) < 0) {

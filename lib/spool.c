@@ -57,6 +57,11 @@ void spool_open(struct spool *sp, const char *root, int create)
 		if (create && mkdirat(sp->root_fd, n, 0750) < 0 && errno != EEXIST)
 			die_temp(NULL, "cannot create %s/%s: %s", root, n, strerror(errno));
 		sp->fd[i] = openat(sp->root_fd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		/* In a separated spool outbox/ is the connectors' group's only (docs/SECURITY.md):
+		 * the splitter and the scanner-runner cannot open it, and need not. fd -1 then:
+		 * anything that uses it fails with EBADF, loudly. */
+		if (sp->fd[i] < 0 && i == SD_OUTBOX && errno == EACCES)
+			continue;
 		if (sp->fd[i] < 0)
 			die_temp(NULL, "cannot open %s/%s: %s", root, n, strerror(errno));
 		if (fstat(sp->fd[i], &st) < 0)
@@ -150,7 +155,7 @@ int spool_outbox_open(struct spool *sp, const char *conn)
 	int fd = openat(sp->fd[SD_OUTBOX], conn, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd >= 0 || errno != ENOENT)
 		return fd;
-	if (mkdirat(sp->fd[SD_OUTBOX], conn, 0750) < 0 && errno != EEXIST)
+	if (mkdirat(sp->fd[SD_OUTBOX], conn, 0770) < 0 && errno != EEXIST)
 		return -1;
 	/* The new outbox name must survive a crash before anything is renamed into it. */
 	if (fsync_dir(sp->fd[SD_OUTBOX]) < 0)
@@ -475,12 +480,12 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	/* A name that is a queue ID (spoolctl inject names its files so) keeps it, so the ID
 	 * inject printed is the message's ID everywhere - unless that ID is already in use. */
 	if (spool_qid_valid(name) && spool_qid_locate(sp, name, &where, NULL, 0) == 0 &&
-	    mkdirat(sp->fd[SD_INCOMING], name, 0750) == 0) {
+	    mkdirat(sp->fd[SD_INCOMING], name, 0770) == 0) {
 		memcpy(qid, name, sizeof qid);
 	} else {
 		for (int tries = 0;; tries++) {
 			spool_qid_new(qid);
-			if (mkdirat(sp->fd[SD_INCOMING], qid, 0750) == 0)
+			if (mkdirat(sp->fd[SD_INCOMING], qid, 0770) == 0)
 				break;
 			if (errno != EEXIST || tries > 100)
 				return -1;

@@ -245,9 +245,28 @@ ssize_t pread_full(int fd, void *p, size_t n, off_t off)
 
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max)
 {
+	return read_file_owned_at(dirfd, name, out, max, (uid_t)-1, NULL);
+}
+
+int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,
+                       uid_t *found)
+{
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return -1;
+	/* Trust by ownership, decided on the descriptor that is then read: a file swapped in
+	 * after the check is never the one read. Root's files pass: root can do anything. */
+	if (owner != (uid_t)-1) {
+		struct stat st;
+		if (fstat(fd, &st) < 0)
+			goto fail;
+		if (found)
+			*found = st.st_uid;
+		if (st.st_uid != owner && st.st_uid != 0) {
+			errno = EPERM;
+			goto fail;
+		}
+	}
 	char tmp[65536];
 	for (;;) {
 		ssize_t r = read(fd, tmp, sizeof tmp);
@@ -274,6 +293,19 @@ fail:;
 	return -1;
 }
 
+int open_fresh_at(int dirfd, const char *name, int flags, mode_t mode)
+{
+	for (int tries = 0; tries < 3; tries++) {
+		if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
+			return -1;
+		int fd =
+		    openat(dirfd, name, flags | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+		if (fd >= 0 || errno != EEXIST)
+			return fd;
+	}
+	return -1;
+}
+
 static int write_file_tmp_rename(int dirfd, const char *name, const void *data, size_t n,
                                  mode_t mode, int sync)
 {
@@ -282,7 +314,10 @@ static int write_file_tmp_rename(int dirfd, const char *name, const void *data, 
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	/* A file of our own, made fresh: a name.tmp left by a crash, or planted by another
+	 * user of a separated spool's group, is removed, never opened and written through
+	 * (its owner would then own what we wrote, and could change it later). */
+	int fd = open_fresh_at(dirfd, tmp, O_WRONLY, mode);
 	if (fd < 0)
 		return -1;
 	if (write_all(fd, data, n) < 0 || (sync && fsync(fd) < 0))

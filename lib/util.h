@@ -20,6 +20,7 @@
 #define EXIT_USAGE    64 /* EX_USAGE */
 #define EXIT_DATAERR  65 /* EX_DATAERR */
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
+#define EXIT_NOPERM   77 /* EX_NOPERM: not allowed for this user */
 #define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -78,7 +79,15 @@ int write_all(int fd, const void *p, size_t n);
  * only at the end of the file), or -1. */
 ssize_t pread_full(int fd, void *p, size_t n, off_t off);
 /* Read a whole file (at most max bytes, else -1 with EFBIG). NUL-terminated. */
+/* Create name in dirfd as a new file of the caller's (O_EXCL, O_NOFOLLOW), removing
+ * whatever had the name: never write through a file someone else made or still holds.
+ * flags: O_WRONLY or O_RDWR, plus extras. -1 with errno. */
+int open_fresh_at(int dirfd, const char *name, int flags, mode_t mode);
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
+/* read_file_at, but only a file that belongs to owner (or to root): another owner fails
+ * with EPERM, and *found (if not NULL) says who it was. owner (uid_t)-1: no check. */
+int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,
+                       uid_t *found);
 /* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The
  * directory itself is not fsync'd: the caller batches that (group commit). */
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode);

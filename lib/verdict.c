@@ -29,6 +29,7 @@ void verdicts_init(struct verdicts *vs)
 {
 	vs->lines = NULL;
 	vs->n = 0;
+	vs->qid = NULL;
 }
 
 void verdicts_free(struct verdicts *vs)
@@ -43,6 +44,7 @@ void verdicts_free(struct verdicts *vs)
 		free(l->output);
 	}
 	free(vs->lines);
+	free(vs->qid);
 	verdicts_init(vs);
 }
 
@@ -83,10 +85,20 @@ void verdicts_format(const struct verdicts *vs, struct buf *out)
 		kv_addstr(out, "output", l->output);
 		buf_addstr(out, "\n");
 	}
+	if (vs->qid) {
+		buf_addstr(out, "message");
+		kv_addstr(out, "qid", vs->qid);
+		buf_addstr(out, "\n");
+	}
 	buf_printf(out, "end %zu\n", vs->n);
 }
 
 int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen)
+{
+	return verdicts_read_owned_at(dirfd, vs, (uid_t)-1, reason, rlen);
+}
+
+int verdicts_read_owned_at(int dirfd, struct verdicts *vs, uid_t owner, char *reason, size_t rlen)
 {
 	struct buf b, v;
 	buf_init(&b);
@@ -94,8 +106,15 @@ int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen)
 	verdicts_init(vs);
 	int rc = -1;
 	char *scanner = NULL, *virus = NULL, *ex = NULL, *version = NULL, *argv = NULL;
-	if (read_file_at(dirfd, "verdicts", &b, 64u << 20) < 0) {
-		snprintf(reason, rlen, "verdicts: %s", strerror(errno));
+	uid_t found = (uid_t)-1;
+	if (read_file_owned_at(dirfd, "verdicts", &b, 64u << 20, owner, &found) < 0) {
+		if (errno == EPERM && found != (uid_t)-1)
+			snprintf(reason, rlen,
+			         "verdicts: belongs to uid %ld, not to uid %ld that writes it: "
+			         "treated as not written",
+			         (long)found, (long)owner);
+		else
+			snprintf(reason, rlen, "verdicts: %s", strerror(errno));
 		goto out;
 	}
 	char *line = b.data;
@@ -119,6 +138,13 @@ int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen)
 			}
 			rc = 0;
 			goto out;
+		}
+		if (strncmp(line, "message ", 8) == 0) {
+			if (vs->qid || kv_find(line, "qid", &v) < 0)
+				goto malformed;
+			vs->qid = xstrdup(buf_cstr(&v));
+			line = nl + 1;
+			continue;
 		}
 		if (strncmp(line, "scan ", 5) != 0)
 			goto malformed;

@@ -3,8 +3,11 @@
  *
  *   scan part=<index> scanner=<name> verdict=<v> virus=<name> exit=<code|sig:N|timeout|exec>
  *        ms=<duration> version=<v> argv=<escaped argv> output=<bounded excerpt>
+ *   message qid=<queue ID>
  *   end <count>
  *
+ * The message line (optional for a reader; the runner always writes it) binds the
+ * verdicts to the message they are for; <count> counts scan lines.
  * verdict is one of clean, infected, error, unscannable. Message-level lines use
  * part=- (for example a degraded scanner or an over-limit manifest).
  */
@@ -12,6 +15,7 @@
 #define SPOOLD_VERDICT_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "util.h"
 
@@ -33,6 +37,10 @@ struct verdict_line {
 struct verdicts {
 	struct verdict_line *lines;
 	size_t n;
+	/* The queue ID the runner scanned (a `message qid=` line before `end`): verdicts are
+	 * for one message, and a file moved into another entry says whose they are. NULL
+	 * when the file has no such line (written by an older version). */
+	char *qid;
 };
 
 const char *verdict_name(enum verdict v);
@@ -44,5 +52,8 @@ struct verdict_line *verdicts_add(struct verdicts *vs, int part, const char *sca
                                   const char *version, const char *argv, const char *output);
 void verdicts_format(const struct verdicts *vs, struct buf *out);
 int verdicts_read_at(int dirfd, struct verdicts *vs, char *reason, size_t rlen);
+/* The same, only a verdicts file that belongs to owner (the scanner-runner's user) or
+ * root; another owner is "not written" (trust by ownership, docs/SECURITY.md). */
+int verdicts_read_owned_at(int dirfd, struct verdicts *vs, uid_t owner, char *reason, size_t rlen);
 
 #endif

@@ -24,7 +24,7 @@ int notice_write(struct spool *sp, const char *conn, const struct envelope *env,
 	buf_init(&eb);
 	for (int tries = 0;; tries++) {
 		spool_qid_new(qid_out);
-		if (mkdirat(sp->fd[SD_TMP], qid_out, 0750) == 0)
+		if (mkdirat(sp->fd[SD_TMP], qid_out, 0770) == 0)
 			break;
 		if (errno != EEXIST || tries > 100)
 			goto out;

@@ -326,7 +326,7 @@ static void router_prepare_out(struct spool_entry *e, const char *conn, const st
 	char tmp[128], fin[128];
 	snprintf(tmp, sizeof tmp, "out.%s.tmp", conn);
 	snprintf(fin, sizeof fin, "out.%s", conn);
-	if (remove_tree_at(e->fd, tmp) < 0 || mkdirat(e->fd, tmp, 0750) < 0)
+	if (remove_tree_at(e->fd, tmp) < 0 || mkdirat(e->fd, tmp, 0770) < 0)
 		goto fail;
 	int ofd = openat(e->fd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (ofd < 0)
@@ -358,7 +358,9 @@ static void router_fanout_finish(struct spool_entry *e)
 {
 	struct buf b;
 	buf_init(&b);
-	if (read_file_at(e->fd, "fanout", &b, 1 << 20) < 0)
+	/* Only our own plan (trust by ownership): one that another user slipped in after
+	 * router_untrusted looked is refused here, and seen by it at the next claim. */
+	if (read_file_owned_at(e->fd, "fanout", &b, 1 << 20, geteuid(), NULL) < 0)
 		die_temp(e->qid, "cannot read fanout: %s", strerror(errno));
 	char *line = b.data, *nl;
 	int moved = 0;
@@ -585,8 +587,8 @@ static long router_copy_unforged(int fd, const char *msg, size_t len)
 static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const char *msg,
                              size_t len)
 {
-	int out = openat(e->fd, "message.out.tmp",
-	                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+	/* Ours and new: the delivered copy must belong to the router's user alone. */
+	int out = open_fresh_at(e->fd, "message.out.tmp", O_WRONLY, 0640);
 	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0 ||
 	    router_copy_unforged(out, msg, len) < 0)
 		goto fail;
@@ -894,7 +896,7 @@ static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
 	const char *src = "";
 	size_t len = 0;
 	void *map = MAP_FAILED;
-	struct stat sb;
+	struct stat sb = {.st_uid = geteuid()};
 	buf_init(&h);
 	if (body) {
 		src = body->data ? body->data : "";
@@ -929,7 +931,10 @@ static void router_deliver_scanned(struct stage *st, struct spool_entry *e,
 		         "came with the message",
 		         forged);
 	}
-	if (h.len || body || forged > 0) {
+	/* A copy of our own whenever the message is not ours (a separated spool: it belongs
+	 * to the splitter's user, who could change a shared inode after this decision, and
+	 * whose file protected_hardlinks would not let us link anyway). */
+	if (h.len || body || forged > 0 || sb.st_uid != geteuid()) {
 		router_write_out(e, &h, src, len);
 		router_deliver(st, e, env, "message.out");
 	} else {
@@ -969,7 +974,7 @@ static void router_strip_finish(struct spool_entry *e)
 {
 	struct buf b;
 	buf_init(&b);
-	if (read_file_at(e->fd, "strip", &b, 4096) < 0)
+	if (read_file_owned_at(e->fd, "strip", &b, 4096, geteuid(), NULL) < 0)
 		die_temp(e->qid, "cannot read %s/route/%s/strip: %s", e->sp->root, e->qid,
 		         strerror(errno));
 	char d[SPOOL_QID_LEN + 1];
@@ -1003,7 +1008,7 @@ static void router_strip_commit(struct spool_entry *e, const struct envelope *en
 	char d[SPOOL_QID_LEN + 1];
 	spool_qid_new(d);
 	if (remove_tree_at(e->fd, "derived.tmp") < 0 || remove_tree_at(e->fd, "derived") < 0 ||
-	    mkdirat(e->fd, "derived.tmp", 0750) < 0)
+	    mkdirat(e->fd, "derived.tmp", 0770) < 0)
 		goto fail;
 	int dfd = openat(e->fd, "derived.tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
@@ -1094,6 +1099,65 @@ static void router_infected(struct stage *st, struct spool_entry *e, const struc
 	router_notify(st, qid, env, vs, "quarantine", "infected", buf_cstr(why));
 }
 
+/*
+ * Trust by ownership (docs/SECURITY.md): a control file counts only when it belongs to the
+ * user of the stage that writes it, or to root. In a separated spool every stage user may
+ * write in every work directory (they move them on), so a file with another owner may
+ * have been forged by a compromised stage: it is "not written". It is renamed aside
+ * (untrusted.<name>, kept for the administrator) and the message is held: a retry scans
+ * it again and routes it by files that are what they claim. With one user for all, every
+ * file is that user's and nothing changes.
+ */
+static const struct {
+	const char *name;
+	enum conf_role role;
+} router_control_files[] = {
+    {"manifest", ROLE_SPLITTER}, {"verdicts", ROLE_RUNNER}, {"fanout", ROLE_ROUTER},
+    {"strip", ROLE_ROUTER},      {"report", ROLE_ROUTER},   {"release", ROLE_SPOOL},
+};
+
+static int router_untrusted(struct stage *st, struct spool_entry *e, struct buf *why)
+{
+	int bad = 0;
+	for (size_t i = 0; i < ARRAY_LEN(router_control_files); i++) {
+		const char *name = router_control_files[i].name;
+		uid_t want = conf_role_uid(st->conf, router_control_files[i].role);
+		struct stat sb;
+		if (fstatat(e->fd, name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (S_ISREG(sb.st_mode) && (sb.st_uid == want || sb.st_uid == 0))
+			continue;
+		buf_printf(why,
+		           "%s belongs to uid %ld, not to uid %ld of the %s that writes it: "
+		           "treated as not written\n",
+		           name, (long)sb.st_uid, (long)want,
+		           conf_role_name(router_control_files[i].role));
+		char aside[64];
+		snprintf(aside, sizeof aside, "untrusted.%s", name);
+		/* Aside, not removed: it is evidence. The rename replaces an older one. */
+		if (renameat(e->fd, name, e->fd, aside) < 0 && errno != ENOENT)
+			die_temp(e->qid, "cannot set aside %s/route/%s/%s: %s", e->sp->root, e->qid,
+			         name, strerror(errno));
+		bad++;
+	}
+	return bad;
+}
+
+/* A release counts only when the administrator's (root or the spool's user) and the entry
+ * is one the router quarantined (its report is the router's): a compromised stage can
+ * neither release a message nor make one look quarantined and wait for a release. */
+static int router_released(struct stage *st, struct spool_entry *e)
+{
+	struct stat rs, qs;
+	if (fstatat(e->fd, "release", &rs, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	uid_t admin = conf_role_uid(st->conf, ROLE_SPOOL);
+	uid_t router = conf_role_uid(st->conf, ROLE_ROUTER);
+	return S_ISREG(rs.st_mode) && (rs.st_uid == admin || rs.st_uid == 0) &&
+	       fstatat(e->fd, "report", &qs, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(qs.st_mode) &&
+	       (qs.st_uid == router || qs.st_uid == 0);
+}
+
 static int router_handle(struct stage *st, const char *qid)
 {
 	struct spool_entry e;
@@ -1105,6 +1169,19 @@ static int router_handle(struct stage *st, const char *qid)
 	int r = spool_entry_claim(&st->spool, SD_ROUTE, qid, &e);
 	if (r <= 0)
 		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
+	struct buf forged;
+	buf_init(&forged);
+	if (router_untrusted(st, &e, &forged) > 0) {
+		log_warn(qid, "control files not written by their stage: %s; the message is held",
+		         buf_cstr(&forged));
+		trace_add(e.fd, qid, "untrusted files set aside");
+		router_drop_outs(&e);
+		router_hold(st, &e, buf_cstr(&forged));
+		buf_free(&forged);
+		spool_entry_release(&e);
+		return 1;
+	}
+	buf_free(&forged);
 	if (fstatat(e.fd, "fanout", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		log_info(qid, "resuming an interrupted fan-out");
 		router_fanout_finish(&e);
@@ -1114,8 +1191,7 @@ static int router_handle(struct stage *st, const char *qid)
 	/* A committed strip is finished, never redone - unless the entry is a stripped
 	 * original that spoolctl released from quarantine (its plan is done: the release
 	 * decides). */
-	if (fstatat(e.fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (fstatat(e.fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0 && !router_released(st, &e)) {
 		log_info(qid, "resuming an interrupted strip");
 		router_strip_finish(&e);
 		spool_entry_release(&e);
@@ -1129,7 +1205,7 @@ static int router_handle(struct stage *st, const char *qid)
 	buf_init(&why);
 	/* A quarantine entry that spoolctl released: delivered as it was received, without a
 	 * rescan and without looking at its verdicts (the administrator decided). */
-	if (fstatat(e.fd, "release", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+	if (router_released(st, &e)) {
 		if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
 			buf_addstr(&why, "released, but ");
 			router_text(&why, reason, sizeof reason);
@@ -1145,11 +1221,22 @@ static int router_handle(struct stage *st, const char *qid)
 		goto done;
 	}
 	enum outcome o;
-	if (manifest_read_at(e.fd, &m, reason, sizeof reason) < 0 ||
-	    verdicts_read_at(e.fd, &vs, reason, sizeof reason) < 0 ||
+	if (manifest_read_owned_at(e.fd, &m, conf_role_uid(st->conf, ROLE_SPLITTER), reason,
+	                           sizeof reason) < 0 ||
+	    verdicts_read_owned_at(e.fd, &vs, conf_role_uid(st->conf, ROLE_RUNNER), reason,
+	                           sizeof reason) < 0 ||
 	    envelope_read_at(e.fd, &env, reason, sizeof reason) < 0) {
 		router_text(&why, reason, sizeof reason);
 		buf_addstr(&why, "\n");
+		o = OUT_HOLD;
+	} else if (vs.qid && strcmp(vs.qid, e.qid) != 0) {
+		/* Verdicts moved in from another message: they say nothing about this one. */
+		buf_addstr(&why, "verdicts are for another message (");
+		router_text(&why, vs.qid, strlen(vs.qid));
+		buf_addstr(&why, ")\n");
+		o = OUT_HOLD;
+	} else if (vs.qid == NULL && st->conf->separated) {
+		buf_addstr(&why, "verdicts do not name the message they are for\n");
 		o = OUT_HOLD;
 	} else {
 		o = router_decide(&m, &vs, &why);

@@ -715,7 +715,10 @@ static int runner_job_start(struct stage *st, const char *qid, struct runner_job
 	}
 	verdicts_init(&j->vs);
 	j->dir = xasprintf("%s/scan/%s", st->spool.root, qid);
-	if (manifest_read_at(j->e.fd, &j->m, reason, sizeof reason) < 0) {
+	/* Only the splitter's manifest decides what is scanned (trust by ownership): one
+	 * another stage's user wrote is not a manifest, and the message is held. */
+	if (manifest_read_owned_at(j->e.fd, &j->m, conf_role_uid(st->conf, ROLE_SPLITTER), reason,
+	                           sizeof reason) < 0) {
 		/* A committed entry always has a manifest; if it does not, fail closed. */
 		log_warn(qid, "%s; the message will be held", reason);
 		verdicts_add(&j->vs, -1, "scanner-runner", V_ERROR, "", "", 0, "", "", reason);
@@ -742,6 +745,8 @@ static void runner_job_finish(struct stage *st, struct runner_job *j)
 	runner_count_verdicts(&j->vs);
 	struct buf b;
 	buf_init(&b);
+	free(j->vs.qid);
+	j->vs.qid = xstrdup(j->e.qid);
 	verdicts_format(&j->vs, &b);
 	/* verdicts now; the sync and the move to route/ come in runner_flush, together with
 	 * the other entries of this batch: route/ only ever sees complete, durable verdicts. */

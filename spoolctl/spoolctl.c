@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "conf.h"
 #include "ctl.h"
@@ -37,6 +38,43 @@ void ctl_spool_open(const struct conf *c, struct spool *sp)
 	if (stat(c->spool_dir, &st) < 0)
 		die_temp(NULL, "spool %s: %s", c->spool_dir, strerror(errno));
 	spool_open(sp, c->spool_dir, 0);
+}
+
+/* Commands that only read (status, ls, show, quarantine list|show) and those that go
+ * through the control socket (whose mode and group decide) are for anyone who can read;
+ * every other command changes the spool. */
+static int ctl_changes_spool(const char *cmd, int argc, char **argv)
+{
+	static const char *const readers[] = {"status", "ls",      "show",  "start",
+	                                      "stop",   "restart", "pause", "resume"};
+	for (size_t k = 0; k < ARRAY_LEN(readers); k++)
+		if (strcmp(cmd, readers[k]) == 0)
+			return 0;
+	if (strcmp(cmd, "quarantine") == 0 && argc > 0 &&
+	    (strcmp(argv[0], "list") == 0 || strcmp(argv[0], "show") == 0))
+		return 0;
+	return 1;
+}
+
+/* Only root (who has become the spool's user by now) and the spool's user change the
+ * spool: the stages trust what that user writes (a `release` marker above all), and a
+ * file made by anyone else could be one no stage may read. The spool's user is `user`, or
+ * with none configured, whoever owns the spool directory. */
+static void ctl_require_admin(const struct conf *c, const char *cmd, int argc, char **argv)
+{
+	if (!ctl_changes_spool(cmd, argc, argv))
+		return;
+	uid_t me = geteuid();
+	uid_t admin = c->roles[ROLE_SPOOL].uid;
+	struct stat st;
+	if (admin == (uid_t)-1 && stat(c->spool_dir, &st) == 0)
+		admin = st.st_uid;
+	if (me == 0 || me == admin || admin == (uid_t)-1)
+		return;
+	die_perm(EXIT_NOPERM,
+	         "spoolctl %s changes the spool: run it as root or as the spool's user (uid %ld), "
+	         "not as uid %ld",
+	         cmd, (long)admin, (long)me);
 }
 
 int main(int argc, char **argv)
@@ -74,6 +112,7 @@ int main(int argc, char **argv)
 	 * every file it makes (a queue file, a marker, a moved entry) belongs to that user
 	 * and the stages can read it. */
 	user_become(c->user, (gid_t)-1);
+	ctl_require_admin(c, cmd, argc - i, argv + i);
 	static const struct {
 		const char *name;
 		ctl_cmd_fn *fn;

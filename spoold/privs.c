@@ -130,6 +130,111 @@ static void privs_chown_below(int dfd, const char *path, uid_t uid, gid_t gid, i
 	closedir(d);
 }
 
+/* 1 if user (with primary group pgid) is a member of gid. */
+static int privs_user_in(const char *user, gid_t pgid, gid_t gid)
+{
+	gid_t groups[256];
+	int ng = (int)ARRAY_LEN(groups);
+	if (getgrouplist(user, pgid, groups, &ng) < 0)
+		return 0;
+	for (int i = 0; i < ng; i++)
+		if (groups[i] == gid)
+			return 1;
+	return 0;
+}
+
+/* One directory, by descriptor: owner, group and mode. */
+static void privs_dir_set(int fd, const char *root, const char *name, uid_t uid, gid_t gid,
+                          mode_t mode)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		log_warn(NULL, "cannot stat %s/%s: %s", root, name, strerror(errno));
+		return;
+	}
+	if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0)
+		log_warn(NULL, "cannot chown %s/%s: %s", root, name, strerror(errno));
+	if ((st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
+		log_warn(NULL, "cannot chmod %s/%s: %s", root, name, strerror(errno));
+}
+
+/*
+ * The spool of a separated pipeline (docs/SECURITY.md, "Who may do what where"). Every
+ * stage user is a member of the spool user's group; the state directories are that
+ * group's, writable by it and set-group-ID (2770), so every entry made in them belongs
+ * to the group whoever made it, and a stage can move another stage's entry on. Trust does
+ * not come from the directories but from who owns each file (the readers check: lib/
+ * spool.c spool_entry_file_trusted). Two directories are narrower:
+ *   outbox/ and outbox/<conn>/ belong to the connectors' group (2770): the router and the
+ *     connectors are its members, the splitter and the scanner-runner are not, so they
+ *     cannot put anything into an outbox, whatever they own;
+ *   run/ is sticky as well (3770): a stage may add its own files there (its metrics, the
+ *     runner's cache and pool state), but not remove or replace another user's.
+ * Only directories the spool itself made are changed, never an entry's files: their
+ * owners are what the stages trust. The stage users are checked here, at start, so that a
+ * missing group membership is one clear error instead of a stage that fails at its first
+ * message.
+ */
+static void privs_separate(const struct conf *c, struct spool *sp, uid_t uid, gid_t gid)
+{
+	const struct conf_role_user *conn = &c->roles[ROLE_CONNECTOR];
+	const struct conf_role_user *route = &c->roles[ROLE_ROUTER];
+	for (int r = ROLE_SPOOL + 1; r < ROLE__COUNT; r++)
+		if (!privs_user_in(c->roles[r].name, c->roles[r].gid, gid))
+			die_perm(
+			    EXIT_CONFIG,
+			    "%s \"%s\" is not a member of the spool's group (gid %ld, the "
+			    "primary group of user \"%s\"): add it (dist/spoold.sysusers: m %s %s)",
+			    conf_role_name((enum conf_role)r), c->roles[r].name, (long)gid, c->user,
+			    c->roles[r].name, c->user);
+	gid_t ogid = conn->gid;
+	if (route->uid != conn->uid && !privs_user_in(route->name, route->gid, ogid))
+		die_perm(
+		    EXIT_CONFIG,
+		    "router_user \"%s\" is not a member of the connectors' group (gid %ld, the "
+		    "primary group of connector_user \"%s\"): it could not fill the outboxes",
+		    route->name, (long)ogid, conn->name);
+	for (int i = 0; i < SD__COUNT; i++) {
+		const char *n = spool_dir_name((enum spool_dir)i);
+		if (i == SD_OUTBOX)
+			privs_dir_set(sp->fd[i], sp->root, n, uid, ogid, 02770);
+		else
+			privs_dir_set(sp->fd[i], sp->root, n, uid, gid,
+			              i == SD_RUN ? 03770 : 02770);
+	}
+	/* outbox/<conn>/ as the router made them, and run/'s own subdirectories. */
+	static const enum spool_dir below[] = {SD_OUTBOX, SD_RUN};
+	for (size_t b = 0; b < ARRAY_LEN(below); b++) {
+		DIR *d = NULL;
+		int fd = dup(sp->fd[below[b]]);
+		if (fd >= 0 && lseek(fd, 0, SEEK_SET) == 0)
+			d = fdopendir(fd);
+		if (!d) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		struct dirent *de;
+		while ((de = readdir(d)) != NULL) {
+			if (de->d_name[0] == '.')
+				continue;
+			int sub = openat(dirfd(d), de->d_name,
+			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0)
+				continue;
+			privs_dir_set(sub, spool_dir_name(below[b]), de->d_name, uid,
+			              below[b] == SD_OUTBOX ? ogid : gid, 02770);
+			close(sub);
+		}
+		closedir(d);
+	}
+	if (conn->uid != uid && !privs_user_in(c->user, gid, ogid))
+		log_warn(NULL,
+		         "user \"%s\" is not a member of the connectors' group (that of "
+		         "connector_user \"%s\"): spoolctl will not see into the outboxes",
+		         c->user, conn->name);
+}
+
 gid_t privs_control_gid(const struct conf *c)
 {
 	if (c->control_group == NULL || c->control_group[0] == '\0')
@@ -162,6 +267,10 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	 * contents stay as they are: whoever may drop mail puts files there, and a file dropped
 	 * by root stays root's (the splitter then reports it and moves it to badmail/). */
 	privs_give(sp->root_fd, sp->root, ".", uid, gid);
+	if (c->separated) {
+		privs_separate(c, sp, uid, gid);
+		goto modes;
+	}
 	for (int i = 0; i < SD__COUNT; i++) {
 		privs_give(sp->fd[i], sp->root, spool_dir_name((enum spool_dir)i), uid, gid);
 		if (i != SD_INBOUND)
@@ -173,6 +282,7 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	 * through, no one but the user may list it) and run/ 0710 with that group, while
 	 * every state directory stays 0750 with the user's own group, so the group can use
 	 * the socket without being able to read a single message. */
+modes:;
 	int group_ok = control_gid != (gid_t)-1;
 	if (fchmod(sp->root_fd, group_ok ? 0711 : 0750) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));

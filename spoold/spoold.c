@@ -68,7 +68,8 @@
 enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED, CH_STOPPED };
 
 struct child {
-	int si; /* index into sup_stages */
+	int si;     /* index into sup_stages */
+	int keeper; /* the role whose keeper started it, or -1: spoold's own child */
 	int idx;
 	pid_t pid;
 	enum child_state state;
@@ -110,6 +111,15 @@ static struct conf *sup_conf;
 static struct spool sup_spool;
 static sigset_t sup_oldmask;
 static int sup_notified_ready;
+/* Privilege separation: the keeper of each role whose user is not spoold's own (fd -1:
+ * none, the role's stages are spoold's own children), and the stage binaries opened as
+ * root at start, which keepers execute by descriptor. */
+static struct keeper sup_keepers[ROLE__COUNT];
+static const char *const sup_exe_names[] = {"splitter", "scanner-runner", "router",
+                                            "lmtpd",    "connector-smtp", "connector-maildir"};
+static int sup_exe_fd[ARRAY_LEN(sup_exe_names)];
+static int sup_keeper_current = -1; /* the keeper whose records are being read */
+static int sup_keeper_lost;
 /* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
 static char *sup_sig[N_STAGES + 1];
 
@@ -316,6 +326,7 @@ static void sup_children_build(unsigned rebuild)
 			ch->si = s;
 			ch->idx = i;
 			ch->ready_fd = -1;
+			ch->keeper = -1;
 			ch->state = sup_stages[s].down ? CH_STOPPED : CH_DOWN;
 			ch->delay_ms = RESTART_FLOOR_MS;
 		}
@@ -363,6 +374,103 @@ static void sup_status_write(void)
 	buf_free(&b);
 }
 
+static void sup_child_died(struct child *ch, int status);
+
+static void sup_child_running(struct child *ch, pid_t pid, int rp[2])
+{
+	if (rp[1] >= 0)
+		close(rp[1]);
+	if (ch->ready_fd >= 0)
+		close(ch->ready_fd);
+	ch->ready_fd = rp[0];
+	ch->ready = 0;
+	ch->pid = pid;
+	ch->stopping = 0;
+	ch->state = CH_RUNNING;
+	ch->started_ms = now_ms_monotonic();
+	ch->started_wall = time(NULL);
+	log_info(NULL, "started %s[%d] pid=%ld%s%s", sup_stages[ch->si].name, ch->idx, (long)pid,
+	         ch->keeper >= 0 ? " as " : "",
+	         ch->keeper >= 0 ? sup_keepers[ch->keeper].user : "");
+}
+
+/* A keeper reported an exit: only a child that keeper started is taken to be dead (a
+ * compromised keeper must not make spoold forget another user's stage). */
+static void sup_keeper_exit(pid_t pid, int status)
+{
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == pid &&
+		    sup_children[i].keeper == sup_keeper_current)
+			sup_child_died(&sup_children[i], status);
+}
+
+static int sup_exe_lookup(const char *path)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	for (size_t i = 0; i < ARRAY_LEN(sup_exe_names); i++)
+		if (!strcmp(base, sup_exe_names[i]))
+			return sup_exe_fd[i];
+	return -1;
+}
+
+static void sup_keeper_gone(int role)
+{
+	if (sup_keepers[role].fd < 0)
+		return;
+	log_error(NULL,
+	          "the keeper of user %s is gone: its stages can no longer be supervised; "
+	          "stopping, to be started again as root",
+	          sup_keepers[role].user);
+	close(sup_keepers[role].fd);
+	sup_keepers[role].fd = -1;
+	sup_keeper_lost = 1;
+	/* What it started cannot be signalled any more: not ours to wait for. */
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].keeper == role && sup_children[i].state == CH_RUNNING) {
+			sup_children[i].state = CH_DOWN;
+			sup_children[i].pid = 0;
+		}
+}
+
+/* The stage runs as the role's user: its keeper forks and executes it. */
+static void sup_child_start_kept(struct child *ch, int role, const char *path, const char *conn,
+                                 int rp[2])
+{
+	const char *stage = sup_stages[ch->si].name;
+	char *argv[] = {(char *)path,       "-c",         (char *)sup_conf_path,
+	                conn ? "-n" : NULL, (char *)conn, NULL};
+	sup_keeper_current = role;
+	pid_t pid = keeper_spawn(&sup_keepers[role], (int)(ch - sup_children), sup_exe_lookup(path),
+	                         argv, rp[1], sup_stages[ch->si].paused, sup_keeper_exit);
+	int err = errno;
+	sup_keeper_current = -1;
+	if (pid < 0) {
+		log_warn(NULL, "cannot start %s as %s: %s", stage, sup_keepers[role].user,
+		         strerror(err));
+		if (rp[0] >= 0) {
+			close(rp[0]);
+			close(rp[1]);
+		}
+		if (err == EPIPE)
+			sup_keeper_gone(role);
+		ch->state = CH_BACKOFF;
+		ch->restart_at = now_ms_monotonic() + ch->delay_ms;
+		return;
+	}
+	ch->keeper = role;
+	sup_child_running(ch, pid, rp);
+}
+
+/* Signal one running child: directly, or through the keeper that started it. */
+static void sup_child_kill(struct child *ch, int sig)
+{
+	if (ch->keeper >= 0)
+		keeper_kill(&sup_keepers[ch->keeper], ch->pid, sig);
+	else
+		kill(ch->pid, sig);
+}
+
 static void sup_child_start(struct child *ch)
 {
 	const char *stage = sup_stages[ch->si].name;
@@ -382,6 +490,11 @@ static void sup_child_start(struct child *ch)
 	if (pipe2(rp, O_CLOEXEC | O_NONBLOCK) < 0) {
 		log_warn(NULL, "cannot make the readiness pipe for %s: %s", stage, strerror(errno));
 		rp[0] = rp[1] = -1;
+	}
+	int role = conf_role_of_stage(stage);
+	if (role >= 0 && sup_keepers[role].fd >= 0) {
+		sup_child_start_kept(ch, role, path, conn, rp);
+		return;
 	}
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -415,18 +528,8 @@ static void sup_child_start(struct child *ch)
 		fprintf(stderr, "spoold: cannot exec %s: %s\n", path, strerror(errno));
 		_exit(EXIT_TEMPFAIL);
 	}
-	if (rp[1] >= 0)
-		close(rp[1]);
-	if (ch->ready_fd >= 0)
-		close(ch->ready_fd);
-	ch->ready_fd = rp[0];
-	ch->ready = 0;
-	ch->pid = pid;
-	ch->stopping = 0;
-	ch->state = CH_RUNNING;
-	ch->started_ms = now_ms_monotonic();
-	ch->started_wall = time(NULL);
-	log_info(NULL, "started %s[%d] pid=%ld", stage, ch->idx, (long)pid);
+	ch->keeper = -1;
+	sup_child_running(ch, pid, rp);
 }
 
 static void sup_child_gone(struct child *ch)
@@ -485,8 +588,17 @@ static void sup_reap(void)
 	pid_t p;
 	while ((p = waitpid(-1, &status, WNOHANG)) > 0)
 		for (size_t i = 0; i < sup_n; i++)
-			if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p)
+			if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p &&
+			    sup_children[i].keeper < 0)
 				sup_child_died(&sup_children[i], status);
+	for (int r = 0; r < ROLE__COUNT; r++) {
+		if (sup_keepers[r].fd < 0)
+			continue;
+		sup_keeper_current = r;
+		if (keeper_drain(&sup_keepers[r], sup_keeper_exit) < 0)
+			sup_keeper_gone(r);
+		sup_keeper_current = -1;
+	}
 }
 
 /* Stop the instances of the stages in mask (all: ~0u) and wait for them: SIGTERM, then
@@ -499,7 +611,7 @@ static void sup_stop(unsigned mask)
 			continue;
 		if (ch->state == CH_RUNNING) {
 			ch->stopping = 1;
-			kill(ch->pid, SIGTERM);
+			sup_child_kill(ch, SIGTERM);
 		} else if (ch->state == CH_BACKOFF) {
 			ch->state = CH_DOWN;
 		}
@@ -521,7 +633,7 @@ static void sup_stop(unsigned mask)
 					log_warn(NULL, "%s[%d] did not stop in %d s; SIGKILL",
 					         sup_stages[sup_children[i].si].name,
 					         sup_children[i].idx, STOP_GRACE_MS / 1000);
-					kill(sup_children[i].pid, SIGKILL);
+					sup_child_kill(&sup_children[i], SIGKILL);
 				}
 			killed = 1;
 		}
@@ -545,7 +657,7 @@ static void sup_signal_stage(int si, int sig)
 {
 	for (size_t i = 0; i < sup_n; i++)
 		if (sup_children[i].si == si && sup_children[i].state == CH_RUNNING)
-			kill(sup_children[i].pid, sig);
+			sup_child_kill(&sup_children[i], sig);
 }
 
 /* ---- control socket ---------------------------------------------------------------- */
@@ -948,6 +1060,45 @@ static int sup_lock_open(uid_t user_uid)
 	die_temp(NULL, "%s/run/spoold.lock keeps being replaced; giving up", sup_spool.root);
 }
 
+/* As root, before the drop: a keeper for each role that runs as a user other than the one
+ * spoold becomes, and the stage binaries opened for them. Nothing when spoold does not
+ * drop (not root, or root on purpose): every stage is then spoold's own child. */
+static void sup_keepers_start(uid_t spool_uid)
+{
+	for (int r = 0; r < ROLE__COUNT; r++)
+		sup_keepers[r].fd = -1;
+	for (size_t i = 0; i < ARRAY_LEN(sup_exe_fd); i++)
+		sup_exe_fd[i] = -1;
+	if (spool_uid == (uid_t)-1 || !sup_conf->separated)
+		return;
+	/* Separated, a work directory made by one stage is moved on by another (rename(2) of
+	 * a directory to a new parent needs write permission on it) and emptied from trash/
+	 * by any: directories are the spool group's to write (their mkdir asks 0770, which
+	 * umask 027 makes 0750 when one user runs everything). Files stay 0640: only their
+	 * owner writes them, which is what the readers trust. Inherited by keepers and
+	 * stages. */
+	umask(007);
+	for (size_t i = 0; i < ARRAY_LEN(sup_exe_names); i++) {
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof path, "%s/%s", sup_bindir, sup_exe_names[i]);
+		/* O_PATH: executed by descriptor (execveat); a stage's user need not be able to
+		 * reach the directory. A binary that is missing only fails that stage. */
+		sup_exe_fd[i] = open(path, O_PATH | O_CLOEXEC);
+		if (sup_exe_fd[i] < 0)
+			log_warn(NULL, "cannot open %s: %s", path, strerror(errno));
+	}
+	for (int r = ROLE_SPOOL + 1; r < ROLE__COUNT; r++) {
+		const struct conf_role_user *ru = &sup_conf->roles[r];
+		if (ru->uid == spool_uid || ru->uid == (uid_t)-1)
+			continue;
+		/* One keeper per role; two roles given one user get two keepers of that user,
+		 * which is as safe and keeps the bookkeeping per role. */
+		keeper_start(&sup_keepers[r], ru->name);
+		log_info(NULL, "%s runs as %s (uid %ld)", conf_role_name((enum conf_role)r),
+		         ru->name, (long)ru->uid);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	sup_conf_path = "/etc/spoold/spoold.conf";
@@ -1008,6 +1159,7 @@ int main(int argc, char **argv)
 		          "cannot listen on %s/run/" CONTROL_NAME ": %s; spoolctl start, "
 		          "stop, restart, pause and resume will not work",
 		          sup_spool.root, strerror(errno));
+	sup_keepers_start(dropping ? uid : (uid_t)-1);
 	privs_drop(sup_conf, &sup_spool, cgid);
 
 	sigset_t mask;
@@ -1045,7 +1197,7 @@ int main(int argc, char **argv)
 	log_info(NULL, "supervising %zu stage processes on %s", sup_n, sup_spool.root);
 
 	int stop = 0;
-	while (!stop) {
+	while (!stop && !sup_keeper_lost) {
 		int64_t now = now_ms_monotonic();
 		int64_t wait = next_metrics - now;
 		if (wait > 5000)
@@ -1132,5 +1284,5 @@ int main(int argc, char **argv)
 		unlinkat(sup_spool.fd[SD_RUN], CONTROL_NAME, 0);
 	}
 	log_info(NULL, "stopped");
-	return 0;
+	return sup_keeper_lost ? EXIT_TEMPFAIL : 0;
 }

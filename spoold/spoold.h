@@ -38,6 +38,25 @@ gid_t privs_control_gid(const struct conf *c);
 /* The gid of c->metrics.group, or (gid_t)-1 when unset. Dies when the group is unknown. */
 gid_t privs_metrics_gid(const struct conf *c);
 
+/* keeper.c: a process per stage user that starts, signals and reaps that user's stages
+ * for spoold, which is no longer root when it restarts one. */
+struct keeper {
+	char user[64];
+	int fd; /* spoold's end of the SOCK_SEQPACKET pair; -1 when gone */
+	pid_t pid;
+};
+/* As root: fork the keeper, which becomes user for good. Dies on failure. */
+int keeper_start(struct keeper *k, const char *user);
+/* Start argv as a stage: exe is the binary spoold opened (execveat), ready the readiness
+ * pipe's write end (-1: none), paused sets SPOOLD_PAUSED. Returns the pid, or -1 with
+ * errno. Exits of other children read meanwhile go to on_exit(pid, status). */
+pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int ready, int paused,
+                   void (*on_exit)(pid_t, int));
+/* Signal pid, a stage this keeper started. */
+void keeper_kill(struct keeper *k, pid_t pid, int sig);
+/* Hand every exit the keeper reported to on_exit; -1 when the keeper is gone. */
+int keeper_drain(struct keeper *k, void (*on_exit)(pid_t, int));
+
 /* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. No-op without it. */
 void notify_send(const char *state);
 
