@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <nettle/sha2.h>
+
 #include "log.h"
 
 void *xmalloc(size_t n)
@@ -349,6 +351,50 @@ int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, m
 int write_file_replace(int dirfd, const char *name, const void *data, size_t n, mode_t mode)
 {
 	return write_file_tmp_rename(dirfd, name, data, n, mode, 0);
+}
+
+static void util_sha256_finish(struct sha256_ctx *c, char hex[65])
+{
+	static const char hx[] = "0123456789abcdef";
+	uint8_t d[SHA256_DIGEST_SIZE];
+	sha256_digest(c, sizeof d, d);
+	for (size_t i = 0; i < sizeof d; i++) {
+		hex[2 * i] = hx[d[i] >> 4];
+		hex[2 * i + 1] = hx[d[i] & 15];
+	}
+	hex[64] = '\0';
+}
+
+void util_sha256_hex(const void *p, size_t n, char hex[65])
+{
+	struct sha256_ctx c;
+	sha256_init(&c);
+	sha256_update(&c, n, p);
+	util_sha256_finish(&c, hex);
+}
+
+int copy_fd_sha256(int src, int dst, char hex[65])
+{
+	struct sha256_ctx c;
+	char tmp[65536];
+	off_t off = 0;
+	sha256_init(&c);
+	for (;;) {
+		ssize_t r = pread(src, tmp, sizeof tmp, off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0)
+			break;
+		sha256_update(&c, (size_t)r, (const uint8_t *)tmp);
+		if (write_all(dst, tmp, (size_t)r) < 0)
+			return -1;
+		off += r;
+	}
+	util_sha256_finish(&c, hex);
+	return 0;
 }
 
 int copy_fd(int src, int dst)

@@ -84,6 +84,11 @@ ssize_t pread_full(int fd, void *p, size_t n, off_t off);
  * flags: O_WRONLY or O_RDWR, plus extras. -1 with errno. */
 int open_fresh_at(int dirfd, const char *name, int flags, mode_t mode);
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
+/* Copy the whole of src (from offset 0) to dst and its SHA-256 as 64 hex digits: the hash
+ * is of exactly the bytes written. -1 with errno. */
+int copy_fd_sha256(int src, int dst, char hex[65]);
+/* SHA-256 of p[0..n) as 64 hex digits. */
+void util_sha256_hex(const void *p, size_t n, char hex[65]);
 /* read_file_at, but only a file that belongs to owner (or to root): another owner fails
  * with EPERM, and *found (if not NULL) says who it was. owner (uid_t)-1: no check. */
 int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,

@@ -30,6 +30,7 @@ void verdicts_init(struct verdicts *vs)
 	vs->lines = NULL;
 	vs->n = 0;
 	vs->qid = NULL;
+	vs->msg_sha256 = NULL;
 }
 
 void verdicts_free(struct verdicts *vs)
@@ -45,6 +46,7 @@ void verdicts_free(struct verdicts *vs)
 	}
 	free(vs->lines);
 	free(vs->qid);
+	free(vs->msg_sha256);
 	verdicts_init(vs);
 }
 
@@ -88,6 +90,8 @@ void verdicts_format(const struct verdicts *vs, struct buf *out)
 	if (vs->qid) {
 		buf_addstr(out, "message");
 		kv_addstr(out, "qid", vs->qid);
+		if (vs->msg_sha256)
+			kv_addstr(out, "sha256", vs->msg_sha256);
 		buf_addstr(out, "\n");
 	}
 	buf_printf(out, "end %zu\n", vs->n);
@@ -143,6 +147,11 @@ int verdicts_read_owned_at(int dirfd, struct verdicts *vs, uid_t owner, char *re
 			if (vs->qid || kv_find(line, "qid", &v) < 0)
 				goto malformed;
 			vs->qid = xstrdup(buf_cstr(&v));
+			if (kv_find(line, "sha256", &v) == 0) {
+				if (v.len != 64 || strspn(buf_cstr(&v), "0123456789abcdef") != 64)
+					goto malformed;
+				vs->msg_sha256 = xstrdup(buf_cstr(&v));
+			}
 			line = nl + 1;
 			continue;
 		}

@@ -3,7 +3,7 @@
  *
  *   scan part=<index> scanner=<name> verdict=<v> virus=<name> exit=<code|sig:N|timeout|exec>
  *        ms=<duration> version=<v> argv=<escaped argv> output=<bounded excerpt>
- *   message qid=<queue ID>
+ *   message qid=<queue ID> [sha256=<hex>]
  *   end <count>
  *
  * The message line (optional for a reader; the runner always writes it) binds the
@@ -41,6 +41,10 @@ struct verdicts {
 	 * for one message, and a file moved into another entry says whose they are. NULL
 	 * when the file has no such line (written by an older version). */
 	char *qid;
+	/* sha256= on the message line: the SHA-256 of the message as the runner scanned it
+	 * (the raw part, from its own copy); NULL when not recorded. The router delivers
+	 * only a message with this hash (docs/SECURITY.md). */
+	char *msg_sha256;
 };
 
 const char *verdict_name(enum verdict v);

@@ -291,7 +291,20 @@ struct runner_job {
 	int64_t used_ms;     /* time spent scanning this message (its own runs only) */
 	long used_runs;      /* scanner runs for this message */
 	int done;
+	/* Where the parts are scanned from: the work directory, or (separated spool) this
+	 * runner's private copies of them (runner_job_copy). */
+	int part_fd;
+	char *copy_name; /* the copies' directory in runner_priv_fd, or NULL */
 };
+
+/* A separated spool: the parts belong to the splitter's user, who could change them while
+ * they are scanned (a compromised parser showing the scanner one thing and the router
+ * another). The runner scans copies of its own instead, in a directory only it can
+ * enter, and hashes each as it copies: the scanners see exactly the bytes hashed, the
+ * verdict cache is keyed by them, and the router delivers the message only if it still
+ * has the hash of the raw part scanned (verdicts: message sha256=). -1: not separated. */
+static int runner_priv_fd = -1;
+static char *runner_priv_path;
 
 enum {
 	RUNNER_ACTIVE_MAX = 64,
@@ -469,7 +482,7 @@ static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
  * all of the message's parts. */
 static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, struct runner_job *j)
 {
-	farm_scan_clamd(st, rs, j->e.fd, &j->m, &j->vs, j->e.qid, j->backups);
+	farm_scan_clamd(st, rs, j->part_fd, &j->m, &j->vs, j->e.qid, j->backups);
 }
 
 /* Move j->s to the next scanner whose turn it is (from j->s on): the primaries, then the
@@ -680,6 +693,79 @@ static void runner_flush(struct stage *st)
 	runner_nbatch = 0;
 }
 
+/* Remove j's private copies (before the batch's sync: they never need to reach the disk). */
+static void runner_job_uncopy(struct runner_job *j)
+{
+	if (j->copy_name == NULL)
+		return;
+	if (j->part_fd >= 0 && j->part_fd != j->e.fd)
+		close(j->part_fd);
+	j->part_fd = j->e.fd;
+	if (remove_tree_at(runner_priv_fd, j->copy_name) < 0 && errno != ENOENT)
+		log_warn(j->e.qid, "cannot remove %s/%s: %s", runner_priv_path, j->copy_name,
+		         strerror(errno));
+	free(j->copy_name);
+	j->copy_name = NULL;
+}
+
+/* Copy every part of j into a fresh directory of runner_priv_fd, hashing each as it is
+ * copied; the raw part's hash is the message's. -1 with reason when a part cannot be
+ * copied: the message is then held (an error verdict), never scanned from the original. */
+static int runner_job_copy(struct runner_job *j, char *reason, size_t rlen)
+{
+	j->copy_name = xstrdup(j->e.qid);
+	if (remove_tree_at(runner_priv_fd, j->copy_name) < 0 && errno != ENOENT)
+		goto fail;
+	if (mkdirat(runner_priv_fd, j->copy_name, 0700) < 0)
+		goto fail;
+	int dfd =
+	    openat(runner_priv_fd, j->copy_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd < 0)
+		goto fail;
+	j->part_fd = dfd;
+	for (size_t i = 0; i < j->m.n_parts; i++) {
+		const struct manifest_part *mp = &j->m.parts[i];
+		char name[32], hex[65];
+		snprintf(name, sizeof name, "%04u.ATT", mp->index);
+		int src = openat(j->e.fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		struct stat st;
+		if (src >= 0 && (fstat(src, &st) < 0 || !S_ISREG(st.st_mode))) {
+			close(src);
+			src = -1;
+			errno = EINVAL;
+		}
+		if (src < 0) {
+			snprintf(reason, rlen, "cannot open part %s: %s", name, strerror(errno));
+			return -1;
+		}
+		int dst =
+		    openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+		int r = dst >= 0 ? copy_fd_sha256(src, dst, hex) : -1;
+		int err = errno;
+		close(src);
+		if (dst >= 0 && close(dst) < 0 && r == 0) {
+			r = -1;
+			err = errno;
+		}
+		if (r < 0) {
+			snprintf(reason, rlen, "cannot copy part %s for scanning: %s", name,
+			         strerror(err));
+			return -1;
+		}
+		if (mp->found == FOUND_RAW) {
+			free(j->vs.msg_sha256);
+			j->vs.msg_sha256 = xstrdup(hex);
+		}
+	}
+	free(j->dir);
+	j->dir = xasprintf("%s/%s", runner_priv_path, j->copy_name);
+	return 0;
+fail:
+	snprintf(reason, rlen, "cannot make %s/%s for scanning: %s", runner_priv_path, j->e.qid,
+	         strerror(errno));
+	return -1;
+}
+
 static void runner_job_free(struct runner_job *j)
 {
 	verdicts_free(&j->vs);
@@ -687,6 +773,7 @@ static void runner_job_free(struct runner_job *j)
 		manifest_free(&j->m);
 	free(j->todo);
 	free(j->dir);
+	runner_job_uncopy(j);
 	spool_entry_release(&j->e);
 	free(j);
 }
@@ -714,6 +801,7 @@ static int runner_job_start(struct stage *st, const char *qid, struct runner_job
 		return r == 0 && e == EWOULDBLOCK ? -1 : 0;
 	}
 	verdicts_init(&j->vs);
+	j->part_fd = j->e.fd;
 	j->dir = xasprintf("%s/scan/%s", st->spool.root, qid);
 	/* Only the splitter's manifest decides what is scanned (trust by ownership): one
 	 * another stage's user wrote is not a manifest, and the message is held. */
@@ -723,8 +811,12 @@ static int runner_job_start(struct stage *st, const char *qid, struct runner_job
 		log_warn(qid, "%s; the message will be held", reason);
 		verdicts_add(&j->vs, -1, "scanner-runner", V_ERROR, "", "", 0, "", "", reason);
 		j->done = 1;
+	} else if (j->have_m = 1,
+	           runner_priv_fd >= 0 && runner_job_copy(j, reason, sizeof reason) < 0) {
+		log_warn(qid, "%s; the message will be held", reason);
+		verdicts_add(&j->vs, -1, "scanner-runner", V_ERROR, "", "", 0, "", "", reason);
+		j->done = 1;
 	} else {
-		j->have_m = 1;
 		for (size_t i = 0; i < j->m.n_unscannable; i++)
 			verdicts_add(&j->vs, -1, "splitter", V_UNSCANNABLE, "", "", 0, "", "",
 			             j->m.unscannable[i]);
@@ -745,6 +837,7 @@ static void runner_job_finish(struct stage *st, struct runner_job *j)
 	runner_count_verdicts(&j->vs);
 	struct buf b;
 	buf_init(&b);
+	runner_job_uncopy(j);
 	free(j->vs.qid);
 	j->vs.qid = xstrdup(j->e.qid);
 	verdicts_format(&j->vs, &b);
@@ -872,6 +965,32 @@ void runner_version_fetch(const struct runner_scanner *rs, char *out, size_t len
 	exec_result_free(&res);
 }
 
+static void runner_priv_remove(void)
+{
+	if (runner_priv_path == NULL || runner_priv_fd < 0)
+		return;
+	if (remove_tree_at(AT_FDCWD, runner_priv_path) < 0 && errno != ENOENT)
+		log_warn(NULL, "cannot remove %s: %s", runner_priv_path, strerror(errno));
+}
+
+/* Separated (this runner is not the splitter's user): the private directory for copies,
+ * made fresh under $TMPDIR or /tmp (sticky: no one else can rename it away), mode 0700. */
+static void runner_priv_init(struct stage *st)
+{
+	if (conf_role_uid(st->conf, ROLE_SPLITTER) == geteuid())
+		return;
+	const char *t = getenv("TMPDIR");
+	char *tmpl = xasprintf("%s/spoold-runner.XXXXXX", t && t[0] == '/' ? t : "/tmp");
+	if (mkdtemp(tmpl) == NULL)
+		die_temp(NULL, "cannot make a private directory %s: %s", tmpl, strerror(errno));
+	runner_priv_fd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (runner_priv_fd < 0)
+		die_temp(NULL, "cannot open %s: %s", tmpl, strerror(errno));
+	runner_priv_path = tmpl;
+	atexit(runner_priv_remove);
+	log_info(NULL, "separated spool: parts are scanned from private copies in %s", tmpl);
+}
+
 static void runner_recover(struct stage *st)
 {
 	runner_g.n = st->conf->n_scanners;
@@ -887,6 +1006,7 @@ static void runner_recover(struct stage *st)
 			rs->has_rx = 1;
 		}
 	}
+	runner_priv_init(st);
 	for (size_t i = 0; i < runner_g.n; i++)
 		runner_version_fetch(&runner_g.sc[i], runner_g.sc[i].version,
 		                     sizeof runner_g.sc[i].version);

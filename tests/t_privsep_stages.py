@@ -151,5 +151,204 @@ def each_stage_runs_as_its_own_user_for_good():
     p.stop()
 
 
+
+# ---- the compromised stage ------------------------------------------------------------
+#
+# A test helper acts as one stage's user (a forked child that becomes it, with its groups,
+# as the keeper makes the stage) and does one thing a compromised stage would do. The
+# stage that would act next is stopped meanwhile, so that the forgery is in place when it
+# looks. Every attempt must end held or quarantined, with nothing in the Maildir.
+
+def as_user(user, fn, *args):
+    """Run fn(*args) in a child that has become user for good; its return value (an
+    errno, 0 for success) comes back through the exit status."""
+    pw = pwd.getpwnam(user)
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups(os.getgrouplist(user, pw.pw_gid))
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            code = fn(*args) or 0
+        except OSError as e:
+            code = e.errno or 98
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    return os.WEXITSTATUS(status)
+
+
+def _write(path, data):
+    tmp = path + ".forged"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def _held_at(p, stage, qids, md, timeout=60):
+    """Restart stage; every qid ends in hold/ or quarantine/, none in the Maildir."""
+    r = p.ctl("start", stage)
+    assert r.returncode == 0, r.out
+    wait_for(lambda: all(q in p.entries("hold") + p.entries("quarantine") for q in qids),
+             timeout=timeout, what="%s held or quarantined\n%s" % (qids, p.logtext()[-3000:]))
+    time.sleep(0.5)
+    assert _maildir_messages(md) == [], _maildir_messages(md)
+    return p.logtext()
+
+
+def _stopped_before(p, stage, *messages):
+    """The pipeline with stage stopped and the messages waiting in front of it: their
+    queue IDs, in the order given."""
+    r = p.ctl("stop", stage)
+    assert r.returncode == 0, r.out
+    state = {"router": "route", "scanner-runner": "scan"}[stage]
+    for i, m in enumerate(messages):
+        p.drop("m%d" % i, m)
+    wait_for(lambda: len(p.entries(state)) == len(messages), timeout=60,
+             what="%d entries in %s/\n%s" % (len(messages), state, p.logtext()[-2000:]))
+    wait_for(lambda: all(os.path.exists(os.path.join(p.spool, state, q, "manifest"))
+                         for q in p.entries(state)), timeout=10, what="complete entries")
+    return p.entries(state)
+
+
+def _clean_verdicts(qid):
+    return ("scan part=- scanner=clamscan verdict=clean virus= exit=0 ms=1 backup=0 "
+            "version= argv= output=\nmessage qid=%s\nend 1\n" % qid).encode()
+
+
+@test
+def compromised_splitter_cannot_write_verdicts_release_or_fanout():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    q1, q2, q3 = _stopped_before(p, "router", msgs.eicar_attachment(),
+                                  msgs.eicar_attachment(), msgs.eicar_attachment())
+    route = os.path.join(p.spool, "route")
+    split = ROLES["splitter_user"]
+    # verdicts that call an infected message clean
+    assert as_user(split, lambda: _write(os.path.join(route, q1, "verdicts"),
+                                         _clean_verdicts(q1))) == 0
+    # the administrator's release marker
+    assert as_user(split, lambda: _write(os.path.join(route, q2, "release"), b"")) == 0
+    # the router's fan-out plan, with a prepared outbox entry
+    def fanout():
+        d = os.path.join(route, q3)
+        os.mkdir(os.path.join(d, "out.local"))
+        with open(os.path.join(d, "message"), "rb") as f:
+            _write(os.path.join(d, "out.local", "message"), f.read())
+        with open(os.path.join(d, "envelope"), "rb") as f:
+            _write(os.path.join(d, "out.local", "envelope"), f.read())
+        _write(os.path.join(d, "fanout"), b"local\nend\n")
+    assert as_user(split, fanout) == 0
+    log = _held_at(p, "router", [q1, q2, q3], md)
+    for q, name in ((q1, "verdicts"), (q2, "release"), (q3, "fanout")):
+        assert q in p.entries("hold"), (q, p.entries("hold"), p.entries("quarantine"))
+        assert os.path.exists(os.path.join(p.spool, "hold", q, "untrusted." + name)), q
+    assert "treated as not written" in log, log[-3000:]
+
+
+@test
+def compromised_splitter_cannot_skip_the_scan_or_reach_an_outbox():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    q1, q2 = _stopped_before(p, "scanner-runner", msgs.eicar_attachment(),
+                             msgs.eicar_attachment())
+    split = ROLES["splitter_user"]
+    scan = os.path.join(p.spool, "scan")
+
+    # Straight into an outbox: the directory is the connectors' group's.
+    def to_outbox():
+        os.rename(os.path.join(scan, q1), os.path.join(p.spool, "outbox", "local", q1))
+    assert as_user(split, to_outbox) == 13  # EACCES
+
+    # Past the scanner, into route/ with verdicts of its own.
+    def to_route():
+        _write(os.path.join(scan, q2, "verdicts"), _clean_verdicts(q2))
+        os.rename(os.path.join(scan, q2), os.path.join(p.spool, "route", q2))
+    assert as_user(split, to_route) == 0
+    _held_at(p, "scanner-runner", [q1, q2], md)
+    assert q1 in p.entries("quarantine"), (p.entries("quarantine"), p.entries("hold"))
+    assert q2 in p.entries("hold"), (p.entries("quarantine"), p.entries("hold"))
+
+
+@test
+def compromised_splitter_cannot_change_the_message_after_the_scan():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    clean = msgs.clean()
+    q, = _stopped_before(p, "router", clean)
+    path = os.path.join(p.spool, "route", q, "message")
+
+    # In place (the file is the splitter's: it may write it) ...
+    def rewrite():
+        os.chmod(path, 0o640)
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(msgs.eicar_attachment())
+    assert as_user(ROLES["splitter_user"], rewrite) == 0
+    log = _held_at(p, "router", [q], md)
+    assert q in p.entries("hold"), p.entries("quarantine")
+    assert "changed after it was scanned" in log, log[-3000:]
+
+
+@test
+def moved_or_linked_verdicts_of_another_message_are_not_its_own():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    qa, qb = _stopped_before(p, "router", msgs.clean(), msgs.eicar_attachment())
+    route = os.path.join(p.spool, "route")
+    a, b = os.path.join(route, qa, "verdicts"), os.path.join(route, qb, "verdicts")
+    split = ROLES["splitter_user"]
+    # A hard link to the runner's file: protected_hardlinks refuses it (not the owner, no
+    # write access).
+    assert as_user(split, lambda: os.link(a, b + ".linked")) == 1  # EPERM
+    # Moved: the file is the runner's, but it names the other message.
+    assert as_user(split, lambda: os.rename(a + "", b)) == 0
+    log = _held_at(p, "router", [qb], md)
+    assert qb in p.entries("hold"), p.entries("quarantine")
+    assert "verdicts are for another message" in log, log[-3000:]
+
+
+@test
+def compromised_router_cannot_write_verdicts():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    q, = _stopped_before(p, "router", msgs.eicar_attachment())
+    v = os.path.join(p.spool, "route", q, "verdicts")
+    assert as_user(ROLES["router_user"], lambda: _write(v, _clean_verdicts(q))) == 0
+    _held_at(p, "router", [q], md)
+    assert q in p.entries("hold"), p.entries("quarantine")
+    assert os.path.exists(os.path.join(p.spool, "hold", q, "untrusted.verdicts"))
+
+
+@test
+def spoolctl_refuses_to_change_the_spool_for_a_stage_user():
+    p, users, md = _maildir_pipeline()
+    p.start()
+    q, = _stopped_before(p, "router", msgs.eicar_attachment())
+    p.ctl("start", "router")
+    wait_for(lambda: q in p.entries("quarantine"), timeout=30, what="quarantined")
+    spoolctl = harness.bin_path("spoolctl")
+    for argv in (["quarantine", "release", q], ["requeue", "--all", "hold"], ["delete", q]):
+        r = subprocess.run(["setpriv", "--reuid", ROLES["splitter_user"], "--regid",
+                            ROLES["splitter_user"], "--init-groups", spoolctl, "-c", p.conf]
+                           + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert r.returncode == 77 and b"run it as root or as the spool's user" in r.stdout, \
+            (argv, r.returncode, r.stdout)
+    # Reading stays open to whoever may read.
+    r = subprocess.run(["setpriv", "--reuid", ROLES["splitter_user"], "--regid",
+                        ROLES["splitter_user"], "--init-groups", spoolctl, "-c", p.conf,
+                        "quarantine", "list"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert r.returncode == 0, r.stdout
+    # Root releases: spoolctl becomes the spool's user, whose marker the router trusts.
+    r = p.ctl("quarantine", "release", q)
+    assert r.returncode == 0, r.out
+    wait_for(lambda: len(_maildir_messages(md)) == 1, timeout=30,
+             what="the released message delivered\n" + p.logtext()[-2000:])
+
+
 if __name__ == "__main__":
     harness.main()
