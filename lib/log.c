@@ -82,6 +82,10 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 {
 	static const char *names[] = {"debug", "info", "warning", "error"};
 	static const int prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
+	/* A level outside the tables is a bug in the caller, never input: panic (with a
+	 * valid level, so this cannot recurse) rather than read past them. */
+	if ((unsigned)lvl >= ARRAY_LEN(names) || (unsigned)lvl >= ARRAY_LEN(prio))
+		log_panic("log_emit: bad level %d", (int)lvl);
 	if (lvl < log_min)
 		return;
 	int saved = errno;

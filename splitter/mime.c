@@ -305,9 +305,7 @@ static int mime_raw(struct mime_ctx *c, int msg_fd, const char *msg_name, uint64
 	if (fd < 0)
 		return mime_fail(c, "create", name);
 	if (copy_fd(msg_fd, fd) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
+		close_keep_errno(fd);
 		return mime_fail(c, "copy message to", name);
 	}
 	if (close(fd) < 0)

@@ -374,11 +374,8 @@ static int mime_link_reading(struct mime_ctx *c, unsigned idx, const char *type,
 		return mime_fail(c, "open", from);
 	int out = openat(c->dirfd, to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (out < 0 || copy_fd(in, out) < 0) {
-		int e = errno;
-		close(in);
-		if (out >= 0)
-			close(out);
-		errno = e;
+		close_keep_errno(in);
+		close_keep_errno(out);
 		return mime_fail(c, "copy part to", to);
 	}
 	close(in);

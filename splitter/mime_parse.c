@@ -318,9 +318,7 @@ int mime_tmpfile(struct mime_ctx *c)
 	if (fd < 0)
 		return mime_fail(c, "create", name);
 	if (unlinkat(c->dirfd, name, 0) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
+		close_keep_errno(fd);
 		return mime_fail(c, "unlink", name);
 	}
 	return fd;

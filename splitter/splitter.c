@@ -323,9 +323,7 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 		return -1;
 	/* The copy must be durable before it replaces the dropped file. */
 	if (copy_fd(fd, out) < 0 || fsync(out) < 0) {
-		int err = errno;
-		close(out);
-		errno = err;
+		close_keep_errno(out);
 		return -1;
 	}
 	if (close(out) < 0 || renameat(e->fd, "message.own", e->fd, "message") < 0)
