@@ -144,6 +144,9 @@ void mime_embed_abort(struct mime_embed *e);
 int mime_embed_cut(struct mime_ctx *c, struct mime_embed *e);
 
 /* mime_leaf.c */
+/* A stream of src (reset to its start) decoded from enc (base64, quoted-printable,
+ * uuencode), or src itself for the identity encodings; a new reference either way. */
+GMimeStream *mime_decoder(GMimeStream *src, GMimeContentEncoding enc);
 int mime_is_message_type(GMimeContentType *ct);
 int mime_write_text(struct mime_ctx *c, const char *path, enum part_found found, const char *text);
 int mime_leaf_enc(struct mime_ctx *c, GMimeObject *obj, const char *path, int enc,

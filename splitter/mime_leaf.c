@@ -22,23 +22,28 @@
 
 /* ---- decoding one leaf ------------------------------------------------------------- */
 
+GMimeStream *mime_decoder(GMimeStream *src, GMimeContentEncoding enc)
+{
+	g_mime_stream_reset(src);
+	if (enc != GMIME_CONTENT_ENCODING_BASE64 && enc != GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE &&
+	    enc != GMIME_CONTENT_ENCODING_UUENCODE) {
+		g_object_ref(src);
+		return src;
+	}
+	GMimeFilter *f = g_mime_filter_basic_new(enc, FALSE);
+	GMimeStream *in = g_mime_stream_filter_new(src);
+	g_mime_stream_filter_add(GMIME_STREAM_FILTER(in), f);
+	g_object_unref(f);
+	return in;
+}
+
 /* Copy the stream src through the transfer decoding enc into o (and into the embedded
  * scanner if emb). src is read from its start. */
 static int mime_decode_stream(struct mime_ctx *c, GMimeStream *src, GMimeContentEncoding enc,
                               struct mime_out *o, struct mime_embed *emb)
 {
-	GMimeStream *in = src;
+	GMimeStream *in = mime_decoder(src, enc);
 	int rc = 0;
-	g_mime_stream_reset(src);
-	g_object_ref(src);
-	if (enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-	    enc == GMIME_CONTENT_ENCODING_UUENCODE) {
-		GMimeFilter *f = g_mime_filter_basic_new(enc, FALSE);
-		in = g_mime_stream_filter_new(src);
-		g_mime_stream_filter_add(GMIME_STREAM_FILTER(in), f);
-		g_object_unref(f);
-		g_object_unref(src);
-	}
 	/* A filter stream hands out at most 4 KiB of its source per read: gather the decoded
 	 * bytes in the chunk and write them in one call when it is nearly full or at the end,
 	 * not a write(2) for every 3 KiB of base64. */

@@ -500,20 +500,10 @@ int mime_encoded_message(struct mime_ctx *c, GMimePart *part, const char *path,
 	int rc = -1;
 	GMimeStream *out = g_mime_stream_fs_new(fd); /* owns fd */
 	g_mime_stream_fs_set_owner(GMIME_STREAM_FS(out), TRUE);
-	GMimeStream *in = s;
-	g_mime_stream_reset(s);
-	g_object_ref(s);
 	GMimeContentEncoding enc = enc_override == MIME_ENC_GMIME
 	                               ? g_mime_data_wrapper_get_encoding(w)
 	                               : (GMimeContentEncoding)enc_override;
-	if (enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-	    enc == GMIME_CONTENT_ENCODING_UUENCODE) {
-		GMimeFilter *f = g_mime_filter_basic_new(enc, FALSE);
-		in = g_mime_stream_filter_new(s);
-		g_mime_stream_filter_add(GMIME_STREAM_FILTER(in), f);
-		g_object_unref(f);
-		g_object_unref(s);
-	}
+	GMimeStream *in = mime_decoder(s, enc);
 	/* never larger than the encoded text, itself inside the message: bounded */
 	if (g_mime_stream_write_to_stream(in, out) < 0 || g_mime_stream_flush(out) < 0) {
 		int e = errno ? errno : EIO;
