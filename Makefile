@@ -105,14 +105,17 @@ $(O)/asan/%.o: %.c $(HDRS) Makefile
 	$(CC) $(BASEFLAGS) $(ASAN_CFLAGS) -c -o $@ $<
 
 # Unit tests: each tests/unit/test_X.c links with lib/ and the module under test, named in
-# a "// links: a.c b.c" comment on its first line.
+# a "// links: a.c b.c" comment on its first line. A test may include the header of any
+# program folder, and is rebuilt when any source changes: adding one needs no edit here.
 unit_links = $(shell sed -n '1s|^// links: ||p' $(1))
-$(O)/prod/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+UNIT_INCS  = $(addprefix -I,$(PROGS))
+UNIT_DEPS  = $(HDRS) $(wildcard tests/unit/*.h) $(foreach p,$(PROGS),$($(p)_SRC))
+$(O)/prod/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(UNIT_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(PROD_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(PKG_LIBS)
-$(O)/asan/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(HDRS) $(wildcard splitter/*.c scanner-runner/*.c)
+	$(CC) $(BASEFLAGS) $(UNIT_INCS) $(PROD_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/prod/%.o,$(LIB_SRC)) $(PKG_LIBS)
+$(O)/asan/tests/unit_%: tests/unit/test_%.c $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(UNIT_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -Isplitter -Iscanner-runner $(ASAN_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(PKG_LIBS)
+	$(CC) $(BASEFLAGS) $(UNIT_INCS) $(ASAN_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $< $(call unit_links,$<) $(patsubst %.c,$(O)/asan/%.o,$(LIB_SRC)) $(PKG_LIBS)
 unit-prod: $(patsubst tests/unit/test_%.c,$(O)/prod/tests/unit_%,$(UNIT_SRC))
 unit-asan: $(patsubst tests/unit/test_%.c,$(O)/asan/tests/unit_%,$(UNIT_SRC))
 

@@ -25,6 +25,7 @@ import argparse
 import base64
 import ctypes
 import datetime
+import glob
 import os
 import platform
 import random
@@ -138,8 +139,8 @@ def compile_helpers(work):
     subprocess.run(["cc"] + cflags + ["-o", os.path.join(work, "noop"),
                                       os.path.join(ROOT, "bench", "noop.c")], check=True)
     subprocess.run(["cc"] + cflags + ["-o", os.path.join(work, "floor"),
-                                      os.path.join(ROOT, "bench", "floor.c"),
-                                      os.path.join(ROOT, "splitter", "mime.c")] + libsrc + pc,
+                                      os.path.join(ROOT, "bench", "floor.c")] +
+                   glob.glob(os.path.join(ROOT, "splitter", "mime*.c")) + libsrc + pc,
                    check=True)
     out["noop"] = os.path.join(work, "noop")
     out["floor"] = os.path.join(work, "floor")

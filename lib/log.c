@@ -8,8 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -40,12 +43,82 @@ void log_init(const char *prog)
 	log_journal = log_stderr_is_journal();
 }
 
+/* ---- syslog ----------------------------------------------------------------------- */
+
+/* The syslog socket: ours rather than syslog(3)'s, whose path (/dev/log) is fixed in libc,
+ * so that the test build can point it elsewhere (SPOOLD_TEST_SYSLOG_SOCKET) and a test can
+ * read what a program sends, on any host, without taking /dev/log from the syslog daemon.
+ * Production and tests run this same code; only the path differs. */
+static int log_sys_fd = -1;
+static int log_sys_stream; /* the socket is SOCK_STREAM: each message ends in a NUL */
+
+static const char *log_sys_path(void)
+{
+#ifdef SPOOLD_CRASH_POINTS
+	const char *p = getenv("SPOOLD_TEST_SYSLOG_SOCKET");
+	if (p && *p)
+		return p;
+#endif
+	return "/dev/log";
+}
+
+/* Connect once (close-on-exec; kept for the life of the process, as openlog's LOG_NDELAY
+ * did). Datagram first, as syslog daemons listen; a stream socket where the daemon only
+ * takes those (EPROTOTYPE), as syslog(3) does. Failing, messages are dropped: there is
+ * nowhere left to report it. */
+static void log_sys_connect(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (log_sys_fd >= 0 || bsnprintf(sa.sun_path, sizeof sa.sun_path, "%s", log_sys_path()) < 0)
+		return;
+	for (int stream = 0; stream <= 1; stream++) {
+		int fd = socket(AF_UNIX, (stream ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+			log_sys_fd = fd;
+			log_sys_stream = stream;
+			return;
+		}
+		int e = errno;
+		close(fd);
+		if (e != EPROTOTYPE)
+			return;
+	}
+}
+
+/* One message, "<PRI>Mmm dd hh:mm:ss prog[pid]: text" (what syslog(3) sends). A daemon
+ * that restarted has a new socket: reconnect and send once more. */
+static void log_sys_send(int pri, const char *text)
+{
+	char stamp[32] = "", line[4608];
+	time_t now = time(NULL);
+	struct tm tm;
+	if (localtime_r(&now, &tm))
+		strftime(stamp, sizeof stamp, "%b %e %T", &tm);
+	int n = snprintf(line, sizeof line, "<%d>%s %s[%ld]: %s", pri, stamp, log_prog,
+	                 (long)getpid(), text);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof line)
+		n = sizeof line - 1;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		log_sys_connect();
+		if (log_sys_fd < 0)
+			return;
+		if (send(log_sys_fd, line, (size_t)n + (size_t)log_sys_stream, MSG_NOSIGNAL) >= 0)
+			return;
+		close(log_sys_fd);
+		log_sys_fd = -1;
+	}
+}
+
 void log_configure(enum log_target target, enum log_level level)
 {
 	log_tgt = target;
 	log_min = level;
 	if (target == LOG_TO_SYSLOG)
-		openlog(log_prog, LOG_PID | LOG_NDELAY, LOG_MAIL);
+		log_sys_connect();
 }
 
 /*
@@ -82,6 +155,10 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 {
 	static const char *names[] = {"debug", "info", "warning", "error"};
 	static const int prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
+	/* A level outside the tables is a bug in the caller, never input: panic (with a
+	 * valid level, so this cannot recurse) rather than read past them. */
+	if ((unsigned)lvl >= ARRAY_LEN(names) || (unsigned)lvl >= ARRAY_LEN(prio))
+		log_panic("log_emit: bad level %d", (int)lvl);
 	if (lvl < log_min)
 		return;
 	int saved = errno;
@@ -97,9 +174,10 @@ static void log_emit(enum log_level lvl, const char *qid, const char *fmt, va_li
 	char line[4352];
 	if (log_tgt == LOG_TO_SYSLOG) {
 		if (qid)
-			syslog(prio[lvl], "%s: qid=%s %s", names[lvl], qid, msg);
+			snprintf(line, sizeof line, "%s: qid=%s %s", names[lvl], qid, msg);
 		else
-			syslog(prio[lvl], "%s: %s", names[lvl], msg);
+			snprintf(line, sizeof line, "%s: %s", names[lvl], msg);
+		log_sys_send(LOG_MAIL | prio[lvl], line);
 	} else {
 		int n;
 		/* journald reads a leading <N> as the line's priority (SyslogLevelPrefix), so
@@ -153,12 +231,12 @@ void log_audit(const char *qid, const char *fmt, ...)
 	vsnprintf(raw, sizeof raw, fmt, ap);
 	va_end(ap);
 	log_escape(msg, sizeof msg, raw);
-	openlog(log_prog, LOG_PID, LOG_MAIL);
+	char line[4352];
 	if (qid)
-		syslog(LOG_NOTICE, "info: qid=%s uid=%ld %s", qid, (long)getuid(), msg);
+		snprintf(line, sizeof line, "info: qid=%s uid=%ld %s", qid, (long)getuid(), msg);
 	else
-		syslog(LOG_NOTICE, "info: uid=%ld %s", (long)getuid(), msg);
-	closelog();
+		snprintf(line, sizeof line, "info: uid=%ld %s", (long)getuid(), msg);
+	log_sys_send(LOG_MAIL | LOG_NOTICE, line);
 }
 
 void die_temp(const char *qid, const char *fmt, ...)

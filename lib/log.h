@@ -5,7 +5,9 @@
  * a message carries its queue ID. Messages about syscalls end with "path: strerror".
  * When stderr is the journal (JOURNAL_STREAM names it), each line starts with its syslog
  * priority, <3> to <7>, which journald takes as the line's priority. Bytes outside
- * printable ASCII are written \xNN; spaces stay.
+ * printable ASCII are written \xNN; spaces stay. Syslog messages go to /dev/log as
+ * syslog(3) would send them (the test build takes another socket path from
+ * $SPOOLD_TEST_SYSLOG_SOCKET); a syslog that cannot be reached drops them.
  *
  *   log_warn   - something failed, the program goes on.
  *   die_temp   - the environment is broken (disk, memory, spool): exit 75 so that the

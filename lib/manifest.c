@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
+#include "util.h"
+
 #define MANIFEST_MAX_BYTES (64u << 20)
 
 static const char *found_names[] = {
@@ -15,6 +18,8 @@ static const char *found_names[] = {
 
 const char *manifest_found_name(enum part_found f)
 {
+	if ((unsigned)f >= ARRAY_LEN(found_names))
+		log_panic("manifest_found_name: bad part kind %d", (int)f);
 	return found_names[f];
 }
 

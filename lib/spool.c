@@ -33,14 +33,6 @@ const char *spool_dir_name(enum spool_dir d)
 	return spool_dir_names[d];
 }
 
-int spool_dir_lookup(const char *name)
-{
-	for (int i = 0; i < SD__COUNT; i++)
-		if (strcmp(spool_dir_names[i], name) == 0)
-			return i;
-	return -1;
-}
-
 void spool_open(struct spool *sp, const char *root, int create)
 {
 	struct stat rst, st;

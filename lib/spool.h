@@ -53,8 +53,6 @@ int spool_fs_journaled(int fd, const struct stat *st);
 
 /* The name of a state directory relative to the root ("inbound", "outbox", ...). */
 const char *spool_dir_name(enum spool_dir d);
-/* Look up a state directory by name; -1 if unknown. */
-int spool_dir_lookup(const char *name);
 
 /* Open (and with create, make) the spool and all its directories. Dies on failure. */
 void spool_open(struct spool *sp, const char *root, int create);

@@ -211,6 +211,15 @@ int unescape_bytes(struct buf *out, const char *s)
 	return 0;
 }
 
+void close_keep_errno(int fd)
+{
+	if (fd < 0)
+		return;
+	int e = errno;
+	close(fd);
+	errno = e;
+}
+
 int write_all(int fd, const void *p, size_t n)
 {
 	const char *c = p;
@@ -288,10 +297,8 @@ int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max,
 	close(fd);
 	buf_cstr(out);
 	return 0;
-fail:;
-	int e = errno;
-	close(fd);
-	errno = e;
+fail:
+	close_keep_errno(fd);
 	return -1;
 }
 
@@ -336,8 +343,7 @@ static int write_file_tmp_rename(int dirfd, const char *name, const void *data, 
 	return 0;
 fail:;
 	int e = errno;
-	if (fd >= 0)
-		close(fd);
+	close_keep_errno(fd);
 	unlinkat(dirfd, tmp, 0);
 	errno = e;
 	return -1;
@@ -429,9 +435,7 @@ int fsync_path(const char *dir)
 	if (fd < 0)
 		return -1;
 	int r = fsync_dir(fd);
-	int e = errno;
-	close(fd);
-	errno = e;
+	close_keep_errno(fd);
 	return r;
 }
 
@@ -460,9 +464,7 @@ static int util_tree_remove(int parent, const char *name, unsigned depth, struct
 		return errno == ENOENT ? 0 : -1;
 	DIR *d = fdopendir(fd);
 	if (d == NULL) {
-		int e = errno;
-		close(fd);
-		errno = e;
+		close_keep_errno(fd);
 		return -1;
 	}
 	int rc = 0, err = 0;

@@ -16,7 +16,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define EX_OK_        0
 #define EXIT_USAGE    64 /* EX_USAGE */
 #define EXIT_DATAERR  65 /* EX_DATAERR */
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
@@ -73,6 +72,9 @@ int kv_find(const char *line, const char *key, struct buf *out);
 void kv_add(struct buf *out, const char *key, const void *val, size_t n);
 void kv_addstr(struct buf *out, const char *key, const char *val);
 
+/* close(fd) on a failure path: errno stays the one of the failure being reported, not
+ * close's (Dovecot's close_keep_errno). fd < 0 is ignored. */
+void close_keep_errno(int fd);
 /* Write all of p to fd, retrying on EINTR and short writes. 0 or -1. */
 int write_all(int fd, const void *p, size_t n);
 /* Read n bytes at off, retrying on EINTR and short reads: the count read (less than n

@@ -8,10 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
+#include "util.h"
+
 static const char *verdict_names[] = {"clean", "infected", "error", "unscannable"};
 
 const char *verdict_name(enum verdict v)
 {
+	if ((unsigned)v >= ARRAY_LEN(verdict_names))
+		log_panic("verdict_name: bad verdict %d", (int)v);
 	return verdict_names[v];
 }
 

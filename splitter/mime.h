@@ -33,7 +33,7 @@
  * scanned. What GMime keeps in memory is bounded by the message size: headers, preambles
  * and epilogues (and the body of a multipart without a boundary, which GMime treats as
  * a preamble); the number of MIME objects GMime may build is bounded by a pre-scan (see
- * mime.c, MIME_OBJECTS_*), past which the rest of the message is not parsed and the
+ * mime_parse.c, MIME_OBJECTS_*), past which the rest of the message is not parsed and the
  * message is marked "over limit (max_parts)". Part contents are streamed from the file
  * to the part files and are never held in memory.
  *

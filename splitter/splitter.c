@@ -323,9 +323,7 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 		return -1;
 	/* The copy must be durable before it replaces the dropped file. */
 	if (copy_fd(fd, out) < 0 || fsync(out) < 0) {
-		int err = errno;
-		close(out);
-		errno = err;
+		close_keep_errno(out);
 		return -1;
 	}
 	if (close(out) < 0 || renameat(e->fd, "message.own", e->fd, "message") < 0)
@@ -337,22 +335,20 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 	return nfd;
 }
 
-/* Split one claimed work directory (fresh, or left by a killed predecessor).
- * Returns 1 when it moved on, 0 when deferred. */
-/* fresh: e was just claimed from inbound/ (else it is a retry of an incoming/ entry). */
-static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
+/* splitter_admit and splitter_parts: go on to the next step (any other value is the
+ * result of splitter_work). */
+#define SPLITTER_GO (-1)
+
+/* The first step of splitter_work: open the message, judge it by its size and its
+ * attempt count, take it over (message.own) and clean the work directory. *fdp is the
+ * open message, or -1; the caller closes it. */
+static int splitter_admit(struct stage *st, struct spool_entry *e, int fresh, int *fdp)
 {
 	const struct conf *c = st->conf;
 	char reason[512];
-	struct manifest m;
-	struct mime_limits lim;
 	struct stat sb;
-	struct buf mb;
-	int rc;
-	manifest_init(&m);
-	buf_init(&mb);
-
 	int fd = spool_message_open(e, reason, sizeof reason);
+	*fdp = fd;
 	if (fd < 0)
 		return splitter_badmail(e, reason);
 	if (splitter_writer_busy(fd)) {
@@ -361,17 +357,12 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 		/* Not an attempt: the retry that splits it must count from zero. */
 		if (fresh && spool_entry_write(e, "attempts", "0\n", 2) < 0)
 			log_warn(e->qid, "cannot write the attempt count: %s", strerror(errno));
-		rc = 0;
-		goto out;
+		return 0;
 	}
-	if (fstat(fd, &sb) < 0) {
-		rc = splitter_tempfail(e, "cannot stat the message of");
-		goto out;
-	}
-	if (sb.st_size == 0) {
-		rc = splitter_badmail(e, "empty file");
-		goto out;
-	}
+	if (fstat(fd, &sb) < 0)
+		return splitter_tempfail(e, "cannot stat the message of");
+	if (sb.st_size == 0)
+		return splitter_badmail(e, "empty file");
 	if ((uint64_t)sb.st_size > c->splitter.max_message_size) {
 		/* Judged by its size, before anything reads or copies it: a file this large
 		 * (a 1 TB sparse file costs its dropper nothing) would cost us its size in
@@ -381,74 +372,78 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 		         "parsed and not copied",
 		         (unsigned long long)sb.st_size,
 		         (unsigned long long)c->splitter.max_message_size);
-		rc = splitter_badmail(e, reason);
-		goto out;
+		return splitter_badmail(e, reason);
 	}
 	int ofd = splitter_message_own(e, fd, &sb);
-	if (ofd < 0) {
-		rc = splitter_tempfail(e, "cannot take ownership of the message of");
-		goto out;
-	}
-	fd = ofd;
+	if (ofd < 0)
+		return splitter_tempfail(e, "cannot take ownership of the message of");
+	*fdp = ofd;
 	int attempts = splitter_attempt_count(e, fresh);
-	if (attempts < 0) {
-		rc = 0;
-		goto out;
-	}
+	if (attempts < 0)
+		return 0;
 	if (attempts > c->splitter.poison_attempts) {
 		snprintf(reason, sizeof reason,
 		         "poison message: the splitter died %d times while splitting it",
 		         attempts - 1);
-		rc = splitter_badmail(e, reason);
-		goto out;
+		return splitter_badmail(e, reason);
 	}
 	CRASH_POINT("split-claimed");
-	if (splitter_clean_workdir(e) < 0) {
-		rc = splitter_tempfail(e, "cannot clean");
-		goto out;
-	}
-	const char *msg_name = "message";
-	int nfd = splitter_envelope(e, fd, &msg_name, reason, sizeof reason);
-	if (nfd == -1) {
-		rc = splitter_badmail(e, reason);
-		goto out;
-	}
-	if (nfd == -2) {
-		rc = splitter_tempfail(e, "cannot write the envelope of");
-		goto out;
-	}
-	fd = nfd;
-	if (fstat(fd, &sb) < 0) {
-		rc = splitter_tempfail(e, "cannot stat the message of");
-		goto out;
-	}
+	if (splitter_clean_workdir(e) < 0)
+		return splitter_tempfail(e, "cannot clean");
+	return SPLITTER_GO;
+}
 
-	splitter_limits(c, &lim);
+/* The second step: the envelope (from a queue file or the headers), then the parts and
+ * their manifest entries into m. *fdp is replaced when the envelope step gives a new
+ * message file; *size is the size of the message that was split. */
+static int splitter_parts(struct stage *st, struct spool_entry *e, int *fdp, struct manifest *m,
+                          off_t *size)
+{
+	char reason[512];
+	struct mime_limits lim;
+	struct stat sb;
+	const char *msg_name = "message";
+	int nfd = splitter_envelope(e, *fdp, &msg_name, reason, sizeof reason);
+	if (nfd == -1)
+		return splitter_badmail(e, reason);
+	if (nfd == -2)
+		return splitter_tempfail(e, "cannot write the envelope of");
+	*fdp = nfd;
+	if (fstat(nfd, &sb) < 0)
+		return splitter_tempfail(e, "cannot stat the message of");
+	*size = sb.st_size;
+
+	splitter_limits(st->conf, &lim);
 	if ((uint64_t)sb.st_size > lim.max_message_size) {
 		/* Not parsed at all, and never passed as if scanned: the mark makes the router
 		 * treat it like a scanner error. */
-		manifest_add_unscannable(&m, "over limit (max_message_size)");
-	} else {
-		int r = mime_extract(fd, msg_name, e->fd, &lim, &m, reason, sizeof reason);
-		if (r == 1) {
-			rc = splitter_badmail(e, reason);
-			goto out;
-		}
-		if (r < 0) {
-			/* Partial parts may be left: without a manifest they never look complete,
-			 * and the next attempt removes them first. */
-			rc = splitter_tempfail(e, "cannot write the parts of");
-			goto out;
-		}
+		manifest_add_unscannable(m, "over limit (max_message_size)");
+		return SPLITTER_GO;
 	}
+	int r = mime_extract(nfd, msg_name, e->fd, &lim, m, reason, sizeof reason);
+	if (r == 1)
+		return splitter_badmail(e, reason);
+	if (r < 0)
+		/* Partial parts may be left: without a manifest they never look complete, and
+		 * the next attempt removes them first. */
+		return splitter_tempfail(e, "cannot write the parts of");
+	return SPLITTER_GO;
+}
+
+/* The last step: the manifest, the group commit and the hand-off to scan/. */
+static int splitter_commit(struct spool_entry *e, const struct manifest *m, off_t size)
+{
+	struct buf mb;
+	int rc;
+	buf_init(&mb);
 	CRASH_POINT("split-parts");
-	manifest_format(&m, &mb);
+	manifest_format(m, &mb);
 	if (spool_entry_write(e, "manifest", mb.data, mb.len) < 0) {
 		rc = splitter_tempfail(e, "cannot write the manifest of");
 		goto out;
 	}
-	trace_add(e->fd, e->qid, "split parts=%zu unscannable=%zu size=%lld", m.n_parts,
-	          m.n_unscannable, (long long)sb.st_size);
+	trace_add(e->fd, e->qid, "split parts=%zu unscannable=%zu size=%lld", m->n_parts,
+	          m->n_unscannable, (long long)size);
 	/* The group commit: one syncfs makes the message (a plain cp into inbound/ did not
 	 * fsync it), every part, the envelope, the manifest and all their names durable
 	 * before the directory moves. Until the move, nothing here is visible to the next
@@ -469,12 +464,29 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 		rc = splitter_tempfail(e, "cannot move to scan/");
 		goto out;
 	}
-	log_info(e->qid, "split parts=%zu%s", m.n_parts, m.n_unscannable ? " unscannable" : "");
+	log_info(e->qid, "split parts=%zu%s", m->n_parts, m->n_unscannable ? " unscannable" : "");
 	rc = 1;
 out:
+	buf_free(&mb);
+	return rc;
+}
+
+/* Split one claimed work directory (fresh, or left by a killed predecessor).
+ * Returns 1 when it moved on, 0 when deferred. */
+/* fresh: e was just claimed from inbound/ (else it is a retry of an incoming/ entry). */
+static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
+{
+	struct manifest m;
+	off_t size = 0;
+	int fd = -1;
+	manifest_init(&m);
+	int rc = splitter_admit(st, e, fresh, &fd);
+	if (rc == SPLITTER_GO)
+		rc = splitter_parts(st, e, &fd, &m, &size);
+	if (rc == SPLITTER_GO)
+		rc = splitter_commit(e, &m, size);
 	if (fd >= 0)
 		close(fd);
-	buf_free(&mb);
 	manifest_free(&m);
 	return rc;
 }

@@ -21,18 +21,17 @@ _Noreturn void ctl_usage(void);
 
 ctl_cmd_fn ctl_cmd_inject;
 ctl_cmd_fn ctl_cmd_status;
-/* Optional subcommands (weak: absent until their file is linked). */
-ctl_cmd_fn ctl_cmd_ls __attribute__((weak));
-ctl_cmd_fn ctl_cmd_show __attribute__((weak));
-ctl_cmd_fn ctl_cmd_requeue __attribute__((weak));
-ctl_cmd_fn ctl_cmd_delete __attribute__((weak));
-ctl_cmd_fn ctl_cmd_hold __attribute__((weak));
-ctl_cmd_fn ctl_cmd_start __attribute__((weak));
-ctl_cmd_fn ctl_cmd_stop __attribute__((weak));
-ctl_cmd_fn ctl_cmd_restart __attribute__((weak));
-ctl_cmd_fn ctl_cmd_pause __attribute__((weak));
-ctl_cmd_fn ctl_cmd_resume __attribute__((weak));
-ctl_cmd_fn ctl_cmd_quarantine __attribute__((weak));
+ctl_cmd_fn ctl_cmd_ls;
+ctl_cmd_fn ctl_cmd_show;
+ctl_cmd_fn ctl_cmd_requeue;
+ctl_cmd_fn ctl_cmd_delete;
+ctl_cmd_fn ctl_cmd_hold;
+ctl_cmd_fn ctl_cmd_start;
+ctl_cmd_fn ctl_cmd_stop;
+ctl_cmd_fn ctl_cmd_restart;
+ctl_cmd_fn ctl_cmd_pause;
+ctl_cmd_fn ctl_cmd_resume;
+ctl_cmd_fn ctl_cmd_quarantine;
 ctl_cmd_fn ctl_cmd_flush;
 
 /* hold/<qid> (claimed) back to scan/, its hold state and any manual hold removed, logged

@@ -133,7 +133,7 @@ int main(int argc, char **argv)
 	    {"flush", ctl_cmd_flush},
 	};
 	for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {
-		if (strcmp(cmd, cmds[k].name) == 0 && cmds[k].fn != NULL) {
+		if (strcmp(cmd, cmds[k].name) == 0) {
 			int rc = cmds[k].fn(c, argc - i, argv + i);
 			conf_free(c);
 			return rc;

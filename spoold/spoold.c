@@ -46,8 +46,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <libconfig.h>
-
 #include "conf.h"
 #include "control.h"
 #include "exec.h"
@@ -63,7 +61,6 @@
 #define FAIL_DEATHS      5
 #define FAIL_WINDOW_MS   60000
 #define STOP_GRACE_MS    10000
-#define N_STAGES         5
 
 enum child_state { CH_DOWN, CH_RUNNING, CH_BACKOFF, CH_FAILED, CH_STOPPED };
 
@@ -164,99 +161,6 @@ static void sup_find_bindir(void)
 	snprintf(sup_bindir, sizeof sup_bindir, "%s", LIBEXECDIR);
 }
 
-/* ---- settings signatures (SIGHUP restarts only what changed) ---------------------- */
-
-/* A signature is the canonical text of the config settings a stage reads, taken from the
- * file with libconfig after conf_try_load has validated it. Working on the parsed file
- * rather than on struct conf means a key added to conf.c later is covered without
- * touching spoold. */
-static void sig_setting(struct buf *b, const config_setting_t *s)
-{
-	const char *name = config_setting_name(s);
-	if (name)
-		kv_addstr(b, "", name);
-	switch (config_setting_type(s)) {
-	case CONFIG_TYPE_INT:
-		buf_printf(b, "=i%d", config_setting_get_int(s));
-		break;
-	case CONFIG_TYPE_INT64:
-		buf_printf(b, "=l%lld", (long long)config_setting_get_int64(s));
-		break;
-	case CONFIG_TYPE_FLOAT:
-		buf_printf(b, "=f%.17g", config_setting_get_float(s));
-		break;
-	case CONFIG_TYPE_BOOL:
-		buf_printf(b, "=b%d", config_setting_get_bool(s));
-		break;
-	case CONFIG_TYPE_STRING: {
-		const char *v = config_setting_get_string(s);
-		buf_addstr(b, "=s");
-		escape_bytes(b, v, strlen(v), 1 << 20);
-		break;
-	}
-	default: /* group, list, array */
-		buf_addstr(b, "{");
-		for (int i = 0; i < config_setting_length(s); i++)
-			sig_setting(b, config_setting_get_elem(s, (unsigned)i));
-		buf_addstr(b, "}");
-		break;
-	}
-}
-
-/* Top-level keys each stage reads; every other key is shared (read by all), except the
- * ones only spoold itself uses. */
-static const char *const sig_keys[N_STAGES][4] = {
-    {"splitter", NULL},
-    {"scanner_runner", "scanners", "canary_interval", NULL},
-    {"router", "connectors", "scanners", NULL},
-    {"connectors", NULL},
-    {"lmtp", NULL}};
-static const char *const sig_spoold_only[] = {"metrics", "control_group", NULL};
-
-static int sig_in(const char *const *list, const char *name)
-{
-	for (size_t i = 0; list[i]; i++)
-		if (strcmp(list[i], name) == 0)
-			return 1;
-	return 0;
-}
-
-/* Signatures of the shared part (index N_STAGES) and of each stage, into out[]. 0, or -1
- * when the file cannot be read now (then everything counts as changed). */
-static int sig_compute(const char *path, char *out[N_STAGES + 1])
-{
-	config_t cfg;
-	config_init(&cfg);
-	for (int i = 0; i <= N_STAGES; i++)
-		out[i] = NULL;
-	if (config_read_file(&cfg, path) != CONFIG_TRUE) {
-		config_destroy(&cfg);
-		return -1;
-	}
-	config_setting_t *root = config_root_setting(&cfg);
-	struct buf b[N_STAGES + 1];
-	for (int i = 0; i <= N_STAGES; i++)
-		buf_init(&b[i]);
-	for (int k = 0; k < config_setting_length(root); k++) {
-		config_setting_t *s = config_setting_get_elem(root, (unsigned)k);
-		const char *name = config_setting_name(s);
-		int mine = 0;
-		for (int st = 0; st < N_STAGES; st++)
-			if (sig_in(sig_keys[st], name)) {
-				sig_setting(&b[st], s);
-				mine = 1;
-			}
-		if (!mine && !sig_in(sig_spoold_only, name))
-			sig_setting(&b[N_STAGES], s);
-	}
-	for (int i = 0; i <= N_STAGES; i++) {
-		buf_cstr(&b[i]);
-		out[i] = b[i].data;
-	}
-	config_destroy(&cfg);
-	return 0;
-}
-
 /* ---- children ------------------------------------------------------------------------ */
 
 /* The n-th connector that has a bundled delivery agent (type smtp or maildir), or NULL. */
@@ -343,7 +247,7 @@ static void sup_children_build(unsigned rebuild)
 static char sup_conf_error[2048];
 static time_t sup_conf_error_since;
 
-static void sup_status_write(void)
+void sup_status_write(void)
 {
 	struct buf b;
 	buf_init(&b);
@@ -662,7 +566,8 @@ static void sup_signal_stage(int si, int sig)
 
 /* ---- control socket ---------------------------------------------------------------- */
 
-static void sup_control_do(const char *cmd, const char *stage, struct buf *reply)
+/* The actions behind the control socket (spoold.h); the server is in control.c. */
+void sup_control_do(const char *cmd, const char *stage, struct buf *reply)
 {
 	int si = sup_stage_lookup(stage);
 	if (si < 0) {
@@ -722,147 +627,6 @@ static void sup_control_do(const char *cmd, const char *stage, struct buf *reply
 	} else {
 		buf_printf(reply, "error unknown command \"%.32s\"", cmd);
 	}
-}
-
-/* Control clients being read. Each has one deadline from accept to reply, and none is
- * ever waited for: the socket is non-blocking and read when poll says so, so a client that
- * connects and says nothing, or one byte a second, costs a slot and nothing else. */
-#define CTL_MAX 8
-struct ctl_client {
-	int fd; /* -1: free */
-	int64_t deadline;
-	struct ucred cred;
-	size_t n;
-	char line[CONTROL_LINE_MAX];
-};
-static struct ctl_client sup_ctl[CTL_MAX];
-
-static void sup_ctl_init(void)
-{
-	for (int i = 0; i < CTL_MAX; i++)
-		sup_ctl[i].fd = -1;
-}
-
-static void sup_ctl_close(struct ctl_client *cl)
-{
-	close(cl->fd);
-	cl->fd = -1;
-	cl->n = 0;
-}
-
-/* One reply line, then close. The socket buffer takes a line this short at once; a client
- * that does not read is not waited for either. */
-static void sup_ctl_reply(struct ctl_client *cl, struct buf *reply)
-{
-	buf_addstr(reply, "\n");
-	ssize_t w = send(cl->fd, reply->data, reply->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (w != (ssize_t)reply->len)
-		log_warn(NULL, "control socket reply to uid %ld pid %ld: %s", (long)cl->cred.uid,
-		         (long)cl->cred.pid, w < 0 ? strerror(errno) : "short write");
-	sup_ctl_close(cl);
-}
-
-static void sup_control_accept(int lfd)
-{
-	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	if (fd < 0) {
-		if (errno != EAGAIN && errno != EINTR)
-			log_warn(NULL, "control socket accept: %s", strerror(errno));
-		return;
-	}
-	struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
-	socklen_t cl_len = sizeof cred;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl_len) < 0)
-		log_warn(NULL, "control socket SO_PEERCRED: %s", strerror(errno));
-	int slot = -1;
-	for (int i = 0; i < CTL_MAX && slot < 0; i++)
-		if (sup_ctl[i].fd < 0)
-			slot = i;
-	if (slot < 0) {
-		/* Every slot taken by a client still talking: this one is refused at once rather
-		 * than queued behind them. */
-		static const char busy[] = "error busy: too many control clients\n";
-		log_warn(NULL, "control: refused uid %ld pid %ld: %d clients pending",
-		         (long)cred.uid, (long)cred.pid, CTL_MAX);
-		ssize_t w = send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-		(void)w;
-		close(fd);
-		return;
-	}
-	struct ctl_client *cl = &sup_ctl[slot];
-	cl->fd = fd;
-	cl->cred = cred;
-	cl->n = 0;
-	cl->deadline = now_ms_monotonic() + CONTROL_DEADLINE_MS;
-}
-
-/* Read what is there; act once the line is complete. */
-static void sup_ctl_read(struct ctl_client *cl)
-{
-	for (;;) {
-		ssize_t r = read(cl->fd, cl->line + cl->n, sizeof cl->line - 1 - cl->n);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && errno == EAGAIN)
-			return;
-		if (r <= 0) {
-			log_warn(NULL, "control: uid %ld pid %ld closed without a request%s%s",
-			         (long)cl->cred.uid, (long)cl->cred.pid, r < 0 ? ": " : "",
-			         r < 0 ? strerror(errno) : "");
-			sup_ctl_close(cl);
-			return;
-		}
-		cl->n += (size_t)r;
-		if (memchr(cl->line, '\n', cl->n) || cl->n == sizeof cl->line - 1)
-			break;
-	}
-	cl->line[cl->n] = '\0';
-	struct buf reply;
-	buf_init(&reply);
-	char *nl = strchr(cl->line, '\n');
-	char *sp = strchr(cl->line, ' ');
-	if (nl == NULL || sp == NULL || sp > nl) {
-		log_warn(NULL, "control: malformed request from uid %ld pid %ld",
-		         (long)cl->cred.uid, (long)cl->cred.pid);
-		buf_addstr(&reply, "error malformed request");
-	} else {
-		*nl = '\0';
-		*sp = '\0';
-		log_info(NULL, "control: request from uid %ld pid %ld", (long)cl->cred.uid,
-		         (long)cl->cred.pid);
-		sup_control_do(cl->line, sp + 1, &reply);
-	}
-	/* run/status first: whoever got "ok" may look at it at once. */
-	sup_status_write();
-	sup_ctl_reply(cl, &reply);
-	buf_free(&reply);
-}
-
-/* Clients past their deadline: told so and closed. Returns the ms until the next
- * deadline, or -1 when no client is pending. */
-static int64_t sup_ctl_expire(void)
-{
-	int64_t now = now_ms_monotonic(), next = -1;
-	for (int i = 0; i < CTL_MAX; i++) {
-		struct ctl_client *cl = &sup_ctl[i];
-		if (cl->fd < 0)
-			continue;
-		if (now >= cl->deadline) {
-			log_warn(NULL,
-			         "control: uid %ld pid %ld sent no complete request within %d ms; "
-			         "closed",
-			         (long)cl->cred.uid, (long)cl->cred.pid, CONTROL_DEADLINE_MS);
-			struct buf reply;
-			buf_init(&reply);
-			buf_addstr(&reply, "error timeout: no complete request");
-			sup_ctl_reply(cl, &reply);
-			buf_free(&reply);
-			continue;
-		}
-		if (next < 0 || cl->deadline - now < next)
-			next = cl->deadline - now;
-	}
-	return next;
 }
 
 /* ---- readiness --------------------------------------------------------------------- */

@@ -1,13 +1,67 @@
 /*
- * spoold internals shared by its files: the metrics writer, privileges, sd_notify.
+ * spoold internals shared by its files: the control-socket server (control.c), the
+ * settings signatures (sigs.c), the metrics writer, privileges, sd_notify.
  */
 #ifndef SPOOLD_SPOOLD_H
 #define SPOOLD_SPOOLD_H
 
+#include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "conf.h"
+#include "control.h"
 #include "spool.h"
+#include "util.h"
+
+/* The supervised stages, in the order of spoold.c's sup_stages: splitter, scanner-runner,
+ * router, connectors, lmtpd (sigs.c's sig_keys has one row per stage, in that order). */
+#define N_STAGES 5
+
+/* ---- spoold.c, for control.c ---- */
+
+/* Act on one control request ("start", "stop", "restart", "pause", "resume" for a stage)
+ * and put the reply text ("ok ..." or "error ...", no newline) into reply. */
+void sup_control_do(const char *cmd, const char *stage, struct buf *reply);
+/* Rewrite run/status atomically (best effort: a failure is logged). */
+void sup_status_write(void);
+
+/* ---- control.c: the control-socket server ---- */
+
+/* Control clients being read. Each has one deadline from accept to reply, and none is
+ * ever waited for: the socket is non-blocking and read when poll says so, so a client that
+ * connects and says nothing, or one byte a second, costs a slot and nothing else. */
+#define CTL_MAX 8
+struct ctl_client {
+	int fd; /* -1: free */
+	int64_t deadline;
+	struct ucred cred;
+	size_t n;
+	char line[CONTROL_LINE_MAX];
+};
+/* The client slots; fd -1 is a free slot. spoold's poll loop watches every fd >= 0. */
+extern struct ctl_client sup_ctl[CTL_MAX];
+
+/* Mark every slot free, once at start. */
+void sup_ctl_init(void);
+/* Close a client and free its slot. */
+void sup_ctl_close(struct ctl_client *cl);
+/* Accept one client on the listening socket lfd into a free slot; with none free it is
+ * told "error busy" and closed at once. */
+void sup_control_accept(int lfd);
+/* Read what a client sent; once its line is complete, act on it, rewrite run/status,
+ * reply and close. */
+void sup_ctl_read(struct ctl_client *cl);
+/* Reply "error timeout" to the clients past their deadline and close them. Returns the ms
+ * until the next deadline, or -1 when no client is pending. */
+int64_t sup_ctl_expire(void);
+
+/* ---- sigs.c: settings signatures ---- */
+
+/* The signatures of the config file at path: out[s] for stage s, out[N_STAGES] for the
+ * shared settings (each a malloc'd string, the caller frees them). 0, or -1 when the
+ * file cannot be read now (out[] is then all NULL: everything counts as changed). */
+int sig_compute(const char *path, char *out[N_STAGES + 1]);
 
 /* One stage as the metrics writer sees it. */
 struct sup_stage_info {

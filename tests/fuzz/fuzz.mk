@@ -13,9 +13,10 @@ FUZZ_SECONDS ?= 60
 CLANG        ?= clang
 FUZZ_DIR      = $(O)/fuzz
 FUZZ_BIN      = $(FUZZ_DIR)/fuzz_mime
-SRC           = tests/fuzz/fuzz_mime.c splitter/mime.c lib/util.c lib/log.c lib/manifest.c lib/envelope.c
+MIME_SRC      = $(wildcard splitter/mime*.c)
+SRC           = tests/fuzz/fuzz_mime.c $(MIME_SRC) lib/util.c lib/log.c lib/manifest.c lib/envelope.c
 STRIP_BIN     = $(FUZZ_DIR)/fuzz_strip
-STRIP_SRC     = tests/fuzz/fuzz_strip.c router/strip.c splitter/mime.c lib/util.c lib/log.c \
+STRIP_SRC     = tests/fuzz/fuzz_strip.c router/strip.c $(MIME_SRC) lib/util.c lib/log.c \
                 lib/manifest.c lib/envelope.c
 SEEDS         = $(wildcard ../shared/corpus/msgs ../shared/corpus/extras)
 

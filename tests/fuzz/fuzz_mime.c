@@ -11,7 +11,7 @@
  * Build and run with `make fuzz` (tests/fuzz/fuzz.mk), or by hand from the repository root
  * (the seed directories are only read, new inputs go to the first, writable one):
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ilib -Isplitter \
- *     $(pkg-config --cflags gmime-3.0 nettle) tests/fuzz/fuzz_mime.c splitter/mime.c \
+ *     $(pkg-config --cflags gmime-3.0 nettle) tests/fuzz/fuzz_mime.c splitter/mime*.c \
  *     lib/util.c lib/log.c lib/manifest.c lib/envelope.c \
  *     $(pkg-config --libs gmime-3.0 nettle) -o fuzz_mime
  *   mkdir -p /tmp/fuzz_corpus && ./fuzz_mime /tmp/fuzz_corpus ../shared/corpus/msgs \

@@ -1,6 +1,6 @@
-// links: splitter/mime.c
+// links: splitter/mime*.c
 /*
- * test_mime - unit tests of splitter/mime.c (mime_extract, mime_envelope_from_headers).
+ * test_mime - unit tests of splitter/mime*.c (mime_extract, mime_envelope_from_headers).
  *
  * Each case builds a message in memory, writes it as "message" into a fresh directory
  * under a temporary base, runs mime_extract there and checks the manifest and the part

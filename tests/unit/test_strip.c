@@ -1,8 +1,8 @@
-// links: router/strip.c splitter/mime.c
+// links: router/strip.c splitter/mime*.c
 /*
  * Unit tests for cutting MIME entities by byte ranges (router/strip.c, strip_apply), for
  * the manifest's entity fields (lib/manifest.c) and the ranges the splitter records
- * (splitter/mime.c): a table of cuts over small messages, each with the expected result
+ * (splitter/mime*.c): a table of cuts over small messages, each with the expected result
  * or failure; and the bound on Content-* header runs that fuzz_strip made necessary.
  */
 #include <fcntl.h>
