@@ -613,6 +613,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       "metrics",
 	                                       "allow_root", /* lib/user.c user_root_check */
 	                                       "lmtp",
+	                                       "scanner_user", /* lib/broker.h */
 	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
@@ -643,6 +644,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	const char *cg = conf_str(cx, root, "control_group", 0);
 	c->control_group = xstrdup(cg ? cg : "");
 	conf_bool(cx, root, "allow_root", &c->allow_root);
+	/* scanner_user (lib/broker.h, spoold/broker.c): the user the exec scanners run as. */
+	const char *su = conf_str(cx, root, "scanner_user", 0);
+	c->scanner_user = xstrdup(su ? su : "");
 	c->canary_interval = 300;
 	conf_int(cx, root, "canary_interval", &c->canary_interval, 0, 86400);
 	c->metrics.interval = 15;
@@ -1010,6 +1014,7 @@ void conf_free(struct conf *c)
 	free(c->spool_dir);
 	free(c->user);
 	free(c->control_group);
+	free(c->scanner_user);
 	free(c->metrics.file);
 	free(c->metrics.group);
 	free(c->lmtp.socket);

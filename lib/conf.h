@@ -139,6 +139,9 @@ struct conf {
 	char *user;          /* run as this user when started as root; "" keeps root */
 	char *control_group; /* group allowed on the control socket; "" means 0600 */
 	int allow_root;      /* root with user "" is refused unless this is set */
+	/* scanner_user: exec scanners run as this user through the broker (lib/broker.h)
+	 * when spoold starts as root; "" runs them as the runner's own uid. */
+	char *scanner_user;
 	int canary_interval; /* seconds between scanner canary checks; 0 disables */
 	struct conf_metrics metrics;
 	enum log_target log_target;

@@ -48,6 +48,7 @@
 
 #include <libconfig.h>
 
+#include "broker.h"
 #include "conf.h"
 #include "control.h"
 #include "exec.h"
@@ -110,6 +111,9 @@ static struct conf *sup_conf;
 static struct spool sup_spool;
 static sigset_t sup_oldmask;
 static int sup_notified_ready;
+/* The scanner broker (spoold/broker.c): our end, for the scanner-runners; and its death. */
+static int sup_broker_fd = -1;
+static int sup_broker_died;
 /* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
 static char *sup_sig[N_STAGES + 1];
 
@@ -405,6 +409,13 @@ static void sup_child_start(struct child *ch)
 			snprintf(num, sizeof num, "%d", rp[1]);
 			setenv("SPOOLD_READY_FD", num, 1);
 		}
+		if (sup_broker_fd >= 0 && strcmp(stage, "scanner-runner") == 0) {
+			/* Inherited on purpose too: the runner's way to the scanner broker. */
+			char bnum[16];
+			fcntl(sup_broker_fd, F_SETFD, 0);
+			snprintf(bnum, sizeof bnum, "%d", sup_broker_fd);
+			setenv(BROKER_ENV, bnum, 1);
+		}
 		if (sup_stages[ch->si].paused)
 			setenv("SPOOLD_PAUSED", "1", 1);
 		else
@@ -484,9 +495,12 @@ static void sup_reap(void)
 	int status;
 	pid_t p;
 	while ((p = waitpid(-1, &status, WNOHANG)) > 0)
-		for (size_t i = 0; i < sup_n; i++)
-			if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p)
-				sup_child_died(&sup_children[i], status);
+		if (broker_reaped(p, status))
+			sup_broker_died = 1;
+		else
+			for (size_t i = 0; i < sup_n; i++)
+				if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p)
+					sup_child_died(&sup_children[i], status);
 }
 
 /* Stop the instances of the stages in mask (all: ~0u) and wait for them: SIGTERM, then
@@ -1008,6 +1022,9 @@ int main(int argc, char **argv)
 		          "cannot listen on %s/run/" CONTROL_NAME ": %s; spoolctl start, "
 		          "stop, restart, pause and resume will not work",
 		          sup_spool.root, strerror(errno));
+	/* Before the drop: the broker becomes scanner_user, which needs root. */
+	sup_broker_fd =
+	    broker_spawn(sup_conf, dropping ? uid : geteuid(), dropping ? ugid : getegid());
 	privs_drop(sup_conf, &sup_spool, cgid);
 
 	sigset_t mask;
@@ -1045,7 +1062,7 @@ int main(int argc, char **argv)
 	log_info(NULL, "supervising %zu stage processes on %s", sup_n, sup_spool.root);
 
 	int stop = 0;
-	while (!stop) {
+	while (!stop && !sup_broker_died) {
 		int64_t now = now_ms_monotonic();
 		int64_t wait = next_metrics - now;
 		if (wait > 5000)
@@ -1132,5 +1149,5 @@ int main(int argc, char **argv)
 		unlinkat(sup_spool.fd[SD_RUN], CONTROL_NAME, 0);
 	}
 	log_info(NULL, "stopped");
-	return 0;
+	return sup_broker_died ? EXIT_TEMPFAIL : 0;
 }
