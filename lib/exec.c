@@ -3,10 +3,9 @@
  */
 #include "exec.h"
 
-#include <limits.h>
-
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>

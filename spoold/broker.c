@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -90,9 +91,13 @@ int broker_spawn(const struct conf *c, uid_t runner_uid, gid_t runner_gid)
 	if (pid == 0) {
 		/* Nothing of spoold's stays open in the broker: not the spool's directories,
 		 * not run/spoold.lock (a broker holding it would keep a new spoold out). */
+		closelog();
 		if (sv[1] > 3)
 			syscall(SYS_close_range, 3u, (unsigned)sv[1] - 1, 0u);
 		syscall(SYS_close_range, (unsigned)sv[1] + 1, ~0u, 0u);
+		/* Its own name in the log, and syslog's socket opened again if it is used. */
+		log_init("scanner-broker");
+		log_configure(c->log_target, c->log_level);
 		user_become(c->scanner_user, (gid_t)-1);
 		if (getuid() == 0 || geteuid() == 0 || setuid(0) == 0)
 			die_temp(NULL, "scanner broker: still root after the drop");
