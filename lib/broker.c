@@ -480,7 +480,10 @@ static noreturn void broker_handle(int rfd, const struct broker_req *rq, char *s
 	o.output_max = (size_t)rq->output_max;
 	o.rlimit_as = rq->rlimit_as;
 	o.rlimit_cpu = rq->rlimit_cpu;
-	o.rlimit_nofile = rq->rlimit_nofile;
+	/* rlimit_nofile bounds what the scanner opens itself; the descriptors it is handed
+	 * (one per part, all open at once here, unlike a scanner that opens its files one
+	 * by one) come on top, or a per-message run over many parts could open nothing. */
+	o.rlimit_nofile = rq->rlimit_nofile ? rq->rlimit_nofile + BROKER_FD_BASE + rq->n_files : 0;
 	o.place_fds = fds;
 	o.n_place = rq->n_files;
 	o.cancel_fd = rfd;

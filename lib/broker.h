@@ -30,9 +30,10 @@
  *   The broker forks one handler per request. The handler runs exec_run() (process
  *   group, rlimits, deadline, PDEATHSIG, scrubbed env, output bound) with file i placed
  *   at descriptor BROKER_FD_BASE + i, so argv names it "/dev/fd/<BROKER_FD_BASE + i>"
- *   (broker_file_arg). cwd and TMPDIR are a fresh, private, empty directory of the
- *   scanner user below the broker's own directory under /tmp (clamscan needs a
- *   writable TMPDIR), removed after the run. If the reply socket closes (the runner
+ *   (broker_file_arg); rlimit_nofile is raised by those descriptors (they are open
+ *   before the scanner starts, and its limit is for what it opens itself). cwd and TMPDIR are a
+ * fresh, private, empty directory of the scanner user below the broker's own directory under /tmp
+ * (clamscan needs a writable TMPDIR), removed after the run. If the reply socket closes (the runner
  *   died or gave up), the handler kills the scanner's process group at once.
  *
  * WHY THE PARTS ARE 0644 (a trust decision). A scanner opens "/dev/fd/N", and on Linux

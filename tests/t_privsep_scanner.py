@@ -173,6 +173,38 @@ def scanners_run_as_scanner_user_per_part_and_per_message():
     p.stop()
 
 
+@test
+def per_message_run_over_250_parts_names_the_infected_one_by_its_descriptor():
+    """More parts than one descriptor batch (200): every part reaches the scanner at its
+    own /dev/fd/N, all open at once within rlimit_nofile (256 by default: the handed
+    descriptors come on top), and the infected one, past the first batch, is named by
+    that word."""
+    nobody, scan = _users()
+    rec = _rec_dir()
+    p = _pipeline([_wrapped_clamscan(rec, "pm", "per-message")])
+    p.start()
+    common, crlf = msgs._split_common({"subject": "250 parts"})
+    atts = [("this is part %d\n" % i, "part-%d.txt" % i, "text/plain") for i in range(2, 251)]
+    atts[230] = (msgs.eicar(), "eicar.com", "application/octet-stream")
+    p.drop("big", msgs._bytes(msgs._mixed("part 1\n", atts, common), crlf))
+    (place, q, path), = p.wait_final(1, timeout=120)
+    verdicts = p.read(path, "verdicts").decode()
+    lines = [line for line in verdicts.splitlines() if line.startswith("scan part=")]
+    infected = [line for line in lines if " verdict=infected" in line]
+    assert place == "quarantine", (place, verdicts[-3000:])
+    assert len(lines) >= 250, len(lines)
+    # Named, not guessed: no part is an error (an infected run naming none of its
+    # parts, or a part it did not name in the last round, would be).
+    assert not [line for line in lines if " verdict=error" in line], verdicts[-3000:]
+    assert infected and all("virus=Spoold.Test" in line or "virus=Eicar" in line
+                            for line in infected), infected
+    # The runs went through the broker, as the scanner user, with descriptors past the
+    # first batch of 200.
+    recs = [r for r in _records(rec, "ids.") if "/dev/fd/252" in r]
+    assert recs and all(r.startswith("%d\n" % scan.pw_uid) for r in recs), recs
+    p.stop()
+
+
 PROBE = r'''#!/usr/bin/python3
 import errno, json, os, socket, sys
 rec = %(rec)r
