@@ -684,13 +684,26 @@ uid_t conf_role_uid(const struct conf *c, enum conf_role r)
 
 static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 {
-	static const char *const top_keys[] = {
-	    "spool_dir",      "log",           "rescan_interval", "splitter",
-	    "scanner_runner", "router",        "scanners",        "connectors",
-	    "user",           "control_group", "canary_interval", "metrics",
-	    "allow_root",                      /* lib/user.c user_root_check */
-	    "lmtp",           "splitter_user", /* conf_roles_resolve */
-	    "runner_user",    "router_user",   "connector_user",  NULL};
+	static const char *const top_keys[] = {"spool_dir",
+	                                       "log",
+	                                       "rescan_interval",
+	                                       "splitter",
+	                                       "scanner_runner",
+	                                       "router",
+	                                       "scanners",
+	                                       "connectors",
+	                                       "user",
+	                                       "control_group",
+	                                       "canary_interval",
+	                                       "metrics",
+	                                       "allow_root", /* lib/user.c user_root_check */
+	                                       "lmtp",
+	                                       "splitter_user", /* conf_roles_resolve */
+	                                       "runner_user",
+	                                       "router_user",
+	                                       "connector_user",
+	                                       "scanner_user", /* lib/broker.h */
+	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
 	static const char *const split_keys[] = {"instances",       "max_message_size",
@@ -721,6 +734,9 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	c->control_group = xstrdup(cg ? cg : "");
 	conf_bool(cx, root, "allow_root", &c->allow_root);
 	conf_roles_resolve(cx, root, c);
+	/* scanner_user (lib/broker.h, spoold/broker.c): the user the exec scanners run as. */
+	const char *su = conf_str(cx, root, "scanner_user", 0);
+	c->scanner_user = xstrdup(su ? su : "");
 	c->canary_interval = 300;
 	conf_int(cx, root, "canary_interval", &c->canary_interval, 0, 86400);
 	c->metrics.interval = 15;
@@ -1090,6 +1106,7 @@ void conf_free(struct conf *c)
 	for (int r = 0; r < ROLE__COUNT; r++)
 		free(c->roles[r].name);
 	free(c->control_group);
+	free(c->scanner_user);
 	free(c->metrics.file);
 	free(c->metrics.group);
 	free(c->lmtp.socket);

@@ -158,7 +158,10 @@ struct conf {
 	int allow_root;      /* root with user "" is refused unless this is set */
 	/* Who each role runs as, resolved at load (an unknown user is a config error). */
 	struct conf_role_user roles[ROLE__COUNT];
-	int separated;       /* some role runs as a user other than the spool's */
+	int separated; /* some role runs as a user other than the spool's */
+	/* scanner_user: exec scanners run as this user through the broker (lib/broker.h)
+	 * when spoold starts as root; "" runs them as the runner's own uid. */
+	char *scanner_user;
 	int canary_interval; /* seconds between scanner canary checks; 0 disables */
 	struct conf_metrics metrics;
 	enum log_target log_target;

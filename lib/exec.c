@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +16,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "broker.h"
 
 /* How long the output pipe may stay open after the child exited. */
 #define EXEC_DRAIN_MS 500
@@ -34,13 +37,14 @@ void exec_opts_init(struct exec_opts *o)
 	o->grace_ms = 2000;
 	o->output_max = 64 * 1024;
 	o->keep_fd = -1;
+	o->broker_fd = -1;
+	o->cancel_fd = -1;
 }
 
 /* In the child, between fork and execve: only async-signal-safe calls. */
-static void exec_child(char *const argv[], const struct exec_opts *o, int outfd, int errpipe)
+static void exec_child(char *const argv[], const struct exec_opts *o, char *const envp[], int outfd,
+                       int errpipe)
 {
-	static char *const envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C", "LC_ALL=C",
-	                             NULL};
 	int err;
 	/* A process group of its own, so a timeout kills the scanner and all it spawned. */
 	if (setpgid(0, 0) < 0)
@@ -48,6 +52,28 @@ static void exec_child(char *const argv[], const struct exec_opts *o, int outfd,
 	/* Die with the runner: an orphaned scanner would hold a slot nobody accounts for. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 		goto fail;
+	if (o->n_place > 0) {
+		/* The broker's files go to the fixed numbers BROKER_FD_BASE + i that argv names.
+		 * place_fds are all above them (the caller's promise, checked); outfd and
+		 * errpipe move above them too, so that no dup2 below overwrites a descriptor
+		 * still needed. dup2 clears close-on-exec on the copy: these, and only these,
+		 * are inherited. An absent file's number is closed: "/dev/fd/N" is then missing
+		 * for the scanner. */
+		int top = BROKER_FD_BASE + (int)o->n_place;
+		outfd = fcntl(outfd, F_DUPFD_CLOEXEC, top);
+		errpipe = fcntl(errpipe, F_DUPFD_CLOEXEC, top);
+		if (outfd < 0 || errpipe < 0)
+			goto fail;
+		for (size_t i = 0; i < o->n_place; i++) {
+			int to = BROKER_FD_BASE + (int)i, from = o->place_fds[i];
+			if (from >= 0 && from < top) {
+				errno = EBADF;
+				goto fail;
+			}
+			if (from >= 0 ? dup2(from, to) < 0 : close(to) < 0 && errno != EBADF)
+				goto fail;
+		}
+	}
 	int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (nullfd < 0 || dup2(nullfd, 0) < 0 || dup2(outfd, 1) < 0 || dup2(outfd, 2) < 0)
 		goto fail;
@@ -83,7 +109,7 @@ static void exec_child(char *const argv[], const struct exec_opts *o, int outfd,
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_DFL);
 	signal(SIGCHLD, SIG_DFL); /* the scanner may wait for children of its own */
-	execve(argv[0], argv, envp);
+	execve(argv[0], argv, (char **)envp);
 fail:
 	err = errno;
 	if (write(errpipe, &err, sizeof err) < 0) {
@@ -101,7 +127,14 @@ static void exec_kill_group(pid_t pid, int sig)
 
 int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *res)
 {
+	if (o->broker_fd >= 0)
+		return broker_run(o->broker_fd, argv, o, res);
 	int outp[2] = {-1, -1}, errp[2] = {-1, -1};
+	/* Built before the fork: the child may only make async-signal-safe calls. */
+	char tmpenv[PATH_MAX + 16];
+	char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C", "LC_ALL=C", NULL, NULL};
+	if (o->tmpdir && bsnprintf(tmpenv, sizeof tmpenv, "TMPDIR=%s", o->tmpdir) == 0)
+		envp[3] = tmpenv;
 	memset(res, 0, sizeof *res);
 	buf_init(&res->output);
 	if (pipe2(outp, O_CLOEXEC) < 0)
@@ -113,7 +146,7 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	if (pid < 0)
 		goto fail;
 	if (pid == 0)
-		exec_child(argv, o, outp[1], errp[1]);
+		exec_child(argv, o, envp, outp[1], errp[1]);
 	/* Also set the group from the parent: whichever runs first, kill(-pid) works. */
 	setpgid(pid, pid);
 	/* A pidfd becomes readable when the child exits, so the reap below can sleep in
@@ -129,6 +162,7 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	int out_open = 1;
 	int status = 0, reaped = 0;
 	int64_t drain_until = -1;
+	int cancel = o->cancel_fd;
 	char tmp[8192];
 	while (out_open) {
 		int64_t now = now_ms_monotonic();
@@ -165,9 +199,13 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 			wait_ms = (int)(drain_until - now);
 		/* While the child lives, its pidfd wakes us when it exits: a descendant that
 		 * keeps the pipe open (a daemonized grandchild) must not keep us reading. */
-		struct pollfd pfd[2] = {{.fd = outp[0], .events = POLLIN},
-		                        {.fd = pidfd, .events = POLLIN}};
-		nfds_t nfds = pidfd >= 0 && !reaped ? 2 : 1;
+		/* The broker's handler also watches its reply socket (cancel_fd): the runner
+		 * that asked has gone, and nobody will read this answer. */
+		struct pollfd pfd[3] = {
+		    {.fd = outp[0], .events = POLLIN},
+		    {.fd = pidfd >= 0 && !reaped ? pidfd : -1, .events = POLLIN},
+		    {.fd = cancel, .events = POLLIN}};
+		nfds_t nfds = 3;
 		int pr = poll(pfd, nfds, wait_ms);
 		if (pr < 0) {
 			if (errno == EINTR)
@@ -187,7 +225,15 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 				          reading */
 			continue;
 		}
-		if (nfds == 2 && pfd[1].revents) {
+		if (pfd[2].revents) {
+			exec_kill_group(pid, SIGKILL);
+			cancel = -1;
+			if (kill_at != -2) {
+				kill_at = -2;
+				continue;
+			}
+		}
+		if (pfd[1].fd >= 0 && pfd[1].revents) {
 			pid_t w = waitpid(pid, &status, WNOHANG);
 			if (w == pid || (w < 0 && errno != EINTR)) {
 				if (w < 0) {

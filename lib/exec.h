@@ -19,6 +19,15 @@
  *   with res->wait_errno and exited = 0: there is no exit code then, never a 0. Callers
  *   treat output_truncated as "the output is not the whole answer" (an error, never
  *   clean).
+ *
+ * THE BROKER PATH (lib/broker.h): with broker_fd >= 0, exec_run does not fork the
+ * scanner itself but asks the scanner broker (running as scanner_user) to, passing files
+ * as descriptors; argv must then name file i as broker_file_arg(i) ("/dev/fd/N"). The
+ * result is the same struct. It returns -1 also when the broker cannot be asked at all.
+ * The broker's handler runs the scanner here with place_fds (dup'ed to BROKER_FD_BASE +
+ * i, -1 left closed; each must be above BROKER_FD_BASE + n_place, or the run fails with
+ * exec_errno EBADF), tmpdir (TMPDIR in the child's environment) and cancel_fd (when it
+ * hangs up or becomes readable, the runner has gone: the group is killed at once).
  */
 #ifndef SPOOLD_EXEC_H
 #define SPOOLD_EXEC_H
@@ -37,6 +46,16 @@ struct exec_opts {
 	uint64_t rlimit_cpu; /* seconds, 0: unchanged */
 	uint64_t rlimit_nofile;
 	int keep_fd; /* a descriptor the child inherits on purpose, or -1 */
+	/* The broker path (runner side): run through the broker at broker_fd (-1: fork
+	 * here), passing files[0..n_files) as descriptors. */
+	int broker_fd;
+	const char *const *files;
+	size_t n_files;
+	/* The broker's handler side (see above). */
+	const int *place_fds;
+	size_t n_place;
+	const char *tmpdir; /* NULL: no TMPDIR */
+	int cancel_fd;      /* -1: none */
 };
 
 struct exec_result {

@@ -389,7 +389,12 @@ static int canary_exec_one(struct stage *st, struct runner_scanner *rs, struct c
 	char exits[64], virus[256];
 	char *path = xasprintf("%s/%s", cd->path, file);
 	char **argv = runner_argv(sc, cd->path, path, NULL);
-	runner_exec_slotted(st, sc, argv, cd->path, NULL, &res);
+	size_t nf;
+	/* Through the broker the canary's files go as descriptors, as a part would; the
+	 * missing one cannot be opened and goes as a closed number: still a missing file. */
+	char **files = runner_files(cd->path, path, NULL, &nf);
+	runner_exec_slotted(st, sc, argv, files, cd->path, NULL, &res);
+	runner_argv_free(files);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
 	runner_virus_name(rs, buf_cstr(&res.output), NULL, virus, sizeof virus);

@@ -32,8 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "clamd.h"
 #include "conf.h"
 #include "crash.h"
@@ -60,6 +62,17 @@ struct runner {
 };
 
 static struct runner runner_g;
+int runner_broker_fd = -1;
+
+/* Word for file i of a run: its path, or through the broker its descriptor's name. */
+static char *runner_file_word(size_t i, const char *path)
+{
+	char fdname[32];
+	if (runner_broker_fd < 0)
+		return xstrdup(path);
+	broker_file_arg(i, fdname, sizeof fdname);
+	return xstrdup(fdname);
+}
 
 /* Substitute {file} / {dir} in one argv word. */
 static char *runner_word_expand(const char *w, const char *file, const char *dir)
@@ -71,7 +84,7 @@ static char *runner_word_expand(const char *w, const char *file, const char *dir
 			buf_addstr(&b, file);
 			w += 6;
 		} else if (strncmp(w, "{dir}", 5) == 0) {
-			buf_addstr(&b, dir);
+			buf_addstr(&b, runner_broker_fd >= 0 ? "." : dir);
 			w += 5;
 		} else {
 			buf_add(&b, w, 1);
@@ -82,13 +95,30 @@ static char *runner_word_expand(const char *w, const char *file, const char *dir
 	return b.data;
 }
 
+char **runner_files(const char *dir, const char *file, const struct manifest *m, size_t *n)
+{
+	size_t k = m ? m->n_parts : file ? 1 : 0;
+	char **v = xcalloc(k + 1, sizeof(char *));
+	for (size_t i = 0; m && i < m->n_parts; i++) {
+		char name[16];
+		manifest_part_name(m->parts[i].index, name);
+		v[i] = xasprintf("%s/%s", dir, name);
+	}
+	if (!m && file)
+		v[0] = xstrdup(file);
+	*n = k;
+	return v;
+}
+
 /* Build the argv: every word expanded; a word that is exactly {files} becomes one word per
- * part. Paths come from the spool root and part indexes only, never from the message. */
+ * part. Paths come from the spool root and part indexes only, never from the message;
+ * through the broker, from the file's position only (runner_file_word). */
 char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *file,
                    const struct manifest *m)
 {
 	size_t n = 0, cap = 8;
 	char **v = xmalloc(cap * sizeof(char *));
+	char *file_word = file ? runner_file_word(0, file) : NULL;
 	for (char **w = sc->argv; *w; w++) {
 		if (strcmp(*w, "{files}") == 0 && m) {
 			for (size_t i = 0; i < m->n_parts; i++) {
@@ -96,7 +126,9 @@ char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *f
 				manifest_part_name(m->parts[i].index, name);
 				if (n + 2 > cap)
 					v = xrealloc(v, (cap *= 2) * sizeof(char *));
-				v[n++] = xasprintf("%s/%s", dir, name);
+				char *path = xasprintf("%s/%s", dir, name);
+				v[n++] = runner_file_word(i, path);
+				free(path);
 			}
 			continue;
 		}
@@ -104,14 +136,15 @@ char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *f
 			/* The canary: per-message scanners get their one test file. */
 			if (n + 2 > cap)
 				v = xrealloc(v, (cap *= 2) * sizeof(char *));
-			v[n++] = xstrdup(file);
+			v[n++] = xstrdup(file_word);
 			continue;
 		}
 		if (n + 2 > cap)
 			v = xrealloc(v, (cap *= 2) * sizeof(char *));
-		v[n++] = runner_word_expand(*w, file, dir);
+		v[n++] = runner_word_expand(*w, file_word, dir);
 	}
 	v[n] = NULL;
+	free(file_word);
 	return v;
 }
 
@@ -120,6 +153,19 @@ void runner_argv_free(char **v)
 	for (char **p = v; *p; p++)
 		free(*p);
 	free(v);
+}
+
+/* The argv word of each part of sub, in order (as runner_argv makes them for {files}). */
+static char **runner_argv_files_words(const char *dir, const struct manifest *sub)
+{
+	size_t n;
+	char **v = runner_files(dir, NULL, sub, &n);
+	for (size_t k = 0; k < n; k++) {
+		char *w = runner_file_word(k, v[k]);
+		free(v[k]);
+		v[k] = w;
+	}
+	return v;
 }
 
 void runner_argv_escape(char **v, struct buf *out)
@@ -172,10 +218,19 @@ void runner_virus_name(const struct runner_scanner *rs, const char *out, const c
 }
 
 static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, size_t output_max,
-                             struct exec_opts *o)
+                             char **files, struct exec_opts *o)
 {
 	exec_opts_init(o);
 	o->cwd = sc->workdir ? sc->workdir : dir;
+	if (runner_broker_fd >= 0) {
+		/* Through the broker: the files go as descriptors, and the scanner's cwd is
+		 * its own private directory unless workdir names one. */
+		o->broker_fd = runner_broker_fd;
+		o->cwd = sc->workdir;
+		o->files = (const char *const *)files;
+		for (o->n_files = 0; files && files[o->n_files]; o->n_files++)
+			;
+	}
 	o->timeout_ms = sc->timeout * 1000;
 	o->output_max = output_max;
 	o->rlimit_as = sc->rlimit_as;
@@ -191,8 +246,8 @@ static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, siz
  * dies with it (PR_SET_PDEATHSIG) and the kernel drops the lock. No free slot within
  * scanner_runner.slot_wait: res says not-started, which runner_map makes an error. */
 static void runner_exec_slotted_max(struct stage *st, const struct conf_scanner *sc, char **argv,
-                                    const char *dir, const char *qid, size_t output_max,
-                                    struct exec_result *res)
+                                    char **files, const char *dir, const char *qid,
+                                    size_t output_max, struct exec_result *res)
 {
 	struct exec_opts o;
 	int wait_s = st->conf->runner.slot_wait;
@@ -210,16 +265,16 @@ static void runner_exec_slotted_max(struct stage *st, const struct conf_scanner 
 		         sc->name, st->spool.root, wait_s, strerror(ETIMEDOUT));
 		return;
 	}
-	runner_exec_opts(sc, dir, output_max, &o);
+	runner_exec_opts(sc, dir, output_max, files, &o);
 	if (exec_run(argv, &o, res) < 0)
 		die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
 	slot_release(slot);
 }
 
-void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
+void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv, char **files,
                          const char *dir, const char *qid, struct exec_result *res)
 {
-	runner_exec_slotted_max(st, sc, argv, dir, qid, RUNNER_OUTPUT_MAX, res);
+	runner_exec_slotted_max(st, sc, argv, files, dir, qid, RUNNER_OUTPUT_MAX, res);
 }
 
 /* Map an exec result for one part: clean and infected only when the exit code says so,
@@ -340,7 +395,10 @@ static void runner_scan_part(struct stage *st, struct runner_scanner *rs, struct
 	manifest_part_name(j->m.parts[i].index, name);
 	char *file = xasprintf("%s/%s", j->dir, name);
 	char **argv = runner_argv(sc, j->dir, file, NULL);
-	runner_exec_slotted(st, sc, argv, j->dir, j->e.qid, &res);
+	size_t nf;
+	char **files = runner_files(j->dir, file, NULL, &nf);
+	runner_exec_slotted(st, sc, argv, files, j->dir, j->e.qid, &res);
+	runner_argv_free(files);
 	runner_observe(sc, res.ms);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
@@ -364,41 +422,42 @@ static void runner_scan_part(struct stage *st, struct runner_scanner *rs, struct
 }
 
 /* Which parts an infected per-message run named. A line names a part only when it starts
- * with exactly the path we passed for it (dir "/" NNNN.ATT) and a ':' right after: no
- * prefix, substring or basename match, so "<dir>/0001.ATT.x:", "/elsewhere/0001.ATT:" or
- * "0001.ATT:" name nothing. The virus name comes from that same line (virus_regex).
- * Fills names[i] for the parts in todo; returns how many it named. */
+ * with exactly the word we passed for it (dir "/" NNNN.ATT, or through the broker
+ * "/dev/fd/N") and a ':' right after: no prefix, substring or basename match, so
+ * "<dir>/0001.ATT.x:", "/elsewhere/0001.ATT:", "0001.ATT:" or "/dev/fd/30:" for
+ * "/dev/fd/3" name nothing. The virus name comes from that same line (virus_regex).
+ * sub: the parts this run was given, in argv order (the parts in todo). Fills names[i]
+ * for the parts in todo; returns how many it named. */
 static size_t runner_attribute(const struct runner_scanner *rs, const char *out,
-                               const struct runner_job *j, char (*names)[256])
+                               const struct runner_job *j, const struct manifest *sub,
+                               char (*names)[256])
 {
-	size_t dl = strlen(j->dir), named = 0;
+	size_t named = 0;
+	char **words = runner_argv_files_words(j->dir, sub);
 	const char *line = out;
 	while (*line) {
 		const char *nl = strchr(line, '\n');
 		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
-		if (ll > dl + 1 && memcmp(line, j->dir, dl) == 0 && line[dl] == '/') {
-			const char *nm = line + dl + 1;
-			const char *colon = memchr(nm, ':', ll - dl - 1);
-			size_t nlen = colon ? (size_t)(colon - nm) : 0;
-			for (size_t i = 0; colon && i < j->m.n_parts; i++) {
-				char pn[16];
-				if (!j->todo[i] || names[i][0])
-					continue;
-				manifest_part_name(j->m.parts[i].index, pn);
-				if (strlen(pn) != nlen || memcmp(pn, nm, nlen) != 0)
-					continue;
-				char *l = xstrndup(line, ll);
-				runner_virus_name(rs, l, NULL, names[i], sizeof names[i]);
-				free(l);
-				if (names[i][0])
-					named++;
+		for (size_t k = 0, i = 0; k < sub->n_parts; k++) {
+			size_t wl = strlen(words[k]);
+			if (ll <= wl || memcmp(line, words[k], wl) != 0 || line[wl] != ':')
+				continue;
+			while (i < j->m.n_parts && j->m.parts[i].index != sub->parts[k].index)
+				i++;
+			if (i == j->m.n_parts || !j->todo[i] || names[i][0])
 				break;
-			}
+			char *l = xstrndup(line, ll);
+			runner_virus_name(rs, l, NULL, names[i], sizeof names[i]);
+			free(l);
+			if (names[i][0])
+				named++;
+			break;
 		}
 		if (!nl)
 			break;
 		line = nl + 1;
 	}
+	runner_argv_free(words);
 	return named;
 }
 
@@ -422,10 +481,12 @@ static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 		if (j->todo[i])
 			sub.parts[sub.n_parts++] = m->parts[i];
 	char **argv = runner_argv(sc, j->dir, NULL, &sub);
+	size_t nf;
+	char **files = runner_files(j->dir, NULL, &sub, &nf);
 	/* One line per part is the usual answer: room for that, with the bound coming from
 	 * the splitter's max_parts (config), not from the message. */
 	size_t out_max = RUNNER_OUTPUT_MAX + sub.n_parts * (strlen(j->dir) + 16 + 256);
-	runner_exec_slotted_max(st, sc, argv, j->dir, j->e.qid, out_max, &res);
+	runner_exec_slotted_max(st, sc, argv, files, j->dir, j->e.qid, out_max, &res);
 	runner_observe(sc, res.ms);
 	enum verdict v = runner_map(rs, &res);
 	exec_result_describe(&res, exits, sizeof exits);
@@ -440,7 +501,7 @@ static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	size_t named = 0;
 	char(*names)[256] = xcalloc(m->n_parts, sizeof *names);
 	if (v == V_INFECTED)
-		named = runner_attribute(rs, buf_cstr(&res.output), j, names);
+		named = runner_attribute(rs, buf_cstr(&res.output), j, &sub, names);
 	int again =
 	    v == V_INFECTED && named > 0 && named < sub.n_parts && j->rounds < RUNNER_PM_ROUNDS;
 	size_t left = 0;
@@ -472,6 +533,7 @@ static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
 	}
 	free(names);
 	free(sub.parts);
+	runner_argv_free(files);
 	buf_free(&av);
 	exec_result_free(&res);
 	runner_argv_free(argv);
@@ -953,6 +1015,7 @@ void runner_version_fetch(const struct runner_scanner *rs, char *out, size_t len
 	exec_opts_init(&o);
 	o.timeout_ms = 30000;
 	o.output_max = 1024;
+	o.broker_fd = runner_broker_fd; /* the scanner's program runs as its user only */
 	if (exec_run(sc->version_argv, &o, &res) == 0 && res.exited && res.exit_code == 0 &&
 	    res.output.len) {
 		const char *txt = buf_cstr(&res.output);
@@ -989,6 +1052,27 @@ static void runner_priv_init(struct stage *st)
 	runner_priv_path = tmpl;
 	atexit(runner_priv_remove);
 	log_info(NULL, "separated spool: parts are scanned from private copies in %s", tmpl);
+}
+
+/* The scanner broker's socket, handed over by spoold on purpose (BROKER_ENV). Without it
+ * the scanners run here, as this process's uid: spoold not root, or no scanner_user. */
+static void runner_broker_init(void)
+{
+	const char *s = getenv(BROKER_ENV);
+	uint64_t v;
+	if (s == NULL)
+		return;
+	int type = 0;
+	socklen_t tl = sizeof type;
+	if (parse_u64(s, &v) < 0 || v < 3 || v > INT32_MAX ||
+	    getsockopt((int)v, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET)
+		die_temp(NULL, "%s=%s is not the scanner broker's socket", BROKER_ENV, s);
+	/* Ours alone: no scanner run here may inherit it. */
+	if (fcntl((int)v, F_SETFD, FD_CLOEXEC) < 0)
+		die_temp(NULL, "cannot make the broker socket close-on-exec: %s", strerror(errno));
+	unsetenv(BROKER_ENV);
+	runner_broker_fd = (int)v;
+	log_info(NULL, "scanners run through the scanner broker (as scanner_user)");
 }
 
 static void runner_recover(struct stage *st)
@@ -1038,5 +1122,6 @@ int main(int argc, char **argv)
 	 * fail: not one status would be real. */
 	if (exec_sigchld_default() < 0)
 		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
+	runner_broker_init();
 	return stage_main(&st, argc, argv);
 }

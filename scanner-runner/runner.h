@@ -30,15 +30,23 @@ struct runner_scanner {
 };
 
 /* Build a scanner's argv: {file} is file, {dir} is dir, and a word that is exactly
- * {files} becomes one word per part of m (or the one file when m is NULL). */
+ * {files} becomes one word per part of m (or the one file when m is NULL). Through the
+ * scanner broker (runner_broker_fd >= 0) every file is named by its descriptor instead,
+ * "/dev/fd/N" for the Nth of runner_files(), and {dir} is "." (the scanner's private
+ * directory: the message's own is out of its reach). */
 char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *file,
                    const struct manifest *m);
+/* The paths of the files a run scans, in the order runner_argv numbers them: every part
+ * of m, or the one file. NULL-terminated; free with runner_argv_free. */
+char **runner_files(const char *dir, const char *file, const struct manifest *m, size_t *n);
+/* The scanner broker's descriptor (SPOOLD_SCAN_BROKER_FD), or -1: scanners run here. */
+extern int runner_broker_fd;
 void runner_argv_free(char **v);
 void runner_argv_escape(char **v, struct buf *out);
 /* Run argv holding one of the scanner's slots (never passed to the child); cwd is the
  * workdir or dir. No slot free within scanner_runner.slot_wait: res->not_started, an
  * error for runner_map. Dies temporary (75) if the slot files fail or fork fails. */
-void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv,
+void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv, char **files,
                          const char *dir, const char *qid, struct exec_result *res);
 /* clean / infected only for a mapped exit code of a reaped child whose output was read in
  * full; everything else (truncated output, wait or exec failure, no slot) is V_ERROR. */

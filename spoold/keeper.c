@@ -17,12 +17,10 @@
  * children, whatever it is asked. spoold reads fixed-size records and ignores pids that
  * are not its children's.
  *
- * Protocol (SOCK_SEQPACKET: one record per packet, never split or merged):
- *   spoold -> keeper  SPAWN slot paused, "argv0\0argv1\0...", SCM_RIGHTS {exe, ready}
- *   keeper -> spoold  PID slot pid, or FAIL slot errno
- *   spoold -> keeper  KILL pid sig
- *   keeper -> spoold  EXIT pid status (waitpid's)
- * A keeper whose socket closes (spoold is gone) exits and leaves its stages running, as
+ * Protocol (SOCK_SEQPACKET: one record per packet, never split or merged): *   spoold -> keeper
+ * SPAWN slot flags, "argv0\0argv1\0...", SCM_RIGHTS {exe[, ready][, broker]} keeper -> spoold  PID
+ * slot pid, or FAIL slot errno spoold -> keeper  KILL pid sig keeper -> spoold  EXIT pid status
+ * (waitpid's) A keeper whose socket closes (spoold is gone) exits and leaves its stages running, as
  * spoold's own children are left when it dies; the next spoold's stages and these share
  * the spool by flock(2) as any two instances do.
  */
@@ -39,6 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "log.h"
 #include "spoold.h"
 #include "user.h"
@@ -50,8 +49,13 @@ struct keeper_msg {
 	int32_t op;
 	int32_t slot;
 	int32_t pid;
-	int32_t arg; /* paused, errno, signal or wait status */
+	int32_t arg; /* SPAWN: KEEPER_F_* flags; errno, signal or wait status */
 };
+
+/* SPAWN flags: which descriptors follow the exe (in this order), and SPOOLD_PAUSED. */
+#define KEEPER_F_PAUSED 1
+#define KEEPER_F_READY  2
+#define KEEPER_F_BROKER 4
 
 #define KEEPER_ARGV_MAX  16
 #define KEEPER_ARGS_SIZE 4096
@@ -89,7 +93,7 @@ static void keeper_kid_forget(pid_t pid)
 }
 
 /* In the forked child: the stage's environment, then the binary spoold opened. */
-static noreturn void keeper_exec(int exe, int ready, int paused, char **argv)
+static noreturn void keeper_exec(int exe, int ready, int broker, int paused, char **argv)
 {
 	sigset_t none;
 	sigemptyset(&none);
@@ -102,6 +106,13 @@ static noreturn void keeper_exec(int exe, int ready, int paused, char **argv)
 		snprintf(num, sizeof num, "%d", ready);
 		setenv("SPOOLD_READY_FD", num, 1);
 	}
+	if (broker >= 0) {
+		/* The scanner broker's socket, for the scanner-runner (spoold/broker.c). */
+		char num[16];
+		fcntl(broker, F_SETFD, 0);
+		snprintf(num, sizeof num, "%d", broker);
+		setenv(BROKER_ENV, num, 1);
+	}
 	if (paused)
 		setenv("SPOOLD_PAUSED", "1", 1);
 	else
@@ -112,14 +123,18 @@ static noreturn void keeper_exec(int exe, int ready, int paused, char **argv)
 	_exit(EXIT_TEMPFAIL);
 }
 
-static void keeper_spawn_do(int sock, const struct keeper_msg *m, char *args, size_t alen, int exe,
-                            int ready)
+static void keeper_spawn_do(int sock, const struct keeper_msg *m, char *args, size_t alen,
+                            const int fds[3])
 {
+	int exe = fds[0], k = 1;
+	int ready = m->arg & KEEPER_F_READY ? fds[k++] : -1;
+	int broker = m->arg & KEEPER_F_BROKER ? fds[k++] : -1;
 	char *argv[KEEPER_ARGV_MAX + 1];
 	size_t argc = 0;
 	int err = 0;
 	/* The strings come from spoold, but bound them as if they did not. */
-	if (alen == 0 || args[alen - 1] != '\0' || exe < 0)
+	if (alen == 0 || args[alen - 1] != '\0' || exe < 0 ||
+	    ((m->arg & KEEPER_F_READY) && ready < 0) || ((m->arg & KEEPER_F_BROKER) && broker < 0))
 		err = EINVAL;
 	for (size_t off = 0; !err && off < alen; off += strlen(args + off) + 1) {
 		if (argc == KEEPER_ARGV_MAX) {
@@ -133,7 +148,7 @@ static void keeper_spawn_do(int sock, const struct keeper_msg *m, char *args, si
 		err = EAGAIN;
 	pid_t pid = err ? -1 : fork();
 	if (pid == 0)
-		keeper_exec(exe, ready, m->arg, argv);
+		keeper_exec(exe, ready, broker, m->arg & KEEPER_F_PAUSED, argv);
 	if (pid < 0 && !err)
 		err = errno;
 	if (pid > 0)
@@ -149,7 +164,7 @@ static int keeper_request(int sock)
 	struct iovec iov[2] = {{&m, sizeof m}, {args, sizeof args}};
 	union {
 		struct cmsghdr h;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 	} cm;
 	struct msghdr mh = {.msg_iov = iov,
 	                    .msg_iovlen = 2,
@@ -158,21 +173,21 @@ static int keeper_request(int sock)
 	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
 	if (n <= 0)
 		return n < 0 && errno == EINTR ? 0 : -1;
-	int fds[2] = {-1, -1};
+	int fds[3] = {-1, -1, -1};
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			memcpy(fds, CMSG_DATA(c), (k > 2 ? 2 : k) * sizeof(int));
+			memcpy(fds, CMSG_DATA(c), (k > 3 ? 3 : k) * sizeof(int));
 		}
 	if ((size_t)n >= sizeof m && !(mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
 		if (m.op == KOP_SPAWN)
-			keeper_spawn_do(sock, &m, args, (size_t)n - sizeof m, fds[0], fds[1]);
+			keeper_spawn_do(sock, &m, args, (size_t)n - sizeof m, fds);
 		else if (m.op == KOP_KILL && keeper_is_kid(m.pid))
 			/* Only a live child of ours: never a pid spoold's side did not start here.
 			 */
 			kill(m.pid, m.arg);
 	}
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	return 0;
@@ -278,8 +293,8 @@ int keeper_drain(struct keeper *k, void (*on_exit)(pid_t, int))
 	return r < 0 ? -1 : 0;
 }
 
-pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int ready, int paused,
-                   void (*on_exit)(pid_t, int))
+pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int ready, int broker,
+                   int paused, void (*on_exit)(pid_t, int))
 {
 	char args[KEEPER_ARGS_SIZE];
 	size_t len = 0;
@@ -292,15 +307,23 @@ pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int 
 		memcpy(args + len, argv[i], l);
 		len += l;
 	}
-	struct keeper_msg m = {KOP_SPAWN, slot, 0, paused};
+	int fds[3] = {exe, -1, -1}, nfd = 1;
+	int flags = paused ? KEEPER_F_PAUSED : 0;
+	if (ready >= 0) {
+		fds[nfd++] = ready;
+		flags |= KEEPER_F_READY;
+	}
+	if (broker >= 0) {
+		fds[nfd++] = broker;
+		flags |= KEEPER_F_BROKER;
+	}
+	struct keeper_msg m = {KOP_SPAWN, slot, 0, flags};
 	struct iovec iov[2] = {{&m, sizeof m}, {args, len}};
-	int fds[2] = {exe, ready};
 	union {
 		struct cmsghdr h;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 	} cm;
 	memset(&cm, 0, sizeof cm);
-	int nfd = ready >= 0 ? 2 : 1;
 	struct msghdr mh = {.msg_iov = iov,
 	                    .msg_iovlen = 2,
 	                    .msg_control = cm.buf,

@@ -46,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "conf.h"
 #include "control.h"
 #include "exec.h"
@@ -117,6 +118,9 @@ static const char *const sup_exe_names[] = {"splitter", "scanner-runner", "route
 static int sup_exe_fd[ARRAY_LEN(sup_exe_names)];
 static int sup_keeper_current = -1; /* the keeper whose records are being read */
 static int sup_keeper_lost;
+/* The scanner broker (spoold/broker.c): our end, for the scanner-runners; and its death. */
+static int sup_broker_fd = -1;
+static int sup_broker_died;
 /* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
 static char *sup_sig[N_STAGES + 1];
 
@@ -345,8 +349,9 @@ static void sup_child_start_kept(struct child *ch, int role, const char *path, c
 	char *argv[] = {(char *)path,       "-c",         (char *)sup_conf_path,
 	                conn ? "-n" : NULL, (char *)conn, NULL};
 	sup_keeper_current = role;
+	int broker = strcmp(stage, "scanner-runner") == 0 ? sup_broker_fd : -1;
 	pid_t pid = keeper_spawn(&sup_keepers[role], (int)(ch - sup_children), sup_exe_lookup(path),
-	                         argv, rp[1], sup_stages[ch->si].paused, sup_keeper_exit);
+	                         argv, rp[1], broker, sup_stages[ch->si].paused, sup_keeper_exit);
 	int err = errno;
 	sup_keeper_current = -1;
 	if (pid < 0) {
@@ -422,6 +427,13 @@ static void sup_child_start(struct child *ch)
 			snprintf(num, sizeof num, "%d", rp[1]);
 			setenv("SPOOLD_READY_FD", num, 1);
 		}
+		if (sup_broker_fd >= 0 && strcmp(stage, "scanner-runner") == 0) {
+			/* Inherited on purpose too: the runner's way to the scanner broker. */
+			char bnum[16];
+			fcntl(sup_broker_fd, F_SETFD, 0);
+			snprintf(bnum, sizeof bnum, "%d", sup_broker_fd);
+			setenv(BROKER_ENV, bnum, 1);
+		}
 		if (sup_stages[ch->si].paused)
 			setenv("SPOOLD_PAUSED", "1", 1);
 		else
@@ -491,10 +503,13 @@ static void sup_reap(void)
 	int status;
 	pid_t p;
 	while ((p = waitpid(-1, &status, WNOHANG)) > 0)
-		for (size_t i = 0; i < sup_n; i++)
-			if (sup_children[i].state == CH_RUNNING && sup_children[i].pid == p &&
-			    sup_children[i].keeper < 0)
-				sup_child_died(&sup_children[i], status);
+		if (broker_reaped(p, status))
+			sup_broker_died = 1;
+		else
+			for (size_t i = 0; i < sup_n; i++)
+				if (sup_children[i].state == CH_RUNNING &&
+				    sup_children[i].pid == p && sup_children[i].keeper < 0)
+					sup_child_died(&sup_children[i], status);
 	for (int r = 0; r < ROLE__COUNT; r++) {
 		if (sup_keepers[r].fd < 0)
 			continue;
@@ -923,6 +938,14 @@ int main(int argc, char **argv)
 		          "cannot listen on %s/run/" CONTROL_NAME ": %s; spoolctl start, "
 		          "stop, restart, pause and resume will not work",
 		          sup_spool.root, strerror(errno));
+	/* Before the drop: the broker becomes scanner_user, which needs root. It takes
+	 * requests from the scanner-runner's user only. */
+	sup_broker_fd = broker_spawn(sup_conf,
+	                             dropping && sup_conf->roles[ROLE_RUNNER].uid != (uid_t)-1
+	                                 ? sup_conf->roles[ROLE_RUNNER].uid
+	                             : dropping ? uid
+	                                        : geteuid(),
+	                             dropping ? ugid : getegid());
 	sup_keepers_start(dropping ? uid : (uid_t)-1);
 	privs_drop(sup_conf, &sup_spool, cgid);
 
@@ -961,7 +984,7 @@ int main(int argc, char **argv)
 	log_info(NULL, "supervising %zu stage processes on %s", sup_n, sup_spool.root);
 
 	int stop = 0;
-	while (!stop && !sup_keeper_lost) {
+	while (!stop && !sup_keeper_lost && !sup_broker_died) {
 		int64_t now = now_ms_monotonic();
 		int64_t wait = next_metrics - now;
 		if (wait > 5000)
@@ -1048,5 +1071,5 @@ int main(int argc, char **argv)
 		unlinkat(sup_spool.fd[SD_RUN], CONTROL_NAME, 0);
 	}
 	log_info(NULL, "stopped");
-	return sup_keeper_lost ? EXIT_TEMPFAIL : 0;
+	return sup_keeper_lost || sup_broker_died ? EXIT_TEMPFAIL : 0;
 }

@@ -101,11 +101,12 @@ struct keeper {
 };
 /* As root: fork the keeper, which becomes user for good. Dies on failure. */
 int keeper_start(struct keeper *k, const char *user);
-/* Start argv as a stage: exe is the binary spoold opened (execveat), ready the readiness
- * pipe's write end (-1: none), paused sets SPOOLD_PAUSED. Returns the pid, or -1 with
+/* Start argv as a stage: exe is the binary spoold opened (execveat), ready the readiness * pipe's
+ * write end (-1: none), broker the scanner broker's socket for a scanner-runner
+ * (-1: none; BROKER_ENV names it), paused sets SPOOLD_PAUSED. Returns the pid, or -1 with
  * errno. Exits of other children read meanwhile go to on_exit(pid, status). */
-pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int ready, int paused,
-                   void (*on_exit)(pid_t, int));
+pid_t keeper_spawn(struct keeper *k, int slot, int exe, char *const argv[], int ready, int broker,
+                   int paused, void (*on_exit)(pid_t, int));
 /* Signal pid, a stage this keeper started. */
 void keeper_kill(struct keeper *k, pid_t pid, int sig);
 /* Hand every exit the keeper reported to on_exit; -1 when the keeper is gone. */
