@@ -136,8 +136,7 @@ test: test-deps
 	python3 tests/run.py --bin $(O)/prod/bin --bin $(O)/asan/bin
 
 run: deps all
-	@mkdir -p spool
-	exec bin/spoold -c conf/spoold.conf
+	exec sh conf/run.sh
 
 fuzz: test-deps
 	$(MAKE) -f tests/fuzz/fuzz.mk O=$(O) run

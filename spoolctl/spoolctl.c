@@ -83,6 +83,11 @@ int main(int argc, char **argv)
 	if (conf_path == NULL)
 		conf_path = "/etc/spoold/spoold.conf";
 	log_init("spoolctl");
+	/* What spoolctl writes into the spool (queue files, markers, moved entries) must be
+	 * readable by the stages, which in a separated spool are other users of the spool's
+	 * group: the caller's umask (Postfix's pipe(8) runs it with 077) must not make it
+	 * 0600. Nothing is made world-readable. */
+	umask(027);
 	int i = 1;
 	while (i < argc && argv[i][0] == '-') {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
