@@ -133,7 +133,8 @@ test-deps:
 # ---- tests -------------------------------------------------------------------
 test: test-deps
 	$(MAKE) all prod asan
-	python3 tests/run.py --bin $(O)/prod/bin --bin $(O)/asan/bin
+	python3 tests/run.py --bin $(O)/prod/bin --bin $(O)/asan/bin \
+	    --separated t_router,t_strip
 
 run: deps all
 	exec sh conf/run.sh

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -82,16 +83,75 @@ static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 	lim->mem_max = MIME_MEM_MAX;
 }
 
+/* A directory dropped into inbound/ by another user (a separated spool) cannot be claimed:
+ * moving a directory to another parent needs write permission on it. It gets a place all
+ * the same: a badmail/ entry that says so, and the directory itself is set aside under a
+ * dot-name in inbound/ (a rename within one parent needs no such permission), which no
+ * stage looks at again; the administrator removes it. Never a warning at every look. */
+static int splitter_unclaimable_dir(struct stage *st, const char *name, const struct stat *sb)
+{
+	char qid[SPOOL_QID_LEN + 1], aside[64];
+	spool_qid_new(qid);
+	snprintf(aside, sizeof aside, ".unclaimable.%s", qid);
+	if (renameat(st->spool.fd[SD_INBOUND], name, st->spool.fd[SD_INBOUND], aside) < 0) {
+		log_warn(NULL, "cannot set aside %s/inbound/%s: %s", st->spool.root, name,
+		         strerror(errno));
+		return 0;
+	}
+	struct buf r, esc;
+	buf_init(&r);
+	buf_init(&esc);
+	escape_bytes(&esc, name, strlen(name), 1024);
+	buf_printf(&r,
+	           "a directory (owner uid %ld, mode %04o) this user cannot move: set aside as "
+	           "inbound/%s; remove it by hand\n",
+	           (long)sb->st_uid, (unsigned)(sb->st_mode & 07777), aside);
+	int ok = mkdirat(st->spool.fd[SD_TMP], qid, 0770) == 0;
+	int dfd = ok ? openat(st->spool.fd[SD_TMP], qid, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	if (dfd >= 0) {
+		ok = write_file_replace(dfd, "reason", r.data, r.len, 0640) == 0 &&
+		     write_file_replace(dfd, "origin", esc.data, esc.len, 0640) == 0 &&
+		     spool_rename_noreplace(st->spool.fd[SD_TMP], qid, st->spool.fd[SD_BADMAIL],
+		                            qid) == 0;
+		close(dfd);
+	}
+	log_error(qid, "inbound/%s: %s%s", buf_cstr(&esc), buf_cstr(&r),
+	          ok && dfd >= 0 ? "" : " (and no badmail/ entry could be made)");
+	buf_free(&r);
+	buf_free(&esc);
+	return 1;
+}
+
+/* A file we may not lease that changed this recently may still be being written. */
+#define SPLITTER_QUIET_S 3
+
 /* 1 if some process still has the file open for writing (a slow cp into inbound/).
  * A read lease can only be taken on a file nobody has open for writing. Without the right
- * to take leases (not the owner, no CAP_LEASE) we cannot tell and say no. */
-static int splitter_writer_busy(int fd)
+ * to take leases (not the owner, no CAP_LEASE: a separated spool, where whoever dropped
+ * the file is another user) we cannot tell, and wait instead until the file has not
+ * changed for SPLITTER_QUIET_S seconds; the writer's close (IN_CLOSE_WRITE) or the next
+ * look brings it back. Queue-ID names are complete (below). */
+static int splitter_writer_busy(int fd, const char *name)
 {
 	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
 		fcntl(fd, F_SETLEASE, F_UNLCK);
 		return 0;
 	}
-	return errno == EAGAIN;
+	if (errno == EAGAIN)
+		return 1;
+	/* A queue-ID name is how spoolctl inject (and lmtpd) name what they write whole
+	 * under tmp/ and rename in: complete when it appears. (Anyone else who names a file so
+	 * while still writing it only gets their own message split early, and scanned as it
+	 * is then.) */
+	if (spool_qid_valid(name))
+		return 0;
+	struct stat st;
+	struct timespec now;
+	if ((errno == EACCES || errno == EPERM) && fstat(fd, &st) == 0 &&
+	    clock_gettime(CLOCK_REALTIME, &now) == 0)
+		return now.tv_sec - st.st_mtim.tv_sec < SPLITTER_QUIET_S &&
+		       now.tv_sec >= st.st_mtim.tv_sec;
+	return 0;
 }
 
 /* Remove parts and manifests of an earlier, interrupted attempt. */
@@ -351,7 +411,19 @@ static int splitter_admit(struct stage *st, struct spool_entry *e, int fresh, in
 	*fdp = fd;
 	if (fd < 0)
 		return splitter_badmail(e, reason);
-	if (splitter_writer_busy(fd)) {
+	/* The inbound name, for splitter_writer_busy: a queue-ID name was kept as the qid,
+	 * and a strip derivative (origin spoold-strip/<qid>, which only the router writes) was
+	 * built whole by the router: both complete as they appear. */
+	struct buf origin;
+	buf_init(&origin);
+	const char *was = "";
+	if (read_file_at(e->fd, "origin", &origin, 4096) == 0 &&
+	    ((origin.len == SPOOL_QID_LEN + 1 && memcmp(origin.data, e->qid, SPOOL_QID_LEN) == 0) ||
+	     (origin.len > 13 && memcmp(origin.data, "spoold-strip/", 13) == 0)))
+		was = e->qid;
+	int busy = splitter_writer_busy(fd, was);
+	buf_free(&origin);
+	if (busy) {
 		/* Still being written into: parse it only once its writer is done. */
 		log_info(e->qid, "message still open for writing; deferred");
 		/* Not an attempt: the retry that splits it must count from zero. */
@@ -518,7 +590,7 @@ static int splitter_handle(struct stage *st, const char *name)
 		fd = openat(st->spool.fd[SD_INBOUND], name,
 		            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 		if (fd >= 0) {
-			int busy = splitter_writer_busy(fd);
+			int busy = splitter_writer_busy(fd, name);
 			close(fd);
 			if (busy)
 				return 0;
@@ -527,6 +599,8 @@ static int splitter_handle(struct stage *st, const char *name)
 	int r = spool_inbound_claim(&st->spool, name, &e);
 	if (r == 0)
 		return 0;
+	if (r < 0 && errno == EACCES && S_ISDIR(sb.st_mode))
+		return splitter_unclaimable_dir(st, name, &sb);
 	if (r < 0) {
 		log_warn(NULL, "cannot claim %s/inbound/%s: %s", st->spool.root, name,
 		         strerror(errno));

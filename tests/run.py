@@ -25,6 +25,10 @@ Exit status: 1 if anything failed, else 0 (2 for a usage error).
                  is labelled by the name of its build directory (build/asan/bin: "asan"),
                  prefixed by NAME if given; the counts in the last line are the sum.
 --tests-dir DIR  where the t_*.py files are (default: the directory of this script).
+--separated PATS after the runs above, run the test files matching the comma-separated
+                 patterns once more against the first --bin, labelled "<build>-separated",
+                 with $SPOOLD_TEST_SEPARATED=1: run as root, every Pipeline then runs each
+                 stage as a user of its own (tests/lib/privsep.py). Not root: one SKIP.
 
 Programs run with the repository root as working directory, $TEST_BIN set to the --bin
 directory, in their own process group; whatever they leave running in that group is
@@ -179,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=None,
                     help="seconds per program (default $TEST_TIMEOUT or 600)")
     ap.add_argument("--tests-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--separated", default="",
+                    help="test files to run again with every stage as its own user")
     a = ap.parse_args(argv)
 
     tests_dir = os.path.abspath(a.tests_dir)
@@ -197,6 +203,17 @@ def main(argv=None):
             build = os.path.basename(os.path.dirname(bindir)) or bindir
             label = "%s-%s" % (a.label, build) if a.label else build
         run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals)
+    if a.separated and not a.only:
+        build = os.path.basename(os.path.dirname(bins[0])) or "bin"
+        label = "%s-separated" % build
+        if os.geteuid() != 0:
+            line = "SKIP %s: the separated pass needs root (stages as users of their own)" % label
+            out(line)
+            totals.skipped += 1
+            totals.skips.append((label, "the separated pass needs root"))
+        else:
+            run_suite(bins[0], label, tests_dir, root, timeout, a.separated, None, totals,
+                      extra_env={"SPOOLD_TEST_SEPARATED": "1"})
 
     if totals.skips:
         # What was not run, and why, said once per reason: a skip must never pass unseen.
@@ -217,8 +234,10 @@ def main(argv=None):
     return 1 if totals.failed else 0
 
 
-def run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals):
+def run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals,
+              extra_env=None):
     env = dict(os.environ)
+    env.update(extra_env or {})
     env["TEST_BIN"] = bindir
     env["TEST_LABEL"] = label
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -241,7 +260,11 @@ def run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, total
                 penv = dict(env, TEST_ONLY_FILTERED="1")
             programs.append((f[:-3], argv, penv))
     if file_pat:
-        programs = [x for x in programs if _match(file_pat, x[0])]
+        pats = file_pat.split(",")
+        if extra_env:  # the separated pass: exactly the files named
+            programs = [x for x in programs if x[0] in pats]
+        else:
+            programs = [x for x in programs if any(_match(p, x[0]) for p in pats)]
 
     prefix = (label + "/") if label else ""
     out("=== %srunning %d test program(s), bin %s, timeout %ds"

@@ -19,62 +19,21 @@ import lib as harness  # noqa: E402
 from lib import test, skip, wait_for  # noqa: E402
 from lib import msgs  # noqa: E402
 from lib.spool import Pipeline, clamscan  # noqa: E402
-
-SPOOL_USER = "spt-spool"
-ROLES = {"splitter_user": "spt-split", "runner_user": "spt-scan",
-         "router_user": "spt-route", "connector_user": "spt-deliver"}
-
+from lib import privsep  # noqa: E402
+from lib.privsep import ROLES, SPOOL_USER  # noqa: E402
 
 def _need_root():
     if os.geteuid() != 0:
         skip("needs root: spoold must start as root to run each stage as its own user")
 
 
-def _user(name, groups=()):
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        r = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                            "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                            name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert r.returncode == 0, r.stdout
-    for g in groups:
-        if name not in grp.getgrnam(g).gr_mem:
-            r = subprocess.run(["usermod", "-a", "-G", g, name],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert r.returncode == 0, r.stdout
-    return pwd.getpwnam(name)
-
-
-def _users():
-    """The spool's user and one user per stage, as dist/spoold.sysusers makes them: every
-    stage user in the spool user's group; the router and the spool's user in the
-    connectors' group (outbox/)."""
-    _user(SPOOL_USER)
-    _user(ROLES["connector_user"], [SPOOL_USER])
-    _user(ROLES["splitter_user"], [SPOOL_USER])
-    _user(ROLES["runner_user"], [SPOOL_USER])
-    _user(ROLES["router_user"], [SPOOL_USER, ROLES["connector_user"]])
-    _user(SPOOL_USER, [ROLES["connector_user"]])
-    return {k: pwd.getpwnam(v) for k, v in list(ROLES.items()) + [("user", SPOOL_USER)]}
-
-
 def separated(extra="", **kw):
     """A pipeline whose spoold starts as root and runs each stage as its own user."""
     _need_root()
-    users = _users()
-    text = 'user = "%s";\n' % SPOOL_USER
-    text += "".join('%s = "%s";\n' % kv for kv in ROLES.items())
-    p = Pipeline(extra=text + extra, **kw)
-    # Every stage user reads the config and reaches the spool; the signatures are read by
-    # the scanner-runner's user (clamscan runs as it).
-    for d in (harness._base(), os.path.dirname(p.dir), p.dir,
-              os.path.dirname(harness.sigdir()), harness.sigdir()):
-        os.chmod(d, 0o755)
-    for f in os.listdir(harness.sigdir()):
-        os.chmod(os.path.join(harness.sigdir(), f), 0o644)
-    os.chmod(p.conf, 0o644)
-    return p, users
+    us = privsep.users()
+    p = Pipeline(extra=privsep.separated_config() + extra, **kw)
+    privsep.open_paths(p.dir, p.conf)
+    return p, us
 
 
 def _stage_pids(p):

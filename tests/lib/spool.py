@@ -12,6 +12,7 @@ Stages can also be run one pass at a time, deterministically: p.stage("splitter"
 """
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -121,9 +122,22 @@ class Pipeline:
         text += "router = {\n%s};\n" % _group(r)
         text += "scanners = (\n" + ",\n".join("\t{\n%s\t}" % _group(s, "\t\t") for s in scanners) + "\n);\n"
         text += "connectors = (\n" + ",\n".join("\t{\n%s\t}" % _group(c, "\t\t") for c in connectors) + "\n);\n"
+        # SPOOLD_TEST_SEPARATED=1 (run.py's "separated" pass, as root): the same test with
+        # each stage as a user of its own, unless the test chose the users itself.
+        self.separated = (os.environ.get("SPOOLD_TEST_SEPARATED") == "1" and os.geteuid() == 0
+                          and not re.search(r"^\s*(user|[a-z]+_user)\s*=", extra, re.M))
+        if self.separated:
+            from . import privsep
+            privsep.users()
+            text += privsep.separated_config()
         text += extra
         with open(self.conf, "w") as f:
             f.write(text)
+        if self.separated:
+            privsep.open_paths(self.dir, self.conf)
+            # As dist/spoold.tmpfiles makes it in production: the spool's user owns the
+            # spool before anything runs (spoolctl may be the first, as that user).
+            privsep.prepare_spool(self.spool)
         harness.cleanup(self.stop)
         if invariant is True:
             harness.check_after(self.assert_delivered_clean)
@@ -191,10 +205,15 @@ class Pipeline:
         argv = [harness.bin_path(name), "-c", self.conf] + list(args)
         e = dict(os.environ)
         e.update(env or {})
+        kw = {}
+        if self.separated:
+            # By hand as its keeper would start it: as the stage's own user.
+            from . import privsep
+            kw["preexec_fn"] = privsep.become_stage(name)
         if once:
-            return harness.run(argv + ["--once"], timeout=timeout, env=e)
+            return harness.run(argv + ["--once"], timeout=timeout, env=e, **kw)
         logf = open(self.log, "ab")
-        p = subprocess.Popen(argv, stdout=logf, stderr=logf, env=e, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(argv, stdout=logf, stderr=logf, env=e, stdin=subprocess.DEVNULL, **kw)
         logf.close()
         self.procs.append(p)
         return p
