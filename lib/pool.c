@@ -196,8 +196,8 @@ size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due
 	}
 	if (bal == POOL_LEAST_BUSY) {
 		/* The expected wait: (in flight + 1) x weight. Only a clear outlier weighs
-		 * more than 1 (POOL_SLOW_RATIO), so that the noise between equal engines on a
-		 * busy host never skews the even split. */
+		 * more than 1 (POOL_SLOW_RATIO and POOL_SLOW_MIN_US), so that the noise
+		 * between equal engines on a busy host never skews the even split. */
 		uint32_t fastest = 0;
 		for (size_t x = 0; x < k; x++) {
 			const struct pool_addr *a = &f.a[order[x]];
@@ -208,7 +208,8 @@ size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due
 			const struct pool_addr *a = &f.a[order[x]];
 			int64_t w = 1;
 			if (fastest > 0 && pool_part_fresh(a, now) &&
-			    a->part_us / fastest >= POOL_SLOW_RATIO)
+			    a->part_us / fastest >= POOL_SLOW_RATIO &&
+			    a->part_us - fastest >= POOL_SLOW_MIN_US)
 				w = a->part_us / fastest;
 			int64_t v = ((int64_t)load[order[x]] + 1) * w;
 			load[order[x]] = v > INT_MAX ? INT_MAX : (int)v;

@@ -10,8 +10,9 @@
  *   least-busy   the shortest expected wait first: requests in flight (counted across
  *                every runner process) plus one, times the address's weight; ties broken
  *                by the round-robin counter. The weight is 1, or, for an address whose
- *                recent time per part is POOL_SLOW_RATIO times the fastest one's or more,
- *                that ratio: a slow clamd (overloaded, far away, behind a slow link)
+ *                recent time per part is POOL_SLOW_RATIO times the fastest one's or more
+ *                and POOL_SLOW_MIN_US more, that ratio: a slow clamd (overloaded, far
+ *                away, behind a slow link)
  *                gets mail only when the others have that many requests queued. A time
  *                older than POOL_LAT_STALE_MS no longer counts (weight 1 again), so a
  *                slow address that recovered is found by the next message it gets.
@@ -52,6 +53,9 @@
 #define POOL_PIDS      32
 /* least-busy: slower than this many times the fastest address weighs by the ratio. */
 #define POOL_SLOW_RATIO 3
+/* ... and this much slower per part (us): a few ms of scheduling noise on a busy host
+ * are several times a fast FILDES scan, and must not skew an even split. */
+#define POOL_SLOW_MIN_US 20000
 /* least-busy: a time per part older than this is forgotten. */
 #define POOL_LAT_STALE_MS 5000
 
