@@ -69,7 +69,8 @@ struct pool_addr {
 	uint64_t requests;     /* messages placed here since the file was made */
 	uint32_t canary_bad;   /* failed its own canary: takes no mail until one passes */
 	uint32_t down;         /* 1 while marked down (probe due once down_until passed) */
-	uint32_t part_us;      /* recent time per part, moving average (us); 0 if unknown */
+	uint32_t part_us;      /* recent time per part (per 256 KB of a big one), moving
+	                        * average (us); 0 if unknown */
 	int64_t part_at_ms;    /* wall clock ms of its last sample */
 	char version[128];     /* its last VERSION reply, "" if unknown */
 	char reason[256];      /* why it is down or bad, "" when up */
@@ -115,8 +116,9 @@ void pool_probe_result(struct pool *p, size_t i, int ok, const char *version, co
 /* A request in flight at addrs[i] for this process (+1 at begin, -1 at end). */
 void pool_begin(struct pool *p, size_t i);
 void pool_end(struct pool *p, size_t i);
-/* pool_end, and the request's clamd time over the parts it scanned (us > 0, parts > 0)
- * for least-busy's weight: one locked write. */
+/* pool_end, and the request's clamd time over the parts it scanned (us > 0, parts > 0;
+ * the caller counts a big part as several, farm.c one per 256 KB) for least-busy's
+ * weight: one locked write. */
 void pool_end_timed(struct pool *p, size_t i, int64_t us, size_t parts);
 /* An address gave a verdict (ok) or failed (connect, timeout, protocol): the back-off. */
 void pool_ok(struct pool *p, size_t i);

@@ -44,6 +44,14 @@ struct farm_state {
 
 static struct cache *farm_cache(struct stage *st, struct farm_state *f);
 
+/* A part's weight in least-busy's time sample: one per part, plus one per 256 KB, so
+ * that a healthy clamd that just scanned a big attachment does not look slow. */
+static size_t farm_units(uint64_t size)
+{
+	uint64_t u = 1 + size / (256 * 1024);
+	return u > 100000 ? 100000 : (size_t)u;
+}
+
 /* Monotonic microseconds: a part on a fast clamd takes well under a millisecond. */
 static int64_t farm_now_us(void)
 {
@@ -360,7 +368,9 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 		int64_t s0 = farm_now_us();
 		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
 		scan_us += farm_now_us() - s0;
-		sent += nopen;
+		for (size_t i = 0; i < nb; i++)
+			if (fds[i] >= 0)
+				sent += farm_units(m->parts[b + i].size);
 		for (size_t i = 0, j = 0; i < nb; i++)
 			if (fds[i] >= 0) {
 				r[i] = ro[j++];
@@ -398,8 +408,9 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	}
 	clamd_session_close(&cs);
 	if (first >= 0) {
-		/* The time per part tells least-busy how fast this address is; only when it
-		 * answered every part itself (a failover's time is the other address's). */
+		/* The time per part (of up to 256 KB) tells least-busy how fast this address
+		 * is; only when it answered every part itself (a failover's time is the other
+		 * address's). */
 		if (all_first && sent > 0)
 			pool_end_timed(&f->pool, (size_t)first, scan_us, sent);
 		else
