@@ -55,7 +55,7 @@ def farm_load_kill_one_clamd_no_loss_none_unscanned_takeover_and_rejoin():
 
 @test(timeout=180)
 def farm_load_slow_clamd_gets_far_less_work():
-    r = farm.run_slow(200)
+    r = farm.run_slow(200, rounds=1)
     for case in ("two", "three"):
         assert sum(r[case]["placed"]) == 200 and r[case]["places"] == ["outbox/smtp"], r
     slow, fast = r["three"]["placed"][0], r["three"]["placed"][1:]
