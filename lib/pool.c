@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,11 +20,17 @@
 #include "pool.h"
 #include "util.h"
 
-static const char pool_magic[8] = "SPOOLP1\n";
+static const char pool_magic[8] = "SPOOLP2\n";
 
 static int64_t pool_now_ms(void)
 {
 	return now_us_wall() / 1000;
+}
+
+/* A time per part recent enough to weigh (a clock step back counts as recent). */
+static int pool_part_fresh(const struct pool_addr *a, int64_t now)
+{
+	return a->part_us > 0 && now - a->part_at_ms < POOL_LAT_STALE_MS;
 }
 
 static int pool_pid_alive(pid_t pid)
@@ -188,6 +195,25 @@ size_t pool_place(struct pool *p, enum pool_balance bal, size_t *order, int *due
 		order[k++] = i;
 	}
 	if (bal == POOL_LEAST_BUSY) {
+		/* The expected wait: (in flight + 1) x weight. Only a clear outlier weighs
+		 * more than 1 (POOL_SLOW_RATIO and POOL_SLOW_MIN_US), so that the noise
+		 * between equal engines on a busy host never skews the even split. */
+		uint32_t fastest = 0;
+		for (size_t x = 0; x < k; x++) {
+			const struct pool_addr *a = &f.a[order[x]];
+			if (pool_part_fresh(a, now) && (fastest == 0 || a->part_us < fastest))
+				fastest = a->part_us;
+		}
+		for (size_t x = 0; x < k; x++) {
+			const struct pool_addr *a = &f.a[order[x]];
+			int64_t w = 1;
+			if (fastest > 0 && pool_part_fresh(a, now) &&
+			    a->part_us / fastest >= POOL_SLOW_RATIO &&
+			    a->part_us - fastest >= POOL_SLOW_MIN_US)
+				w = a->part_us / fastest;
+			int64_t v = ((int64_t)load[order[x]] + 1) * w;
+			load[order[x]] = v > INT_MAX ? INT_MAX : (int)v;
+		}
 		/* Stable insertion sort by load: ties keep the round-robin rotation. */
 		for (size_t x = 1; x < k; x++) {
 			size_t oi = order[x];
@@ -295,13 +321,29 @@ void pool_probe_result(struct pool *p, size_t i, int ok, const char *version, co
 	pool_write_unlock(p, &f);
 }
 
-static void pool_inflight_add(struct pool *p, size_t i, int d)
+/* us, parts: a time sample for least-busy (us <= 0 or parts == 0: none). */
+static void pool_inflight_add(struct pool *p, size_t i, int d, int64_t us, size_t parts)
 {
 	struct pool_file f;
 	pid_t me = getpid();
 	if (p->fd < 0 || i >= p->n || pool_lock_read(p, &f) < 0)
 		return;
 	struct pool_addr *a = &f.a[i];
+	if (us > 0 && parts > 0) {
+		int64_t s = us / (int64_t)parts, now = pool_now_ms();
+		if (s < 1)
+			s = 1;
+		if (s > 60 * 1000 * 1000)
+			s = 60 * 1000 * 1000;
+		/* A moving average over about 4 samples: one slow scan (a big part) moves it
+		 * little, a clamd that turned slow shows within a few messages. A stale one
+		 * starts over. */
+		if (!pool_part_fresh(a, now))
+			a->part_us = (uint32_t)s;
+		else
+			a->part_us = (uint32_t)((3 * (int64_t)a->part_us + s) / 4);
+		a->part_at_ms = now;
+	}
 	size_t k, freek = POOL_PIDS;
 	for (k = 0; k < POOL_PIDS; k++) {
 		if (a->inflight[k].pid == me)
@@ -323,12 +365,17 @@ static void pool_inflight_add(struct pool *p, size_t i, int d)
 
 void pool_begin(struct pool *p, size_t i)
 {
-	pool_inflight_add(p, i, 1);
+	pool_inflight_add(p, i, 1, 0, 0);
 }
 
 void pool_end(struct pool *p, size_t i)
 {
-	pool_inflight_add(p, i, -1);
+	pool_inflight_add(p, i, -1, 0, 0);
+}
+
+void pool_end_timed(struct pool *p, size_t i, int64_t us, size_t parts)
+{
+	pool_inflight_add(p, i, -1, us, parts);
 }
 
 void pool_canary(struct pool *p, size_t i, int ok, const char *version, const char *why)

@@ -7,8 +7,15 @@
  * Placement (balance):
  *   failover     the configured order (today's behaviour);
  *   round-robin  a counter in the file turns the order by one per message;
- *   least-busy   fewest requests in flight first (counted across every runner process),
- *                ties broken by the round-robin counter.
+ *   least-busy   the shortest expected wait first: requests in flight (counted across
+ *                every runner process) plus one, times the address's weight; ties broken
+ *                by the round-robin counter. The weight is 1, or, for an address whose
+ *                recent time per part is POOL_SLOW_RATIO times the fastest one's or more
+ *                and POOL_SLOW_MIN_US more, that ratio: a slow clamd (overloaded, far
+ *                away, behind a slow link)
+ *                gets mail only when the others have that many requests queued. A time
+ *                older than POOL_LAT_STALE_MS no longer counts (weight 1 again), so a
+ *                slow address that recovered is found by the next message it gets.
  * Only usable addresses are placed: an address that is down (and not yet due for a
  * probe) or that failed its own canary takes no mail. A tcp address listed after a
  * unix one is never placed (clamd.h: failover stays within its trust class).
@@ -44,6 +51,13 @@
 
 #define POOL_MAX_ADDRS 16
 #define POOL_PIDS      32
+/* least-busy: slower than this many times the fastest address weighs by the ratio. */
+#define POOL_SLOW_RATIO 3
+/* ... and this much slower per part (us): a few ms of scheduling noise on a busy host
+ * are several times a fast FILDES scan, and must not skew an even split. */
+#define POOL_SLOW_MIN_US 20000
+/* least-busy: a time per part older than this is forgotten. */
+#define POOL_LAT_STALE_MS 5000
 
 enum pool_balance { POOL_FAILOVER, POOL_ROUND_ROBIN, POOL_LEAST_BUSY };
 
@@ -55,6 +69,9 @@ struct pool_addr {
 	uint64_t requests;     /* messages placed here since the file was made */
 	uint32_t canary_bad;   /* failed its own canary: takes no mail until one passes */
 	uint32_t down;         /* 1 while marked down (probe due once down_until passed) */
+	uint32_t part_us;      /* recent time per part (per 256 KB of a big one), moving
+	                        * average (us); 0 if unknown */
+	int64_t part_at_ms;    /* wall clock ms of its last sample */
 	char version[128];     /* its last VERSION reply, "" if unknown */
 	char reason[256];      /* why it is down or bad, "" when up */
 	struct {
@@ -64,7 +81,7 @@ struct pool_addr {
 };
 
 struct pool_file {
-	char magic[8]; /* "SPOOLP1\n" */
+	char magic[8]; /* "SPOOLP2\n" (P1 had no time per part) */
 	uint32_t n;
 	uint32_t pad;
 	uint64_t rr; /* round-robin counter */
@@ -99,6 +116,10 @@ void pool_probe_result(struct pool *p, size_t i, int ok, const char *version, co
 /* A request in flight at addrs[i] for this process (+1 at begin, -1 at end). */
 void pool_begin(struct pool *p, size_t i);
 void pool_end(struct pool *p, size_t i);
+/* pool_end, and the request's clamd time over the parts it scanned (us > 0, parts > 0;
+ * the caller counts a big part as several, farm.c one per 256 KB) for least-busy's
+ * weight: one locked write. */
+void pool_end_timed(struct pool *p, size_t i, int64_t us, size_t parts);
 /* An address gave a verdict (ok) or failed (connect, timeout, protocol): the back-off. */
 void pool_ok(struct pool *p, size_t i);
 void pool_fail(struct pool *p, size_t i, const char *why);

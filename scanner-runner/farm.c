@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -42,6 +43,22 @@ struct farm_state {
 };
 
 static struct cache *farm_cache(struct stage *st, struct farm_state *f);
+
+/* A part's weight in least-busy's time sample: one per part, plus one per 256 KB, so
+ * that a healthy clamd that just scanned a big attachment does not look slow. */
+static size_t farm_units(uint64_t size)
+{
+	uint64_t u = 1 + size / (256 * 1024);
+	return u > 100000 ? 100000 : (size_t)u;
+}
+
+/* Monotonic microseconds: a part on a fast clamd takes well under a millisecond. */
+static int64_t farm_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static struct farm_state *farm_g;
 static size_t farm_n;
@@ -227,7 +244,9 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	size_t order[POOL_MAX_ADDRS];
 	int due[POOL_MAX_ADDRS];
 	char *addrs[POOL_MAX_ADDRS + 1];
-	size_t n = 0, hits = 0, misses = 0;
+	size_t n = 0, hits = 0, misses = 0, sent = 0;
+	int64_t scan_us = 0;
+	int all_first = 1;
 	if (m->n_parts == 0)
 		return;
 	f = farm_state(st, sc);
@@ -346,11 +365,18 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 			}
 			open_fds[nopen++] = fds[i];
 		}
+		int64_t s0 = farm_now_us();
 		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
+		scan_us += farm_now_us() - s0;
+		for (size_t i = 0; i < nb; i++)
+			if (fds[i] >= 0)
+				sent += farm_units(m->parts[b + i].size);
 		for (size_t i = 0, j = 0; i < nb; i++)
 			if (fds[i] >= 0) {
 				r[i] = ro[j++];
 				close(fds[i]);
+				if (strcmp(r[i].addr, addrs[0]) != 0)
+					all_first = 0;
 				/* Only what the address whose version keyed it said. */
 				if (keyed[i] && strcmp(r[i].addr, addrs[0]) == 0)
 					cache_put(cache, keys[i], r[i].verdict, r[i].virus);
@@ -382,7 +408,13 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 	}
 	clamd_session_close(&cs);
 	if (first >= 0) {
-		pool_end(&f->pool, (size_t)first);
+		/* The time per part (of up to 256 KB) tells least-busy how fast this address
+		 * is; only when it answered every part itself (a failover's time is the other
+		 * address's). */
+		if (all_first && sent > 0)
+			pool_end_timed(&f->pool, (size_t)first, scan_us, sent);
+		else
+			pool_end(&f->pool, (size_t)first);
 		/* A verdict from the first address clears its back-off. */
 		for (size_t i = 0; i < vs->n; i++)
 			if (strcmp(vs->lines[i].exit, addrs[0]) == 0 &&

@@ -18,9 +18,6 @@ from lib import msgs  # noqa: E402
 from lib.clamd import Clamd, RogueClamd  # noqa: E402
 from lib.spool import Pipeline  # noqa: E402
 
-sys.path.insert(0, os.path.join(harness.ROOT, "bench"))
-import farm  # noqa: E402  (bench/farm.py: the load scenarios, run small here)
-
 ONE_PART = dict(scan_raw_message=False)
 
 
@@ -262,43 +259,6 @@ def pool_hung_clamd_times_out_once_then_is_avoided():
         cds[1].kill(signal.SIGCONT)
         for c in cds:
             c.stop()
-
-
-# ---- bench/farm.py, small (make bench-farm runs the full sizes) -----------------------
-
-@test
-def farm_short_least_busy_splits_within_15_percent():
-    r = farm.run_split(60)
-    for key in ("placed", "parts"):
-        mean = sum(r[key]) / 3.0
-        assert all(abs(x - mean) <= 0.15 * mean for x in r[key]), (key, r)
-    assert r["places"] == ["outbox/smtp"], r
-
-
-@test
-def farm_short_kill_one_clamd_no_loss_takeover_within_2s_and_rejoin():
-    r = farm.run_kill(45)
-    assert r["finals"] == 46 and r["delivered"] == 45 and r["quarantined"] == 1, r
-    assert r["held"] == 0, r
-    assert r["max_gap"] < 2.0, ("the others did not take over within 2 s", r)
-    assert r["killed_errors"] >= 1 and r["killed_state"] in ("down", "probe-due"), r
-    assert r["rejoin"] is not None, ("the restarted clamd never took mail again", r)
-
-
-@test
-def farm_short_slow_clamd_gets_less_work():
-    r = farm.run_slow(60)
-    slow, fast = r["placed"][0], r["placed"][1:]
-    assert sum(r["placed"]) == 60, r
-    assert slow < min(fast), ("least-busy gave the slow clamd no less work", r)
-
-
-@test
-def farm_short_cache_answers_the_second_pass():
-    r = farm.run_cache(30)
-    h1, m1, _ = r["pass1"]
-    assert m1 > 0, r
-    assert r["ratio"] > 0.95, r
 
 
 if __name__ == "__main__":
