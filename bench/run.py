@@ -321,13 +321,13 @@ class CpuMeter:
                     todo += kids.get(p, [])
             return out
 
-        def delta(pid):
+        def delta(pid, which=(3, 4)):
             b = self.b.get(pid)
             a = self.a.get(pid)
             if b is None:
                 return 0
-            tb = b[3] + b[4]
-            ta = a[3] + a[4] if a is not None and a[5] == b[5] else 0
+            tb = sum(b[i] for i in which)
+            ta = sum(a[i] for i in which) if a is not None and a[5] == b[5] else 0
             return max(0, tb - ta)
 
         res, ours = {}, set()
@@ -335,8 +335,13 @@ class CpuMeter:
             pids = tree(self.b, root)
             ours |= pids
             for pid in pids:
+                # A process's own CPU, and apart from it what the children it reaped used
+                # (exec scanners under the scanner-runner, spoolctl under Postfix's pipe).
                 key = "%s:%s" % (label, self.b[pid][0])
-                res[key] = res.get(key, 0) + delta(pid)
+                res[key] = res.get(key, 0) + delta(pid, (3,))
+                kids = delta(pid, (4,))
+                if kids:
+                    res[key + "+children"] = res.get(key + "+children", 0) + kids
         for pid, label in self.named.items():
             ours.add(pid)
             res[label] = res.get(label, 0) + delta(pid)
@@ -1204,8 +1209,9 @@ def measure(args, scale, runs, tools, sigs, R):
         s += table(["corpus", "mode", "msg/s", "spoold ms/msg", "clamd ms/msg",
                     "kernel ms/msg", "total ms/msg", "CPU bound msg/s", "harness cores",
                     "other load cores", "throughput / bound"], cpu_rows)
-        s += ("\nspoold's CPU per message by process (ms, median over the rounds; a stage's "
-              "figure includes the children it reaped):\n\n")
+        s += ("\nspoold's CPU per message by process (ms, median over the rounds; "
+              "`+children`: what the children a process reaped used, such as the exec "
+              "scanners of the scanner-runner):\n\n")
         s += table(["corpus", "mode", "processes"],
                    [[r[0], r[1], ", ".join(r[2:])] for r in stage_rows])
         s += ("\n### Bytes written per byte of mail\n\n"
