@@ -165,7 +165,9 @@ class Setup:
             {"lmtpd"} if self.mode == "lmtp" else set())
         while True:
             st = libspool.read_status(self.spool)
-            if st and {s["name"] for s in st} >= want and all(
+            sock_ok = self.mode != "lmtp" or os.path.exists(
+                os.path.join(self.spool, "run", "lmtp"))
+            if st and {s["name"] for s in st} >= want and sock_ok and all(
                     s["state"] == "running" for s in st):
                 break
             if time.monotonic() > deadline or self.spoold.poll() is not None:
