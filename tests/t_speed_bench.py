@@ -74,6 +74,8 @@ def bench_clamd_runs_are_cold_and_cpu_and_disk_are_measured():
         mail, written = float(r[2]), float(r[3])
         assert mail > 0.2 and written > 0, r
         assert abs(float(r[4].strip("*x")) - written / mail) / (written / mail) < 0.1, r
+        # spoold's own data writes (/proc/<pid>/io): at least the messages themselves.
+        assert float(r[7]) >= mail and float(r[8].strip("x")) >= 1, r
 
 
 if __name__ == "__main__":
