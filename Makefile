@@ -6,6 +6,7 @@
 #   make test       make test-deps (adds Postfix, swaks, clang...), both builds, every test
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
 #   make bench-farm  clamd pool and verdict cache load tests (docs/PERFORMANCE.md, last section)
+#   make bench-mta   spoold behind a throwaway Postfix, LMTP and pipe (docs/PERFORMANCE.md)
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
 #   make install    PREFIX=/usr/local DESTDIR=  (make uninstall removes it again)
 
@@ -59,7 +60,7 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm bench-mta chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -150,6 +151,11 @@ bench: test-deps all
 # of docs/PERFORMANCE.md. BENCH_FARM_ARGS: e.g. --quick, --note "what else ran".
 bench-farm: test-deps all
 	python3 bench/farm.py $(BENCH_FARM_ARGS)
+
+# spoold behind a throwaway Postfix (smtp-source in, smtp-sink out; LMTP and pipe filters;
+# amavisd-new when installed): needs root; writes its section into docs/PERFORMANCE.md
+bench-mta: test-deps all
+	python3 bench/mta.py --out docs/PERFORMANCE.md
 
 chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long

@@ -10,8 +10,12 @@
 
 Everything runs through the real binaries in --bin on a real spool, with a real clamd and
 real clamscan loading the project's test database (build/sigs, else conf/mksigs.sh into
-the work directory). The floor (bench/floor.c) and the no-op scanner (bench/noop.c) are
-compiled into the work directory from source at start.
+the work directory). The reference costs (bench/floor.c, section 7) and the no-op scanner
+(bench/noop.c) are compiled into the work directory from source at start.
+
+Honesty (issue 19): clamd is RELOADed (an empty cache) before every timed run that uses
+it; the floor is the CPU bound (cores / CPU per message of every process involved, from
+/proc); the bytes written to the spool's disk per byte of mail come from /proc/diskstats.
 
 Throughput timing: the pipeline is started on an empty spool and waits (inotify, with
 rescan_interval far away); the clock starts, every message of the corpus is renamed from
@@ -43,6 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from lib import spool as libspool  # noqa: E402  (the libconfig writer of the tests)
 from lib.clamd import Clamd  # noqa: E402
+from lib.clamd import command as clamd_command  # noqa: E402
+from lib.clamd import ping as clamd_ping  # noqa: E402
 
 EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
 
@@ -200,7 +206,215 @@ def scanner_clamscan(sigs, mode):
 
 
 def scanner_clamd(addr, mc=4):
-    return dict(name="clamd", type="clamd", addresses=[addr], timeout=60, max_concurrent=mc)
+    # max_file_size as the bench's clamd (MaxFileSize 200M): with the default (25 MB) the
+    # raw form of a corpus-c message (27 MB) is unscannable and the message is held.
+    return dict(name="clamd", type="clamd", addresses=[addr], timeout=60, max_concurrent=mc,
+                max_file_size=200 << 20)
+
+
+# ---- cold clamd -----------------------------------------------------------------------------
+# clamd keeps a cache of the hashes of clean content it scanned: the same corpus run twice
+# through one clamd is answered from the cache the second time (issue 19: corpus b took
+# 8.48 s of clamd in its first round and 3.4-3.6 s after). Every timed run here that uses
+# clamd starts from an empty cache: RELOAD, and wait until clamd has activated the new
+# engine (its log says so; with ConcurrentDatabaseReload the old engine, warm cache and
+# all, answers until then) and answers PING again. Within a run the cache works as it
+# would in production: the corpora have distinct content, so only what one message
+# repeats (its raw form re-extracting its parts) can hit it.
+CLAMDS = {}  # "unix:/path" -> Clamd, for cold_for()
+COLD = dict(n=0, secs=0.0)
+RELOAD_MARK = "Activating the newly loaded database"
+
+
+def clamd_log_count(cd, mark):
+    try:
+        with open(cd.log_path, errors="replace") as f:
+            return f.read().count(mark)
+    except FileNotFoundError:
+        return 0
+
+
+def clamd_cold(cd, timeout=300):
+    """RELOAD clamd (an empty cache) and wait until the new engine answers."""
+    before = clamd_log_count(cd, RELOAD_MARK)
+    t0 = time.monotonic()
+    reply = clamd_command(cd.unix_addr, "RELOAD", timeout=30)
+    if reply != "RELOADING":
+        raise RuntimeError("clamd RELOAD answered %r\n%s" % (reply, cd.log()[-2000:]))
+    while clamd_log_count(cd, RELOAD_MARK) <= before or not clamd_ping(cd.unix_addr):
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError("clamd did not reload in %d s\n%s" % (timeout, cd.log()[-2000:]))
+        time.sleep(0.05)
+    COLD["n"] += 1
+    COLD["secs"] += time.monotonic() - t0
+
+
+def cold_for(scanner):
+    """A cold cache for each clamd the scanner config uses (no-op for exec scanners)."""
+    if scanner.get("type") == "clamd":
+        for a in scanner["addresses"]:
+            clamd_cold(CLAMDS[a])
+
+
+# ---- CPU per process, from /proc -----------------------------------------------------------
+# The CPU bound (section 2): 2 cores divided by the CPU one message costs every process
+# involved. Measured over a timed run from /proc/<pid>/stat (utime+stime of each process,
+# plus cutime+cstime: what the children it reaped used, such as the scanner-runner's
+# exec scanners) and /proc/stat (the whole machine, to say what else ran).
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PF_KTHREAD = 0x00200000
+
+
+def proc_snapshot():
+    """{pid: (comm, ppid, flags, own ticks, reaped children's ticks, start time)} of every
+    process (the start time tells a reused pid; a kworker's comm changes with its work)."""
+    res = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d, "rb") as f:
+                raw = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        lp, rp = raw.find("("), raw.rfind(")")
+        if lp < 0 or rp < 0:
+            continue
+        comm, f = raw[lp + 1:rp], raw[rp + 2:].split()
+        # f[0] is field 3 (state): ppid is field 4, flags 9, utime 14 .. cstime 17.
+        try:
+            res[int(d)] = (comm, int(f[1]), int(f[6]), int(f[11]) + int(f[12]),
+                           int(f[13]) + int(f[14]), int(f[19]))
+        except (IndexError, ValueError):
+            pass
+    return res
+
+
+def machine_ticks():
+    """(busy, irq+softirq) ticks of all CPUs from /proc/stat (busy: all but idle, iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq = v[:7]
+    steal = v[7] if len(v) > 7 else 0
+    return user + nice + system + irq + softirq + steal, irq + softirq
+
+
+class CpuMeter:
+    """CPU seconds of the process tree under root_pids, of other named pids, of kernel
+    threads, and of the whole machine, between start() and stop()."""
+
+    def __init__(self, roots, named=None):
+        self.roots = dict(roots)  # pid -> label for its whole tree (grouped by comm)
+        self.named = dict(named or {})  # pid -> label, the process alone (its threads)
+
+    def start(self):
+        self.a, self.ma, self.ta = proc_snapshot(), machine_ticks(), os.times()
+
+    def stop(self):
+        self.b, self.mb, self.tb = proc_snapshot(), machine_ticks(), os.times()
+
+    def result(self):
+        def tree(snap, root):
+            kids, out, todo = {}, set(), [root]
+            for pid, v in snap.items():
+                kids.setdefault(v[1], []).append(pid)
+            while todo:
+                p = todo.pop()
+                if p in snap and p not in out:
+                    out.add(p)
+                    todo += kids.get(p, [])
+            return out
+
+        def delta(pid, which=(3, 4)):
+            b = self.b.get(pid)
+            a = self.a.get(pid)
+            if b is None:
+                return 0
+            tb = sum(b[i] for i in which)
+            ta = sum(a[i] for i in which) if a is not None and a[5] == b[5] else 0
+            return max(0, tb - ta)
+
+        res, ours = {}, set()
+        for root, label in self.roots.items():
+            pids = tree(self.b, root)
+            ours |= pids
+            for pid in pids:
+                # A process's own CPU, and apart from it what the children it reaped used
+                # (exec scanners under the scanner-runner, spoolctl under Postfix's pipe).
+                key = "%s:%s" % (label, self.b[pid][0])
+                res[key] = res.get(key, 0) + delta(pid, (3,))
+                kids = delta(pid, (4,))
+                if kids:
+                    res[key + "+children"] = res.get(key + "+children", 0) + kids
+        for pid, label in self.named.items():
+            ours.add(pid)
+            res[label] = res.get(label, 0) + delta(pid)
+        res["kernel threads"] = sum(delta(pid) for pid, v in self.b.items()
+                                    if v[2] & PF_KTHREAD and pid not in ours)
+        res["irq+softirq"] = self.mb[1] - self.ma[1]
+        out = {k: v / CLK_TCK for k, v in res.items()}
+        out["harness"] = (self.tb[0] + self.tb[1]) - (self.ta[0] + self.ta[1])
+        busy = (self.mb[0] - self.ma[0]) / CLK_TCK
+        out["other"] = max(0.0, busy - sum(out.values()))
+        out["machine busy"] = busy
+        return out
+
+
+# ---- bytes written to the spool's disk ----------------------------------------------------
+def disk_of(path):
+    """The /proc/diskstats name of the block device holding path, or None (tmpfs...)."""
+    st = os.stat(path)
+    mj, mn = os.major(st.st_dev), os.minor(st.st_dev)
+    with open("/proc/diskstats") as f:
+        for line in f:
+            v = line.split()
+            if int(v[0]) == mj and int(v[1]) == mn:
+                return v[2]
+    return None
+
+
+def sectors_written(dev):
+    """Bytes written to dev so far (diskstats counts 512-byte sectors, whatever the
+    device's own sector size)."""
+    with open("/proc/diskstats") as f:
+        for line in f:
+            v = line.split()
+            if v[2] == dev:
+                return int(v[9]) * 512
+    raise RuntimeError("no %s in /proc/diskstats" % dev)
+
+
+def tree_io(root):
+    """{pid: bytes} that each live process under root made dirty for the disk, less what
+    it deleted or truncated before writeback (/proc/<pid>/io write_bytes -
+    cancelled_write_bytes): the product's own data writes, which no other user of a
+    shared disk can inflate (metadata and the journal are not in it)."""
+    snap = proc_snapshot()
+    kids, out, todo = {}, {}, [root]
+    for pid, v in snap.items():
+        kids.setdefault(v[1], []).append(pid)
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        try:
+            with open("/proc/%d/io" % p) as f:
+                kv = dict(ln.split(": ") for ln in f.read().splitlines())
+            out[p] = int(kv["write_bytes"]) - int(kv["cancelled_write_bytes"])
+        except (OSError, KeyError, ValueError):
+            out[p] = 0
+        todo += kids.get(p, [])
+    return out
+
+
+def disk_background(dev, secs=3.0):
+    """Bytes per second written to dev by others while we do nothing, measured as a run
+    is: from a sync to a sync."""
+    os.sync()
+    t0, b0 = time.monotonic(), sectors_written(dev)
+    time.sleep(secs)
+    os.sync()
+    return (sectors_written(dev) - b0) / (time.monotonic() - t0)
 
 
 # ---- the pipeline ------------------------------------------------------------------------
@@ -336,18 +550,39 @@ class Run:
             discard(self.dir)
 
 
-def throughput(args, files, scanner, instances=1, rss=False, timeout=1800):
-    """One timed run of a corpus; returns dict(secs, places, hwm)."""
+def throughput(args, files, scanner, instances=1, rss=False, timeout=1800, meter=False):
+    """One timed run of a corpus, clamd's cache cold; returns dict(secs, places, hwm, and
+    with meter: cpu (CpuMeter.result()), written (bytes to the spool's disk, from a sync
+    before the first rename to a sync after the last final place))."""
     r = Run(args, scanner, instances)
     try:
         names = r.stage(files)
+        cold_for(scanner)
         r.start()
         inbound = os.path.join(r.spool, "inbound")
+        dev = disk_of(r.spool) if meter else None
+        if meter:
+            named = {CLAMDS[a].pid: "clamd" for a in scanner.get("addresses", [])}
+            cpu = CpuMeter({r.proc.pid: "spoold"}, named)
+            os.sync()  # the staging copies are not the product's writes
+            w0, tw = sectors_written(dev) if dev else 0, time.monotonic()
+            io0 = tree_io(r.proc.pid)
+            cpu.start()
         t0 = time.monotonic()
         for n in names:
             os.rename(os.path.join(r.stage_dir, n), os.path.join(inbound, n))
         t1 = r.wait_all(len(files), timeout)
         res = dict(secs=t1 - t0, places=r.places())
+        if meter:
+            cpu.stop()
+            res["cpu"] = cpu.result()
+            io1 = tree_io(r.proc.pid)
+            res["own"] = sum(v - io0.get(p, 0) for p, v in io1.items())
+            # What the run left dirty is written too: the sync charges it to this run.
+            os.sync()
+            res["written"] = sectors_written(dev) - w0 if dev else float("nan")
+            res["wsecs"] = time.monotonic() - tw
+            res["disk"] = dev
         if rss:
             res["hwm"] = r.hwm()
         return res
@@ -364,6 +599,7 @@ def backlog(args, files, scanner, timeout=3600):
             os.link(p, os.path.join(r.stage_dir, "msg%06d" % i))
             os.rename(os.path.join(r.stage_dir, "msg%06d" % i),
                       os.path.join(inbound, "msg%06d" % i))
+        cold_for(scanner)
         t0 = time.monotonic()
         r.start(wait=False)
         t1 = r.wait_all(len(files), timeout)
@@ -435,6 +671,7 @@ def latency(args, scanner, rate, seconds, size=20 << 10, warm=1.0):
     rnd = random.Random(7)
     msgs = [make_message(i, 1, size, False, rnd) for i in range(nw + n)]
     try:
+        cold_for(scanner)
         r.start()
         outdir = os.path.join(r.spool, "outbox", "smtp")
         os.makedirs(outdir, exist_ok=True)
@@ -616,6 +853,7 @@ def main():
         if args.backlog_only:
             cd = Clamd(os.path.join(args.work, "clamd"), sigs, stream_max_length="200M",
                        extra={"MaxThreads": "8"})
+            CLAMDS[cd.unix_addr] = cd
             try:
                 print(backlog_section(args, scale, cd, R))
             finally:
@@ -644,6 +882,7 @@ def scanner_only(args, files, scanner):
     parts = sum(1 for root, _, fs in os.walk(os.path.join(r.spool, "scan"))
                 for f in fs if f.endswith(".ATT"))
     empty = Run(args, scanner)
+    cold_for(scanner)
     os.sync()  # the split's writeback must not compete with the timed run
     t0 = time.monotonic()
     subprocess.run(cmd("scanner-runner")[:2] + [empty.conf, "--once"], check=True,
@@ -810,26 +1049,22 @@ def measure(args, scale, runs, tools, sigs, R):
         res = dict(gmime=gm, parts=len(parts))
         res["exec"] = run_floor(tools, "exec", tools["noop"], plist)[1]
         if cd:
+            clamd_cold(cd)
             res["fildes"] = run_floor(tools, "fildes", cd.socket_path, plist)[1]
-        hd = os.path.join(args.work, "hand-" + k)
-        os.makedirs(hd)
-        # Four commit renames per message: claim (inbound -> incoming), split (-> scan),
-        # scanned (-> route), routed (-> outbox or quarantine).
-        res["fsync"] = run_floor(tools, "fsync", hd, 4 * len(files))[1]
-        discard(hd)
         discard(out)
-        for x in ("gmime", "exec", "fildes", "fsync", "parts"):
+        for x in ("gmime", "exec", "fildes", "parts"):
             if x in res:
                 res[x] = res[x] * scale_up if x != "parts" else int(round(res[x] * scale_up))
         return res
 
     cd = Clamd(os.path.join(args.work, "clamd"), sigs, stream_max_length="200M",
                extra={"MaxFileSize": "200M", "MaxScanSize": "400M", "MaxThreads": "8"})
+    CLAMDS[cd.unix_addr] = cd
     try:
-        modes = [("no-op exec, per attachment", lambda: scanner_noop(tools), "noop")]
+        modes = [("no-op exec, per attachment", lambda: scanner_noop(tools), "noop"),
+                 ("clamd (FILDES)", lambda: scanner_clamd(cd.unix_addr), "clamd")]
         if not args.smoke:
-            modes += [("clamd (FILDES)", lambda: scanner_clamd(cd.unix_addr), "clamd"),
-                      ("clamscan, per message", lambda: scanner_clamscan(sigs, "per-message"),
+            modes += [("clamscan, per message", lambda: scanner_clamscan(sigs, "per-message"),
                        "pm"),
                       ("clamscan, per attachment", lambda: scanner_clamscan(sigs, "per-attachment"),
                        "pa")]
@@ -884,52 +1119,81 @@ def measure(args, scale, runs, tools, sigs, R):
                         "ratio"], srows)
             s7_md = s
         corpora = ["a"] if args.smoke else ["a", "b", "c"]
-        rows, ratio_rows = [], []
+        rows = []
         R["tp"] = {}
-        floors = {}
+        cpu_rows, stage_rows, disk_rows = [], [], []
         for k in corpora:
             c = corp[k]
-            # Interleaved: in round i the floor is measured, then every mode runs once, so
-            # that each ratio compares numbers taken minutes apart, not a quarter hour
-            # (other load on the machine drifts); the ratio quoted is the median of the
-            # per-round ratios.
+            # Interleaved: in round i every mode runs once, so that the modes compare
+            # numbers taken minutes apart, not a quarter hour (other load on the machine
+            # drifts). The CPU and the bytes written are measured in every run of the
+            # no-op and clamd modes.
             times = {key: [] for _, _, key in modes}
+            cpus = {key: [] for _, _, key in modes}
+            wrote = {key: [] for _, _, key in modes}
             places = {}
-            fl = []
+            dev = disk_of(args.work)
+            bg = disk_background(dev) if dev else float("nan")
+            say("disk %s: %.0f KB/s written by others while idle" % (dev, bg / 1e3))
             for i in range(runs):
-                fl.append(floor_for(k, cd))
-                say("floor %s round %d: %s" % (k, i + 1, fl[-1]))
                 for label, mk, key in modes:
                     files = c["files"]
                     if key in ("pa", "pm"):
                         files = files[:scale["clamscan"][k]]
-                    res = throughput(args, files, mk())
+                    res = throughput(args, files, mk(), meter=key in ("noop", "clamd"))
                     times[key].append(res["secs"])
                     places[key] = res["places"]
-                    say("%s corpus %s: %d msgs in %.2f s %s" % (key, k, len(files), res["secs"],
-                                                                 res["places"]))
-            floors[k] = f = {x: median([r[x] for r in fl]) for x in fl[0]}
+                    if "cpu" in res:
+                        cpus[key].append(res["cpu"])
+                        wrote[key].append((res["written"], res["wsecs"], res["own"]))
+                    say("%s corpus %s: %d msgs in %.2f s %s%s" % (
+                        key, k, len(files), res["secs"], res["places"],
+                        " cpu %s written %.1f MB" % (
+                            {x: round(v, 2) for x, v in res["cpu"].items()},
+                            res["written"] / 1e6) if "cpu" in res else ""))
             for label, mk, key in modes:
                 files = c["files"]
                 if key in ("pa", "pm"):
                     files = files[:scale["clamscan"][k]]
+                n = len(files)
                 ts = times[key]
                 t = median(ts)
                 pl = places[key]
-                nbytes = c["bytes"] * len(files) / len(c["files"])
-                rows.append(["%s (%d msgs)" % (k, len(files)), label, len(files) / t,
+                nbytes = c["bytes"] * n / len(c["files"])
+                rows.append(["%s (%d msgs)" % (k, n), label, n / t,
                              nbytes / t / 1e6, t, min(ts), max(ts),
                              "%d/%d/%d/%d" % (pl["outbox/smtp"], pl["quarantine"],
                                               pl["hold"], pl["badmail"])])
-                R["tp"][(k, key)] = dict(secs=t, n=len(files))
-                sk = {"noop": "exec", "clamd": "fildes"}.get(key)
-                if sk is not None:
-                    per = [ts[i] / (r[sk] + r["gmime"] + r["fsync"]) for i, r in enumerate(fl)]
-                    floor_s = f[sk] + f["gmime"] + f["fsync"]
-                    ratio = median(per)
-                    ratio_rows.append([k, label, t, f[sk], f["gmime"], f["fsync"], floor_s,
-                                       ratio])
-                    R.setdefault("ratio", {})[(k, key)] = ratio
+                R["tp"][(k, key)] = dict(secs=t, n=n)
+                if not cpus[key]:
+                    continue
+                # Per round: ms of CPU per message of each group, the bound, the fraction.
+                per = []
+                for i, cp in enumerate(cpus[key]):
+                    g = dict(spoold=sum(v for x, v in cp.items() if x.startswith("spoold:")),
+                             clamd=cp.get("clamd", 0.0),
+                             kernel=cp["kernel threads"] + cp["irq+softirq"])
+                    g = {x: 1e3 * v / n for x, v in g.items()}
+                    total = sum(g.values())
+                    bound = (os.cpu_count() or 1) * 1e3 / total if total else float("nan")
+                    per.append(dict(g, total=total, bound=bound, frac=(n / ts[i]) / bound,
+                                    other=cp["other"] / ts[i], harness=cp["harness"] / ts[i]))
+                m = {x: median([r[x] for r in per]) for x in per[0]}
+                cpu_rows.append([k, label, n / t, m["spoold"], m["clamd"], m["kernel"],
+                                 m["total"], m["bound"], m["harness"], m["other"],
+                                 "**%.2fx**" % m["frac"]])
+                R.setdefault("bound", {})[(k, key)] = m
+                comms = sorted({x for cp in cpus[key] for x in cp if x.startswith("spoold:")})
+                stage_rows.append([k, label] + ["%s %.3f" % (x.split(":", 1)[1], median(
+                    [1e3 * cp.get(x, 0.0) / n for cp in cpus[key]])) for x in comms])
+                w = median([x for x, _, _ in wrote[key]])
+                amp = [x / nbytes for x, _, _ in wrote[key]]
+                bgr = median([bg * ws for _, ws, _ in wrote[key]])
+                net = median([max(0.0, x - bg * ws) / nbytes for x, ws, _ in wrote[key]])
+                own = median([o for _, _, o in wrote[key]])
+                disk_rows.append([k, label, nbytes / 1e6, w / 1e6, "**%.1fx**" % median(amp),
+                                  bgr / 1e6, net, own / 1e6, "%.1fx" % (own / nbytes)])
+                R.setdefault("wamp", {})[(k, key)] = median(amp)
         s = "## 1. End-to-end throughput\n\n"
         s += ("From the first rename into `inbound/` until every message is in `outbox/`, "
               "`quarantine/`, `hold/` or `badmail/`; median of %d runs (min and max shown). "
@@ -937,6 +1201,16 @@ def measure(args, scale, runs, tools, sigs, R):
               "quarantine count; hold and badmail must be 0). Each message has %s parts "
               "(text body, attachments, the raw message).\n\n"
               % (runs, ", ".join("%s: %d" % (k, parts_per_msg[k]) for k in corpora)))
+        s += ("**clamd's cache is cold in every timed run** (issue 19): clamd remembers the "
+              "hashes of clean content, so one corpus run again and again through one clamd "
+              "was answered from that cache after its first round. Now each run that uses "
+              "clamd (here, and in sections 3, 5 and 7, and the FILDES floor) starts with "
+              "`RELOAD`, and the clock starts only once clamd has activated the new engine "
+              "(its log says `%s`) and answers `PING`: %d reloads in this run, %.1f s in all, "
+              "none of it timed. Within a run the cache works as in production: the "
+              "corpora have distinct content. Figures before this change (up to the run of "
+              "2026-11-28) were flattered: corpus b's 139 msg/s was about 38 with a cold "
+              "cache.\n\n" % (RELOAD_MARK, COLD["n"], COLD["secs"]))
         if not args.smoke:
             s += ("The two `clamscan` modes run on the first %s messages of corpora a, b, c "
                   "(a clamscan process per part or per message; the whole corpora would add "
@@ -946,33 +1220,49 @@ def measure(args, scale, runs, tools, sigs, R):
                     "final places"], rows)
         sec.append(s)
 
-        s = "## 2. The floor, and the pipeline's cost against it\n\n"
-        s += ("Measured in the same run by `bench/floor.c` (one process, no pipeline): "
-              "`exec` = fork+execve+waitpid of `bench/noop` per part; `FILDES` = connect, "
-              "`zFILDES`, the descriptor, the reply, per part, against the same clamd; "
-              "`hand-off` = create a file, fsync it, fsync its directory, rename the "
-              "directory, fsync both parents, 4 per message (claim, split, scanned, routed); "
-              "`GMime` = `mime_extract()` (the splitter's own `splitter/mime.c`) of every "
-              "message in one process, parts written, not fsync'd. The floor is measured "
-              "on the first %s messages of corpora %s and scaled linearly to the whole "
-              "corpus. Floor = scan + GMime + "
-              "hand-offs, serial; ratio = median over the rounds of pipeline time / floor "
-              "time of the same round. The pipeline overlaps its stages on %d cores, so a ratio "
-              "below 1 is possible. Goal: ratio <= 1.5.\n\n"
-              % ("/".join(str(scale["floor"][k]) for k in corpora), "/".join(corpora),
-                 os.cpu_count() or 0))
-        frows = []
-        for k in corpora:
-            f = floors[k]
-            frows.append([k, f["parts"], f["exec"], f.get("fildes", float("nan")), f["gmime"],
-                          f["fsync"], 1e6 * f["exec"] / f["parts"],
-                          1e6 * f.get("fildes", float("nan")) / f["parts"],
-                          1e6 * f["fsync"] / (4 * len(corp[k]["files"]))])
-        s += table(["corpus", "parts", "exec s", "FILDES s", "GMime s", "hand-offs s",
-                    "us/exec", "us/FILDES", "us/hand-off"], frows)
-        s += "\n"
-        s += table(["corpus", "mode", "pipeline s", "scan floor s", "GMime s", "hand-offs s",
-                    "floor s", "ratio"], [r[:7] + ["**%.2fx**" % r[7]] for r in ratio_rows])
+        s = "## 2. The floor: the CPU bound, and the pipeline against it\n\n"
+        s += ("The bound is what %d cores could do if every CPU cycle went to the work: "
+              "cores / (CPU per message of every process involved). Measured in each timed "
+              "run of section 1 (no-op and clamd modes) from `/proc/<pid>/stat` "
+              "(utime+stime, plus cutime+cstime: the scanner-runner's exec scanners are "
+              "reaped by it) and `/proc/stat`: **spoold** = spoold and every process under it "
+              "(stages, connectors, scanners); **clamd** = the clamd process; **kernel** = "
+              "every kernel thread (writeback, the journal, kworkers) plus irq and softirq "
+              "time, machine-wide: on a shared machine this includes other users' kernel "
+              "work, which lowers the bound and so flatters the fraction a little. There is "
+              "no SMTP sink here (the outbox is the end); `make bench-mta` has one. "
+              "throughput / bound = median over the rounds; goal >= 0.85x. The two columns "
+              "before it are not in the bound: the harness's own poller (it counts the final "
+              "places every 2 ms) and everything else the machine ran meanwhile, in cores. "
+              "This replaces the floor of earlier runs (scan + GMime + four fsync'd hand-offs "
+              "per message, serial), which the pipeline beat by 0.42-0.8x, so it was no "
+              "floor.\n\n" % (os.cpu_count() or 0))
+        s += table(["corpus", "mode", "msg/s", "spoold ms/msg", "clamd ms/msg",
+                    "kernel ms/msg", "total ms/msg", "CPU bound msg/s", "harness cores",
+                    "other load cores", "throughput / bound"], cpu_rows)
+        s += ("\nspoold's CPU per message by process (ms, median over the rounds; "
+              "`+children`: what the children a process reaped used, such as the exec "
+              "scanners of the scanner-runner):\n\n")
+        s += table(["corpus", "mode", "processes"],
+                   [[r[0], r[1], ", ".join(r[2:])] for r in stage_rows])
+        s += ("\n### Bytes written per byte of mail\n\n"
+              "Sectors written to the spool's disk (`/proc/diskstats`, device `%s`), from a "
+              "`sync` just before the first rename into `inbound/` to a `sync` right after the "
+              "last message reached its final place (what the run left dirty is charged to "
+              "it), median over the rounds, divided by the bytes of the messages taken in. "
+              "The disk is shared: the writes of everyone else are in the count. Their rate "
+              "was measured for 3 s (from a `sync` to a `sync`, as a run is) before each "
+              "corpus's rounds; the last column subtracts it over each run's own span from "
+              "sync to sync (an estimate: others write in bursts). Goal: <= 3x.\n\n"
+              % (disk_of(args.work) or "none: not a block device"))
+        s += ("\nThe last two columns count spoold's own data writes instead: what its "
+              "processes made dirty for the disk, less what they deleted or truncated before "
+              "writeback (`/proc/<pid>/io` write_bytes - cancelled_write_bytes of every live "
+              "process under spoold, before the first rename and after the last final place); "
+              "no one else's writes are in it, nor metadata and the journal.\n\n")
+        s += table(["corpus", "mode", "mail MB", "written MB", "written / mail",
+                    "others' est. MB", "written / mail without others", "spoold's own MB",
+                    "spoold's own / mail"], disk_rows)
         sec.append(s)
         if args.smoke:
             return sec
@@ -1077,9 +1367,19 @@ def goals(R, args):
 
     def line(ok, text):
         out.append("| %s | %s |" % ("met" if ok else "**not met**", text))
-    if "ratio" in R:
-        for (k, key), v in sorted(R["ratio"].items()):
-            line(v <= 1.5, "pipeline / floor <= 1.5x: corpus %s, %s: %.2fx" % (k, key, v))
+    if "bound" in R:
+        for (k, key), m in sorted(R["bound"].items()):
+            line(m["frac"] >= 0.85, "throughput >= 85 %% of the CPU bound: corpus %s, %s: "
+                 "%.0f %% (%.0f of %.0f msg/s)" % (k, key, 100 * m["frac"],
+                                                   m["bound"] * m["frac"], m["bound"]))
+        if ("a", "clamd") in R["bound"]:
+            v = R["bound"][("a", "clamd")]["spoold"]
+            line(v <= 1.0, "spoold's own CPU <= 1.0 ms per message on corpus a (clamd): "
+                 "%.2f ms" % v)
+    if "wamp" in R:
+        for (k, key), v in sorted(R["wamp"].items()):
+            line(v <= 3, "bytes written to the disk <= 3x the mail taken in: corpus %s, %s: "
+                 "%.1fx" % (k, key, v))
     if "lat" in R:
         line(R["lat"]["p50"] <= 5, "latency p50 <= 5 ms (clamd, %d msg/s): %.1f ms"
              % (args_rate(args), R["lat"]["p50"]))
@@ -1138,6 +1438,8 @@ def write_doc(args, mach, cmd, elapsed, sections, R, scale, runs):
                mach["cores"], mach.get("cpu", "?"), mach.get("mem", "?"), mach["kernel"]),
            "* **Disk:** %s" % mach["disk"],
            "* **Binaries:** `%s`" % args.bin,
+           "* **clamd:** one instance, the project's test database, `RELOAD`ed (an empty "
+           "cache) before every timed run that uses it: %d reloads" % COLD["n"],
            "* **Corpora:** %s; about 5 %% of messages carry EICAR (in place of their first "
            "attachment); medians over %d runs" % ("; ".join(
                "%s: %d messages x %d attachment(s) of %s" % (

@@ -16,6 +16,19 @@
  * record in badmail/; anything else - 4xx, a refused connection, a timeout - keeps the
  * entry for a retry with back-off. Bare LF line ends are sent as CRLF; libcurl does the
  * dot-stuffing.
+ *
+ * Connection reuse: one libcurl handle lives across messages, so its connection cache
+ * keeps the SMTP connection open after a delivery and the next message goes over it
+ * (Postfix's smtpd and smtp-sink take many messages per connection; a connection per
+ * message cost a connect, a greeting, EHLO and QUIT each). Each message is its own MAIL,
+ * RCPT..., DATA transaction; none is ever half-done on a connection we reuse, because any
+ * result but a 2xx for the whole message closes the connection (curl_easy_cleanup: QUIT
+ * when it is still sound) and the next message starts on a fresh one. So no RSET is
+ * needed, and a server in a state we do not know is never talked to again. Bounds: a
+ * connection idle for SMTP_IDLE_MS is closed (the connector loop calls smtp_idle while it
+ * waits, and libcurl refuses to reuse it after that long as well), and one that carried
+ * SMTP_REUSE_MAX messages is closed after the last of them. A server that dropped an
+ * idle connection is noticed by libcurl before reuse, which then connects anew.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -28,6 +41,38 @@
 #include "envelope.h"
 #include "log.h"
 #include "util.h"
+
+#define SMTP_IDLE_MS   5000 /* like Postfix's smtp_connection_cache_time_limit, a bit longer */
+#define SMTP_REUSE_MAX 100  /* messages per connection */
+
+/* The handle whose connection cache holds the open connection (NULL: none). One connector
+ * process delivers one message at a time, so one handle is enough. */
+static CURL *smtp_curl;
+static int64_t smtp_last_use; /* monotonic ms of the end of the last delivery */
+static unsigned smtp_uses;    /* messages delivered over the cached connection */
+
+/* Close the cached connection (QUIT if it is sound) and forget the handle. */
+static void smtp_conn_close(void)
+{
+	if (smtp_curl)
+		curl_easy_cleanup(smtp_curl);
+	smtp_curl = NULL;
+	smtp_uses = 0;
+}
+
+/* Called by the connector loop while it waits: close a connection idle for SMTP_IDLE_MS.
+ * Returns the ms until it should be called again, -1 when nothing is open. */
+static int smtp_idle(void)
+{
+	if (smtp_curl == NULL)
+		return -1;
+	int64_t left = smtp_last_use + SMTP_IDLE_MS - now_ms_monotonic();
+	if (left > 0)
+		return (int)left;
+	log_debug(NULL, "closing the SMTP connection, idle for %d ms", SMTP_IDLE_MS);
+	smtp_conn_close();
+	return -1;
+}
 
 struct smtp_reader {
 	int fd;
@@ -109,7 +154,13 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 	struct curl_slist *rcpts = NULL;
 	struct smtp_reader rd = {.fd = msgfd};
 	enum conn_result res = CONN_TEMP;
-	CURL *c = curl_easy_init();
+	/* The handle of the last delivery, its connection still cached, or a new one. Reset:
+	 * every option is set below for this message alone; the connection cache stays. */
+	if (smtp_curl == NULL)
+		smtp_curl = curl_easy_init();
+	else
+		curl_easy_reset(smtp_curl);
+	CURL *c = smtp_curl;
 	if (c == NULL) {
 		snprintf(reply, rlen, "curl_easy_init failed");
 		return CONN_TEMP;
@@ -134,6 +185,8 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)cc->timeout);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	/* libcurl's own idle bound on reuse, the same as smtp_idle's. */
+	curl_easy_setopt(c, CURLOPT_MAXAGE_CONN, (long)(SMTP_IDLE_MS / 1000));
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
 	struct smtp_last last = {.line = ""};
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, smtp_header);
@@ -155,8 +208,15 @@ static enum conn_result smtp_deliver(const struct conf_connector *cc, struct out
 		 * trouble are worth another try. */
 		res = code >= 500 && code <= 599 && !rd.err ? CONN_PERM : CONN_TEMP;
 	}
+	/* Reuse only a connection whose last transaction ended in a 2xx for the whole
+	 * message: after anything else its state is not known, so it goes (see the top). */
+	smtp_last_use = now_ms_monotonic();
+	if (res != CONN_OK || ++smtp_uses >= SMTP_REUSE_MAX)
+		smtp_conn_close();
+	else
+		/* Nothing of this message's may stay reachable from the handle. */
+		curl_easy_reset(c);
 	curl_slist_free_all(rcpts);
-	curl_easy_cleanup(c);
 	free(url);
 	free(from);
 	return res;
@@ -168,10 +228,12 @@ int main(int argc, char **argv)
 	    .prog = "connector-smtp",
 	    .type = CONN_SMTP,
 	    .deliver = smtp_deliver,
+	    .idle = smtp_idle,
 	};
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
 		die_temp(NULL, "curl_global_init failed");
 	int rc = connector_main(&cn, argc, argv);
+	smtp_conn_close(); /* QUIT on the way out */
 	curl_global_cleanup();
 	return rc;
 }

@@ -220,6 +220,11 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 			break;
 		char ev[1024];
 		int64_t wait = next_scan - now_ms_monotonic();
+		if (cn->idle) {
+			int iw = cn->idle();
+			if (iw >= 0 && iw < wait)
+				wait = iw;
+		}
 		switch (watch_next(wait < 0 ? 0 : (int)wait, ev, sizeof ev)) {
 		case WATCH_NAME:
 			/* spoolctl flush made every entry due now: look at all of them. */

@@ -28,6 +28,9 @@ struct connector {
 	enum conn_result (*deliver)(const struct conf_connector *cc, struct outbox_entry *e,
 	                            const struct envelope *env, int msgfd, char *reply,
 	                            size_t rlen);
+	/* Optional: called while the loop waits for work; returns the ms until it wants to be
+	 * called again (to close an idle connection: connector-smtp), or -1. */
+	int (*idle)(void);
 };
 
 int connector_main(const struct connector *cn, int argc, char **argv);

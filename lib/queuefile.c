@@ -3,6 +3,7 @@
  */
 #include "queuefile.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,8 +13,79 @@
 
 #include "util.h"
 
+static const char *const queuefile_attr_names[] = {"name", "addr",  "port",   "proto",
+                                                   "helo", "ident", "source", NULL};
+
+int queuefile_attrs_check(const char *attrs, size_t n)
+{
+	if (n > QUEUEFILE_ATTR_MAX)
+		return -1;
+	size_t i = 0;
+	while (i < n) {
+		size_t k = i;
+		while (k < n && attrs[k] >= 'a' && attrs[k] <= 'z')
+			k++;
+		if (k == i || k >= n || attrs[k] != '=')
+			return -1;
+		int known = 0;
+		for (size_t j = 0; queuefile_attr_names[j]; j++)
+			if (strlen(queuefile_attr_names[j]) == k - i &&
+			    memcmp(queuefile_attr_names[j], attrs + i, k - i) == 0)
+				known = 1;
+		if (!known)
+			return -1;
+		/* The value as escape_bytes writes it: it cannot end the token, the line or the
+		 * trace line it is copied into, and unescapes to the bytes the client sent. */
+		for (i = k + 1; i < n && attrs[i] != ' '; i++) {
+			unsigned char c = (unsigned char)attrs[i];
+			if (c <= 0x20 || c > 0x7e)
+				return -1;
+			if (c == '\\' && (i + 3 >= n || attrs[i + 1] != 'x' ||
+			                  !isxdigit((unsigned char)attrs[i + 2]) ||
+			                  !isxdigit((unsigned char)attrs[i + 3])))
+				return -1;
+		}
+		if (i < n) {
+			i++; /* one space between tokens, none at the end */
+			if (i == n)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+int queuefile_head_parse(const char *p, size_t n, struct envelope *env, struct buf *attrs,
+                         size_t *used, char *reason, size_t rlen)
+{
+	size_t off = 0;
+	if (attrs)
+		buf_reset(attrs);
+	if (n > 0 && p[0] == 'X') {
+		const char *nl =
+		    memchr(p, '\n', n < QUEUEFILE_ATTR_MAX + 2 ? n : QUEUEFILE_ATTR_MAX + 2);
+		if (nl == NULL) {
+			envelope_init(env);
+			snprintf(reason, rlen, "queue file: X record too long or unterminated");
+			return -1;
+		}
+		size_t len = (size_t)(nl - p) - 1;
+		if (queuefile_attrs_check(p + 1, len) < 0) {
+			envelope_init(env);
+			snprintf(reason, rlen, "queue file: malformed X record");
+			return -1;
+		}
+		if (attrs)
+			buf_add(attrs, p + 1, len);
+		off = len + 2;
+	}
+	if (envelope_parse(p + off, n - off, env, used, reason, rlen) < 0)
+		return -1;
+	*used += off;
+	return 0;
+}
+
 int queuefile_create(struct spool *sp, const char *suffix, const struct envelope *env,
-                     struct queuefile *qf)
+                     const char *attrs, struct queuefile *qf)
 {
 	qf->fd = -1;
 	qf->err = 0;
@@ -32,6 +104,10 @@ int queuefile_create(struct spool *sp, const char *suffix, const struct envelope
 	struct buf b;
 	buf_init(&b);
 	buf_addstr(&b, QUEUE_FILE_MAGIC);
+	while (attrs && *attrs == ' ')
+		attrs++;
+	if (attrs && *attrs && queuefile_attrs_check(attrs, strlen(attrs)) == 0)
+		buf_printf(&b, "X%s\n", attrs);
 	envelope_format(env, &b);
 	int r = queuefile_write(qf, b.data, b.len);
 	buf_free(&b);

@@ -36,8 +36,9 @@
  * stages' conventions: readiness, SIGTERM/SIGUSR1/SIGUSR2, $SPOOLD_PAUSED, metrics.
  *
  * XFORWARD attributes (the original client, from Postfix) are logged with the queue ID
- * on the "queued" line; the trace file is begun by the splitter, which the queue-file
- * format cannot carry them to yet.
+ * on the "queued" line, and written into the queue file's X record: the splitter copies
+ * them into the message's trace ("xforward name=... addr=..."). They are what the client
+ * says, escaped, and decide nothing.
  *
  * Exit: 0 after SIGTERM; 75 when the spool or a listener cannot be set up (spoold
  * restarts it); 78 on a bad config.
@@ -156,7 +157,8 @@ static int lmtpd_op_data_begin(void *ctx)
 {
 	struct lmtpd_conn *c = ctx;
 	buf_reset(&c->wbuf);
-	if (queuefile_create(&lmtpd_spool, LMTPD_TMP_SUFF, &c->sess.env, &c->qf) < 0) {
+	if (queuefile_create(&lmtpd_spool, LMTPD_TMP_SUFF, &c->sess.env,
+	                     buf_cstr(&c->sess.xforward), &c->qf) < 0) {
 		log_warn(c->qf.qid, "cannot create a queue file in %s/tmp: %s", lmtpd_spool.root,
 		         strerror(errno));
 		return -1;

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "manifest.h"
+#include "queuefile.h"
 #include "mime.h"
 #include "spool.h"
 #include "stage.h"
@@ -239,15 +240,18 @@ static int splitter_attempt_count(struct spool_entry *e, int fresh)
  * the fd of the body, or -1 with reason (bad input), or -2 on I/O error. */
 static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size_t rlen)
 {
-	struct buf head, env_out;
+	struct buf head, env_out, attrs;
 	struct envelope env;
 	size_t used = 0;
 	int rc = -1, out = -1;
 	buf_init(&head);
 	buf_init(&env_out);
+	buf_init(&attrs);
 	envelope_init(&env);
-	/* Bound what we read: the envelope is at most ENV_RCPT_MAX lines of ENV_ADDR_MAX. */
-	size_t max = strlen(QUEUE_FILE_MAGIC) + (size_t)(ENV_ADDR_MAX + 2) * (ENV_RCPT_MAX + 2);
+	/* Bound what we read: the X record, and the envelope is at most ENV_RCPT_MAX lines of
+	 * ENV_ADDR_MAX. */
+	size_t max = strlen(QUEUE_FILE_MAGIC) + QUEUEFILE_ATTR_MAX + 2 +
+	             (size_t)(ENV_ADDR_MAX + 2) * (ENV_RCPT_MAX + 2);
 	char tmp[65536];
 	off_t off = 0;
 	while (head.len < max) {
@@ -267,8 +271,13 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 			break;
 	}
 	size_t ml = strlen(QUEUE_FILE_MAGIC);
-	if (envelope_parse(head.data + ml, head.len - ml, &env, &used, reason, rlen) < 0)
+	if (queuefile_head_parse(head.data + ml, head.len - ml, &env, &attrs, &used, reason, rlen) <
+	    0)
 		goto out;
+	/* The intake's XFORWARD attributes (checked to be escaped name=value tokens): for the
+	 * trace only, a claim by whoever wrote the file. */
+	if (attrs.len)
+		trace_add(e->fd, e->qid, "xforward %s", buf_cstr(&attrs));
 	off_t from = (off_t)(ml + used);
 	char magic[sizeof QUEUE_FILE_MAGIC];
 	ssize_t mr = pread(fd, magic, ml, from);
@@ -308,6 +317,7 @@ out:
 	envelope_free(&env);
 	buf_free(&head);
 	buf_free(&env_out);
+	buf_free(&attrs);
 	return rc;
 }
 

@@ -39,6 +39,7 @@
 #include "conf.h"
 #include "ctl.h"
 #include "envelope.h"
+#include "queuefile.h"
 #include "log.h"
 #include "qstat.h"
 #include "spool.h"
@@ -68,7 +69,8 @@ static int q_inbound_envelope(int dirfd, const char *name, struct envelope *env)
 		return -1;
 	size_t used;
 	char reason[128];
-	return envelope_parse(head + ml, (size_t)n - ml, env, &used, reason, sizeof reason);
+	return queuefile_head_parse(head + ml, (size_t)n - ml, env, NULL, &used, reason,
+	                            sizeof reason);
 }
 
 /* Locked by a stage right now? A shared lock taken and dropped at once: a stage that

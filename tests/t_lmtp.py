@@ -157,6 +157,73 @@ def pipelined_lmtp_gives_one_reply_per_recipient_and_mail_flows_to_the_outbox():
     assert env == "Ss@example.com\nRa@example.org\nRb@example.org\nE\n", env
     log = p.logtext()
     assert "qid=%s queued" % qid in log and "addr=192.0.2.7" in log, log[-2000:]
+    # XFORWARD reached the message's own trace, through the queue file's X record.
+    trace = p.read(done[0][2], "trace").decode()
+    xf = [ln for ln in trace.splitlines() if " xforward " in ln]
+    assert len(xf) == 1 and xf[0].endswith(
+        " xforward name=mx.example addr=192.0.2.7 proto=ESMTP helo=mx.example"), trace
+
+
+@test
+def xforward_attacker_bytes_are_escaped_in_the_trace_and_reset_per_transaction():
+    """Every XFORWARD attribute Postfix sends, with hostile bytes in a value: the trace line
+    holds them escaped (no line break, no extra token); the next transaction of the
+    session, without XFORWARD, has no xforward line."""
+    p = lmtp_pipeline()
+    c = connect(p)
+    lhlo(c)
+    c.send(b"XFORWARD NAME=evil\txhost ADDR=IPV6:2001:db8::1 PORT=2525\r\n"
+           b"XFORWARD PROTO=ESMTP HELO=a\\b=c IDENT=123abc SOURCE=REMOTE\r\n")
+    assert [c.code(), c.code()] == [250, 250]
+    one = b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
+    c.send(one)
+    assert [c.code(), c.code(), c.code()] == [250, 250, 354]
+    c.send(data_lines(msgs.clean(subject="first")))
+    q1 = queued_qid(c.line())
+    c.send(one)
+    assert [c.code(), c.code(), c.code()] == [250, 250, 354]
+    c.send(data_lines(msgs.clean(subject="second")))
+    q2 = queued_qid(c.line())
+    c.send("QUIT\r\n")
+    assert c.code() == 221
+    done = {q: path for _, q, path in p.wait_final(2)}
+    t1 = p.read(done[q1], "trace").decode()
+    xf = [ln for ln in t1.splitlines() if " xforward " in ln]
+    assert len(xf) == 1, t1
+    assert xf[0].split(" xforward ", 1)[1] == (
+        "name=evil\\x09xhost addr=IPV6:2001:db8::1 port=2525 proto=ESMTP "
+        "helo=a\\x5cb\\x3dc ident=123abc source=REMOTE"), xf
+    t2 = p.read(done[q2], "trace").decode()
+    assert " xforward " not in t2, t2
+
+
+@test
+def queue_files_with_and_without_an_x_record_and_a_forged_one():
+    """The X record is optional (files from before it read as before); a malformed one,
+    which only a local writer of inbound/ can make, sends the file to badmail/ with the
+    reason, and never into the trace."""
+    p = lmtp_pipeline()
+    m = msgs.clean(subject="queue file")
+    head = b"SPOOLD-QUEUE-FILE 1\n"
+    env = b"Ss@example.com\nRa@example.org\nE\n"
+    p.drop("old", head + env + m)
+    p.drop("withx", head + b"Xaddr=192.0.2.9 helo=h\n" + env + m)
+    p.drop("forged", head + b"Xaddr=1 reason=clean\n" + env + m)
+    p.drop("newline", head + b"Xaddr=1\rx\n" + env + m)
+    p.drop("toolong", head + b"Xaddr=" + b"1" * 3000 + b"\n" + env + m)
+    done = p.wait_final(5)
+    places = sorted(f[0] for f in done)
+    assert places == ["badmail"] * 3 + ["outbox/smtp"] * 2, done
+    for place, q, path in done:
+        trace = p.read(path, "trace").decode()
+        if place == "badmail":
+            assert " xforward " not in trace, trace
+            reason = p.read(path, "reason").decode()
+            assert "X record" in reason, reason
+        elif b"withx" in p.read(path, "trace"):
+            assert "xforward addr=192.0.2.9 helo=h\n" in trace, trace
+        else:
+            assert " xforward " not in trace, trace
 
 
 @test

@@ -107,6 +107,13 @@ def postfix_lmtp_spoold_postfix_from_the_documented_recipe():
     # Both went through lmtpd (not a pipe), XFORWARD told it the original client.
     queued = [ln for ln in p.logtext().splitlines() if "lmtpd" in ln and " queued " in ln]
     assert len(queued) == 2 and all("addr=127.0.0.1" in ln for ln in queued), queued
+    # ... and the quarantined message's own trace records that client (the X record of
+    # the queue file, copied by the splitter), as Postfix forwarded it.
+    (qq,) = p.entries("quarantine")
+    trace = p.read(os.path.join(p.spool, "quarantine", qq), "trace").decode()
+    xf = [ln.split(" xforward ", 1)[1] for ln in trace.splitlines() if " xforward " in ln]
+    assert len(xf) == 1 and " addr=127.0.0.1 " in " %s " % xf[0], trace
+    assert re.search(r"(^| )proto=E?SMTP( |$)", xf[0]) and "helo=" in xf[0], xf
     assert p.outbox() == [], "outbox entries left: %s" % p.outbox()
     # What reached the mailbox, through Postfix, rescanned whole and re-split, is clean.
     p.assert_delivered_clean(pf.mailbox("bob"))

@@ -4,6 +4,7 @@ answers with scripted reply codes (e.g. first a 451 to DATA, then 250).
     s = SmtpSink(data_replies=["451 try later", "250 ok"])   # cycles through the list
     s.port; s.messages -> [(mail_from, [rcpts], data_bytes)]; s.stop()
     s.lines -> every command line received, raw bytes (what was on the wire)
+    s.connections -> how many connections were accepted (one session each)
     SmtpSink(unix_path="/dir/smtp")   # listens on a Unix socket instead (s.port is None)
     SmtpSink(smtputf8=True)           # offers SMTPUTF8 in its EHLO reply
 """
@@ -21,6 +22,7 @@ class SmtpSink:
         self.messages = []
         self.lines = []
         self.attempts = 0
+        self.connections = 0
         self.unix_path = unix_path
         if unix_path:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -46,6 +48,7 @@ class SmtpSink:
                 continue
             except OSError:
                 return
+            self.connections += 1
             try:
                 self._session(c)
             except OSError:
