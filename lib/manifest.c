@@ -201,13 +201,7 @@ int manifest_read_owned_at(int dirfd, struct manifest *m, uid_t owner, char *rea
 	int rc = -1;
 	uid_t found = (uid_t)-1;
 	if (read_file_owned_at(dirfd, "manifest", &b, MANIFEST_MAX_BYTES, owner, &found) < 0) {
-		if (errno == EPERM && found != (uid_t)-1)
-			snprintf(reason, rlen,
-			         "manifest: belongs to uid %ld, not to uid %ld that writes it: "
-			         "treated as not written",
-			         (long)found, (long)owner);
-		else
-			snprintf(reason, rlen, "manifest: %s", strerror(errno));
+		read_file_owned_reason(reason, rlen, "manifest", owner, found, errno);
 		goto out;
 	}
 	char *line = b.data;

@@ -259,6 +259,18 @@ int read_file_at(int dirfd, const char *name, struct buf *out, size_t max)
 	return read_file_owned_at(dirfd, name, out, max, (uid_t)-1, NULL);
 }
 
+void read_file_owned_reason(char *reason, size_t rlen, const char *name, uid_t owner, uid_t found,
+                            int err)
+{
+	if (err == EPERM && found != (uid_t)-1)
+		snprintf(reason, rlen,
+		         "%s: belongs to uid %ld, not to uid %ld that writes it: treated as not "
+		         "written",
+		         name, (long)found, (long)owner);
+	else
+		snprintf(reason, rlen, "%s: %s", name, strerror(err));
+}
+
 int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,
                        uid_t *found)
 {
@@ -379,7 +391,9 @@ void util_sha256_hex(const void *p, size_t n, char hex[65])
 	util_sha256_finish(&c, hex);
 }
 
-int copy_fd_sha256(int src, int dst, char hex[65])
+/* Both copies: pread from offset 0 (the source's own offset is left alone), the hash
+ * only when asked for. */
+static int util_copy(int src, int dst, char *hex)
 {
 	struct sha256_ctx c;
 	char tmp[65536];
@@ -394,32 +408,25 @@ int copy_fd_sha256(int src, int dst, char hex[65])
 		}
 		if (r == 0)
 			break;
-		sha256_update(&c, (size_t)r, (const uint8_t *)tmp);
+		if (hex)
+			sha256_update(&c, (size_t)r, (const uint8_t *)tmp);
 		if (write_all(dst, tmp, (size_t)r) < 0)
 			return -1;
 		off += r;
 	}
-	util_sha256_finish(&c, hex);
+	if (hex)
+		util_sha256_finish(&c, hex);
 	return 0;
+}
+
+int copy_fd_sha256(int src, int dst, char hex[65])
+{
+	return util_copy(src, dst, hex);
 }
 
 int copy_fd(int src, int dst)
 {
-	char tmp[65536];
-	off_t off = 0;
-	for (;;) {
-		ssize_t r = pread(src, tmp, sizeof tmp, off);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (r == 0)
-			return 0;
-		if (write_all(dst, tmp, (size_t)r) < 0)
-			return -1;
-		off += r;
-	}
+	return util_copy(src, dst, NULL);
 }
 
 int fsync_dir(int dirfd)

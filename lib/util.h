@@ -95,6 +95,9 @@ void util_sha256_hex(const void *p, size_t n, char hex[65]);
  * with EPERM, and *found (if not NULL) says who it was. owner (uid_t)-1: no check. */
 int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,
                        uid_t *found);
+/* The reason text for a failed read_file_owned_at of name (err: its errno). */
+void read_file_owned_reason(char *reason, size_t rlen, const char *name, uid_t owner, uid_t found,
+                            int err);
 /* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The
  * directory itself is not fsync'd: the caller batches that (group commit). */
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode);

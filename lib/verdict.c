@@ -117,13 +117,7 @@ int verdicts_read_owned_at(int dirfd, struct verdicts *vs, uid_t owner, char *re
 	char *scanner = NULL, *virus = NULL, *ex = NULL, *version = NULL, *argv = NULL;
 	uid_t found = (uid_t)-1;
 	if (read_file_owned_at(dirfd, "verdicts", &b, 64u << 20, owner, &found) < 0) {
-		if (errno == EPERM && found != (uid_t)-1)
-			snprintf(reason, rlen,
-			         "verdicts: belongs to uid %ld, not to uid %ld that writes it: "
-			         "treated as not written",
-			         (long)found, (long)owner);
-		else
-			snprintf(reason, rlen, "verdicts: %s", strerror(errno));
+		read_file_owned_reason(reason, rlen, "verdicts", owner, found, errno);
 		goto out;
 	}
 	char *line = b.data;

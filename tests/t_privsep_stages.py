@@ -39,16 +39,14 @@ def separated(extra="", **kw):
 def _stage_pids(p):
     """{stage name: [pid]} of the stages spoold runs, from /proc."""
     out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid in p.pids_using_conf():
         try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
         except OSError:
             continue
-        if p.conf.encode() in argv and int(d) != p.proc.pid:
-            out.setdefault(os.path.basename(argv[0].decode()), []).append(int(d))
+        if pid != p.proc.pid:
+            out.setdefault(os.path.basename(argv0.decode()), []).append(pid)
     return out
 
 
