@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -70,6 +71,23 @@ static int cache_env_open(struct cache *c, uint64_t size)
 	}
 	/* The reader table descriptor opens at the first transaction: done above. */
 	cache_fds_mark(was, 1);
+	/* Trust by ownership: a verdict cache another user could write (in a separated spool,
+	 * a stage that made the file before us in run/, whose sticky bit keeps it there) would
+	 * let it call any part clean. Only files of our own, writable by no one else. */
+	int dfd = -1;
+	struct stat st, lst;
+	char lock[4200];
+	bsnprintf(lock, sizeof lock, "%s-lock", c->path);
+	if (mdb_env_get_fd(env, &dfd) != 0 || fstat(dfd, &st) < 0 || st.st_uid != geteuid() ||
+	    (st.st_mode & 022) || lstat(lock, &lst) < 0 || !S_ISREG(lst.st_mode) ||
+	    lst.st_uid != geteuid() || (lst.st_mode & 022)) {
+		log_error(NULL,
+		          "verdict cache %s (or its -lock) is not this user's own, or others may "
+		          "write it: not used; remove it by hand",
+		          c->path);
+		mdb_env_close(env);
+		return EACCES;
+	}
 	c->env = env;
 	c->dbi = dbi;
 	return 0;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -112,6 +113,21 @@ int main(void)
 	CHECK("corrupt_reopened", cache_open(&c, dir, "s", 1u << 20) == 0 && c.env != NULL);
 	CHECK("corrupt_is_empty", cache_get(&c, k1, &v, virus, sizeof virus) == 0);
 	cache_close(&c);
+
+	/* Others may write it (a stage of another user made it first, or made it writable):
+	 * never used, scanned without it. */
+	CHECK("group_writable_refused",
+	      chmod(path, 0660) == 0 && cache_open(&c, dir, "s", 1u << 20) < 0 && c.env == NULL);
+	chmod(path, 0640);
+	if (geteuid() == 0) {
+		CHECK("other_owner_refused", chown(path, 65534, 65534) == 0 &&
+		                                 cache_open(&c, dir, "s", 1u << 20) < 0 &&
+		                                 c.env == NULL);
+		CHECK("own_again_used", chown(path, 0, 0) == 0 &&
+		                            cache_open(&c, dir, "s", 1u << 20) == 0 &&
+		                            c.env != NULL);
+		cache_close(&c);
+	}
 
 	unlink(path);
 	unlink(lock);
