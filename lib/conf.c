@@ -636,10 +636,12 @@ static void conf_roles_resolve(struct conf_ctx *cx, const config_setting_t *root
 		ru->uid = (uid_t)-1;
 		ru->gid = (gid_t)-1;
 		if (ru->name[0] == '\0') {
-			if (r != ROLE_SPOOL)
+			if (r != ROLE_SPOOL) {
+				free(ru->name);
 				*ru = (struct conf_role_user){xstrdup(c->roles[ROLE_SPOOL].name),
 				                              c->roles[ROLE_SPOOL].uid,
 				                              c->roles[ROLE_SPOOL].gid};
+			}
 			continue;
 		}
 		errno = 0;

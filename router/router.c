@@ -1276,13 +1276,18 @@ static int router_handle(struct stage *st, const char *qid)
 		router_text(&why, reason, sizeof reason);
 		buf_addstr(&why, "\n");
 		o = OUT_HOLD;
-	} else if (vs.qid && strcmp(vs.qid, e.qid) != 0) {
-		/* Verdicts moved in from another message: they say nothing about this one. */
+	} else if (st->conf->separated && vs.msg_sha256 == NULL && vs.qid &&
+	           strcmp(vs.qid, e.qid) != 0) {
+		/* Verdicts moved in from another message: they say nothing about this one. Only
+		 * where another stage's user could have moved them (one user can forge them
+		 * anyway), and only without the message's hash, which binds them better: a
+		 * commit rename that met a taken name gives the entry a fresh queue ID after
+		 * its verdicts were written, and the hash survives that; the qid does not. */
 		buf_addstr(&why, "verdicts are for another message (");
 		router_text(&why, vs.qid, strlen(vs.qid));
 		buf_addstr(&why, ")\n");
 		o = OUT_HOLD;
-	} else if (vs.qid == NULL && st->conf->separated) {
+	} else if (vs.qid == NULL && vs.msg_sha256 == NULL && st->conf->separated) {
 		buf_addstr(&why, "verdicts do not name the message they are for\n");
 		o = OUT_HOLD;
 	} else {

@@ -56,7 +56,8 @@ build-smtp: $(SMTP_BIN)
 $(SMTP_BIN): $(SMTP_SRC) $(wildcard lib/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined -Ilib $(SMTP_SRC) -o $@
+	    -fno-sanitize-recover=undefined -Ilib $$(pkg-config --cflags nettle) $(SMTP_SRC) \
+	    $$(pkg-config --libs nettle) -o $@
 run: run-smtp
 run-smtp: $(SMTP_BIN)
 	@mkdir -p $(FUZZ_DIR)/corpus-smtp
