@@ -260,6 +260,43 @@ def compromised_splitter_cannot_change_the_message_after_the_scan():
 
 
 @test
+def compromised_splitter_cannot_change_the_message_while_it_is_scanned():
+    # The scanning path of a separated spool: the runner scans private copies it hashed
+    # as it made them. Here the splitter's user rewrites the message (clean) to EICAR while
+    # the scanner runs (a clamscan wrapper that announces itself, then waits): the scan saw
+    # the clean copy, the router sees other bytes than the ones scanned, and holds. The
+    # outbox stays empty; the delivery invariant (Pipeline) rescans whatever is in it.
+    d = harness.tmpdir("slowscan")
+    os.chmod(d, 0o1777)
+    mark = os.path.join(d, "scanning")
+    wrapper = os.path.join(d, "clamscan-slow")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\n: > %s\nsleep 3\nexec "$@"\n' % mark)
+    os.chmod(wrapper, 0o755)
+    sc = clamscan()
+    sc["argv"] = [wrapper] + sc["argv"]
+    sc["timeout"] = 60
+    p, users = separated(scanners=[sc])
+    p.start()
+    p.drop("m0", msgs.clean())
+    wait_for(lambda: os.path.exists(mark) and p.entries("scan"), timeout=60,
+             what="a scan in progress\n" + p.logtext()[-2000:])
+    q, = p.entries("scan")
+    path = os.path.join(p.spool, "scan", q, "message")
+
+    def rewrite():
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(msgs.eicar_attachment(filename="eicar.bin"))
+    assert as_user(ROLES["splitter_user"], rewrite) == 0
+    wait_for(lambda: q in p.entries("hold") + p.entries("quarantine"), timeout=90,
+             what="held\n" + p.logtext()[-3000:])
+    assert q in p.entries("hold"), p.entries("quarantine")
+    assert p.outbox() == [], p.outbox()
+    assert "changed after it was scanned" in p.logtext(), p.logtext()[-3000:]
+
+
+@test
 def moved_or_linked_verdicts_of_another_message_are_not_its_own():
     p, users, md = _maildir_pipeline()
     p.start()
