@@ -259,6 +259,50 @@ def compromised_splitter_cannot_change_the_message_after_the_scan():
     assert "changed after it was scanned" in log, log[-3000:]
 
 
+def _att_with(entry_dir, needle):
+    """The .ATT part of an entry whose bytes contain needle."""
+    for n in sorted(os.listdir(entry_dir)):
+        if n.endswith(".ATT"):
+            with open(os.path.join(entry_dir, n), "rb") as f:
+                if needle in f.read():
+                    return os.path.join(entry_dir, n)
+    raise AssertionError("no part of %s holds %r: %s" % (entry_dir, needle, os.listdir(entry_dir)))
+
+
+@test
+def compromised_splitter_cannot_use_a_part_replaced_after_the_scan():
+    # The parts are the splitter's files: its user may rewrite them after the scan. The
+    # verdicts stand for the bytes the runner copied and scanned, and the router delivers
+    # the message it checked against the runner's hash, never a part: an infected message
+    # whose part is made clean is still quarantined, and a clean message whose part is
+    # made EICAR is delivered as it was scanned (the delivery invariant rescans and
+    # re-splits what reached the Maildir).
+    p, users, md = _maildir_pipeline()
+    p.start()
+    qi, qc = _stopped_before(p, "router", msgs.eicar_attachment(filename="eicar.bin"),
+                             msgs.with_attachment(b"harmless notes\n", "notes.bin"))
+    route = os.path.join(p.spool, "route")
+    infected = _att_with(os.path.join(route, qi), b"EICAR")
+    harmless = _att_with(os.path.join(route, qc), b"harmless notes")
+    eicar = msgs.eicar_attachment(filename="x.bin")
+    # Replaced by a new file (rename) and rewritten in place.
+    assert as_user(ROLES["splitter_user"], lambda: _write(infected, b"nothing here\n")) == 0
+
+    def rewrite():
+        with open(harmless, "r+b") as f:
+            f.truncate(0)
+            f.write(eicar)
+    assert as_user(ROLES["splitter_user"], rewrite) == 0
+    r = p.ctl("start", "router")
+    assert r.returncode == 0, r.out
+    wait_for(lambda: qi in p.entries("quarantine") and len(_maildir_messages(md)) == 1,
+             timeout=60, what="quarantined and delivered\n" + p.logtext()[-3000:])
+    with open(os.path.join(md, "new", _maildir_messages(md)[0]), "rb") as f:
+        got = f.read()
+    assert b"harmless notes" in got or b"aGFybWxlc3Mgbm90ZXMK" in got, got[-1500:]
+    assert b"EICAR" not in got, got[-1500:]
+
+
 @test
 def compromised_splitter_cannot_change_the_message_while_it_is_scanned():
     # The scanning path of a separated spool: the runner scans private copies it hashed
