@@ -281,6 +281,71 @@ int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
 	return 1;
 }
 
+int spool_set_aside(struct spool *sp, enum spool_dir where, const char *name,
+                    const struct stat *sb)
+{
+	char qid[SPOOL_QID_LEN + 1], aside[64];
+	spool_qid_new(qid);
+	snprintf(aside, sizeof aside, ".unclaimable.%s", qid);
+	const char *dn = spool_dir_name(where);
+	if (renameat(sp->fd[where], name, sp->fd[where], aside) < 0) {
+		log_warn(NULL, "cannot set aside %s/%s/%s: %s", sp->root, dn, name, strerror(errno));
+		return 0;
+	}
+	struct buf r, esc;
+	buf_init(&r);
+	buf_init(&esc);
+	escape_bytes(&esc, name, strlen(name), 1024);
+	buf_printf(&r,
+	           "a directory (owner uid %ld, mode %04o) this user cannot move: set aside as "
+	           "%s/%s; remove it by hand\n",
+	           (long)sb->st_uid, (unsigned)(sb->st_mode & 07777), dn, aside);
+	/* Built in tmp/ and committed by one rename, as every badmail/ entry. */
+	int ok = mkdirat(sp->fd[SD_TMP], qid, 0770) == 0;
+	int dfd = ok ? openat(sp->fd[SD_TMP], qid, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	if (dfd >= 0) {
+		ok = write_file_replace(dfd, "reason", r.data, r.len, 0640) == 0 &&
+		     write_file_replace(dfd, "origin", esc.data, esc.len, 0640) == 0 &&
+		     spool_rename_noreplace(sp->fd[SD_TMP], qid, sp->fd[SD_BADMAIL], qid) == 0;
+		close(dfd);
+	}
+	log_error(qid, "%s/%s: %s%s", dn, buf_cstr(&esc), buf_cstr(&r),
+	          ok && dfd >= 0 ? "" : " (and no badmail/ entry could be made)");
+	buf_free(&r);
+	buf_free(&esc);
+	return 1;
+}
+
+int spool_entry_claim_rw(struct spool *sp, enum spool_dir where, const char *qid,
+                         struct spool_entry *e)
+{
+	int r = spool_entry_claim(sp, where, qid, e);
+	/* AT_EACCESS: the stage's effective ids, the ones its writes will use. */
+	if (r == 1 && faccessat(e->fd, ".", W_OK | X_OK, AT_EACCESS) < 0) {
+		if (errno != EACCES) {
+			int err = errno;
+			spool_entry_release(e);
+			errno = err;
+			return -1;
+		}
+		spool_entry_release(e);
+		r = -1;
+		errno = EACCES;
+	}
+	if (r >= 0 || errno != EACCES)
+		return r;
+	struct stat sb;
+	if (fstatat(sp->fd[where], qid, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : -1;
+	if (!S_ISDIR(sb.st_mode)) {
+		errno = EACCES;
+		return -1;
+	}
+	spool_set_aside(sp, where, qid, &sb);
+	errno = EACCES;
+	return 0;
+}
+
 void spool_entry_release(struct spool_entry *e)
 {
 	if (e->fd >= 0)

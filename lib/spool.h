@@ -92,6 +92,20 @@ struct spool_entry {
  * -1: error. */
 int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
                       struct spool_entry *e);
+/* A name in a state directory that this stage's user can never work on: a directory it
+ * may not write (a separated spool, where another user made it or changed its mode), since
+ * moving a directory to another parent needs write permission on it. It gets a place all
+ * the same: the name is set aside as where/.unclaimable.<fresh qid> (a rename within one
+ * parent needs no such permission, and no stage lists dot-names), and a badmail/ entry
+ * with the same queue ID says what and where; the administrator removes it by hand.
+ * Logs the outcome (an error). 1 when set aside, 0 when even the rename failed. */
+int spool_set_aside(struct spool *sp, enum spool_dir where, const char *name,
+                    const struct stat *sb);
+/* spool_entry_claim, for a stage that must write into the entry to move it on: an entry
+ * it may not open or write is set aside as above and reported as 0 with errno EACCES, so
+ * that one entry never stops a stage (exiting would only bring it back to the same entry). */
+int spool_entry_claim_rw(struct spool *sp, enum spool_dir where, const char *qid,
+                         struct spool_entry *e);
 /* Unlock and close. */
 void spool_entry_release(struct spool_entry *e);
 /* Make everything written into the entry durable - file data and names - with one

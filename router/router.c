@@ -1213,7 +1213,7 @@ static int router_handle(struct stage *st, const char *qid)
 	struct envelope env;
 	struct stat sb;
 	char reason[512];
-	int r = spool_entry_claim(&st->spool, SD_ROUTE, qid, &e);
+	int r = spool_entry_claim_rw(&st->spool, SD_ROUTE, qid, &e);
 	if (r <= 0)
 		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
 	struct buf forged;
@@ -1395,7 +1395,7 @@ static int router_tick(struct stage *st)
 		struct spool_entry e;
 		struct hold_state h;
 		int recovered = 0;
-		if (spool_entry_claim(&st->spool, SD_HOLD, names[i], &e) != 1)
+		if (spool_entry_claim_rw(&st->spool, SD_HOLD, names[i], &e) != 1)
 			continue;
 		hold_read(e.fd, &h);
 		for (size_t s = 0; recovery && !h.manual && !recovered && s < st->conf->n_scanners;

@@ -853,7 +853,7 @@ static int runner_job_start(struct stage *st, const char *qid, struct runner_job
 		if (strcmp(runner_batch[k].qid, qid) == 0)
 			return 0; /* scanned, waiting for the group commit */
 	struct runner_job *j = xcalloc(1, sizeof *j);
-	int r = spool_entry_claim(&st->spool, SD_SCAN, qid, &j->e);
+	int r = spool_entry_claim_rw(&st->spool, SD_SCAN, qid, &j->e);
 	if (r <= 0) {
 		int e = errno;
 		if (r < 0)

@@ -84,52 +84,14 @@ static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 	lim->mem_max = MIME_MEM_MAX;
 }
 
-/* A directory dropped into inbound/ by another user (a separated spool) cannot be claimed:
- * moving a directory to another parent needs write permission on it. It gets a place all
- * the same: a badmail/ entry that says so, and the directory itself is set aside under a
- * dot-name in inbound/ (a rename within one parent needs no such permission), which no
- * stage looks at again; the administrator removes it. Never a warning at every look. */
-static int splitter_unclaimable_dir(struct stage *st, const char *name, const struct stat *sb)
-{
-	char qid[SPOOL_QID_LEN + 1], aside[64];
-	spool_qid_new(qid);
-	snprintf(aside, sizeof aside, ".unclaimable.%s", qid);
-	if (renameat(st->spool.fd[SD_INBOUND], name, st->spool.fd[SD_INBOUND], aside) < 0) {
-		log_warn(NULL, "cannot set aside %s/inbound/%s: %s", st->spool.root, name,
-		         strerror(errno));
-		return 0;
-	}
-	struct buf r, esc;
-	buf_init(&r);
-	buf_init(&esc);
-	escape_bytes(&esc, name, strlen(name), 1024);
-	buf_printf(&r,
-	           "a directory (owner uid %ld, mode %04o) this user cannot move: set aside as "
-	           "inbound/%s; remove it by hand\n",
-	           (long)sb->st_uid, (unsigned)(sb->st_mode & 07777), aside);
-	int ok = mkdirat(st->spool.fd[SD_TMP], qid, 0770) == 0;
-	int dfd = ok ? openat(st->spool.fd[SD_TMP], qid, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	if (dfd >= 0) {
-		ok = write_file_replace(dfd, "reason", r.data, r.len, 0640) == 0 &&
-		     write_file_replace(dfd, "origin", esc.data, esc.len, 0640) == 0 &&
-		     spool_rename_noreplace(st->spool.fd[SD_TMP], qid, st->spool.fd[SD_BADMAIL],
-		                            qid) == 0;
-		close(dfd);
-	}
-	log_error(qid, "inbound/%s: %s%s", buf_cstr(&esc), buf_cstr(&r),
-	          ok && dfd >= 0 ? "" : " (and no badmail/ entry could be made)");
-	buf_free(&r);
-	buf_free(&esc);
-	return 1;
-}
-
 /* A file we may not lease that changed this recently may still be being written. */
 #define SPLITTER_QUIET_S 3
 
 /* 1 if some process still has the file open for writing (a slow cp into inbound/).
- * A read lease can only be taken on a file nobody has open for writing. Without the right
- * to take leases (not the owner, no CAP_LEASE: a separated spool, where whoever dropped
- * the file is another user) we cannot tell, and wait instead until the file has not
+ * A read lease can only be taken on a file nobody has open for writing. A separated
+ * spool's splitter gets CAP_LEASE from its keeper for files other users drop. Without the
+ * right to take leases (not the owner, no CAP_LEASE: a splitter run as the spool's user,
+ * or by hand) we cannot tell, and wait instead until the file has not
  * changed for SPLITTER_QUIET_S seconds; the writer's close (IN_CLOSE_WRITE) or the next
  * look brings it back. Queue-ID names are complete (below). */
 static int splitter_writer_busy(int fd, const char *name)
@@ -610,7 +572,8 @@ static int splitter_handle(struct stage *st, const char *name)
 	if (r == 0)
 		return 0;
 	if (r < 0 && errno == EACCES && S_ISDIR(sb.st_mode))
-		return splitter_unclaimable_dir(st, name, &sb);
+		/* A directory another user dropped (separated spool): we may not move it. */
+		return spool_set_aside(&st->spool, SD_INBOUND, name, &sb);
 	if (r < 0) {
 		log_warn(NULL, "cannot claim %s/inbound/%s: %s", st->spool.root, name,
 		         strerror(errno));
