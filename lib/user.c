@@ -3,8 +3,11 @@
  */
 #include <errno.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <pwd.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -12,7 +15,7 @@
 #include "user.h"
 #include "util.h"
 
-uid_t user_become(const char *name, gid_t extra)
+static uid_t user_become_caps(const char *name, gid_t extra, int keep_lease)
 {
 	if (geteuid() != 0 || name == NULL || name[0] == '\0')
 		return (uid_t)-1;
@@ -41,11 +44,36 @@ uid_t user_become(const char *name, gid_t extra)
 		have |= groups[i] == extra;
 	if (extra != (gid_t)-1 && !have)
 		groups[ng++] = extra;
+	/* KEEPCAPS: setuid from root then keeps the permitted set (and clears the effective
+	 * one), so that CAP_LEASE alone can be taken back below; everything else goes. */
+	if (keep_lease && prctl(PR_SET_KEEPCAPS, 1L, 0L, 0L, 0L) < 0)
+		die_temp(NULL, "prctl(PR_SET_KEEPCAPS): %s", strerror(errno));
 	if (setgroups((size_t)ng, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
 		die_temp(NULL, "cannot drop privileges to %s: %s", name, strerror(errno));
+	if (keep_lease) {
+		struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+		struct __user_cap_data_struct d[2] = {{0}};
+		d[0].effective = d[0].permitted = d[0].inheritable = 1u << CAP_LEASE;
+		/* Ambient needs it permitted and inheritable; then execve keeps it for a
+		 * non-root program without file capabilities. */
+		if (syscall(SYS_capset, &h, d) < 0 ||
+		    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, (long)CAP_LEASE, 0L, 0L) < 0 ||
+		    prctl(PR_SET_KEEPCAPS, 0L, 0L, 0L, 0L) < 0)
+			die_temp(NULL, "cannot keep CAP_LEASE as %s: %s", name, strerror(errno));
+	}
 	if (setuid(0) == 0)
 		die_temp(NULL, "privileges were not dropped: setuid(0) still works");
 	return uid;
+}
+
+uid_t user_become(const char *name, gid_t extra)
+{
+	return user_become_caps(name, extra, 0);
+}
+
+uid_t user_become_with_lease(const char *name)
+{
+	return user_become_caps(name, (gid_t)-1, 1);
 }
 
 void user_root_check(const struct conf *c, const char *prog)

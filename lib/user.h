@@ -18,6 +18,14 @@
 #include <sys/types.h>
 
 uid_t user_become(const char *name, gid_t extra);
+/* user_become(name, -1), keeping one capability: CAP_LEASE, effective and ambient, so
+ * that the programs the process executes have it too. For the splitter's keeper: the
+ * splitter takes a read lease on each file it splits, to know that no one still writes
+ * it, and a file another user dropped can be leased only with CAP_LEASE. Without it the
+ * splitter can only wait until the file has rested (splitter.c); all it adds is the
+ * right to delay, by the lease-break time, another process's open for writing of a file
+ * the splitter may read. Dies temporary (75) if the capability cannot be kept. */
+uid_t user_become_with_lease(const char *name);
 
 struct conf;
 /* At the start of spoold, every stage and every connector: running as root with no user

@@ -193,7 +193,7 @@ static int keeper_request(int sock)
 	return 0;
 }
 
-static noreturn void keeper_main(int sock, const char *user)
+static noreturn void keeper_main(int sock, const char *user, int lease)
 {
 	/* Only the socket survives: not the spool lock, the control socket, other keepers'
 	 * sockets or anything else spoold had open. */
@@ -204,7 +204,10 @@ static noreturn void keeper_main(int sock, const char *user)
 	}
 	close_range(4, ~0U, 0);
 	log_init("spoold-keeper");
-	user_become(user, (gid_t)-1);
+	if (lease)
+		user_become_with_lease(user);
+	else
+		user_become(user, (gid_t)-1);
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
@@ -247,7 +250,7 @@ static noreturn void keeper_main(int sock, const char *user)
 
 /* ---- spoold's side ------------------------------------------------------------------ */
 
-int keeper_start(struct keeper *k, const char *user)
+int keeper_start(struct keeper *k, const char *user, int lease)
 {
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
@@ -258,7 +261,7 @@ int keeper_start(struct keeper *k, const char *user)
 		die_temp(NULL, "cannot fork the keeper of %s: %s", user, strerror(errno));
 	if (pid == 0) {
 		close(sv[0]);
-		keeper_main(sv[1], user);
+		keeper_main(sv[1], user, lease);
 	}
 	close(sv[1]);
 	*k = (struct keeper){.fd = sv[0], .pid = pid};

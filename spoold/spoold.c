@@ -872,7 +872,7 @@ static void sup_keepers_start(uid_t spool_uid)
 			continue;
 		/* One keeper per role; two roles given one user get two keepers of that user,
 		 * which is as safe and keeps the bookkeeping per role. */
-		keeper_start(&sup_keepers[r], ru->name);
+		keeper_start(&sup_keepers[r], ru->name, r == ROLE_SPLITTER);
 		log_info(NULL, "%s runs as %s (uid %ld)", conf_role_name((enum conf_role)r),
 		         ru->name, (long)ru->uid);
 	}

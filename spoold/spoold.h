@@ -99,8 +99,10 @@ struct keeper {
 	int fd; /* spoold's end of the SOCK_SEQPACKET pair; -1 when gone */
 	pid_t pid;
 };
-/* As root: fork the keeper, which becomes user for good. Dies on failure. */
-int keeper_start(struct keeper *k, const char *user);
+/* As root: fork the keeper, which becomes user for good (with lease, keeping CAP_LEASE
+ * for the stages it starts: the splitter's keeper, see user_become_with_lease). Dies on
+ * failure. */
+int keeper_start(struct keeper *k, const char *user, int lease);
 /* Start argv as a stage: exe is the binary spoold opened (execveat), ready the readiness * pipe's
  * write end (-1: none), broker the scanner broker's socket for a scanner-runner
  * (-1: none; BROKER_ENV names it), paused sets SPOOLD_PAUSED. Returns the pid, or -1 with
