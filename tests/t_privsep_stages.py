@@ -60,8 +60,12 @@ def _ids(pid):
                 ids[k] = tuple(int(x) for x in v.split())
             elif k == "Groups":
                 ids[k] = sorted(int(x) for x in v.split())
+            elif k in ("CapEff", "CapPrm", "CapAmb"):
+                ids[k] = int(v, 16)
     return ids
 
+
+CAP_LEASE = 1 << 28
 
 STAGE_ROLE = {"splitter": "splitter_user", "scanner-runner": "runner_user",
               "router": "router_user", "connector-maildir": "connector_user"}
@@ -97,7 +101,12 @@ def each_stage_runs_as_its_own_user_for_good():
             assert ids["Uid"] == (u.pw_uid,) * 4, (stage, ids)
             assert ids["Gid"] == (u.pw_gid,) * 4, (stage, ids)
             assert grp.getgrnam(SPOOL_USER).gr_gid in ids["Groups"], (stage, ids)
+            # No capability, but CAP_LEASE for the splitter (leases on files other users
+            # drop into inbound/; lib/user.h).
+            want = CAP_LEASE if stage == "splitter" else 0
+            assert (ids["CapEff"], ids["CapPrm"], ids["CapAmb"]) == (want,) * 3, (stage, ids)
     sp = _ids(p.proc.pid)
+    assert sp["CapEff"] == sp["CapPrm"] == 0, sp
     assert sp["Uid"] == (users["user"].pw_uid,) * 4, sp
     # Keepers: one process per stage user besides spoold's own, children of spoold.
     p.drop("clean", msgs.clean())
@@ -107,6 +116,62 @@ def each_stage_runs_as_its_own_user_for_good():
              timeout=60, what="one delivered, one quarantined\n" + p.logtext()[-3000:])
     p.stop()
 
+
+
+@test
+def a_file_another_user_writes_in_place_into_inbound_is_split_when_closed():
+    # cp into inbound/ (written in place, not renamed in) by a user who is not the
+    # splitter's: the splitter leases it (CAP_LEASE), so it waits while the file is open
+    # for writing and splits it when it is closed, without a rest or a rescan (30 s here).
+    p, users, md = _maildir_pipeline()
+    p.start()
+    data = msgs.clean(subject="written slowly")
+    half = len(data) // 2
+    path = os.path.join(p.spool, "inbound", "slow-cp")
+    with open(path, "wb") as f:
+        f.write(data[:half])
+        f.flush()
+        os.utime(path, (time.time() - 60, time.time() - 60))  # no rest would help it
+        time.sleep(2)
+        # Still being written: not taken.
+        assert os.path.exists(path), "split while still open for writing"
+        f.write(data[half:])
+    closed = time.monotonic()
+    wait_for(lambda: len(_maildir_messages(md)) == 1, timeout=60,
+             what="the copied file delivered\n" + p.logtext()[-3000:])
+    took = time.monotonic() - closed
+    # Prompt: on its close, not after a 3 s rest and the next 30 s rescan.
+    assert took < 15, took
+    with open(os.path.join(md, "new", _maildir_messages(md)[0]), "rb") as f:
+        assert f.read().endswith(data)
+
+
+@test
+def an_entry_a_stage_may_not_write_is_set_aside_and_the_mail_flows():
+    # A compromised splitter closes one of its entries to the other stages (mode 0700).
+    # The router cannot write into it nor move it (moving a directory needs write on it):
+    # it sets it aside with a badmail/ record and goes on with the other mail, instead of
+    # exiting on it again and again.
+    p, users, md = _maildir_pipeline()
+    p.start()
+    qa, qb = _stopped_before(p, "router", msgs.clean(subject="closed"), msgs.clean(subject="open"))
+    entry = os.path.join(p.spool, "route", qa)
+    assert as_user(ROLES["splitter_user"], lambda: os.chmod(entry, 0o700)) == 0
+    r = p.ctl("start", "router")
+    assert r.returncode == 0, r.out
+    wait_for(lambda: len(_maildir_messages(md)) == 1 and p.entries("badmail"), timeout=60,
+             what="the other message delivered, a badmail record\n" + p.logtext()[-3000:])
+    aside = [n for n in os.listdir(os.path.join(p.spool, "route")) if n.startswith(".unclaimable.")]
+    assert len(aside) == 1 and p.entries("route") == [], os.listdir(os.path.join(p.spool, "route"))
+    bad, = p.entries("badmail")
+    assert aside[0] == ".unclaimable." + bad, (aside, bad)
+    with open(os.path.join(p.spool, "badmail", bad, "reason")) as f:
+        reason = f.read()
+    assert "mode 0700" in reason and "route/" + aside[0] in reason, reason
+    assert "cannot move" in p.logtext() and "exited" not in p.logtext().split("closed")[-1], \
+        p.logtext()[-3000:]
+    with open(os.path.join(md, "new", _maildir_messages(md)[0]), "rb") as f:
+        assert b"Subject: open" in f.read()
 
 
 # ---- the compromised stage ------------------------------------------------------------
