@@ -77,7 +77,11 @@ static void exec_child(char *const argv[], const struct exec_opts *o, char *cons
 	int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (nullfd < 0 || dup2(nullfd, 0) < 0 || dup2(outfd, 1) < 0 || dup2(outfd, 2) < 0)
 		goto fail;
-	/* Every other descriptor is O_CLOEXEC; only keep_fd is inherited, on purpose. */
+	/* Every other descriptor should be O_CLOEXEC already; make sure of it (a descriptor
+	 * some process above us inherited without it must not reach a scanner: the keeper's
+	 * socket once did). Only keep_fd is inherited, on purpose. An old kernel without
+	 * CLOSE_RANGE_CLOEXEC (before 5.11) leaves it to O_CLOEXEC. */
+	(void)close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
 	if (o->keep_fd >= 0) {
 		int fl = fcntl(o->keep_fd, F_GETFD);
 		if (fl < 0 || fcntl(o->keep_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0)

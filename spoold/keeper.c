@@ -198,7 +198,9 @@ static noreturn void keeper_main(int sock, const char *user, int lease)
 	/* Only the socket survives: not the spool lock, the control socket, other keepers'
 	 * sockets or anything else spoold had open. */
 	if (sock != 3) {
-		if (dup2(sock, 3) < 0)
+		/* dup2 clears close-on-exec: set it again, or every stage this keeper starts
+		 * (and every scanner those start) would inherit the keeper's socket. */
+		if (dup2(sock, 3) < 0 || fcntl(3, F_SETFD, FD_CLOEXEC) < 0)
 			_exit(EXIT_TEMPFAIL);
 		sock = 3;
 	}
