@@ -49,8 +49,13 @@ static int control_privdir(int run_fd, char *name, size_t nlen)
 		}
 		int dfd = openat(run_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		struct stat st;
-		if (dfd >= 0 && fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode) &&
-		    st.st_uid == geteuid() && (st.st_mode & 07777) == 0700 && st.st_nlink == 2)
+		/* A separated spool's run/ is set-group-ID (3770), which a new directory
+		 * inherits: clear it (we made the directory, so the chmod is ours to do) before
+		 * the mode is checked, or every start after the first would find 2700 here. */
+		int ours = dfd >= 0 && fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode) &&
+		           st.st_uid == geteuid() && st.st_nlink == 2;
+		if (ours && fchmod(dfd, 0700) == 0 && fstat(dfd, &st) == 0 &&
+		    (st.st_mode & 07777) == 0700)
 			return dfd;
 		if (dfd >= 0)
 			close(dfd);

@@ -119,6 +119,23 @@ def each_stage_runs_as_its_own_user_for_good():
 
 
 @test
+def a_restarted_spoold_answers_on_its_control_socket():
+    # The second start finds the separated spool's run/ set-group-ID (3770): the private
+    # directory it binds the control socket in inherits that bit, and must still be used.
+    p, users, md = _maildir_pipeline()
+    for n in range(2):
+        p.start()
+        r = p.ctl("status")
+        assert r.returncode == 0 and "router" in r.out, (n, r.out)
+        r = p.ctl("stop", "router")
+        assert r.returncode == 0, (n, r.out)
+        assert "cannot listen" not in p.logtext(), p.logtext()[-2000:]
+        p.stop()
+    st = os.stat(os.path.join(p.spool, "run"))
+    assert st.st_mode & 0o7777 == 0o3770, oct(st.st_mode)
+
+
+@test
 def a_file_another_user_writes_in_place_into_inbound_is_split_when_closed():
     # cp into inbound/ (written in place, not renamed in) by a user who is not the
     # splitter's: the splitter leases it (CAP_LEASE), so it waits while the file is open
