@@ -94,6 +94,7 @@ def maildir_delivers_once_even_after_an_interrupted_delivery():
     for f in ("message", "envelope"):
         with open(os.path.join(ent, f), "wb") as out:
             out.write(m if f == "message" else b"Ssender@example.com\nRr@example.org\nE\n")
+    p.hand_made(ent, "router")
     r = p.stage("connector-maildir", args=["-n", "local"])
     assert r.returncode == 0, r.out
     assert os.listdir(os.path.join(md, "new")) == [] and len(os.listdir(os.path.join(md, "cur"))) == 1

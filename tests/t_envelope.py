@@ -124,6 +124,7 @@ def connector_refuses_a_bad_address_in_an_outbox_entry_before_the_dialogue():
         f.write(b"Ss@example.org\nRok@example.net\nR" + BAD.encode() + b"\nE\n")
     with open(os.path.join(d, "message"), "wb") as f:
         f.write(msgs.clean())
+    p.hand_made(os.path.dirname(d), "router")  # outbox/smtp/ too: the router makes it
     p.start()
     wait_for(lambda: p.entries("badmail"), timeout=60,
              what="the outbox entry bounced\n" + p.logtext()[-3000:])

@@ -254,8 +254,7 @@ def runner_started_with_sigchld_ignored_still_finds_eicar():
     p.drop("virus", msgs.eicar_attachment())
     p.drop("clean", msgs.clean())
     p.stage("splitter")
-    r = harness.run([harness.bin_path("scanner-runner"), "-c", p.conf, "--once"],
-                    timeout=120, preexec_fn=ignore_sigchld)
+    r = p.stage("scanner-runner", timeout=120, preexec=ignore_sigchld)
     assert r.returncode == 0, r.out
     p.stage("router")
     finals = p.finals()
@@ -327,7 +326,9 @@ def slot_nobody_frees_becomes_an_error_after_slot_wait():
              timeout=60, what="the canary to pass")
     held = []
     for n in range(2):
-        fd = os.open(os.path.join(p.spool, "slots", "av.%d" % n), os.O_RDWR | os.O_CREAT, 0o640)
+        path = os.path.join(p.spool, "slots", "av.%d" % n)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        p.hand_made(path, "scanner-runner")  # the runner's slot file, held by another
         fcntl.flock(fd, fcntl.LOCK_EX)
         held.append(fd)
     p.drop("m1", msgs.clean(body="one\n"))

@@ -36,6 +36,7 @@ def _syslog_socket():
     if "asan" in (harness.BIN or ""):
         path = os.path.join(harness.tmpdir("syslog"), "log")
         sock.bind(path)
+        os.chmod(path, 0o666)  # any stage user may connect, as to clamd, /dev/log
         harness.cleanup(sock.close)
         env = {"SPOOLD_TEST_SYSLOG_SOCKET": path}
     elif os.path.exists("/dev/log") or os.geteuid() != 0:

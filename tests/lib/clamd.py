@@ -346,6 +346,7 @@ class _FakeServer:
                 pass
             self._ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._ls.bind(self.path)
+            os.chmod(self.path, 0o666)  # any stage user may connect, as to clamd, /dev/log
             self.unix_addr, self.tcp_addr = "unix:" + self.path, None
         else:
             self._ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -85,14 +85,16 @@ def prepare_spool(spool):
 
 
 def become_stage(stage):
-    """A preexec_fn: the stage's user for good, with its groups and umask 007, as its
-    keeper makes it."""
+    """(argv prefix, preexec_fn) that run a stage as its keeper starts it: as the stage's
+    user for good, with its groups and umask 007, and CAP_LEASE alone for the splitter and
+    lmtpd (lib/user.h: user_become_with_lease)."""
     name = ROLES[STAGE_ROLE[stage]]
-    pw = pwd.getpwnam(name)
+    argv = ["setpriv", "--reuid=" + name, "--regid=" + name, "--init-groups"]
+    if STAGE_ROLE[stage] == "splitter_user":
+        argv += ["--inh-caps=+lease", "--ambient-caps=+lease"]
+    else:
+        argv += ["--inh-caps=-all"]
 
     def fn():
         os.umask(0o007)
-        os.setgroups(os.getgrouplist(name, pw.pw_gid))
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-    return fn
+    return argv, fn

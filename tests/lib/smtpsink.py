@@ -27,6 +27,7 @@ class SmtpSink:
         if unix_path:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.bind(unix_path)
+            os.chmod(unix_path, 0o666)  # any stage user may connect, as to clamd, /dev/log
             self.port = None
         else:
             self.sock = socket.socket()
