@@ -83,8 +83,20 @@ def lmtp_pipeline(start=True, spool=None, **lmtp):
     p.sock = os.path.join(p.spool, "run", "lmtp")
     if start:
         p.start()
-        wait_for(lambda: os.path.exists(p.sock), timeout=20, what="the lmtp socket")
+        wait_for(lambda: _accepts(p.sock), timeout=20, what="the lmtp socket to accept")
     return p
+
+
+def _accepts(path):
+    """lmtpd listens on path (the name alone may be a predecessor's)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def connect(p, greet=True, addr=None):

@@ -73,12 +73,22 @@ def postfix_lmtp_spoold_postfix_from_the_documented_recipe():
     with open(p.conf, "w") as f:
         f.write(text)
     os.chmod(p.dir, 0o755)
+    if p.separated:
+        # The documented steps for the throwaway users: postfix into the spool's group,
+        # the connectors' user into postdrop (dist/spoold.sysusers makes both).
+        from lib import privsep
+        for user, group in (("postfix", privsep.SPOOL_USER),
+                            (privsep.ROLES["connector_user"], "postdrop")):
+            harness.run(["usermod", "-a", "-G", group, user], check=True)
+            if user == "postfix":
+                harness.cleanup(harness.run, ["gpasswd", "-d", user, group])
     p.start()
     wait_for(lambda: os.path.exists(sock), timeout=30, what="lmtpd's socket")
-    # "usermod -a -G spoold postfix": here spoold runs as root, so the spool's group (and
-    # the socket's) becomes postfix's group; the modes stay as spoold made them.
-    for path in (p.spool, os.path.join(p.spool, "run"), sock):
-        os.chown(path, -1, pf_user.pw_gid)
+    if not p.separated:
+        # "usermod -a -G spoold postfix": here spoold runs as root, so the spool's group
+        # (and the socket's) becomes postfix's group; the modes stay as spoold made them.
+        for path in (p.spool, os.path.join(p.spool, "run"), sock):
+            os.chown(path, -1, pf_user.pw_gid)
     assert oct(os.stat(sock).st_mode & 0o777) == "0o660", oct(os.stat(sock).st_mode)
     master = master_doc.replace(DOC_SOCKET, sock)
     main = main_doc.replace(DOC_SOCKET, sock)
