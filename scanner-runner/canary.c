@@ -60,11 +60,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "canary.h"
 #include "clamd.h"
 #include "farm.h"
 #include "log.h"
-#include "runner.h"
-#include "slot.h"
+#include "scanner.h"
 #include "spool.h"
 #include "util.h"
 
@@ -380,85 +380,33 @@ static void canary_dir_remove(struct stage *st, struct canary_dir *cd)
 		log_warn(NULL, "cannot remove %s: %s", cd->path, strerror(errno));
 }
 
-/* One exec check. 0 if the scanner answered as wanted, else -1 with reason. */
-static int canary_exec_one(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
-                           const char *file, enum canary_want want, char *reason, size_t rlen)
+/* One check of one file through the scanner's backend (addr: the one clamd address, NULL
+ * for exec). 0 if the scanner answered as wanted, else -1 with reason. */
+static int canary_check_file(struct stage *st, struct scanner *s, struct canary_dir *cd,
+                             const char *addr, const char *file, enum canary_want want,
+                             char *reason, size_t rlen)
 {
-	const struct conf_scanner *sc = rs->conf;
-	struct exec_result res;
-	char exits[64], virus[256];
-	char *path = xasprintf("%s/%s", cd->path, file);
-	char **argv = runner_argv(sc, cd->path, path, NULL);
-	size_t nf;
-	/* Through the broker the canary's files go as descriptors, as a part would; the
-	 * missing one cannot be opened and goes as a closed number: still a missing file. */
-	char **files = runner_files(cd->path, path, NULL, &nf);
-	runner_exec_slotted(st, sc, argv, files, cd->path, NULL, &res);
-	runner_argv_free(files);
-	enum verdict v = runner_map(rs, &res);
-	exec_result_describe(&res, exits, sizeof exits);
-	runner_virus_name(rs, buf_cstr(&res.output), NULL, virus, sizeof virus);
-	/* A detection we cannot name is drift too. A timeout is never a pass: a missing file
-	 * must be refused, and a scanner that hangs on a 3 KB archive is broken. */
-	int infected = v == V_INFECTED && virus[0];
-	int error = v == V_ERROR && !res.timed_out;
-	int ok = want == CW_INFECTED ? infected
-	         : want == CW_CLEAN  ? v == V_CLEAN
-	         : want == CW_ERROR  ? error
-	                             : infected || error || v == V_UNSCANNABLE;
-	if (!ok) {
-		struct buf out;
-		buf_init(&out);
-		escape_bytes(&out, res.output.data ? res.output.data : "", res.output.len, 120);
-		snprintf(reason, rlen, "%s: want %s, got %s%s (exit=%s output=%s)", file,
-		         canary_want_name(want), verdict_name(v),
-		         v == V_INFECTED && !virus[0] ? " with no virus name" : "", exits,
-		         buf_cstr(&out));
-		buf_free(&out);
-	}
-	exec_result_free(&res);
-	runner_argv_free(argv);
-	free(path);
-	return ok ? 0 : -1;
-}
-
-static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
-                            const char *addr, const char *file, enum canary_want want, char *reason,
-                            size_t rlen)
-{
-	const struct conf_scanner *sc = rs->conf;
-	struct clamd_result r;
-	struct clamd_policy pol;
-	int fd = openat(cd->fd, file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		snprintf(reason, rlen, "%s: cannot open %.200s/%s: %s", file, cd->path, file,
-		         strerror(errno));
+	struct scanner_probe pr;
+	memset(&pr, 0, sizeof pr);
+	s->ops->check(s, st, cd->path, cd->fd, file, addr, &pr);
+	if (pr.unasked[0]) {
+		bsnprintf(reason, rlen, "%s: %s", file, pr.unasked);
 		return -1;
 	}
-	int slot = slot_acquire(&st->spool, sc->name, sc->max_concurrent);
-	if (slot < 0)
-		die_temp(NULL, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
-		         st->spool.root, strerror(errno));
-	clamd_policy_init(&pol, sc);
-	/* One address, never the pool: each address passes its own canary, and the cache
-	 * (farm.c) is never asked. */
-	clamd_scan_fd(addr, fd, &pol, sc->timeout * 1000, &r);
-	slot_release(slot);
-	close(fd);
-	int infected = r.verdict == V_INFECTED && r.virus[0];
+	/* A detection we cannot name is drift too. A timeout is never a pass: a missing file
+	 * must be refused, and a scanner that hangs on a 3 KB archive is broken. */
+	int infected = pr.verdict == V_INFECTED && pr.virus[0];
+	int error = pr.verdict == V_ERROR && !pr.timed_out;
 	int ok = want == CW_INFECTED ? infected
-	         : want == CW_CLEAN  ? r.verdict == V_CLEAN
-	         : want == CW_ERROR
-	             ? r.verdict == V_ERROR
-	             : infected || r.verdict == V_ERROR || r.verdict == V_UNSCANNABLE;
-	if (!ok) {
-		struct buf out;
-		buf_init(&out);
-		escape_bytes(&out, r.reply, strlen(r.reply), 200);
-		snprintf(reason, rlen, "%s: want %s, got %s (addr=%s reply=%s)", file,
-		         canary_want_name(want), verdict_name(r.verdict), r.addr, buf_cstr(&out));
-		buf_free(&out);
-	}
+	         : want == CW_CLEAN  ? pr.verdict == V_CLEAN
+	         : want == CW_ERROR  ? error
+	                             : infected || error || pr.verdict == V_UNSCANNABLE;
+	/* Truncation (bsnprintf) only shortens the reason shown in run/scanners. */
+	if (!ok)
+		bsnprintf(reason, rlen, "%s: want %s, got %s%s (%s)", file, canary_want_name(want),
+		          verdict_name(pr.verdict),
+		          pr.verdict == V_INFECTED && !pr.virus[0] ? " with no virus name" : "",
+		          pr.detail);
 	return ok ? 0 : -1;
 }
 
@@ -467,7 +415,7 @@ static int canary_clamd_one(struct stage *st, struct runner_scanner *rs, struct 
 static const struct {
 	const char *file;
 	enum canary_want want;
-	int exec_only;
+	int missing; /* asks about a missing file: only of a backend that checks_missing */
 } canary_checks[] = {
     {CANARY_EICAR, CW_INFECTED, 0}, {CANARY_CLEAN, CW_CLEAN, 0},
     {CANARY_MISSING, CW_ERROR, 1},  {CANARY_ENCRYPTED, CW_REFUSED, 0},
@@ -476,18 +424,14 @@ static const struct {
 
 /* Run the checks in order and stop at the first failure: a scanner that hangs on EICAR
  * costs one timeout, not five. addr: the one clamd address to check (NULL for exec). */
-static int canary_check_one(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
+static int canary_check_one(struct stage *st, struct scanner *s, struct canary_dir *cd,
                             const char *addr, char *reason, size_t rlen)
 {
-	int clamd = rs->conf->type == SCANNER_CLAMD;
 	for (size_t i = 0; i < sizeof canary_checks / sizeof canary_checks[0]; i++) {
-		if (clamd && canary_checks[i].exec_only)
+		if (canary_checks[i].missing && !s->ops->checks_missing)
 			continue;
-		int rc = clamd ? canary_clamd_one(st, rs, cd, addr, canary_checks[i].file,
-		                                  canary_checks[i].want, reason, rlen)
-		               : canary_exec_one(st, rs, cd, canary_checks[i].file,
-		                                 canary_checks[i].want, reason, rlen);
-		if (rc < 0)
+		if (canary_check_file(st, s, cd, addr, canary_checks[i].file, canary_checks[i].want,
+		                      reason, rlen) < 0)
 			return -1;
 	}
 	return 0;
@@ -500,8 +444,8 @@ static int canary_check_one(struct stage *st, struct runner_scanner *rs, struct 
  * later canary passes. The scanner is degraded only when no address passes, and its
  * reason then names every address and why.
  */
-static int canary_check(struct stage *st, struct runner_scanner *rs, struct canary_dir *cd,
-                        char *reason, size_t rlen)
+static int canary_check(struct stage *st, struct scanner *rs, struct canary_dir *cd, char *reason,
+                        size_t rlen)
 {
 	const struct conf_scanner *sc = rs->conf;
 	if (sc->type != SCANNER_CLAMD)
@@ -562,7 +506,7 @@ static int canary_check(struct stage *st, struct runner_scanner *rs, struct cana
 	return -1;
 }
 
-static void canary_set(struct stage *st, struct runner_scanner *rs, int ok, const char *reason)
+static void canary_set(struct stage *st, struct scanner *rs, int ok, const char *reason)
 {
 	int64_t now = now_us_wall() / 1000000;
 	const char *name = rs->conf->name;
@@ -599,7 +543,7 @@ static void canary_set(struct stage *st, struct runner_scanner *rs, int ok, cons
 	rs->checked = 1;
 }
 
-static void canary_health_write(struct stage *st, struct runner_scanner *sc, size_t n)
+static void canary_health_write(struct stage *st, struct scanner *sc, size_t n)
 {
 	struct buf b;
 	buf_init(&b);
@@ -623,7 +567,7 @@ static void canary_health_write(struct stage *st, struct runner_scanner *sc, siz
 }
 
 /* Check the scanners whose want[] is set (all when want is NULL). */
-static void canary_run(struct stage *st, struct runner_scanner *sc, size_t n, const int *want)
+static void canary_run(struct stage *st, struct scanner *sc, size_t n, const int *want)
 {
 	struct canary_dir cd;
 	int made = canary_dir_make(st, &cd);
@@ -651,7 +595,7 @@ static void canary_run(struct stage *st, struct runner_scanner *sc, size_t n, co
 	canary_health_write(st, sc, n);
 }
 
-void canary_start(struct stage *st, struct runner_scanner *sc, size_t n)
+void canary_start(struct stage *st, struct scanner *sc, size_t n)
 {
 	canary_run(st, sc, n, NULL);
 	int64_t now = now_ms_monotonic();
@@ -659,7 +603,7 @@ void canary_start(struct stage *st, struct runner_scanner *sc, size_t n)
 	canary_next_version_ms = now + VERSION_CHECK_MS;
 }
 
-void canary_tick(struct stage *st, struct runner_scanner *sc, size_t n)
+void canary_tick(struct stage *st, struct scanner *sc, size_t n)
 {
 	int64_t now = now_ms_monotonic();
 	int64_t interval = (int64_t)st->conf->canary_interval * 1000;
@@ -673,7 +617,7 @@ void canary_tick(struct stage *st, struct runner_scanner *sc, size_t n)
 	if (now >= canary_next_version_ms) {
 		for (size_t i = 0; i < n; i++) {
 			char v[sizeof sc[i].version];
-			runner_version_fetch(&sc[i], v, sizeof v);
+			sc[i].ops->version(&sc[i], v, sizeof v);
 			/* A pool: any address may have reloaded, not only the first. */
 			if (sc[i].conf->type == SCANNER_CLAMD && sc[i].conf->canary &&
 			    strcmp(v, sc[i].version) == 0 && farm_versions_changed(st, sc[i].conf))

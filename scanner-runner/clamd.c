@@ -1,5 +1,7 @@
 /*
- * clamd - a clamd protocol client (see clamd.h).
+ * clamd - a clamd protocol client (see clamd.h): addresses, connections, one request
+ * per connection, failover, and the commands (VERSION, PING). Sessions, which reuse the
+ * pieces declared in clamd_int.h, are in clamd_session.c.
  *
  * Every socket is non-blocking, so that each wait (connect, send, reply) is a poll()
  * against one deadline for the whole exchange: a wedged clamd costs at most timeout_ms.
@@ -25,14 +27,11 @@
 #include <unistd.h>
 
 #include "clamd.h"
+#include "clamd_int.h"
 #include "util.h"
 
 /* File bytes per INSTREAM chunk: few syscalls, still a modest stack buffer. */
 #define CLAMD_CHUNK 65536
-/* Longest reply read. A clamd reply is a prefix, a signature name and one word; more is
- * not clamd talking. Larger than clamd_result.reply, so storing a bounded copy never
- * hides part of what was parsed. */
-#define CLAMD_REPLY_MAX 1024
 _Static_assert(CLAMD_REPLY_MAX > sizeof(((struct clamd_result *)0)->reply),
                "a reply line buffer must hold a whole clamd_result.reply");
 
@@ -40,11 +39,7 @@ _Static_assert(sizeof(((struct clamd_addr *)0)->path) ==
                    sizeof(((struct sockaddr_un *)0)->sun_path),
                "a unix address path is a sun_path");
 
-/* Set the verdict and our own reply text; returns -1 so callers can "return clamd_fail()". */
-static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, ...)
+int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -64,7 +59,7 @@ static int clamd_fail(struct clamd_result *r, enum verdict v, const char *fmt, .
  * that fits a receive buffer may still not fit. Too long is an error, never cut short:
  * a truncated reply could parse as something else. 0, or -1 with r set.
  */
-static int clamd_line_copy(char *line, const char *src, size_t len, struct clamd_result *r)
+int clamd_line_copy(char *line, const char *src, size_t len, struct clamd_result *r)
 {
 	if (len >= CLAMD_REPLY_MAX)
 		return clamd_fail(r, V_ERROR, "reply too long (%zu bytes)", len);
@@ -73,7 +68,7 @@ static int clamd_line_copy(char *line, const char *src, size_t len, struct clamd
 	return 0;
 }
 
-static void clamd_result_reset(struct clamd_result *r, const char *addr)
+void clamd_result_reset(struct clamd_result *r, const char *addr)
 {
 	memset(r, 0, sizeof *r);
 	/* Fail closed: whatever path leaves early without a parsed reply is an error. */
@@ -98,7 +93,7 @@ void clamd_policy_init(struct clamd_policy *p, const struct conf_scanner *sc)
 /* Is the address at addrs[i] one failover may use? Not a tcp address after a unix one:
  * anyone who can bind a loopback port can answer there, so a unix socket that fails
  * must not fall through to it (failover stays within its trust class). */
-static int clamd_addr_usable(char *const *addrs, size_t i)
+int clamd_addr_usable(char *const *addrs, size_t i)
 {
 	if (strncmp(addrs[i], "tcp:", 4) != 0)
 		return 1;
@@ -120,7 +115,7 @@ static int clamd_remaining(int64_t deadline)
 
 /* Wait for events on s until the deadline. Returns the revents (> 0), or -1 with r set:
  * "timeout", or the poll error. */
-static int clamd_wait(int s, short events, int64_t deadline, struct clamd_result *r)
+int clamd_wait(int s, short events, int64_t deadline, struct clamd_result *r)
 {
 	for (;;) {
 		struct pollfd p = {.fd = s, .events = events};
@@ -150,7 +145,7 @@ static int clamd_peer_spoke(int s)
 }
 
 /* "unix:/path" or "tcp:HOST:PORT" / "tcp:[V6]:PORT". 0, or -1 with r set. */
-static int clamd_addr_parse(const char *addr, struct clamd_addr *a, struct clamd_result *r)
+int clamd_addr_parse(const char *addr, struct clamd_addr *a, struct clamd_result *r)
 {
 	const char *host, *hend, *port;
 	uint64_t pnum;
@@ -245,8 +240,8 @@ static int clamd_peer_check(int s, const struct clamd_addr *a, const struct clam
 
 /* Open a connected, non-blocking, close-on-exec socket to a; a unix peer must pass
  * clamd_peer_check. Returns it, or -1 with r set. */
-static int clamd_open(const struct clamd_addr *a, const struct clamd_policy *pol, int64_t deadline,
-                      struct clamd_result *r)
+int clamd_open(const struct clamd_addr *a, const struct clamd_policy *pol, int64_t deadline,
+               struct clamd_result *r)
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	int s = -1, rc;
@@ -312,7 +307,7 @@ static int clamd_open(const struct clamd_addr *a, const struct clamd_policy *pol
  * with r set on an error, or 1 when the peer spoke or went away before we were done
  * (r then holds the send error, if any): the caller reads what the peer said.
  */
-static int clamd_send_all(int s, const void *p, size_t n, int64_t deadline, struct clamd_result *r)
+int clamd_send_all(int s, const void *p, size_t n, int64_t deadline, struct clamd_result *r)
 {
 	const char *c = p;
 
@@ -346,7 +341,7 @@ static int clamd_send_all(int s, const void *p, size_t n, int64_t deadline, stru
 
 /* zFILDES: the command, then our descriptor with one byte of its own. 0, -1, or 1 as
  * for clamd_send_all. */
-static int clamd_fildes_send(int s, int fd, int64_t deadline, struct clamd_result *r)
+int clamd_fildes_send(int s, int fd, int64_t deadline, struct clamd_result *r)
 {
 	static const char cmd[] = "zFILDES"; /* sizeof includes the NUL terminator */
 	char dummy = '\0';
@@ -409,8 +404,8 @@ static int clamd_fildes_send(int s, int fd, int64_t deadline, struct clamd_resul
  * limit and return -1 with V_UNSCANNABLE, without the terminator: clamd never scans a
  * stream that was not terminated, so the part it got is never called clean.
  */
-static int clamd_instream_send(int s, int fd, uint64_t stream_max, int64_t deadline,
-                               struct clamd_result *r)
+int clamd_instream_send(int s, int fd, uint64_t stream_max, int64_t deadline,
+                        struct clamd_result *r)
 {
 	static const char cmd[] = "zINSTREAM";
 	static const unsigned char end[4] = {0, 0, 0, 0};
@@ -625,8 +620,8 @@ fail:
 }
 
 /* Is a file of size bytes too large for pol over a? Sets r (V_UNSCANNABLE) if so. */
-static int clamd_too_large(const struct clamd_addr *a, const struct clamd_policy *pol,
-                           uint64_t size, struct clamd_result *r)
+int clamd_too_large(const struct clamd_addr *a, const struct clamd_policy *pol, uint64_t size,
+                    struct clamd_result *r)
 {
 	/* Before connecting: an oversized file is never sent, not even in part. clamd would
 	 * scan only its first MaxFileSize bytes (or skip it), and may then say OK. */
@@ -638,7 +633,7 @@ static int clamd_too_large(const struct clamd_addr *a, const struct clamd_policy
 }
 
 /* The most bytes a stream may carry, even if the file grows after the size check. */
-static uint64_t clamd_stream_limit(const struct clamd_policy *pol)
+uint64_t clamd_stream_limit(const struct clamd_policy *pol)
 {
 	return pol->stream_max < pol->max_file_size ? pol->stream_max : pol->max_file_size;
 }
@@ -706,9 +701,8 @@ out:
  * failover may not use. Each failure of a contacted address goes to on_fail; when all
  * fail and more than one was tried, r->reply lists every address and why, so that an
  * operator (and a degraded scanner's reason) sees each, not only the last. */
-static int clamd_scan_fd_from_cb(char *const *addrs, size_t from, int fd,
-                                 const struct clamd_policy *pol, int timeout_ms,
-                                 struct clamd_result *r, clamd_fail_fn *on_fail, void *ctx)
+int clamd_scan_fd_from_cb(char *const *addrs, size_t from, int fd, const struct clamd_policy *pol,
+                          int timeout_ms, struct clamd_result *r, clamd_fail_fn *on_fail, void *ctx)
 {
 	char all[sizeof r->reply];
 	size_t tried = 0, used = 0;
@@ -748,332 +742,6 @@ int clamd_scan_fd_any(char *const *addrs, int fd, const struct clamd_policy *pol
 	clamd_result_reset(r, "");
 	clamd_fail(r, V_ERROR, "no clamd address");
 	return clamd_scan_fd_from(addrs, 0, fd, pol, timeout_ms, r);
-}
-
-/*
- * Sessions. One connection carries every request for one message: "zIDSESSION\0" once,
- * then a zFILDES or zINSTREAM per part, each answered "<id>: <reply>\0" with ids counting
- * from 1, and "zEND\0" at the end. This saves a connect, an accept and a clamd thread
- * hand-off per part. It is only a fast path: whatever goes wrong in a session closes it,
- * and the part is scanned again by the one-request-per-connection path above, so every
- * error mapping and the failover stay exactly the same.
- */
-void clamd_session_init(struct clamd_session *cs, char *const *addrs,
-                        const struct clamd_policy *pol)
-{
-	memset(cs, 0, sizeof *cs);
-	cs->s = -1;
-	cs->addrs = addrs;
-	cs->pol = pol;
-}
-
-void clamd_session_close(struct clamd_session *cs)
-{
-	static const char end[] = "zEND";
-
-	if (cs->s < 0)
-		return;
-	/* Best effort and never waiting: clamd ends the session on zEND or on the close. */
-	(void)send(cs->s, end, sizeof end, MSG_NOSIGNAL | MSG_DONTWAIT);
-	close(cs->s);
-	cs->s = -1;
-}
-
-/* Open the session on the first address that accepts a connection, from cs->at on.
- * 0, or -1 (no session; the caller uses the per-request path). */
-static int clamd_session_open(struct clamd_session *cs, int timeout_ms)
-{
-	static const char cmd[] = "zIDSESSION";
-	struct clamd_result r;
-
-	clamd_result_reset(&r, "");
-
-	for (; cs->addrs != NULL && cs->addrs[cs->at] != NULL; cs->at++) {
-		int64_t deadline = now_ms_monotonic() + timeout_ms;
-		int s;
-
-		if (!clamd_addr_usable(cs->addrs, cs->at) ||
-		    clamd_addr_parse(cs->addrs[cs->at], &cs->a, &r) < 0)
-			continue;
-		s = clamd_open(&cs->a, cs->pol, deadline, &r);
-		if (s < 0) {
-			/* The session moves on to the next address: the pool hears of this one. */
-			if (cs->on_fail != NULL)
-				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &r);
-			continue;
-		}
-		if (clamd_send_all(s, cmd, sizeof cmd, deadline, &r) != 0) {
-			if (cs->on_fail != NULL)
-				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &r);
-			close(s);
-			continue;
-		}
-		cs->s = s;
-		cs->next_id = 1;
-		return 0;
-	}
-	return -1;
-}
-
-/* Read one "<id>: <reply>\0" of the session and check its id; the reply, without the
- * id, goes into line (CLAMD_REPLY_MAX bytes). 0, or -1 with r set. */
-static int clamd_session_reply(struct clamd_session *cs, int64_t deadline, char *line,
-                               struct clamd_result *r)
-{
-	char buf[CLAMD_REPLY_MAX], want[24];
-	size_t n = 0, len, wl;
-	const char *nul = NULL;
-
-	while (nul == NULL) {
-		ssize_t k;
-
-		if (n == sizeof buf)
-			return clamd_fail(r, V_ERROR, "reply too long");
-		k = recv(cs->s, buf + n, sizeof buf - n, 0);
-		if (k > 0) {
-			nul = memchr(buf + n, '\0', (size_t)k);
-			n += (size_t)k;
-			continue;
-		}
-		if (k == 0)
-			return clamd_fail(r, V_ERROR, "session closed");
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return clamd_fail(r, V_ERROR, "recv: %s", strerror(errno));
-		if (clamd_wait(cs->s, POLLIN, deadline, r) < 0)
-			return -1;
-	}
-	len = (size_t)(nul - buf);
-	/* We send one request at a time: anything after its reply is not clamd's protocol. */
-	if (len + 1 != n)
-		return clamd_fail(r, V_ERROR, "more than one reply in a session");
-	wl = (size_t)snprintf(want, sizeof want, "%u: ", cs->next_id);
-	if (len < wl || memcmp(buf, want, wl) != 0)
-		return clamd_fail(r, V_ERROR, "session reply for another request");
-	while (len > wl && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
-		len--;
-	return clamd_line_copy(line, buf + wl, len - wl, r);
-}
-
-/* One request in the open session. 0 on a verdict, -1 otherwise (r set). */
-static int clamd_session_request(struct clamd_session *cs, int fd, const struct stat *st,
-                                 int timeout_ms, struct clamd_result *r)
-{
-	char line[CLAMD_REPLY_MAX];
-	int64_t deadline = now_ms_monotonic() + timeout_ms;
-	int sent;
-
-	clamd_result_reset(r, cs->addrs[cs->at]);
-	if (clamd_too_large(&cs->a, cs->pol, (uint64_t)st->st_size, r) < 0)
-		return -1;
-	if (cs->a.is_unix)
-		sent = clamd_fildes_send(cs->s, fd, deadline, r);
-	else
-		sent = clamd_instream_send(cs->s, fd, clamd_stream_limit(cs->pol), deadline, r);
-	/* clamd refusing or closing mid-request: leave it to the per-request path. */
-	if (sent != 0)
-		return -1;
-	if (clamd_session_reply(cs, deadline, line, r) < 0)
-		return -1;
-	cs->next_id++;
-	return clamd_reply_parse(line, r);
-}
-
-int clamd_session_scan_fd(struct clamd_session *cs, int fd, int timeout_ms, struct clamd_result *r)
-{
-	struct stat st;
-
-	clamd_result_reset(r, "");
-	if (timeout_ms <= 0)
-		return clamd_fail(r, V_ERROR, "bad timeout %d ms", timeout_ms);
-	if (fstat(fd, &st) < 0)
-		return clamd_fail(r, V_ERROR, "fstat: %s", strerror(errno));
-	if (!S_ISREG(st.st_mode))
-		return clamd_fail(r, V_ERROR, "not a regular file");
-	if (cs->s < 0 && !cs->failed && clamd_session_open(cs, timeout_ms) < 0) {
-		/* No address took a session: the per-request path tries them all and says
-		 * why each failed. */
-		cs->failed = 1;
-		cs->at = 0;
-	}
-	if (cs->s >= 0) {
-		if (clamd_session_request(cs, fd, &st, timeout_ms, r) == 0)
-			return 0;
-		/* Whatever the session said that was not a verdict, the session ends here. */
-		clamd_session_close(cs);
-		cs->failed = 1;
-		/* A clamd that let a whole timeout pass is not asked again for this message (the
-		 * per-request path would wait as long once more): the next address is. */
-		if (strcmp(r->reply, "timeout") == 0) {
-			cs->last = *r;
-			if (cs->on_fail != NULL)
-				cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], r);
-			cs->at++;
-		}
-	}
-	if (cs->addrs == NULL || cs->addrs[cs->at] == NULL) {
-		if (cs->at == 0)
-			return clamd_fail(r, V_ERROR, "no clamd address");
-		*r = cs->last;
-		return -1;
-	}
-	return clamd_scan_fd_from_cb(cs->addrs, cs->at, fd, cs->pol, timeout_ms, r, cs->on_fail,
-	                             cs->fail_ctx);
-}
-
-/*
- * Pipelined zFILDES in the open session: every request goes out first, then the replies
- * are read in whatever order clamd's threads finish them (clamd answers session requests
- * asynchronously, tagged with their ids). The replies are a few dozen bytes each, so
- * sending them all before reading cannot fill clamd's side. Sets final[i] for each part
- * that got a verdict. Returns 0 while the session is sound, -1 when it must end: a send
- * failed, the connection closed, the deadline passed (the parts without a reply then say
- * "timeout"), a reply did not parse, or one was not a verdict.
- */
-static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size_t n,
-                                  int timeout_ms, struct clamd_result *rs, int *final)
-{
-	int64_t deadline = now_ms_monotonic() + timeout_ms;
-	unsigned first = cs->next_id;
-	char buf[2 * CLAMD_REPLY_MAX], line[CLAMD_REPLY_MAX];
-	size_t have = 0, got = 0;
-	int sound = 1;
-
-	/* Every result starts as an error, so that one never sent reads as such. */
-	for (size_t i = 0; i < n; i++)
-		clamd_result_reset(&rs[i], cs->addrs[cs->at]);
-	for (size_t i = 0; i < n; i++)
-		if (clamd_fildes_send(cs->s, fds[i], deadline, &rs[i]) != 0)
-			return -1;
-	cs->next_id = first + (unsigned)n;
-	while (got < n) {
-		char *nul = memchr(buf, '\0', have), *end;
-		unsigned long id;
-		size_t len;
-
-		if (nul == NULL) {
-			struct clamd_result w;
-			ssize_t k;
-
-			if (have == sizeof buf)
-				return -1; /* a reply longer than any clamd sends */
-			k = recv(cs->s, buf + have, sizeof buf - have, 0);
-			if (k > 0) {
-				have += (size_t)k;
-				continue;
-			}
-			if (k < 0 && errno == EINTR)
-				continue;
-			if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-				if (clamd_wait(cs->s, POLLIN, deadline, &w) >= 0)
-					continue;
-				for (size_t i = 0; i < n; i++)
-					if (!final[i])
-						rs[i] = w; /* "timeout" (or the poll error) */
-			}
-			return -1;
-		}
-		len = (size_t)(nul - buf);
-		/* Digits only: strtoul alone would take " +1" or "-1" as well. */
-		if (buf[0] < '0' || buf[0] > '9')
-			return -1;
-		errno = 0;
-		id = strtoul(buf, &end, 10);
-		if (errno != 0 || end[0] != ':' || end[1] != ' ' || id < first || id - first >= n ||
-		    final[id - first])
-			return -1; /* not a reply to one of ours, or a second one */
-		len -= (size_t)(end + 2 - buf);
-		while (len > 0 && (end[2 + len - 1] == '\n' || end[2 + len - 1] == '\r'))
-			len--;
-		/* Up to 2 * CLAMD_REPLY_MAX bytes are buffered, so a reply may be longer than
-		 * line: clamd_line_copy refuses it, and that part is an error. */
-		if (clamd_line_copy(line, end + 2, len, &rs[id - first]) == 0 &&
-		    clamd_reply_parse(line, &rs[id - first]) == 0)
-			final[id - first] = 1;
-		else
-			sound = 0; /* that part is asked again, outside the session */
-		got++;
-		have -= (size_t)(nul + 1 - buf);
-		memmove(buf, nul + 1, have);
-	}
-	return sound && have == 0 ? 0 : -1;
-}
-
-/* One batch of at most CLAMD_SESSION_BATCH parts. */
-static void clamd_session_scan_batch(struct clamd_session *cs, const int *fds, size_t n,
-                                     int timeout_ms, struct clamd_result *rs)
-{
-	int final[CLAMD_SESSION_BATCH];
-	int todo_fd[CLAMD_SESSION_BATCH];
-	size_t todo_ix[CLAMD_SESSION_BATCH], ntodo = 0;
-	struct clamd_result todo_r[CLAMD_SESSION_BATCH];
-
-	memset(final, 0, sizeof final);
-	for (size_t i = 0; i < n; i++) {
-		struct stat st;
-
-		clamd_result_reset(&rs[i], "");
-		if (timeout_ms <= 0)
-			final[i] =
-			    clamd_fail(&rs[i], V_ERROR, "bad timeout %d ms", timeout_ms) != 0;
-		else if (fstat(fds[i], &st) < 0)
-			final[i] = clamd_fail(&rs[i], V_ERROR, "fstat: %s", strerror(errno)) != 0;
-		else if (!S_ISREG(st.st_mode))
-			final[i] = clamd_fail(&rs[i], V_ERROR, "not a regular file") != 0;
-		else if ((uint64_t)st.st_size > cs->pol->max_file_size)
-			final[i] = clamd_fail(&rs[i], V_UNSCANNABLE, "over max_file_size") != 0;
-		else {
-			todo_ix[ntodo] = i;
-			todo_fd[ntodo++] = fds[i];
-		}
-	}
-	if (ntodo > 1 && cs->s < 0 && !cs->failed && clamd_session_open(cs, timeout_ms) < 0) {
-		cs->failed = 1;
-		cs->at = 0;
-	}
-	/* Only FILDES is pipelined: an INSTREAM ties up the connection for its whole upload,
-	 * so over tcp the parts go one by one (still in one session). */
-	if (ntodo > 1 && cs->s >= 0 && cs->a.is_unix) {
-		int tfinal[CLAMD_SESSION_BATCH];
-
-		memset(tfinal, 0, sizeof tfinal);
-		if (clamd_session_pipeline(cs, todo_fd, ntodo, timeout_ms, todo_r, tfinal) < 0) {
-			int timed_out = 0;
-
-			clamd_session_close(cs);
-			cs->failed = 1;
-			for (size_t j = 0; j < ntodo; j++)
-				if (!tfinal[j] && strcmp(todo_r[j].reply, "timeout") == 0) {
-					cs->last = todo_r[j];
-					timed_out = 1;
-				}
-			/* As for one request: a clamd that let the deadline pass is not asked
-			 * again for this message. */
-			if (timed_out) {
-				if (cs->on_fail != NULL)
-					cs->on_fail(cs->fail_ctx, cs->addrs[cs->at], &cs->last);
-				cs->at++;
-			}
-		}
-		for (size_t j = 0; j < ntodo; j++)
-			if (tfinal[j]) {
-				rs[todo_ix[j]] = todo_r[j];
-				final[todo_ix[j]] = 1;
-			}
-	}
-	for (size_t i = 0; i < n; i++)
-		if (!final[i])
-			clamd_session_scan_fd(cs, fds[i], timeout_ms, &rs[i]);
-}
-
-void clamd_session_scan_fds(struct clamd_session *cs, const int *fds, size_t n, int timeout_ms,
-                            struct clamd_result *rs)
-{
-	for (size_t off = 0; off < n; off += CLAMD_SESSION_BATCH)
-		clamd_session_scan_batch(
-		    cs, fds + off, n - off < CLAMD_SESSION_BATCH ? n - off : CLAMD_SESSION_BATCH,
-		    timeout_ms, rs + off);
 }
 
 /* Send the z-command "z<cmd>\0" and read its one reply into line (CLAMD_REPLY_MAX bytes).

@@ -26,6 +26,7 @@
 #include "clamd.h"
 #include "farm.h"
 #include "log.h"
+#include "scanner.h"
 #include "metrics.h"
 #include "slot.h"
 #include "trace.h"
@@ -179,15 +180,6 @@ static int farm_probe(struct pool *p, size_t i, const struct clamd_policy *pol, 
 	return 0;
 }
 
-/* Scan time per clamd request batch, for the histogram (as runner.c's). */
-static void farm_observe(const struct conf_scanner *sc, long ms)
-{
-	char esc[256], labels[300];
-	metrics_label_escape(sc->name, esc, sizeof esc);
-	bsnprintf(labels, sizeof labels, "scanner=\"%s\"", esc);
-	metrics_observe("spoold_scan_seconds", labels, (double)ms / 1000.0);
-}
-
 static void farm_count(const char *metric, const char *scanner, const char *result, size_t n)
 {
 	char esc[256], labels[400];
@@ -198,10 +190,36 @@ static void farm_count(const char *metric, const char *scanner, const char *resu
 	metrics_inc(metric, labels, n);
 }
 
-/* The message cannot be placed: one error per part naming every address and why. */
-static void farm_all_down(struct runner_scanner *rs, struct pool *p, const struct manifest *m,
-                          struct verdicts *vs, const char *qid, int backup)
+/* One clamd pass over a message: what its batches share. */
+struct farm_run {
+	struct scanner *s;
+	struct scan_pass *p;
+	struct farm_state *f;
+	struct clamd_policy pol;
+	struct clamd_session cs;
+	char *addrs[POOL_MAX_ADDRS + 1]; /* placed, NULL-terminated; addrs[0] is asked first */
+	size_t n;
+	struct cache *cache; /* NULL: no cache for this message */
+	char cver[128];      /* addrs[0]'s VERSION line now, when the cache is used */
+	char ckey[200];      /* the cache key's version part: cver and the generation */
+	size_t hits, misses, sent;
+	int64_t scan_us;
+	int all_first; /* addrs[0] answered every part itself */
+};
+
+/* Every part of the message gets the same error line (no slot, nothing usable). */
+static void farm_fail_all(struct farm_run *fr, const char *exit, const char *why)
 {
+	const struct manifest *m = fr->p->m;
+	for (size_t i = 0; i < m->n_parts; i++)
+		scan_pass_add(fr->p, fr->s, (int)m->parts[i].index, V_ERROR, "", exit, 0,
+		              fr->s->version, "clamd", why, 0);
+}
+
+/* The message cannot be placed: one error per part naming every address and why. */
+static void farm_all_down(struct farm_run *fr)
+{
+	struct pool *p = &fr->f->pool;
 	struct pool_file pf;
 	struct buf why;
 	buf_init(&why);
@@ -213,13 +231,8 @@ static void farm_all_down(struct runner_scanner *rs, struct pool *p, const struc
 	}
 	char reply[512];
 	bsnprintf(reply, sizeof reply, "%.500s", buf_cstr(&why));
-	for (size_t i = 0; i < m->n_parts; i++) {
-		struct verdict_line *l =
-		    verdicts_add(vs, (int)m->parts[i].index, rs->conf->name, V_ERROR, "", "pool", 0,
-		                 rs->version, "clamd", reply);
-		l->backup = backup;
-	}
-	log_warn(qid, "scanner=%s %s; the message will be held", rs->conf->name, reply);
+	farm_fail_all(fr, "pool", reply);
+	log_warn(fr->p->qid, "scanner=%s %s; the message will be held", fr->s->conf->name, reply);
 	buf_free(&why);
 }
 
@@ -234,50 +247,21 @@ static void farm_addr_version(struct pool_file *pf, int have, const struct pool 
 		bsnprintf(out, len, "%s", dflt);
 }
 
-void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
-                     const struct manifest *m, struct verdicts *vs, const char *qid, int backup)
+/* The addresses for this message, in the order they are asked (fr->addrs, fr->n). */
+static void farm_addrs_pick(struct farm_run *fr)
 {
-	const struct conf_scanner *sc = rs->conf;
-	struct farm_state *f;
-	struct clamd_session cs;
-	struct clamd_policy pol;
+	const struct conf_scanner *sc = fr->s->conf;
+	struct farm_state *f = fr->f;
 	size_t order[POOL_MAX_ADDRS];
 	int due[POOL_MAX_ADDRS];
-	char *addrs[POOL_MAX_ADDRS + 1];
-	size_t n = 0, hits = 0, misses = 0, sent = 0;
-	int64_t scan_us = 0;
-	int all_first = 1;
-	if (m->n_parts == 0)
-		return;
-	f = farm_state(st, sc);
-	/* Bounded, like every scanner's slot (scanner_runner.slot_wait): a slot nobody frees
-	 * is an error verdict, and the message is held, never a stall. */
-	int wait_s = st->conf->runner.slot_wait;
-	int slot = slot_acquire_timed(&st->spool, sc->name, sc->max_concurrent, wait_s * 1000);
-	if (slot < 0) {
-		if (errno != ETIMEDOUT)
-			die_temp(qid, "cannot take a slot for scanner %s: %s", sc->name,
-			         strerror(errno));
-		char why[300];
-		snprintf(why, sizeof why, "no slot of scanner %s came free within slot_wait = %d s",
-		         sc->name, wait_s);
-		log_warn(qid, "%s", why);
-		for (size_t i = 0; i < m->n_parts; i++) {
-			struct verdict_line *l =
-			    verdicts_add(vs, (int)m->parts[i].index, sc->name, V_ERROR, "",
-			                 "not-started", 0, rs->version, "clamd", why);
-			l->backup = backup;
-		}
-		return;
-	}
-	clamd_policy_init(&pol, sc);
+	size_t n = 0;
 	size_t k = pool_place(&f->pool, (enum pool_balance)sc->balance, order, due, POOL_MAX_ADDRS);
 	/* Trust decision: an address this process's own canary failed never gets mail,
 	 * even if the shared file (advice) forgot it. */
 	for (size_t j = 0; j < k; j++)
 		if (!f->bad[order[j]] &&
-		    (!due[j] || farm_probe(&f->pool, order[j], &pol, sc->canary) == 0))
-			addrs[n++] = f->pool.addrs[order[j]];
+		    (!due[j] || farm_probe(&f->pool, order[j], &fr->pol, sc->canary) == 0))
+			fr->addrs[n++] = f->pool.addrs[order[j]];
 	if (n == 0) {
 		/* Every address is down: try them all anyway, in order, as before pools (a
 		 * refused connect costs nothing, and one that is back is found at once). Those
@@ -285,146 +269,264 @@ void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
 		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS, 0);
 		for (size_t j = 0; j < k; j++)
 			if (!f->bad[order[j]])
-				addrs[n++] = f->pool.addrs[order[j]];
+				fr->addrs[n++] = f->pool.addrs[order[j]];
 	}
-	if (n == 0 && rs->degraded) {
+	if (n == 0 && fr->s->degraded) {
 		/* No address passed its canary: the scanner is degraded, and runs as any
 		 * degraded scanner does (runner.c adds an error line to every part, so its
 		 * mail is held, while what it finds still quarantines). */
 		k = pool_fallback(&f->pool, order, POOL_MAX_ADDRS, 1);
 		for (size_t j = 0; j < k; j++)
-			addrs[n++] = f->pool.addrs[order[j]];
+			fr->addrs[n++] = f->pool.addrs[order[j]];
 	}
-	addrs[n] = NULL;
-	if (n == 0) {
-		farm_all_down(rs, &f->pool, m, vs, qid, backup);
+	fr->addrs[n] = NULL;
+	fr->n = n;
+}
+
+/* The cache for this message, if any: keyed by the database the first address runs now,
+ * a VERSION request per message, so that a RELOAD is seen before the next lookup. */
+static void farm_cache_prepare(struct farm_run *fr, struct stage *st)
+{
+	/* Trust decision: a degraded scanner's results are never stored nor served. */
+	fr->cache = fr->s->degraded ? NULL : farm_cache(st, fr->f);
+	fr->cver[0] = fr->ckey[0] = '\0';
+	if (fr->cache == NULL)
+		return;
+	/* On failure cver holds the reason: never a version for the record. */
+	if (clamd_version(fr->addrs[0], &fr->pol, FARM_PROBE_MS, fr->cver, sizeof fr->cver) < 0)
+		fr->cver[0] = '\0';
+	if (fr->cver[0] == '\0' || !cache_version_usable(fr->cver))
+		fr->cache = NULL;
+	/* The key: engine and database (VERSION), and the canary generation. */
+	else
+		bsnprintf(fr->ckey, sizeof fr->ckey, "%s\n%llu", fr->cver,
+		          (unsigned long long)cache_generation(fr->cache));
+}
+
+/* Open part b + i for the batch, answering from the cache what it knows. 1: it must be
+ * sent to clamd (fds[i] open); 0: answered (a cache hit, or it could not be opened). */
+static int farm_part_open(struct farm_run *fr, size_t part, int *fd, struct clamd_result *r,
+                          int *cached, int *keyed, unsigned char key[CACHE_KEY_LEN])
+{
+	const struct manifest *m = fr->p->m;
+	char name[16];
+	*cached = *keyed = 0;
+	manifest_part_name(m->parts[part].index, name);
+	/* Read-only and for this scan alone: in a session clamd gets these very descriptors
+	 * and moves their offsets. */
+	*fd = openat(fr->p->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	memset(r, 0, sizeof *r);
+	if (*fd < 0) {
+		r->verdict = V_ERROR;
+		bsnprintf(r->reply, sizeof r->reply, "open %s: %s", name, strerror(errno));
+		return 0;
+	}
+	unsigned char sha[32];
+	if (fr->cache && cache_sha256_fd(*fd, sha) == 0) {
+		cache_key(key, sha, fr->s->conf->name, fr->ckey);
+		*keyed = 1;
+		if (cache_get(fr->cache, key, &r->verdict, r->virus, sizeof r->virus)) {
+			*cached = 1;
+			bsnprintf(r->addr, sizeof r->addr, "%s", fr->addrs[0]);
+			bsnprintf(r->reply, sizeof r->reply, "cached=1 %s",
+			          r->verdict == V_CLEAN ? "OK" : "FOUND");
+			close(*fd);
+			*fd = -1;
+			fr->hits++;
+			return 0;
+		}
+		fr->misses++;
+	}
+	return 1;
+}
+
+/* The verdict lines of one batch, with the version of the address that answered each. */
+static void farm_batch_record(struct farm_run *fr, size_t b, size_t nb,
+                              const struct clamd_result *r, const int *cached, long ms)
+{
+	const struct conf_scanner *sc = fr->s->conf;
+	const struct manifest *m = fr->p->m;
+	struct pool_file pf;
+	int have = pool_snapshot(&fr->f->pool, &pf) == 0;
+	for (size_t i = 0; i < nb; i++) {
+		char ver[128];
+		farm_addr_version(&pf, have, &fr->f->pool, r[i].addr, fr->s->version, ver,
+		                  sizeof ver);
+		/* cver was asked of addrs[0] for this message: fresher than the pool's. */
+		if (cached[i] || (fr->cver[0] && strcmp(r[i].addr, fr->addrs[0]) == 0))
+			bsnprintf(ver, sizeof ver, "%s", fr->cver);
+		else
+			scanner_observe(sc, ms);
+		scan_pass_add(fr->p, fr->s, (int)m->parts[b + i].index, r[i].verdict, r[i].virus,
+		              r[i].addr, cached[i] ? 0 : ms, ver, "clamd", r[i].reply, 0);
+		if (r[i].verdict != V_CLEAN)
+			log_info(fr->p->qid,
+			         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld", sc->name,
+			         m->parts[b + i].index, verdict_name(r[i].verdict), r[i].virus,
+			         r[i].reply, ms);
+	}
+}
+
+/* Parts b .. b + nb - 1 (at most CLAMD_SESSION_BATCH): the cache first, the rest through
+ * the session; only what the address whose version keyed it said is stored. */
+static void farm_batch(struct farm_run *fr, size_t b, size_t nb)
+{
+	struct clamd_result r[CLAMD_SESSION_BATCH], ro[CLAMD_SESSION_BATCH];
+	int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
+	int cached[CLAMD_SESSION_BATCH], keyed[CLAMD_SESSION_BATCH];
+	unsigned char keys[CLAMD_SESSION_BATCH][CACHE_KEY_LEN];
+	size_t nopen = 0;
+	int64_t t0 = now_ms_monotonic();
+	for (size_t i = 0; i < nb; i++)
+		if (farm_part_open(fr, b + i, &fds[i], &r[i], &cached[i], &keyed[i], keys[i]))
+			open_fds[nopen++] = fds[i];
+	int64_t s0 = farm_now_us();
+	clamd_session_scan_fds(&fr->cs, open_fds, nopen, fr->s->conf->timeout * 1000, ro);
+	fr->scan_us += farm_now_us() - s0;
+	for (size_t i = 0; i < nb; i++)
+		if (fds[i] >= 0)
+			fr->sent += farm_units(fr->p->m->parts[b + i].size);
+	for (size_t i = 0, j = 0; i < nb; i++)
+		if (fds[i] >= 0) {
+			r[i] = ro[j++];
+			close(fds[i]);
+			if (strcmp(r[i].addr, fr->addrs[0]) != 0)
+				fr->all_first = 0;
+			/* Only what the address whose version keyed it said. */
+			if (keyed[i] && strcmp(r[i].addr, fr->addrs[0]) == 0)
+				cache_put(fr->cache, keys[i], r[i].verdict, r[i].virus);
+		}
+	farm_batch_record(fr, b, nb, r, cached, (long)(now_ms_monotonic() - t0));
+	if (fr->cache)
+		cache_commit(fr->cache);
+}
+
+/* Tell the pool how the first address did: its time per part (of up to 256 KB) for
+ * least-busy, only when it answered every part itself (a failover's time is the other
+ * address's); and a verdict from it clears its back-off. */
+static void farm_pool_finish(struct farm_run *fr, int first)
+{
+	struct pool *p = &fr->f->pool;
+	const struct verdicts *vs = fr->p->vs;
+	if (first < 0)
+		return;
+	if (fr->all_first && fr->sent > 0)
+		pool_end_timed(p, (size_t)first, fr->scan_us, fr->sent);
+	else
+		pool_end(p, (size_t)first);
+	for (size_t i = 0; i < vs->n; i++)
+		if (strcmp(vs->lines[i].exit, fr->addrs[0]) == 0 &&
+		    (vs->lines[i].verdict == V_CLEAN || vs->lines[i].verdict == V_INFECTED)) {
+			pool_ok(p, (size_t)first);
+			break;
+		}
+}
+
+/*
+ * The clamd backend's scan: every part of the message in one go, cache first, then the
+ * pool (placement, probes of due addresses, failover), one verdict line per part:
+ * exit = the address, version = that address's VERSION line; a cached one says
+ * "cached=1" first in its output. Every address down: all are tried in order (as
+ * without a pool) and the message is held if none answers. Every address failed its
+ * canary: the scanner is degraded and they are used as a degraded scanner is (runner.c
+ * adds error lines, the mail is held; a virus found still quarantines). Nothing usable
+ * at all: every part is an error naming each address, so the message is held.
+ */
+static int farm_scan(struct scanner *s, struct scan_pass *p)
+{
+	const struct conf_scanner *sc = s->conf;
+	struct farm_run fr;
+	char why[300];
+	memset(p->todo, 0, p->m->n_parts);
+	if (p->m->n_parts == 0)
+		return 1;
+	memset(&fr, 0, sizeof fr);
+	fr.s = s;
+	fr.p = p;
+	fr.all_first = 1;
+	fr.f = farm_state(p->st, sc);
+	int slot = scanner_slot_take(p->st, sc, p->qid, why, sizeof why);
+	if (slot < 0) {
+		farm_fail_all(&fr, "not-started", why);
+		return 1;
+	}
+	clamd_policy_init(&fr.pol, sc);
+	farm_addrs_pick(&fr);
+	if (fr.n == 0) {
+		farm_all_down(&fr);
 		slot_release(slot);
+		return 1;
+	}
+	int first = pool_index(&fr.f->pool, fr.addrs[0]);
+	farm_cache_prepare(&fr, p->st);
+	if (first >= 0)
+		pool_begin(&fr.f->pool, (size_t)first);
+	clamd_session_init(&fr.cs, fr.addrs, &fr.pol);
+	fr.cs.on_fail = farm_on_fail;
+	fr.cs.fail_ctx = &fr.f->pool;
+	for (size_t b = 0; b < p->m->n_parts; b += CLAMD_SESSION_BATCH)
+		farm_batch(&fr, b,
+		           p->m->n_parts - b < CLAMD_SESSION_BATCH ? p->m->n_parts - b
+		                                                   : CLAMD_SESSION_BATCH);
+	clamd_session_close(&fr.cs);
+	farm_pool_finish(&fr, first);
+	farm_count("spoold_cache_lookups_total", sc->name, "hit", fr.hits);
+	farm_count("spoold_cache_lookups_total", sc->name, "miss", fr.misses);
+	slot_release(slot);
+	return 1;
+}
+
+/* The canary's check of one file at one address, never the pool: each address passes
+ * its own canary, and the cache is never asked. */
+static void farm_check(struct scanner *s, struct stage *st, const char *dir, int dirfd,
+                       const char *file, const char *addr, struct scanner_probe *out)
+{
+	const struct conf_scanner *sc = s->conf;
+	struct clamd_result r;
+	struct clamd_policy pol;
+	struct buf esc;
+	char why[300];
+	int fd = openat(dirfd, file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		out->verdict = V_ERROR;
+		bsnprintf(out->unasked, sizeof out->unasked, "cannot open %.200s/%s: %s", dir, file,
+		          strerror(errno));
 		return;
 	}
-	int first = pool_index(&f->pool, addrs[0]);
-	/* The cache key needs the database the first address runs now: a VERSION request
-	 * per message, so that a RELOAD is seen before the next lookup. */
-	/* Trust decision: a degraded scanner's results are never stored nor served. */
-	struct cache *cache = rs->degraded ? NULL : farm_cache(st, f);
-	char cver[128] = "", ckey[200] = "";
-	if (cache) {
-		/* On failure cver holds the reason: never a version for the record. */
-		if (clamd_version(addrs[0], &pol, FARM_PROBE_MS, cver, sizeof cver) < 0)
-			cver[0] = '\0';
-		if (cver[0] == '\0' || !cache_version_usable(cver))
-			cache = NULL;
-		/* The key: engine and database (VERSION), and the canary generation. */
-		else
-			bsnprintf(ckey, sizeof ckey, "%s\n%llu", cver,
-			          (unsigned long long)cache_generation(cache));
+	int slot = scanner_slot_take(st, sc, NULL, why, sizeof why);
+	if (slot < 0) {
+		memset(&r, 0, sizeof r);
+		r.verdict = V_ERROR;
+		bsnprintf(r.addr, sizeof r.addr, "%s", addr);
+		bsnprintf(r.reply, sizeof r.reply, "%s", why);
+	} else {
+		clamd_policy_init(&pol, sc);
+		clamd_scan_fd(addr, fd, &pol, sc->timeout * 1000, &r);
+		slot_release(slot);
 	}
-	if (first >= 0)
-		pool_begin(&f->pool, (size_t)first);
-	clamd_session_init(&cs, addrs, &pol);
-	cs.on_fail = farm_on_fail;
-	cs.fail_ctx = &f->pool;
-	for (size_t b = 0; b < m->n_parts; b += CLAMD_SESSION_BATCH) {
-		size_t nb =
-		    m->n_parts - b < CLAMD_SESSION_BATCH ? m->n_parts - b : CLAMD_SESSION_BATCH;
-		struct clamd_result r[CLAMD_SESSION_BATCH], ro[CLAMD_SESSION_BATCH];
-		int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
-		int cached[CLAMD_SESSION_BATCH], keyed[CLAMD_SESSION_BATCH];
-		unsigned char keys[CLAMD_SESSION_BATCH][CACHE_KEY_LEN];
-		size_t nopen = 0;
-		int64_t t0 = now_ms_monotonic();
-		/* Read-only and for this scan alone: in a session clamd gets these very
-		 * descriptors and moves their offsets. */
-		for (size_t i = 0; i < nb; i++) {
-			char name[16];
-			cached[i] = keyed[i] = 0;
-			manifest_part_name(m->parts[b + i].index, name);
-			fds[i] = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-			memset(&r[i], 0, sizeof r[i]);
-			if (fds[i] < 0) {
-				r[i].verdict = V_ERROR;
-				bsnprintf(r[i].reply, sizeof r[i].reply, "open %s: %s", name,
-				          strerror(errno));
-				continue;
-			}
-			unsigned char sha[32];
-			if (cache && cache_sha256_fd(fds[i], sha) == 0) {
-				cache_key(keys[i], sha, sc->name, ckey);
-				keyed[i] = 1;
-				if (cache_get(cache, keys[i], &r[i].verdict, r[i].virus,
-				              sizeof r[i].virus)) {
-					cached[i] = 1;
-					bsnprintf(r[i].addr, sizeof r[i].addr, "%s", addrs[0]);
-					bsnprintf(r[i].reply, sizeof r[i].reply, "cached=1 %s",
-					          r[i].verdict == V_CLEAN ? "OK" : "FOUND");
-					close(fds[i]);
-					fds[i] = -1;
-					hits++;
-					continue;
-				}
-				misses++;
-			}
-			open_fds[nopen++] = fds[i];
-		}
-		int64_t s0 = farm_now_us();
-		clamd_session_scan_fds(&cs, open_fds, nopen, sc->timeout * 1000, ro);
-		scan_us += farm_now_us() - s0;
-		for (size_t i = 0; i < nb; i++)
-			if (fds[i] >= 0)
-				sent += farm_units(m->parts[b + i].size);
-		for (size_t i = 0, j = 0; i < nb; i++)
-			if (fds[i] >= 0) {
-				r[i] = ro[j++];
-				close(fds[i]);
-				if (strcmp(r[i].addr, addrs[0]) != 0)
-					all_first = 0;
-				/* Only what the address whose version keyed it said. */
-				if (keyed[i] && strcmp(r[i].addr, addrs[0]) == 0)
-					cache_put(cache, keys[i], r[i].verdict, r[i].virus);
-			}
-		long ms = (long)(now_ms_monotonic() - t0);
-		struct pool_file pf;
-		int have = pool_snapshot(&f->pool, &pf) == 0;
-		for (size_t i = 0; i < nb; i++) {
-			char ver[128];
-			farm_addr_version(&pf, have, &f->pool, r[i].addr, rs->version, ver,
-			                  sizeof ver);
-			/* cver was asked of addrs[0] for this message: fresher than the pool's. */
-			if (cached[i] || (cver[0] && strcmp(r[i].addr, addrs[0]) == 0))
-				bsnprintf(ver, sizeof ver, "%s", cver);
-			else
-				farm_observe(sc, ms);
-			struct verdict_line *l = verdicts_add(
-			    vs, (int)m->parts[b + i].index, sc->name, r[i].verdict, r[i].virus,
-			    r[i].addr, cached[i] ? 0 : ms, ver, "clamd", r[i].reply);
-			l->backup = backup;
-			if (r[i].verdict != V_CLEAN)
-				log_info(qid,
-				         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld",
-				         sc->name, m->parts[b + i].index,
-				         verdict_name(r[i].verdict), r[i].virus, r[i].reply, ms);
-		}
-		if (cache)
-			cache_commit(cache);
-	}
-	clamd_session_close(&cs);
-	if (first >= 0) {
-		/* The time per part (of up to 256 KB) tells least-busy how fast this address
-		 * is; only when it answered every part itself (a failover's time is the other
-		 * address's). */
-		if (all_first && sent > 0)
-			pool_end_timed(&f->pool, (size_t)first, scan_us, sent);
-		else
-			pool_end(&f->pool, (size_t)first);
-		/* A verdict from the first address clears its back-off. */
-		for (size_t i = 0; i < vs->n; i++)
-			if (strcmp(vs->lines[i].exit, addrs[0]) == 0 &&
-			    (vs->lines[i].verdict == V_CLEAN ||
-			     vs->lines[i].verdict == V_INFECTED)) {
-				pool_ok(&f->pool, (size_t)first);
-				break;
-			}
-	}
-	farm_count("spoold_cache_lookups_total", sc->name, "hit", hits);
-	farm_count("spoold_cache_lookups_total", sc->name, "miss", misses);
-	slot_release(slot);
+	close(fd);
+	out->verdict = r.verdict;
+	bsnprintf(out->virus, sizeof out->virus, "%s", r.virus);
+	buf_init(&esc);
+	escape_bytes(&esc, r.reply, strlen(r.reply), 200);
+	bsnprintf(out->detail, sizeof out->detail, "addr=%s reply=%s", r.addr, buf_cstr(&esc));
+	buf_free(&esc);
 }
+
+/* clamd's VERSION line (engine and database), from the first address that answers. */
+static void farm_version(const struct scanner *s, char *out, size_t len)
+{
+	struct clamd_policy pol;
+	clamd_policy_init(&pol, s->conf);
+	if (clamd_version_any(s->conf->clamd_addrs, &pol, 5000, out, len) == 0)
+		return;
+	snprintf(out, len, "unknown");
+}
+
+const struct scanner_ops scanner_ops_clamd = {
+    .mode = "clamd",
+    .scan = farm_scan,
+    .check = farm_check,
+    .version = farm_version,
+    .checks_missing = 0,
+};

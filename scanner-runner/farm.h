@@ -1,7 +1,9 @@
 /*
- * farm - a clamd scanner as a pool of addresses (lib/pool.h) with a verdict cache
- * (cache.h): placement, probes, health marks, per-address canaries. Used by runner.c
- * (the scan of one message) and canary.c (one canary per address).
+ * farm - the clamd backend of scanner.h (scanner_ops_clamd): a clamd scanner as a pool
+ * of addresses (lib/pool.h) with a verdict cache (cache.h): placement, probes, health
+ * marks, per-address canaries. Its scan is the scan of one message; its check asks one
+ * address, never the pool nor the cache. What follows is for canary.c, which checks
+ * each address of a pool on its own.
  */
 #ifndef SPOOLD_FARM_H
 #define SPOOLD_FARM_H
@@ -10,20 +12,10 @@
 
 #include "manifest.h"
 #include "pool.h"
-#include "runner.h"
+#include "scanner.h"
 #include "stage.h"
 #include "verdict.h"
 
-/* Scan every part of m (in dirfd) with the clamd scanner rs: cache first, then the pool
- * (placement, probes of due addresses, failover), recording one verdict line per part:
- * exit = the address, version = that address's VERSION line; a cached one says
- * "cached=1" first in its output. Every address down: all are tried in order (as
- * without a pool) and the message is held if none answers. Every address failed its
- * canary: the scanner is degraded and they are used as a degraded scanner is (runner.c
- * adds error lines, the mail is held; a virus found still quarantines). Nothing usable
- * at all: every part is an error naming each address, so the message is held. */
-void farm_scan_clamd(struct stage *st, struct runner_scanner *rs, int dirfd,
-                     const struct manifest *m, struct verdicts *vs, const char *qid, int backup);
 /* The pool of a clamd scanner (opened on first use; its fd may be -1: no memory). */
 struct pool *farm_pool(struct stage *st, const struct conf_scanner *sc);
 /* Does any address of this clamd scanner wait for a canary (failed one, or restarted

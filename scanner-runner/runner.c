@@ -2,10 +2,12 @@
  * scanner-runner - runs the configured scanners over every part of a split message
  * (docs/INTERNALS.md, state S2 -> S3).
  *
- * Claims scan/<qid>/, runs every primary scanner over every NNNN.ATT (per-attachment:
- * one process per part, as MailEnable does; per-message: one process for all parts;
- * clamd: the descriptor is handed to clamd), runs the backup scanners only when a primary
- * failed, writes "verdicts" and commits to route/ with one rename. The router decides;
+ * Claims scan/<qid>/, runs every primary scanner over every NNNN.ATT through its backend
+ * (scanner.h: per-attachment, one process per part, as MailEnable does; per-message, one
+ * process for all parts; clamd, the descriptor is handed to clamd), runs the backup
+ * scanners only when a primary failed, writes "verdicts" and commits to route/ with one
+ * rename. This file is the stage: which scanner's turn it is, slices, budgets, copies,
+ * the commit; how a scanner is run is the backend's. The router decides;
  * this stage only records. Anything unmapped is an error, never clean: a failed waitpid,
  * output not read in full (cut at the bound, or held open after the child exited), a
  * part an infected per-message run did not name by its exact path (it is run again
@@ -32,292 +34,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include "broker.h"
-#include "clamd.h"
+#include "canary.h"
 #include "conf.h"
 #include "crash.h"
 #include "exec.h"
-#include "farm.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
-#include "runner.h"
-#include "slot.h"
+#include "scanner.h"
 #include "spool.h"
 #include "stage.h"
 #include "trace.h"
 #include "util.h"
 #include "verdict.h"
 
-#define OUTPUT_EXCERPT 512
-/* Output kept per scanner run (per part; per-message runs get more, per part). */
-#define RUNNER_OUTPUT_MAX (64 * 1024)
-
 struct runner {
-	struct runner_scanner *sc;
+	struct scanner *sc;
 	size_t n;
 };
 
 static struct runner runner_g;
-int runner_broker_fd = -1;
-
-/* Word for file i of a run: its path, or through the broker its descriptor's name. */
-static char *runner_file_word(size_t i, const char *path)
-{
-	char fdname[32];
-	if (runner_broker_fd < 0)
-		return xstrdup(path);
-	broker_file_arg(i, fdname, sizeof fdname);
-	return xstrdup(fdname);
-}
-
-/* Substitute {file} / {dir} in one argv word. */
-static char *runner_word_expand(const char *w, const char *file, const char *dir)
-{
-	struct buf b;
-	buf_init(&b);
-	while (*w) {
-		if (strncmp(w, "{file}", 6) == 0 && file) {
-			buf_addstr(&b, file);
-			w += 6;
-		} else if (strncmp(w, "{dir}", 5) == 0) {
-			buf_addstr(&b, runner_broker_fd >= 0 ? "." : dir);
-			w += 5;
-		} else {
-			buf_add(&b, w, 1);
-			w++;
-		}
-	}
-	buf_cstr(&b);
-	return b.data;
-}
-
-char **runner_files(const char *dir, const char *file, const struct manifest *m, size_t *n)
-{
-	size_t k = m ? m->n_parts : file ? 1 : 0;
-	char **v = xcalloc(k + 1, sizeof(char *));
-	for (size_t i = 0; m && i < m->n_parts; i++) {
-		char name[16];
-		manifest_part_name(m->parts[i].index, name);
-		v[i] = xasprintf("%s/%s", dir, name);
-	}
-	if (!m && file)
-		v[0] = xstrdup(file);
-	*n = k;
-	return v;
-}
-
-/* Build the argv: every word expanded; a word that is exactly {files} becomes one word per
- * part. Paths come from the spool root and part indexes only, never from the message;
- * through the broker, from the file's position only (runner_file_word). */
-char **runner_argv(const struct conf_scanner *sc, const char *dir, const char *file,
-                   const struct manifest *m)
-{
-	size_t n = 0, cap = 8;
-	char **v = xmalloc(cap * sizeof(char *));
-	char *file_word = file ? runner_file_word(0, file) : NULL;
-	for (char **w = sc->argv; *w; w++) {
-		if (strcmp(*w, "{files}") == 0 && m) {
-			for (size_t i = 0; i < m->n_parts; i++) {
-				char name[16];
-				manifest_part_name(m->parts[i].index, name);
-				if (n + 2 > cap)
-					v = xrealloc(v, (cap *= 2) * sizeof(char *));
-				char *path = xasprintf("%s/%s", dir, name);
-				v[n++] = runner_file_word(i, path);
-				free(path);
-			}
-			continue;
-		}
-		if (strcmp(*w, "{files}") == 0 && file) {
-			/* The canary: per-message scanners get their one test file. */
-			if (n + 2 > cap)
-				v = xrealloc(v, (cap *= 2) * sizeof(char *));
-			v[n++] = xstrdup(file_word);
-			continue;
-		}
-		if (n + 2 > cap)
-			v = xrealloc(v, (cap *= 2) * sizeof(char *));
-		v[n++] = runner_word_expand(*w, file_word, dir);
-	}
-	v[n] = NULL;
-	free(file_word);
-	return v;
-}
-
-void runner_argv_free(char **v)
-{
-	for (char **p = v; *p; p++)
-		free(*p);
-	free(v);
-}
-
-/* The argv word of each part of sub, in order (as runner_argv makes them for {files}). */
-static char **runner_argv_files_words(const char *dir, const struct manifest *sub)
-{
-	size_t n;
-	char **v = runner_files(dir, NULL, sub, &n);
-	for (size_t k = 0; k < n; k++) {
-		char *w = runner_file_word(k, v[k]);
-		free(v[k]);
-		v[k] = w;
-	}
-	return v;
-}
-
-void runner_argv_escape(char **v, struct buf *out)
-{
-	for (char **p = v; *p; p++) {
-		if (p != v)
-			buf_addstr(out, " ");
-		buf_addstr(out, *p);
-	}
-}
-
-static int runner_code_in(int code, const int *codes, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (codes[i] == code)
-			return 1;
-	return 0;
-}
-
-/* The virus name from the scanner's output, from the first line the regex matches. */
-void runner_virus_name(const struct runner_scanner *rs, const char *out, const char *only,
-                       char *name, size_t len)
-{
-	name[0] = '\0';
-	if (!rs->has_rx || out == NULL)
-		return;
-	const char *line = out;
-	while (*line) {
-		const char *nl = strchr(line, '\n');
-		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
-		char *l = xstrndup(line, ll);
-		regmatch_t mt[3];
-		if ((only == NULL || strstr(l, only)) && regexec(&rs->rx, l, 3, mt, 0) == 0) {
-			int g = rs->rx.re_nsub >= 2 ? 2 : 1;
-			if (mt[g].rm_so >= 0) {
-				size_t vl = (size_t)(mt[g].rm_eo - mt[g].rm_so);
-				if (vl >= len)
-					vl = len - 1;
-				memcpy(name, l + mt[g].rm_so, vl);
-				name[vl] = '\0';
-				free(l);
-				return;
-			}
-		}
-		free(l);
-		if (!nl)
-			break;
-		line = nl + 1;
-	}
-}
-
-static void runner_exec_opts(const struct conf_scanner *sc, const char *dir, size_t output_max,
-                             char **files, struct exec_opts *o)
-{
-	exec_opts_init(o);
-	o->cwd = sc->workdir ? sc->workdir : dir;
-	if (runner_broker_fd >= 0) {
-		/* Through the broker: the files go as descriptors, and the scanner's cwd is
-		 * its own private directory unless workdir names one. */
-		o->broker_fd = runner_broker_fd;
-		o->cwd = sc->workdir;
-		o->files = (const char *const *)files;
-		for (o->n_files = 0; files && files[o->n_files]; o->n_files++)
-			;
-	}
-	o->timeout_ms = sc->timeout * 1000;
-	o->output_max = output_max;
-	o->rlimit_as = sc->rlimit_as;
-	o->rlimit_cpu = sc->rlimit_cpu;
-	o->rlimit_nofile = sc->rlimit_nofile;
-	/* keep_fd stays -1: the slot is the runner's, never the child's (slot.h). */
-}
-
-/* Run one scanner process while holding one of its slots. The slot descriptor is
- * close-on-exec and handed to nobody: a grandchild that leaves the process group cannot
- * keep it. It is released only once exec_run has reaped the child and killed its group,
- * so the slots still bound the scanners running at once; if the runner dies, the child
- * dies with it (PR_SET_PDEATHSIG) and the kernel drops the lock. No free slot within
- * scanner_runner.slot_wait: res says not-started, which runner_map makes an error. */
-static void runner_exec_slotted_max(struct stage *st, const struct conf_scanner *sc, char **argv,
-                                    char **files, const char *dir, const char *qid,
-                                    size_t output_max, struct exec_result *res)
-{
-	struct exec_opts o;
-	int wait_s = st->conf->runner.slot_wait;
-	int slot = slot_acquire_timed(&st->spool, sc->name, sc->max_concurrent, wait_s * 1000);
-	if (slot < 0) {
-		if (errno != ETIMEDOUT)
-			die_temp(qid, "cannot take a slot for scanner %s in %s/slots: %s", sc->name,
-			         st->spool.root, strerror(errno));
-		memset(res, 0, sizeof *res);
-		buf_init(&res->output);
-		res->not_started = 1;
-		buf_printf(&res->output, "no slot of scanner %s came free within slot_wait = %d s",
-		           sc->name, wait_s);
-		log_warn(qid, "no slot of scanner %s came free in %s/slots within %d s: %s",
-		         sc->name, st->spool.root, wait_s, strerror(ETIMEDOUT));
-		return;
-	}
-	runner_exec_opts(sc, dir, output_max, files, &o);
-	if (exec_run(argv, &o, res) < 0)
-		die_temp(qid, "cannot run scanner %s: %s", sc->name, strerror(errno));
-	slot_release(slot);
-}
-
-void runner_exec_slotted(struct stage *st, const struct conf_scanner *sc, char **argv, char **files,
-                         const char *dir, const char *qid, struct exec_result *res)
-{
-	runner_exec_slotted_max(st, sc, argv, files, dir, qid, RUNNER_OUTPUT_MAX, res);
-}
-
-/* Map an exec result for one part: clean and infected only when the exit code says so,
- * the child was reaped with a status and its output was read in full. */
-enum verdict runner_map(const struct runner_scanner *rs, const struct exec_result *res)
-{
-	const struct conf_scanner *sc = rs->conf;
-	if (res->timed_out || res->exec_failed || res->wait_failed || res->not_started ||
-	    !res->exited)
-		return V_ERROR;
-	/* Output we did not read in full may hold the line that names a virus: whatever the
-	 * exit code says, this answer is incomplete. */
-	if (res->output_truncated)
-		return V_ERROR;
-	if (runner_code_in(res->exit_code, sc->clean_codes, sc->n_clean))
-		return V_CLEAN;
-	if (runner_code_in(res->exit_code, sc->infected_codes, sc->n_infected))
-		return V_INFECTED;
-	return V_ERROR;
-}
-
-/* Scan time per scanner run (one process, or one clamd request), for the histogram. */
-static void runner_observe(const struct conf_scanner *sc, long ms)
-{
-	char esc[256], labels[300];
-	metrics_label_escape(sc->name, esc, sizeof esc);
-	snprintf(labels, sizeof labels, "scanner=\"%s\"", esc);
-	metrics_observe("spoold_scan_seconds", labels, (double)ms / 1000.0);
-}
-
-static void runner_excerpt(const struct exec_result *res, char *out, size_t len)
-{
-	struct buf b;
-	buf_init(&b);
-	if (res->output_truncated)
-		buf_printf(&b, "output truncated (over %zu bytes, or held open after exit): ",
-		           res->output.len);
-	buf_add(&b, res->output.data ? res->output.data : "", res->output.len);
-	size_t n = b.len < len - 1 ? b.len : len - 1;
-	memcpy(out, b.data ? b.data : "", n);
-	out[n] = '\0';
-	buf_free(&b);
-}
 
 /* One message being scanned. The runner keeps up to RUNNER_ACTIVE_MAX of them claimed
  * and gives each, in turn, a slice of at most RUNNER_SLICE_RUNS scanner runs or
@@ -334,17 +73,16 @@ struct runner_job {
 	struct manifest m;
 	int have_m;
 	struct verdicts vs;
-	size_t s;            /* the scanner (index into runner_g.sc) now or next */
-	int backups;         /* 0: the primaries' turn; 1: the backups' (a primary failed) */
-	int primary_failed;  /* a primary's pass added an error line */
-	int in_pass;         /* scanner s has started on this message */
-	size_t pass_first;   /* vs.n when scanner s started */
-	size_t part;         /* per-attachment: the next part index into m.parts */
-	unsigned char *todo; /* per-message: parts with no verdict from scanner s yet */
-	int rounds;          /* per-message: runs of scanner s so far */
-	int degraded_seen;   /* scanner s was degraded at some point of its pass */
-	int64_t used_ms;     /* time spent scanning this message (its own runs only) */
-	long used_runs;      /* scanner runs for this message */
+	size_t s;              /* the scanner (index into runner_g.sc) now or next */
+	int backups;           /* 0: the primaries' turn; 1: the backups' (a primary failed) */
+	int primary_failed;    /* a primary's pass added an error line */
+	int in_pass;           /* scanner s has started on this message */
+	size_t pass_first;     /* vs.n when scanner s started */
+	unsigned char *todo;   /* parts with no verdict from scanner s yet */
+	struct scan_pass pass; /* scanner s's pass: what its backend is given */
+	int degraded_seen;     /* scanner s was degraded at some point of its pass */
+	int64_t used_ms;       /* time spent scanning this message (its own runs only) */
+	long used_runs;        /* scanner runs for this message */
 	int done;
 	/* Where the parts are scanned from: the work directory, or (separated spool) this
 	 * runner's private copies of them (runner_job_copy). */
@@ -367,185 +105,10 @@ enum {
 	RUNNER_PULL_MAX = 8,
 	RUNNER_SLICE_RUNS = 8,
 	RUNNER_SLICE_MS = 2000,
-	/* per-message: an infected run names its infected parts; the others are scanned
-	 * again, without those, until a run exits clean or errs. Each run must name a new
-	 * part, and there are at most this many. */
-	RUNNER_PM_ROUNDS = 8,
-	RUNNER_ARGV_RECORD = 1024, /* bytes of a per-message argv kept in each verdict line */
 };
 
 static struct runner_job *runner_active[RUNNER_ACTIVE_MAX];
 static size_t runner_nactive;
-
-static void runner_line_log(const char *qid, const struct verdict_line *l)
-{
-	if (l->verdict != V_CLEAN)
-		log_info(qid, "scanner=%s part=%d verdict=%s virus=%s exit=%s ms=%ld", l->scanner,
-		         l->part, verdict_name(l->verdict), l->virus, l->exit, l->ms);
-}
-
-/* One part, one process (per-attachment mode). */
-static void runner_scan_part(struct stage *st, struct runner_scanner *rs, struct runner_job *j,
-                             size_t i)
-{
-	const struct conf_scanner *sc = rs->conf;
-	char name[16], exits[64], virus[256], excerpt[OUTPUT_EXCERPT];
-	struct exec_result res;
-	struct buf av;
-	manifest_part_name(j->m.parts[i].index, name);
-	char *file = xasprintf("%s/%s", j->dir, name);
-	char **argv = runner_argv(sc, j->dir, file, NULL);
-	size_t nf;
-	char **files = runner_files(j->dir, file, NULL, &nf);
-	runner_exec_slotted(st, sc, argv, files, j->dir, j->e.qid, &res);
-	runner_argv_free(files);
-	runner_observe(sc, res.ms);
-	enum verdict v = runner_map(rs, &res);
-	exec_result_describe(&res, exits, sizeof exits);
-	virus[0] = '\0';
-	if (v == V_INFECTED) {
-		runner_virus_name(rs, buf_cstr(&res.output), NULL, virus, sizeof virus);
-		if (!virus[0])
-			snprintf(virus, sizeof virus, "unknown");
-	}
-	runner_excerpt(&res, excerpt, sizeof excerpt);
-	buf_init(&av);
-	runner_argv_escape(argv, &av);
-	struct verdict_line *l = verdicts_add(&j->vs, (int)j->m.parts[i].index, sc->name, v, virus,
-	                                      exits, res.ms, rs->version, buf_cstr(&av), excerpt);
-	l->backup = j->backups;
-	runner_line_log(j->e.qid, l);
-	buf_free(&av);
-	exec_result_free(&res);
-	runner_argv_free(argv);
-	free(file);
-}
-
-/* Which parts an infected per-message run named. A line names a part only when it starts
- * with exactly the word we passed for it (dir "/" NNNN.ATT, or through the broker
- * "/dev/fd/N") and a ':' right after: no prefix, substring or basename match, so
- * "<dir>/0001.ATT.x:", "/elsewhere/0001.ATT:", "0001.ATT:" or "/dev/fd/30:" for
- * "/dev/fd/3" name nothing. The virus name comes from that same line (virus_regex).
- * sub: the parts this run was given, in argv order (the parts in todo). Fills names[i]
- * for the parts in todo; returns how many it named. */
-static size_t runner_attribute(const struct runner_scanner *rs, const char *out,
-                               const struct runner_job *j, const struct manifest *sub,
-                               char (*names)[256])
-{
-	size_t named = 0;
-	char **words = runner_argv_files_words(j->dir, sub);
-	const char *line = out;
-	while (*line) {
-		const char *nl = strchr(line, '\n');
-		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
-		for (size_t k = 0, i = 0; k < sub->n_parts; k++) {
-			size_t wl = strlen(words[k]);
-			if (ll <= wl || memcmp(line, words[k], wl) != 0 || line[wl] != ':')
-				continue;
-			while (i < j->m.n_parts && j->m.parts[i].index != sub->parts[k].index)
-				i++;
-			if (i == j->m.n_parts || !j->todo[i] || names[i][0])
-				break;
-			char *l = xstrndup(line, ll);
-			runner_virus_name(rs, l, NULL, names[i], sizeof names[i]);
-			free(l);
-			if (names[i][0])
-				named++;
-			break;
-		}
-		if (!nl)
-			break;
-		line = nl + 1;
-	}
-	runner_argv_free(words);
-	return named;
-}
-
-/* One process for the parts of the message still in todo (per-message mode). Clean only
- * comes from a clean exit over exactly those parts; an infected exit makes the parts it
- * names infected, and the others are run again on their own (next round), because "not
- * named" is not "clean": the line naming them may be lost, cut or garbled. A round that
- * names none of them, or the last round, makes them errors. Returns 1 when every part
- * has its verdict from this scanner. */
-static int runner_scan_per_message(struct stage *st, struct runner_scanner *rs,
-                                   struct runner_job *j)
-{
-	const struct conf_scanner *sc = rs->conf;
-	const struct manifest *m = &j->m;
-	char exits[64], excerpt[OUTPUT_EXCERPT];
-	struct exec_result res;
-	struct buf av;
-	struct manifest sub = {0};
-	sub.parts = xcalloc(m->n_parts, sizeof *sub.parts);
-	for (size_t i = 0; i < m->n_parts; i++)
-		if (j->todo[i])
-			sub.parts[sub.n_parts++] = m->parts[i];
-	char **argv = runner_argv(sc, j->dir, NULL, &sub);
-	size_t nf;
-	char **files = runner_files(j->dir, NULL, &sub, &nf);
-	/* One line per part is the usual answer: room for that, with the bound coming from
-	 * the splitter's max_parts (config), not from the message. */
-	size_t out_max = RUNNER_OUTPUT_MAX + sub.n_parts * (strlen(j->dir) + 16 + 256);
-	runner_exec_slotted_max(st, sc, argv, files, j->dir, j->e.qid, out_max, &res);
-	runner_observe(sc, res.ms);
-	enum verdict v = runner_map(rs, &res);
-	exec_result_describe(&res, exits, sizeof exits);
-	runner_excerpt(&res, excerpt, sizeof excerpt);
-	buf_init(&av);
-	runner_argv_escape(argv, &av);
-	if (av.len > RUNNER_ARGV_RECORD) {
-		av.len = RUNNER_ARGV_RECORD;
-		buf_printf(&av, " ... (%zu files)", sub.n_parts);
-	}
-	j->rounds++;
-	size_t named = 0;
-	char(*names)[256] = xcalloc(m->n_parts, sizeof *names);
-	if (v == V_INFECTED)
-		named = runner_attribute(rs, buf_cstr(&res.output), j, &sub, names);
-	int again =
-	    v == V_INFECTED && named > 0 && named < sub.n_parts && j->rounds < RUNNER_PM_ROUNDS;
-	size_t left = 0;
-	for (size_t i = 0; i < m->n_parts; i++) {
-		enum verdict pv = v;
-		const char *virus = "", *why = excerpt;
-		if (!j->todo[i])
-			continue;
-		if (v == V_INFECTED) {
-			if (names[i][0]) {
-				virus = names[i];
-			} else if (again) {
-				left++;
-				continue; /* scanned again, without the parts named this round */
-			} else {
-				pv = V_ERROR;
-				why = named
-				          ? "an infected run did not name this part, nor did the "
-				            "last run"
-				          : "an infected run named none of the parts it was given";
-			}
-		}
-		j->todo[i] = 0;
-		struct verdict_line *l =
-		    verdicts_add(&j->vs, (int)m->parts[i].index, sc->name, pv, virus, exits, res.ms,
-		                 rs->version, buf_cstr(&av), why);
-		l->backup = j->backups;
-		runner_line_log(j->e.qid, l);
-	}
-	free(names);
-	free(sub.parts);
-	runner_argv_free(files);
-	buf_free(&av);
-	exec_result_free(&res);
-	runner_argv_free(argv);
-	return left == 0;
-}
-
-/* farm.c: pool placement, probes, the verdict cache, one slot and one clamd session for
- * all of the message's parts. */
-static void runner_scan_clamd(struct stage *st, struct runner_scanner *rs, struct runner_job *j)
-{
-	farm_scan_clamd(st, rs, j->part_fd, &j->m, &j->vs, j->e.qid, j->backups);
-}
 
 /* Move j->s to the next scanner whose turn it is (from j->s on): the primaries, then the
  * backups only if a primary failed, as amavisd-new's do. 0 when none is left. */
@@ -566,7 +129,7 @@ static int runner_job_seek(struct runner_job *j)
 /* Scanner s has a verdict for every part: add the degraded lines, note a failure. */
 static void runner_job_pass_end(struct runner_job *j)
 {
-	struct runner_scanner *rs = &runner_g.sc[j->s];
+	struct scanner *rs = &runner_g.sc[j->s];
 	/* A degraded scanner still ran (its verdicts stay on record, and an infected one still
 	 * quarantines), but whatever it said cannot be trusted as clean: one error line per
 	 * part, from the same scanner, so that a backup can cover it as for any failed
@@ -574,12 +137,9 @@ static void runner_job_pass_end(struct runner_job *j)
 	if (j->degraded_seen) {
 		char why[600];
 		snprintf(why, sizeof why, "scanner degraded: %s", rs->reason);
-		for (size_t i = 0; i < j->m.n_parts; i++) {
-			struct verdict_line *l =
-			    verdicts_add(&j->vs, (int)j->m.parts[i].index, rs->conf->name, V_ERROR,
-			                 "", "degraded", 0, rs->version, "", why);
-			l->backup = j->backups;
-		}
+		for (size_t i = 0; i < j->m.n_parts; i++)
+			scan_pass_add(&j->pass, rs, (int)j->m.parts[i].index, V_ERROR, "",
+			              "degraded", 0, rs->version, "", why, 0);
 		log_warn(j->e.qid, "scanner %s is degraded (%s); the message will be held",
 		         rs->conf->name, rs->reason);
 		trace_add(j->e.fd, j->e.qid, "canary scanner=%s state=degraded since=%lld",
@@ -600,10 +160,23 @@ static int runner_job_over_budget(const struct stage *st, const struct runner_jo
 	       (rc->max_message_scan_runs > 0 && j->used_runs >= rc->max_message_scan_runs);
 }
 
+/* Point j's pass at what scanner s is to be given (its todo flags are kept). */
+static void runner_job_pass_init(struct stage *st, struct runner_job *j)
+{
+	j->pass.st = st;
+	j->pass.qid = j->e.qid;
+	j->pass.dir = j->dir;
+	j->pass.dirfd = j->part_fd;
+	j->pass.m = &j->m;
+	j->pass.todo = j->todo;
+	j->pass.backup = j->backups;
+	j->pass.vs = &j->vs;
+}
+
 /* Over budget: every part that still lacks a verdict from a scanner of this turn gets an
  * error line saying so (the router holds the message), and the scan ends here. No backup
  * runs after it: the budget is for the message, whichever scanner spends it. */
-static void runner_job_budget_fail(const struct stage *st, struct runner_job *j)
+static void runner_job_budget_fail(struct stage *st, struct runner_job *j)
 {
 	const struct conf_runner *rc = &st->conf->runner;
 	char why[300];
@@ -613,21 +186,17 @@ static void runner_job_budget_fail(const struct stage *st, struct runner_job *j)
 	         "max_message_scan_runs = %d): part not scanned",
 	         (long long)j->used_ms, j->used_runs, rc->max_message_scan_time,
 	         rc->max_message_scan_runs);
+	runner_job_pass_init(st, j);
 	for (size_t s = j->s; s < runner_g.n; s++) {
-		const struct runner_scanner *rs = &runner_g.sc[s];
+		const struct scanner *rs = &runner_g.sc[s];
 		if (!!rs->conf->backup != j->backups)
 			continue;
 		for (size_t i = 0; i < j->m.n_parts; i++) {
-			if (s == j->s && j->in_pass) {
-				if (rs->conf->mode == MODE_PER_ATTACHMENT && i < j->part)
-					continue;
-				if (rs->conf->mode == MODE_PER_MESSAGE && !j->todo[i])
-					continue;
-			}
-			struct verdict_line *l =
-			    verdicts_add(&j->vs, (int)j->m.parts[i].index, rs->conf->name, V_ERROR,
-			                 "", "budget", 0, rs->version, "", why);
-			l->backup = j->backups;
+			/* The scanner in its pass owes only the parts still in todo. */
+			if (s == j->s && j->in_pass && !j->todo[i])
+				continue;
+			scan_pass_add(&j->pass, rs, (int)j->m.parts[i].index, V_ERROR, "", "budget",
+			              0, rs->version, "", why, 0);
 			n++;
 		}
 	}
@@ -649,14 +218,14 @@ static void runner_job_step(struct stage *st, struct runner_job *j)
 		runner_job_budget_fail(st, j);
 		return;
 	}
-	struct runner_scanner *rs = &runner_g.sc[j->s];
+	struct scanner *rs = &runner_g.sc[j->s];
 	if (!j->in_pass) {
 		j->in_pass = 1;
 		j->pass_first = j->vs.n;
-		j->part = 0;
-		j->rounds = 0;
 		j->degraded_seen = 0;
 		memset(j->todo, 1, j->m.n_parts);
+		runner_job_pass_init(st, j);
+		j->pass.rounds = 0;
 	}
 	j->degraded_seen |= rs->degraded;
 	if (j->m.n_parts == 0) {
@@ -664,19 +233,9 @@ static void runner_job_step(struct stage *st, struct runner_job *j)
 		return;
 	}
 	int64_t t0 = now_ms_monotonic();
-	int finished = 1;
-	switch (rs->conf->mode) {
-	case MODE_PER_ATTACHMENT:
-		runner_scan_part(st, rs, j, j->part++);
-		finished = j->part >= j->m.n_parts;
-		break;
-	case MODE_PER_MESSAGE:
-		finished = runner_scan_per_message(st, rs, j);
-		break;
-	case MODE_CLAMD:
-		runner_scan_clamd(st, rs, j);
-		break;
-	}
+	/* The backend: one process for one part (per-attachment) or for the parts left
+	 * (per-message), or one clamd session for all of them. */
+	int finished = rs->ops->scan(rs, &j->pass);
 	j->used_ms += now_ms_monotonic() - t0;
 	j->used_runs++;
 	j->degraded_seen |= rs->degraded;
@@ -995,39 +554,6 @@ static int runner_handle(struct stage *st, const char *qid)
 	return 1;
 }
 
-/* The scanner's version line, for the verdict record and the canary's change check. */
-void runner_version_fetch(const struct runner_scanner *rs, char *out, size_t len)
-{
-	const struct conf_scanner *sc = rs->conf;
-	snprintf(out, len, "unknown");
-	if (sc->type == SCANNER_CLAMD) {
-		struct clamd_policy pol;
-		clamd_policy_init(&pol, sc);
-		if (clamd_version_any(sc->clamd_addrs, &pol, 5000, out, len) == 0)
-			return;
-		snprintf(out, len, "unknown");
-		return;
-	}
-	if (sc->version_argv == NULL || sc->version_argv[0] == NULL)
-		return;
-	struct exec_opts o;
-	struct exec_result res;
-	exec_opts_init(&o);
-	o.timeout_ms = 30000;
-	o.output_max = 1024;
-	o.broker_fd = runner_broker_fd; /* the scanner's program runs as its user only */
-	if (exec_run(sc->version_argv, &o, &res) == 0 && res.exited && res.exit_code == 0 &&
-	    res.output.len) {
-		const char *txt = buf_cstr(&res.output);
-		size_t l = strcspn(txt, "\n");
-		if (l >= len)
-			l = len - 1;
-		memcpy(out, txt, l);
-		out[l] = '\0';
-	}
-	exec_result_free(&res);
-}
-
 static void runner_priv_remove(void)
 {
 	if (runner_priv_path == NULL || runner_priv_fd < 0)
@@ -1054,46 +580,16 @@ static void runner_priv_init(struct stage *st)
 	log_info(NULL, "separated spool: parts are scanned from private copies in %s", tmpl);
 }
 
-/* The scanner broker's socket, handed over by spoold on purpose (BROKER_ENV). Without it
- * the scanners run here, as this process's uid: spoold not root, or no scanner_user. */
-static void runner_broker_init(void)
-{
-	const char *s = getenv(BROKER_ENV);
-	uint64_t v;
-	if (s == NULL)
-		return;
-	int type = 0;
-	socklen_t tl = sizeof type;
-	if (parse_u64(s, &v) < 0 || v < 3 || v > INT32_MAX ||
-	    getsockopt((int)v, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET)
-		die_temp(NULL, "%s=%s is not the scanner broker's socket", BROKER_ENV, s);
-	/* Ours alone: no scanner run here may inherit it. */
-	if (fcntl((int)v, F_SETFD, FD_CLOEXEC) < 0)
-		die_temp(NULL, "cannot make the broker socket close-on-exec: %s", strerror(errno));
-	unsetenv(BROKER_ENV);
-	runner_broker_fd = (int)v;
-	log_info(NULL, "scanners run through the scanner broker (as scanner_user)");
-}
-
 static void runner_recover(struct stage *st)
 {
 	runner_g.n = st->conf->n_scanners;
 	runner_g.sc = xcalloc(runner_g.n, sizeof *runner_g.sc);
-	for (size_t i = 0; i < runner_g.n; i++) {
-		struct runner_scanner *rs = &runner_g.sc[i];
-		rs->conf = &st->conf->scanners[i];
-		if (rs->conf->virus_regex) {
-			if (regcomp(&rs->rx, rs->conf->virus_regex, REG_EXTENDED | REG_NEWLINE) !=
-			    0)
-				die_perm(EXIT_CONFIG, "%s:%d: virus_regex does not compile",
-				         st->conf->path, rs->conf->line);
-			rs->has_rx = 1;
-		}
-	}
+	for (size_t i = 0; i < runner_g.n; i++)
+		scanner_setup(&runner_g.sc[i], &st->conf->scanners[i], st->conf->path);
 	runner_priv_init(st);
 	for (size_t i = 0; i < runner_g.n; i++)
-		runner_version_fetch(&runner_g.sc[i], runner_g.sc[i].version,
-		                     sizeof runner_g.sc[i].version);
+		runner_g.sc[i].ops->version(&runner_g.sc[i], runner_g.sc[i].version,
+		                            sizeof runner_g.sc[i].version);
 	/* The canary runs before the first message: mail is never scanned by a scanner
 	 * whose health is unknown. */
 	canary_start(st, runner_g.sc, runner_g.n);
@@ -1122,6 +618,6 @@ int main(int argc, char **argv)
 	 * fail: not one status would be real. */
 	if (exec_sigchld_default() < 0)
 		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
-	runner_broker_init();
+	scanner_broker_init();
 	return stage_main(&st, argc, argv);
 }
