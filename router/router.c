@@ -337,8 +337,12 @@ static void router_prepare_out(struct spool_entry *e, const char *conn, const st
 	buf_init(&b);
 	envelope_format(sub, &b);
 	int r = linkat(e->fd, src, ofd, "message", 0);
-	if (r == 0)
-		r = linkat(e->fd, "trace", ofd, "trace", 0);
+	/* The trace is a record for people, never trusted: one this user may not link (gone,
+	 * or made unwritable to us by its owner: protected_hardlinks) must not stop the
+	 * delivery, or one entry would stop the router at every restart. The outbox entry
+	 * then starts a trace of its own that says so. */
+	if (r == 0 && linkat(e->fd, "trace", ofd, "trace", 0) < 0)
+		trace_add(ofd, e->qid, "router trace_not_linked error=%s", strerror(errno));
 	if (r == 0)
 		r = write_file_replace(ofd, "envelope", b.data, b.len, 0640);
 	int err = errno;

@@ -191,6 +191,27 @@ def an_entry_a_stage_may_not_write_is_set_aside_and_the_mail_flows():
         assert b"Subject: open" in f.read()
 
 
+@test
+def a_trace_the_router_may_not_link_does_not_stop_delivery():
+    # The trace is every stage's record (0660) and trusted by none. The splitter's user
+    # closes one entry's trace to the router (a hard link then needs write access:
+    # protected_hardlinks) and removes another's: both are delivered, with a trace of
+    # their own that says so, and the router never exits on them.
+    p, users, md = _maildir_pipeline()
+    p.start()
+    q1, q2 = _stopped_before(p, "router", msgs.clean(subject="one"), msgs.clean(subject="two"))
+    route = os.path.join(p.spool, "route")
+    assert as_user(ROLES["splitter_user"],
+                   lambda: os.chmod(os.path.join(route, q1, "trace"), 0o600)) == 0
+    assert as_user(ROLES["splitter_user"],
+                   lambda: os.unlink(os.path.join(route, q2, "trace"))) == 0
+    r = p.ctl("start", "router")
+    assert r.returncode == 0, r.out
+    wait_for(lambda: len(_maildir_messages(md)) == 2, timeout=60,
+             what="both delivered\n" + p.logtext()[-3000:])
+    assert "router[0] died" not in p.logtext(), p.logtext()[-3000:]
+
+
 # ---- the compromised stage ------------------------------------------------------------
 #
 # A test helper acts as one stage's user (a forked child that becomes it, with its groups,
