@@ -276,7 +276,9 @@ class Pipeline:
         for f in todo:
             os.chown(f, uid, gid, follow_symlinks=False)
             if not os.path.islink(f):
-                os.chmod(f, 0o2770 if os.path.isdir(f) else 0o640)
+                # (the trace is every stage's to append to: 0660, lib/trace.c)
+                os.chmod(f, 0o2770 if os.path.isdir(f) else
+                         0o660 if os.path.basename(f) == "trace" else 0o640)
 
     def ctl(self, *args, stdin=None, timeout=60):
         kw = {}
