@@ -237,7 +237,7 @@ def stop_state_survives_spoold_restart():
 @test
 def control_without_spoold_fails_clearly():
     p = Pipeline(scanners=[fake("av")], extra="canary_interval = 0;\n")
-    os.makedirs(p.spool)
+    os.makedirs(p.spool, exist_ok=True)
     r = p.ctl("restart", "router")
     assert r.returncode == 69, (r.returncode, r.out)
     assert "spoold is not running" in r.out, r.out
@@ -268,6 +268,7 @@ def sd_notify_ready_after_stages_are_ready():
     path = os.path.join(d, "notify.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(path)
+    os.chmod(path, 0o666)  # as systemd's: spoold sends after it left root
     s.settimeout(30)
     p = Pipeline(scanners=[fake("av")], extra="canary_interval = 0;\n")
     logf = open(p.log, "ab")
