@@ -121,8 +121,6 @@ static int sup_keeper_lost;
 /* The scanner broker (spoold/broker.c): our end, for the scanner-runners; and its death. */
 static int sup_broker_fd = -1;
 static int sup_broker_died;
-/* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
-static char *sup_sig[N_STAGES + 1];
 
 static const char *sup_state_name(enum child_state s)
 {
@@ -700,12 +698,16 @@ static void sup_stage_defs(const struct conf *c)
 	}
 }
 
-static void sup_sig_free(char *sig[N_STAGES + 1])
+/* 1 when the settings the stage (NULL: every stage) reads differ between two loads: the
+ * signatures come from the schema's stage column (lib/conf_schema.c). */
+static int sup_settings_changed(const struct conf *a, const struct conf *b, const char *stage)
 {
-	for (int i = 0; i <= N_STAGES; i++) {
-		free(sig[i]);
-		sig[i] = NULL;
-	}
+	char *sa = conf_stage_signature(a, stage);
+	char *sb = conf_stage_signature(b, stage);
+	int changed = strcmp(sa, sb) != 0;
+	free(sa);
+	free(sb);
+	return changed;
 }
 
 static void sup_metrics(void);
@@ -739,9 +741,7 @@ static void sup_reload(void)
 		log_warn(NULL, "SIGHUP: control_group changed: it takes effect only when spoold "
 		               "itself restarts (systemctl restart spoold)");
 	notify_send("RELOADING=1");
-	char *nsig[N_STAGES + 1];
-	int known = sig_compute(sup_conf_path, nsig) == 0 && sup_sig[N_STAGES] != NULL;
-	int all = !known || strcmp(nsig[N_STAGES], sup_sig[N_STAGES]) != 0;
+	int all = sup_settings_changed(sup_conf, nc, NULL);
 	unsigned mask = 0;
 	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
 	                       sup_conf->router.instances, sup_connector_count(sup_conf),
@@ -749,10 +749,9 @@ static void sup_reload(void)
 	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances,
 	                       sup_connector_count(nc), nc->lmtp.enabled ? 1 : 0};
 	for (int s = 0; s < N_STAGES; s++)
-		if (all || strcmp(nsig[s], sup_sig[s]) != 0 || n_old[s] != n_new[s])
+		if (all || sup_settings_changed(sup_conf, nc, sup_stages[s].name) ||
+		    n_old[s] != n_new[s])
 			mask |= 1u << s;
-	sup_sig_free(sup_sig);
-	memcpy(sup_sig, nsig, sizeof sup_sig);
 	if (mask == 0)
 		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
 	else
@@ -964,11 +963,6 @@ int main(int argc, char **argv)
 	sup_ctl_init();
 
 	sup_stage_defs(sup_conf);
-	if (sig_compute(sup_conf_path, sup_sig) < 0)
-		log_warn(NULL,
-		         "cannot re-read %s for change detection; a reload will restart all "
-		         "stages",
-		         sup_conf_path);
 	sup_children_build(~0u);
 	for (size_t i = 0; i < sup_n; i++) {
 		if (sup_children[i].state == CH_STOPPED)
