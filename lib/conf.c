@@ -697,7 +697,10 @@ char *conf_stage_signature(const struct conf *c, const char *stage)
 		const struct conf_group *g = &conf_groups[i];
 		size_t n = g->kind == CG_LIST ? conf_list_len(c, g) : 1;
 		char *base = g->kind == CG_LIST ? conf_list_get(c, g) : (char *)c + g->off;
-		if (g->kind == CG_LIST)
+		unsigned any = 0; /* the stages that read some row of the group */
+		for (size_t k = 0; k < g->n_rows; k++)
+			any |= g->rows[k].stages ? g->rows[k].stages : g->stages;
+		if (g->kind == CG_LIST && (stage ? (any & want) : any == CONF_ST_ALL))
 			buf_printf(&b, "%s#%zu\n", g->name, n);
 		for (size_t e = 0; base && e < n; e++)
 			for (size_t k = 0; k < g->n_rows; k++) {

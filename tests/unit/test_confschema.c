@@ -352,6 +352,11 @@ static const struct {
      "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; "
      "clean_codes = [ 0 ]; infected_codes = [ 1 ]; timeout = 7; } );\n" BASE_CONNECTOR,
      "rR"},
+    {"second_scanner",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; "
+     "clean_codes = [ 0 ]; infected_codes = [ 1 ]; },\n { name = \"d\"; argv = [ \"/bin/true\", "
+     "\"{file}\" ]; clean_codes = [ 0 ]; infected_codes = [ 1 ]; } );\n" BASE_CONNECTOR,
+     "rR"},
     {"connector_key",
      "spool_dir = \"s\";\n" BASE_SCANNER
      "connectors = ( { name = \"smtp\"; domains = [ \"*\" ]; timeout = 7; } );\n",
