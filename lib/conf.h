@@ -39,9 +39,9 @@ struct conf_scanner {
 	uint64_t stream_max_length;
 	/* clamd: a larger part is unscannable, never sent. */
 	uint64_t max_file_size;
+	char *peer_user; /* clamd: as configured; NULL: unset */
 	/* clamd: the uids a clamd behind a unix socket may run as (peer_user); with
 	 * clamd_peer_default (no peer_user), clamd.c adds the runner's own uid. */
-	char *peer_user; /* as configured; NULL: unset */
 	uid_t clamd_peer_uids[2];
 	size_t n_clamd_peer_uids;
 	int clamd_peer_default;
@@ -132,7 +132,7 @@ struct conf_lmtp {
 	char *listen_tcp;          /* "" off, else "127.0.0.1:PORT" or "[::1]:PORT" */
 	int max_connections;       /* more are answered 421 */
 	int max_recipients;        /* per message; more are answered 452 */
-	uint64_t max_message_size; /* SIZE; 0 in the file means splitter.max_message_size */
+	uint64_t max_message_size; /* SIZE; unset: splitter.max_message_size */
 	int timeout;               /* seconds a client may stay silent */
 };
 
