@@ -5,7 +5,12 @@
  * "FILE:LINE: what is wrong (how to fix)" and exits EXIT_CONFIG; with conf_try_load()
  * the message is returned instead (spoold's SIGHUP keeps the old config). Unknown keys
  * are errors. Relative paths are resolved against the directory of the config file,
- * so the result does not depend on the working directory.
+ * so the result does not depend on the working directory. Every key, its type, bounds,
+ * default and readers are one row of the table in lib/conf_schema.c.
+ *
+ * DIAGNOSTICS
+ *   conf_load dies 78 on a bad file; the enum name functions log_panic on a value that
+ *   is not one of the enum's (an internal inconsistency).
  */
 #ifndef SPOOLD_CONF_H
 #define SPOOLD_CONF_H
@@ -28,13 +33,13 @@ struct conf_scanner {
 	size_t n_clean;
 	int *infected_codes;
 	size_t n_infected;
-	char *virus_regex; /* POSIX ERE, group 1 = virus name; may be NULL */
-	char *version_argv0;
+	char *virus_regex;   /* POSIX ERE, group 1 = virus name; may be NULL */
 	char **version_argv; /* argv that prints the version, may be NULL */
 	char **clamd_addrs;  /* "unix:/path" or "tcp:host:port", NULL-terminated */
 	uint64_t stream_max_length;
 	/* clamd: a larger part is unscannable, never sent. */
 	uint64_t max_file_size;
+	char *peer_user; /* clamd: as configured; NULL: unset */
 	/* clamd: the uids a clamd behind a unix socket may run as (peer_user); with
 	 * clamd_peer_default (no peer_user), clamd.c adds the runner's own uid. */
 	uid_t clamd_peer_uids[2];
@@ -97,16 +102,20 @@ struct conf_runner {
 	int slot_wait;             /* seconds to wait for a scanner slot; then an error */
 };
 
+/* What the router does with infected mail, and with mail held past max_hold_time. */
+enum infected_action { INFECTED_QUARANTINE, INFECTED_DISCARD, INFECTED_STRIP };
+enum hold_expiry_action { HOLD_EXPIRY_QUARANTINE, HOLD_EXPIRY_DELIVER };
+
 struct conf_router {
 	int instances;
 	char *default_connector;
 	int hold_retry_min; /* seconds */
 	int hold_retry_max;
 	int max_hold_time;
-	char *hold_expiry_action; /* "quarantine" (default) or "deliver" (with a warning header) */
-	int quarantine_days;      /* quarantine entries older than this are expired; 0 keeps */
-	int add_scanned_header;   /* X-Virus-Scanned: on delivered mail (default true) */
-	char *infected_action;    /* "quarantine" (default), "discard" or "strip" */
+	enum hold_expiry_action hold_expiry_action; /* deliver: with a warning header */
+	int quarantine_days;    /* quarantine entries older than this are expired; 0 keeps */
+	int add_scanned_header; /* X-Virus-Scanned: on delivered mail (default true) */
+	enum infected_action infected_action;
 	char **banned_extensions; /* lower case, no dot; NULL-terminated, never NULL */
 	char **banned_types;      /* fnmatch patterns on the content type; never NULL */
 	char *notify_admin;       /* admin address for infected-mail notices; "" off */
@@ -122,8 +131,8 @@ struct conf_lmtp {
 	int socket_mode;           /* its permission bits */
 	char *listen_tcp;          /* "" off, else "127.0.0.1:PORT" or "[::1]:PORT" */
 	int max_connections;       /* more are answered 421 */
-	size_t max_recipients;     /* per message; more are answered 452 */
-	uint64_t max_message_size; /* SIZE; 0 in the file means splitter.max_message_size */
+	int max_recipients;        /* per message; more are answered 452 */
+	uint64_t max_message_size; /* SIZE; unset: splitter.max_message_size */
 	int timeout;               /* seconds a client may stay silent */
 };
 
@@ -185,6 +194,14 @@ struct conf *conf_try_load(const char *path, char *err, size_t errlen);
 void conf_splitter_defaults(struct conf_splitter *sp);
 void conf_free(struct conf *c);
 const struct conf_connector *conf_connector_find(const struct conf *c, const char *name);
+/* The canonical text of the settings the stage named reads ("splitter",
+ * "scanner-runner", "router", "connectors", "lmtpd"), or with NULL, of the settings every
+ * stage reads: spoold restarts on SIGHUP the stages whose text changed. Malloc'd. An
+ * unknown stage name is an internal inconsistency (log_panic). */
+char *conf_stage_signature(const struct conf *c, const char *stage);
+/* The configured names of the enum values, as the file spells them. */
+const char *conf_infected_action_name(enum infected_action a);
+const char *conf_hold_expiry_action_name(enum hold_expiry_action a);
 /* The uid a file written by role r must belong to, for a reader that acts on it (trust by
  * ownership, docs/SECURITY.md): the role's configured user (else the spool's user) when
  * the caller itself runs as one of the configured users; otherwise nothing was switched

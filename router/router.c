@@ -1117,18 +1117,18 @@ fail:
 static void router_infected(struct stage *st, struct spool_entry *e, const struct envelope *env,
                             const struct manifest *m, const struct verdicts *vs, struct buf *why)
 {
-	const char *action = st->conf->router.infected_action;
+	enum infected_action action = st->conf->router.infected_action;
 	char of[SPOOL_QID_LEN + 1];
-	if (strcmp(action, "discard") == 0) {
+	if (action == INFECTED_DISCARD) {
 		router_discard(e, env, vs);
 		router_notify(st, e->qid, env, vs, "discard", "infected", buf_cstr(why));
 		return;
 	}
-	if (strcmp(action, "strip") == 0 && router_derived(e, of)) {
+	if (action == INFECTED_STRIP && router_derived(e, of)) {
 		/* Stripped once and infected again: never stripped twice (no loop). */
 		buf_printf(why, "strip derivative of %s, infected again: not stripped twice\n", of);
 		log_warn(e->qid, "strip derivative of %s is infected again, quarantining", of);
-	} else if (strcmp(action, "strip") == 0) {
+	} else if (action == INFECTED_STRIP) {
 		struct buf body;
 		buf_init(&body);
 		if (router_strip(st, e, m, vs, &body, why) == 0) {
@@ -1310,7 +1310,7 @@ static int router_handle(struct stage *st, const char *qid)
 	}
 	CRASH_POINT("route-claimed");
 	char of[SPOOL_QID_LEN + 1];
-	if (o == OUT_HOLD && strcmp(st->conf->router.infected_action, "strip") == 0 &&
+	if (o == OUT_HOLD && st->conf->router.infected_action == INFECTED_STRIP &&
 	    router_derived(&e, of)) {
 		/* A stripped message is delivered only on a clean scan of its own: anything
 		 * less and the original's verdict stands. */
@@ -1335,7 +1335,7 @@ static int router_handle(struct stage *st, const char *qid)
 		const struct conf_router *rc = &st->conf->router;
 		hold_read(e.fd, &h);
 		if (hold_expired(&h, (int64_t)time(NULL), rc->max_hold_time)) {
-			if (strcmp(rc->hold_expiry_action, "deliver") == 0 && env.n_rcpts > 0) {
+			if (rc->hold_expiry_action == HOLD_EXPIRY_DELIVER && env.n_rcpts > 0) {
 				char hdr[256];
 				snprintf(hdr, sizeof hdr,
 				         "X-Virus-Scan-Warning: NOT SCANNED: delivered unscanned "

@@ -198,8 +198,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		}
 	}
 	int degraded = !conf_ok;
-	int deliver =
-	    c->router.hold_expiry_action && strcmp(c->router.hold_expiry_action, "deliver") == 0;
+	int deliver = c->router.hold_expiry_action == HOLD_EXPIRY_DELIVER;
 
 	if (json) {
 		printf("{\"spool\":");

@@ -121,8 +121,6 @@ static int sup_keeper_lost;
 /* The scanner broker (spoold/broker.c): our end, for the scanner-runners; and its death. */
 static int sup_broker_fd = -1;
 static int sup_broker_died;
-/* Signatures of the config in force: [0..N_STAGES) per stage, [N_STAGES] shared. */
-static char *sup_sig[N_STAGES + 1];
 
 static const char *sup_state_name(enum child_state s)
 {
@@ -700,12 +698,16 @@ static void sup_stage_defs(const struct conf *c)
 	}
 }
 
-static void sup_sig_free(char *sig[N_STAGES + 1])
+/* 1 when the settings the stage (NULL: every stage) reads differ between two loads: the
+ * signatures come from the schema's stage column (lib/conf_schema.c). */
+static int sup_settings_changed(const struct conf *a, const struct conf *b, const char *stage)
 {
-	for (int i = 0; i <= N_STAGES; i++) {
-		free(sig[i]);
-		sig[i] = NULL;
-	}
+	char *sa = conf_stage_signature(a, stage);
+	char *sb = conf_stage_signature(b, stage);
+	int changed = strcmp(sa, sb) != 0;
+	free(sa);
+	free(sb);
+	return changed;
 }
 
 static void sup_metrics(void);
@@ -739,9 +741,7 @@ static void sup_reload(void)
 		log_warn(NULL, "SIGHUP: control_group changed: it takes effect only when spoold "
 		               "itself restarts (systemctl restart spoold)");
 	notify_send("RELOADING=1");
-	char *nsig[N_STAGES + 1];
-	int known = sig_compute(sup_conf_path, nsig) == 0 && sup_sig[N_STAGES] != NULL;
-	int all = !known || strcmp(nsig[N_STAGES], sup_sig[N_STAGES]) != 0;
+	int all = sup_settings_changed(sup_conf, nc, NULL);
 	unsigned mask = 0;
 	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
 	                       sup_conf->router.instances, sup_connector_count(sup_conf),
@@ -749,10 +749,9 @@ static void sup_reload(void)
 	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances,
 	                       sup_connector_count(nc), nc->lmtp.enabled ? 1 : 0};
 	for (int s = 0; s < N_STAGES; s++)
-		if (all || strcmp(nsig[s], sup_sig[s]) != 0 || n_old[s] != n_new[s])
+		if (all || sup_settings_changed(sup_conf, nc, sup_stages[s].name) ||
+		    n_old[s] != n_new[s])
 			mask |= 1u << s;
-	sup_sig_free(sup_sig);
-	memcpy(sup_sig, nsig, sizeof sup_sig);
 	if (mask == 0)
 		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
 	else
@@ -878,38 +877,11 @@ static void sup_keepers_start(uid_t spool_uid)
 	}
 }
 
-int main(int argc, char **argv)
+/* As root, before the drop: the lock, the control socket, the scanner broker and the
+ * keepers, then privs_drop. Returns the control socket, or -1 (logged: the stages run
+ * without remote control). */
+static int sup_start_privileged(void)
 {
-	sup_conf_path = "/etc/spoold/spoold.conf";
-	log_init("spoold");
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
-			sup_conf_path = argv[++i];
-		else if (strcmp(argv[i], "--version") == 0)
-			version_print_exit("spoold");
-		else
-			die_perm(EXIT_USAGE, "usage: spoold [-c CONFIG] [--version]");
-	}
-	/* Files 0640, directories 0750 at most: the spool holds other people's mail. The
-	 * stages inherit this umask. */
-	umask(027);
-	/* An inherited SIGCHLD SIG_IGN has the kernel reap the stages itself: sup_reap would
-	 * never see one die, and each would pass it on to its own children. */
-	if (exec_sigchld_default() < 0)
-		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
-	sup_conf = conf_load(sup_conf_path);
-	user_root_check(sup_conf, "spoold");
-	privs_check_kernel();
-	spool_open(&sup_spool, sup_conf->spool_dir, 1);
-	/* Said once, at start: safe either way, but an administrator should know. */
-	if (!sup_spool.rename_journaled)
-		log_warn(NULL,
-		         "the filesystem of %s does not journal renames (ext4 without a journal, "
-		         "or unknown): every move fsyncs both directories; a journaling filesystem "
-		         "(ext4 with its journal, XFS) is faster for a spool",
-		         sup_spool.root);
-	sup_find_bindir();
-
 	uid_t uid = (uid_t)-1;
 	gid_t ugid = (gid_t)-1;
 	int dropping = privs_target(sup_conf, &uid, &ugid);
@@ -948,7 +920,13 @@ int main(int argc, char **argv)
 	                             dropping ? ugid : getegid());
 	sup_keepers_start(dropping ? uid : (uid_t)-1);
 	privs_drop(sup_conf, &sup_spool, cgid);
+	return cfd;
+}
 
+/* The signals spoold acts on, blocked and read through a signalfd, so that the loop
+ * polls them with everything else. */
+static int sup_signalfd(void)
+{
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
@@ -960,15 +938,125 @@ int main(int argc, char **argv)
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 	if (sfd < 0)
 		die_temp(NULL, "signalfd: %s", strerror(errno));
+	return sfd;
+}
+
+/* One turn of the loop: wait for a signal, a readiness line, a control client or the next
+ * deadline (a restart, a client's, the metrics), then act on what came. 1 when SIGTERM or
+ * SIGINT asks spoold to stop. */
+static int sup_turn(int sfd, int cfd, int64_t *next_metrics)
+{
+	int stop = 0;
+	int64_t now = now_ms_monotonic();
+	int64_t wait = *next_metrics - now;
+	if (wait > 5000)
+		wait = 5000;
+	for (size_t i = 0; i < sup_n; i++)
+		if (sup_children[i].state == CH_BACKOFF) {
+			int64_t d = sup_children[i].restart_at - now;
+			if (d < wait)
+				wait = d;
+		}
+	int64_t ctl_wait = sup_ctl_expire();
+	if (ctl_wait >= 0 && ctl_wait < wait)
+		wait = ctl_wait;
+	if (wait < 0)
+		wait = 0;
+	struct pollfd pfd[2 + CTL_MAX + 256];
+	size_t map[256];
+	pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+	pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
+	for (int i = 0; i < CTL_MAX; i++)
+		pfd[2 + i] = (struct pollfd){.fd = sup_ctl[i].fd, .events = POLLIN};
+	int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, 256);
+	int pr = poll(pfd, (nfds_t)(2 + CTL_MAX + nr), (int)wait);
+	if (pr < 0 && errno != EINTR)
+		die_temp(NULL, "poll: %s", strerror(errno));
+	int changed = 0;
+	if (pr > 0 && (pfd[0].revents & POLLIN)) {
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+			if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+				stop = 1;
+			} else if (si.ssi_signo == SIGHUP) {
+				sup_reload();
+				changed = 1;
+			}
+		}
+	}
+	if (pr > 0)
+		for (int k = 0; k < nr; k++)
+			if (pfd[2 + CTL_MAX + k].revents && map[k] < sup_n &&
+			    sup_children[map[k]].ready_fd == pfd[2 + CTL_MAX + k].fd)
+				changed |= sup_ready_read(&sup_children[map[k]]);
+	size_t before = 0;
+	for (size_t i = 0; i < sup_n; i++)
+		before += sup_children[i].state == CH_RUNNING;
+	sup_reap();
+	size_t after = 0;
+	for (size_t i = 0; i < sup_n; i++)
+		after += sup_children[i].state == CH_RUNNING;
+	if (after != before)
+		changed = 1;
+	now = now_ms_monotonic();
+	for (size_t i = 0; i < sup_n && !stop; i++)
+		if (sup_children[i].state == CH_BACKOFF && sup_children[i].restart_at <= now) {
+			sup_child_start(&sup_children[i]);
+			changed = 1;
+		}
+	for (int i = 0; i < CTL_MAX && !stop && pr > 0; i++)
+		if (sup_ctl[i].fd >= 0 && sup_ctl[i].fd == pfd[2 + i].fd && pfd[2 + i].revents)
+			sup_ctl_read(&sup_ctl[i]);
+	if (!stop && pr > 0 && (pfd[1].revents & POLLIN))
+		sup_control_accept(cfd);
+	if (changed)
+		sup_status_write();
+	sup_maybe_notify_ready();
+	if (now_ms_monotonic() >= *next_metrics) {
+		sup_metrics();
+		*next_metrics = now_ms_monotonic() + sup_conf->metrics.interval * 1000LL;
+	}
+	return stop;
+}
+
+int main(int argc, char **argv)
+{
+	sup_conf_path = "/etc/spoold/spoold.conf";
+	log_init("spoold");
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			sup_conf_path = argv[++i];
+		else if (strcmp(argv[i], "--version") == 0)
+			version_print_exit("spoold");
+		else
+			die_perm(EXIT_USAGE, "usage: spoold [-c CONFIG] [--version]");
+	}
+	/* Files 0640, directories 0750 at most: the spool holds other people's mail. The
+	 * stages inherit this umask. */
+	umask(027);
+	/* An inherited SIGCHLD SIG_IGN has the kernel reap the stages itself: sup_reap would
+	 * never see one die, and each would pass it on to its own children. */
+	if (exec_sigchld_default() < 0)
+		die_temp(NULL, "cannot reset SIGCHLD: %s", strerror(errno));
+	sup_conf = conf_load(sup_conf_path);
+	user_root_check(sup_conf, "spoold");
+	privs_check_kernel();
+	spool_open(&sup_spool, sup_conf->spool_dir, 1);
+	/* Said once, at start: safe either way, but an administrator should know. */
+	if (!sup_spool.rename_journaled)
+		log_warn(NULL,
+		         "the filesystem of %s does not journal renames (ext4 without a journal, "
+		         "or unknown): every move fsyncs both directories; a journaling filesystem "
+		         "(ext4 with its journal, XFS) is faster for a spool",
+		         sup_spool.root);
+	sup_find_bindir();
+
+	int cfd = sup_start_privileged();
+	int sfd = sup_signalfd();
 	signal(SIGPIPE, SIG_IGN);
 	sup_ctl_init();
 
 	sup_stage_defs(sup_conf);
-	if (sig_compute(sup_conf_path, sup_sig) < 0)
-		log_warn(NULL,
-		         "cannot re-read %s for change detection; a reload will restart all "
-		         "stages",
-		         sup_conf_path);
 	sup_children_build(~0u);
 	for (size_t i = 0; i < sup_n; i++) {
 		if (sup_children[i].state == CH_STOPPED)
@@ -984,79 +1072,8 @@ int main(int argc, char **argv)
 	log_info(NULL, "supervising %zu stage processes on %s", sup_n, sup_spool.root);
 
 	int stop = 0;
-	while (!stop && !sup_keeper_lost && !sup_broker_died) {
-		int64_t now = now_ms_monotonic();
-		int64_t wait = next_metrics - now;
-		if (wait > 5000)
-			wait = 5000;
-		for (size_t i = 0; i < sup_n; i++)
-			if (sup_children[i].state == CH_BACKOFF) {
-				int64_t d = sup_children[i].restart_at - now;
-				if (d < wait)
-					wait = d;
-			}
-		int64_t ctl_wait = sup_ctl_expire();
-		if (ctl_wait >= 0 && ctl_wait < wait)
-			wait = ctl_wait;
-		if (wait < 0)
-			wait = 0;
-		struct pollfd pfd[2 + CTL_MAX + 256];
-		size_t map[256];
-		pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
-		pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
-		for (int i = 0; i < CTL_MAX; i++)
-			pfd[2 + i] = (struct pollfd){.fd = sup_ctl[i].fd, .events = POLLIN};
-		int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, 256);
-		int pr = poll(pfd, (nfds_t)(2 + CTL_MAX + nr), (int)wait);
-		if (pr < 0 && errno != EINTR)
-			die_temp(NULL, "poll: %s", strerror(errno));
-		int changed = 0;
-		if (pr > 0 && (pfd[0].revents & POLLIN)) {
-			struct signalfd_siginfo si;
-			if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
-				if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-					stop = 1;
-				} else if (si.ssi_signo == SIGHUP) {
-					sup_reload();
-					changed = 1;
-				}
-			}
-		}
-		if (pr > 0)
-			for (int k = 0; k < nr; k++)
-				if (pfd[2 + CTL_MAX + k].revents && map[k] < sup_n &&
-				    sup_children[map[k]].ready_fd == pfd[2 + CTL_MAX + k].fd)
-					changed |= sup_ready_read(&sup_children[map[k]]);
-		size_t before = 0;
-		for (size_t i = 0; i < sup_n; i++)
-			before += sup_children[i].state == CH_RUNNING;
-		sup_reap();
-		size_t after = 0;
-		for (size_t i = 0; i < sup_n; i++)
-			after += sup_children[i].state == CH_RUNNING;
-		if (after != before)
-			changed = 1;
-		now = now_ms_monotonic();
-		for (size_t i = 0; i < sup_n && !stop; i++)
-			if (sup_children[i].state == CH_BACKOFF &&
-			    sup_children[i].restart_at <= now) {
-				sup_child_start(&sup_children[i]);
-				changed = 1;
-			}
-		for (int i = 0; i < CTL_MAX && !stop && pr > 0; i++)
-			if (sup_ctl[i].fd >= 0 && sup_ctl[i].fd == pfd[2 + i].fd &&
-			    pfd[2 + i].revents)
-				sup_ctl_read(&sup_ctl[i]);
-		if (!stop && pr > 0 && (pfd[1].revents & POLLIN))
-			sup_control_accept(cfd);
-		if (changed)
-			sup_status_write();
-		sup_maybe_notify_ready();
-		if (now_ms_monotonic() >= next_metrics) {
-			sup_metrics();
-			next_metrics = now_ms_monotonic() + sup_conf->metrics.interval * 1000LL;
-		}
-	}
+	while (!stop && !sup_keeper_lost && !sup_broker_died)
+		stop = sup_turn(sfd, cfd, &next_metrics);
 	notify_send("STOPPING=1");
 	log_info(NULL, "stopping all stages");
 	sup_stop(~0u);

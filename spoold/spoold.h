@@ -1,6 +1,6 @@
 /*
  * spoold internals shared by its files: the control-socket server (control.c), the
- * settings signatures (sigs.c), the metrics writer, privileges, sd_notify.
+ * metrics writer, privileges, sd_notify.
  */
 #ifndef SPOOLD_SPOOLD_H
 #define SPOOLD_SPOOLD_H
@@ -15,7 +15,7 @@
 #include "util.h"
 
 /* The supervised stages, in the order of spoold.c's sup_stages: splitter, scanner-runner,
- * router, connectors, lmtpd (sigs.c's sig_keys has one row per stage, in that order). */
+ * router, connectors, lmtpd. */
 #define N_STAGES 5
 
 /* ---- spoold.c, for control.c ---- */
@@ -55,13 +55,6 @@ void sup_ctl_read(struct ctl_client *cl);
 /* Reply "error timeout" to the clients past their deadline and close them. Returns the ms
  * until the next deadline, or -1 when no client is pending. */
 int64_t sup_ctl_expire(void);
-
-/* ---- sigs.c: settings signatures ---- */
-
-/* The signatures of the config file at path: out[s] for stage s, out[N_STAGES] for the
- * shared settings (each a malloc'd string, the caller frees them). 0, or -1 when the
- * file cannot be read now (out[] is then all NULL: everything counts as changed). */
-int sig_compute(const char *path, char *out[N_STAGES + 1]);
 
 /* One stage as the metrics writer sees it. */
 struct sup_stage_info {

@@ -25,6 +25,16 @@
 	"infected_codes = [ 1 ]; } );\n"                                                           \
 	"connectors = ( { name = \"smtp\"; domains = [ \"*\" ]; } );\n"
 
+/* BASE without its first line, and an exec scanner with one more setting on line 2. */
+#define BASE_TAIL                                                                                  \
+	"scanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; clean_codes = [ 0 ]; " \
+	"infected_codes = [ 1 ]; } );\n"                                                           \
+	"connectors = ( { name = \"smtp\"; domains = [ \"*\" ]; } );\n"
+#define BASE_EXEC_WITH(x)                                                                          \
+	"spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; "  \
+	"clean_codes = [ 0 ]; infected_codes = [ 1 ]; " x " } );\n"                                \
+	"connectors = ( { name = \"smtp\"; } );\n"
+
 enum conf_want_kind { WANT_FAIL, WANT_OK };
 
 struct conf_case {
@@ -51,6 +61,22 @@ static int conf_defaults(const struct conf *c)
 static int conf_big_size(const struct conf *c)
 {
 	return c->splitter.max_message_size == 5000000000ull;
+}
+
+/* A relative unix: address is taken from the config's directory; a clamd's mode is clamd. */
+static int conf_clamd_resolved(const struct conf *c)
+{
+	const struct conf_scanner *sc = &c->scanners[0];
+	return sc->type == SCANNER_CLAMD && sc->mode == MODE_CLAMD && sc->clamd_addrs &&
+	       strncmp(sc->clamd_addrs[0], "unix:/", 6) == 0 &&
+	       strstr(sc->clamd_addrs[0], "/x.sock") != NULL && sc->clamd_addrs[1] == NULL;
+}
+
+static int conf_enums_read(const struct conf *c)
+{
+	return c->router.infected_action == INFECTED_STRIP &&
+	       c->router.hold_expiry_action == HOLD_EXPIRY_DELIVER &&
+	       c->log_target == LOG_TO_SYSLOG && c->log_level == LOG_LVL_ERROR;
 }
 
 static const struct conf_case cases[] = {
@@ -104,6 +130,48 @@ static const struct conf_case cases[] = {
      "spool_dir = \"s\";\nscanners = 1;\n"
      "connectors = ( { name = \"smtp\"; } );\n",
      WANT_FAIL, 2, "must be a list of groups", NULL},
+    {"scanner_mode_enum",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ];\n"
+     "clean_codes = [ 0 ]; infected_codes = [ 1 ];\n mode = \"sometimes\"; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_FAIL, 4, "mode 'sometimes' is unknown (use \"per-attachment\"", NULL},
+    {"exec_mode_clamd",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ];\n"
+     "clean_codes = [ 0 ]; infected_codes = [ 1 ];\n mode = \"clamd\"; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_FAIL, 4, "unknown for an exec scanner", NULL},
+    {"clamd_mode_other",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; type = \"clamd\";\n"
+     "addresses = [ \"unix:/x.sock\" ];\n mode = \"per-message\"; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_FAIL, 4, "a clamd scanner has no mode other than", NULL},
+    {"clamd_needs_addresses",
+     "spool_dir = \"s\";\nscanners = (\n { name = \"c\";\n type = \"clamd\"; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_FAIL, 3, "missing 'addresses'", NULL},
+    {"clamd_address_resolved",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; type = \"clamd\";\n"
+     "addresses = [ \"unix:x.sock\" ]; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_OK, 0, NULL, conf_clamd_resolved},
+    {"every_scanner_backup",
+     "spool_dir = \"s\";\nscanners = (\n { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ];\n"
+     "clean_codes = [ 0 ]; infected_codes = [ 1 ]; backup = true; } );\n"
+     "connectors = ( { name = \"smtp\"; } );\n",
+     WANT_FAIL, 2, "every scanner is a backup", NULL},
+    {"exec_with_clamd_key", BASE_EXEC_WITH("cache = false;"), WANT_FAIL, 2,
+     "are for type \"clamd\" only", NULL},
+    {"maildir_needs_path",
+     "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; "
+     "clean_codes = [ 0 ]; infected_codes = [ 1 ]; } );\n"
+     "connectors = ( { name = \"m\";\n type = \"maildir\"; } );\n",
+     WANT_FAIL, 3, "a maildir connector needs maildir", NULL},
+    {"spool_dir_empty", "spool_dir = \"\";\n" BASE_TAIL, WANT_FAIL, 1,
+     "spool_dir must not be empty", NULL},
+    {"enum_values",
+     BASE "router = { infected_action = \"strip\"; hold_expiry_action = \"deliver\"; };\n"
+          "log = { target = \"syslog\"; level = \"error\"; };\n",
+     WANT_OK, 0, NULL, conf_enums_read},
     {"connector_type_enum",
      "spool_dir = \"s\";\nscanners = ( { name = \"c\"; argv = [ \"/bin/true\", \"{file}\" ]; "
      "clean_codes = [ 0 ]; infected_codes = [ 1 ]; } );\n"
