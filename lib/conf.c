@@ -597,6 +597,50 @@ static void conf_parse_lmtp(struct conf_ctx *cx, const config_setting_t *root, s
 	l->listen_tcp = xstrdup(tcp ? tcp : "");
 }
 
+/* The fleet group (docs/FLEET.md). Credentials never live here: a conninfo names a
+ * service or a passfile, which only spoold's user can read; a password in this file,
+ * which every stage reads, is refused. */
+static void conf_parse_fleet(struct conf_ctx *cx, const config_setting_t *root, struct conf *c)
+{
+	static const char *const fleet_keys[] = {"node",         "conninfo",       "admin_conninfo",
+	                                         "service_file", "batch",          "max_backlog",
+	                                         "poll",         "retention_days", NULL};
+	struct conf_fleet *f = &c->fleet;
+	f->batch = 500;
+	f->max_backlog = 100000;
+	f->poll = 5;
+	f->retention_days = 90;
+	const config_setting_t *g = conf_get(root, "fleet");
+	const char *node = NULL, *ci = NULL, *aci = NULL, *sf = NULL;
+	f->enabled = g != NULL;
+	if (g) {
+		conf_check_keys(cx, g, "fleet", fleet_keys);
+		node = conf_str(cx, g, "node", 1);
+		if (node && !conf_name_safe(node))
+			conf_fail(cx, conf_get(g, "node"),
+			          "fleet node '%s' must be 1-64 letters, digits, '-' or '_'", node);
+		ci = conf_str(cx, g, "conninfo", 0);
+		aci = conf_str(cx, g, "admin_conninfo", 0);
+		sf = conf_str(cx, g, "service_file", 0);
+		const char *const k[] = {"conninfo", "admin_conninfo"};
+		const char *const v[] = {ci, aci};
+		for (int i = 0; i < 2; i++)
+			if (v[i] && strstr(v[i], "password"))
+				conf_fail(cx, conf_get(g, k[i]),
+				          "fleet %s must not hold a password: name a passfile or a "
+				          "service (service_file) that only spoold's user can read",
+				          k[i]);
+		conf_int(cx, g, "batch", &f->batch, 1, 10000);
+		conf_int(cx, g, "max_backlog", &f->max_backlog, 1, 100000000);
+		conf_int(cx, g, "poll", &f->poll, 1, 3600);
+		conf_int(cx, g, "retention_days", &f->retention_days, 0, 36500);
+	}
+	f->node = xstrdup(node ? node : "");
+	f->conninfo = xstrdup(ci ? ci : "");
+	f->admin_conninfo = xstrdup(aci ? aci : "");
+	f->service_file = sf && sf[0] ? conf_path_resolve(cx, sf) : xstrdup("");
+}
+
 static const char *const conf_role_keys[ROLE__COUNT] = {
     [ROLE_SPOOL] = "user",
     [ROLE_SPLITTER] = "splitter_user",
@@ -705,6 +749,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 	                                       "router_user",
 	                                       "connector_user",
 	                                       "scanner_user", /* lib/broker.h */
+	                                       "fleet",        /* conf_parse_fleet */
 	                                       NULL};
 	static const char *const metrics_keys[] = {"file", "interval", "group", NULL};
 	static const char *const log_keys[] = {"target", "level", NULL};
@@ -800,6 +845,7 @@ static void conf_parse(struct conf_ctx *cx, config_t *cfg, struct conf *c)
 		conf_int(cx, g, "poison_attempts", &sp->poison_attempts, 1, 100);
 	}
 	conf_parse_lmtp(cx, root, c);
+	conf_parse_fleet(cx, root, c);
 	c->runner.instances = 1;
 	c->runner.max_message_scan_time = 600;
 	c->runner.max_message_scan_runs = 0;
@@ -1113,6 +1159,10 @@ void conf_free(struct conf *c)
 	free(c->metrics.group);
 	free(c->lmtp.socket);
 	free(c->lmtp.listen_tcp);
+	free(c->fleet.node);
+	free(c->fleet.conninfo);
+	free(c->fleet.admin_conninfo);
+	free(c->fleet.service_file);
 	for (size_t i = 0; i < c->n_scanners; i++)
 		conf_scanner_free(&c->scanners[i]);
 	free(c->scanners);

@@ -25,6 +25,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "export.h"
 #include "log.h"
 #include "pool.h"
 #include "qstat.h"
@@ -165,6 +166,18 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			close(ofd);
 		nd++;
 	}
+	/* The fleet's records waiting for the exporter (docs/FLEET.md); at fleet.max_backlog
+	 * new records are dropped, and that needs the administrator. */
+	int export_full = 0;
+	if (c->fleet.enabled && nd < ARRAY_LEN(ds)) {
+		int xfd = export_dir_open(&sp, 0);
+		snprintf(ds[nd].label, sizeof ds[nd].label, "export");
+		qstat_dir(xfd, 0, &ds[nd].q);
+		if (xfd >= 0)
+			close(xfd);
+		export_full = ds[nd].q.count >= (size_t)c->fleet.max_backlog;
+		nd++;
+	}
 	/* Stages, from the supervisor's status file; a pid is shown running only if alive. */
 	struct buf st, v, sc;
 	buf_init(&st);
@@ -197,7 +210,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			kv_find(one, "error", &conf_err);
 		}
 	}
-	int degraded = !conf_ok;
+	int degraded = !conf_ok || export_full;
 	int deliver =
 	    c->router.hold_expiry_action && strcmp(c->router.hold_expiry_action, "deliver") == 0;
 
@@ -213,6 +226,13 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		}
 		printf("},\"renames_journaled\":%s", sp.rename_journaled ? "true" : "false");
 		printf(",\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
+		if (c->fleet.enabled) {
+			printf(",\"fleet\":{\"node\":");
+			st_json_str(c->fleet.node);
+			printf(",\"database\":%s,\"max_backlog\":%d,\"full\":%s}",
+			       c->fleet.conninfo[0] ? "true" : "false", c->fleet.max_backlog,
+			       export_full ? "true" : "false");
+		}
 		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"config\":{\"ok\":%s,"
 		       "\"since\":%lld,\"error\":",
 		       sup_alive ? "true" : "false", sup_alive ? spid : 0L,
@@ -238,6 +258,15 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].q.count,
 			       ds[i].q.bytes, age);
 		}
+		if (c->fleet.enabled)
+			printf("\nfleet: node %s, %s; export/ holds at most %d records%s\n",
+			       c->fleet.node,
+			       c->fleet.conninfo[0] ? "exporter ships to the database"
+			                            : "no database: records wait in export/",
+			       c->fleet.max_backlog,
+			       export_full ? " - FULL: new records are DROPPED "
+			                     "(spoold_export_dropped_total)"
+			                   : "");
 		printf("\nspoold: %s", sup_alive ? "running" : "not running");
 		if (sup_alive)
 			printf(" (pid %ld)", spid);

@@ -65,7 +65,8 @@ static const char *const sig_keys[N_STAGES][4] = {
     {"scanner_runner", "scanners", "canary_interval", NULL},
     {"router", "connectors", "scanners", NULL},
     {"connectors", NULL},
-    {"lmtp", NULL}};
+    {"lmtp", NULL},
+    {NULL}}; /* the exporter reads `fleet`, which every stage shares */
 static const char *const sig_spoold_only[] = {"metrics", "control_group", NULL};
 
 static int sig_in(const char *const *list, const char *name)

@@ -15,8 +15,9 @@
 #include "util.h"
 
 /* The supervised stages, in the order of spoold.c's sup_stages: splitter, scanner-runner,
- * router, connectors, lmtpd (sigs.c's sig_keys has one row per stage, in that order). */
-#define N_STAGES 5
+ * router, connectors, lmtpd, exporter (sigs.c's sig_keys has one row per stage, in that
+ * order). */
+#define N_STAGES 6
 
 /* ---- spoold.c, for control.c ---- */
 
