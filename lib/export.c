@@ -307,9 +307,12 @@ static int export_conn_index(const struct conf *c, const char *conn)
 static void export_format(const struct conf *c, int dirfd, const char *qid, int kind, int64_t seq,
                           const char *conn, const char *detail, struct buf *b)
 {
-	buf_printf(b, "spoold-event 1\nnode %s\nqid %s\nseq %lld\nkind %s\ntime %lld\n",
+	/* Microseconds: a release and the routing that follows it fall in one second, and
+	 * the database orders a message's events by time. */
+	int64_t us = now_us_wall();
+	buf_printf(b, "spoold-event 1\nnode %s\nqid %s\nseq %lld\nkind %s\ntime %lld.%06lld\n",
 	           c->fleet.node, qid, (long long)seq, export_kind_state(kind),
-	           (long long)time(NULL));
+	           (long long)(us / 1000000), (long long)(us % 1000000));
 	int64_t size = -1;
 	switch (kind) {
 	case EXPORT_INTAKE:
@@ -419,10 +422,28 @@ static char **export_field(struct export_record *r, const char *key)
 	return NULL;
 }
 
+/* "<seconds>.<microseconds>" (or plain seconds) to microseconds; -1 if malformed. */
+static int64_t export_time_parse(const char *s)
+{
+	char sec[24];
+	uint64_t a, b = 0;
+	const char *dot = strchr(s, '.');
+	size_t n = dot ? (size_t)(dot - s) : strlen(s);
+	if (n == 0 || n >= sizeof sec)
+		return -1;
+	memcpy(sec, s, n);
+	sec[n] = '\0';
+	if (parse_u64(sec, &a) < 0 || a > INT64_MAX / 2000000 ||
+	    (dot && (strlen(dot + 1) != 6 || parse_u64(dot + 1, &b) < 0)))
+		return -1;
+	return (int64_t)(a * 1000000 + b);
+}
+
 int export_record_parse(const char *data, size_t n, struct export_record *r)
 {
 	memset(r, 0, sizeof *r);
 	r->size = -1;
+	r->time_us = -1;
 	r->kind = -1;
 	if (n < 15 || memcmp(data, "spoold-event 1\n", 15) != 0 || data[n - 1] != '\n')
 		return -1;
@@ -459,15 +480,16 @@ int export_record_parse(const char *data, size_t n, struct export_record *r)
 				r->seq = (int64_t)u, have_seq = 1;
 			else if (!strcmp(key, "kind"))
 				r->kind = export_state_kind(val);
-			else if (!strcmp(key, "time") && parse_u64(val, &u) == 0)
-				r->time = (int64_t)u;
+			else if (!strcmp(key, "time"))
+				r->time_us = export_time_parse(val);
 			else if (!strcmp(key, "size") && parse_u64(val, &u) == 0)
 				r->size = (int64_t)u;
 			free(val);
 		}
 		p = nl + 1;
 	}
-	if (!ended || !have_seq || r->kind < 0 || r->qid[0] == '\0' || r->node == NULL) {
+	if (!ended || !have_seq || r->kind < 0 || r->qid[0] == '\0' || r->node == NULL ||
+	    r->time_us < 0) {
 		export_record_free(r);
 		return -1;
 	}

@@ -93,7 +93,7 @@ struct export_record {
 	char qid[SPOOL_QID_LEN + 1];
 	int64_t seq;
 	int kind;
-	int64_t time;
+	int64_t time_us; /* microseconds since the epoch */
 	char *node, *sender, *rcpts, *subject, *message_id, *from, *class, *viruses, *conn, *detail;
 	int64_t size;
 };

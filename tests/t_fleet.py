@@ -141,5 +141,249 @@ def p_metrics(p):
         return re.search(r'metrics = \{ file = "([^"]+)"', f.read()).group(1)
 
 
+# ---- with a database -----------------------------------------------------------------
+
+def fleet_nodes(cd, names, extra=""):
+    """A cluster, one role per node, the schema, and one started pipeline per node."""
+    pg = Postgres()
+    pipes = {}
+    for n in names:
+        pg.add_role("node_%s" % n, "spoold-%s" % n)
+        pipes[n] = Pipeline(scanners=[clamd_scanner(cd.unix_addr)],
+                            splitter=dict(scan_raw_message=False),
+                            extra="canary_interval = 0;\n" + fleet_conf(pg, n, "spoold-" + n)
+                            + extra)
+    first = pipes[names[0]]
+    r = first.ctl("fleet", "init")
+    assert r.returncode == 0 and "schema version 1" in r.out, r.out
+    r = first.ctl("fleet", "init")  # idempotent: an upgrade in place
+    assert r.returncode == 0, r.out
+    for n in names:
+        r = first.ctl("fleet", "node", n, "node_" + n)
+        assert r.returncode == 0, r.out
+    for p in pipes.values():
+        p.start()
+    return pg, pipes
+
+
+def drained(p):
+    return export_count(p) == 0
+
+
+def search(p, *args):
+    r = p.ctl("fleet", "search", "--json", *args)
+    assert r.returncode in (0, 1), r.out
+    return json.loads(r.out) if r.returncode == 0 else []
+
+
+@test(timeout=300)
+def three_nodes_one_database():
+    """Three spools and spoolds, one PostgreSQL: 300 messages, 100 with EICAR, give
+    exactly 100 quarantine rows within 5 s of the last final state, and search finds a
+    message by every key."""
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["a", "b", "c"])
+        for k, (name, p) in enumerate(nodes.items()):
+            for i in range(100):
+                p.drop("m%d" % i, mail(i, (k * 100 + i) % 3 == 0, name))
+        finals = {}
+        for name, p in nodes.items():
+            finals[name] = p.wait_final(100, timeout=180)
+        last = time.time()
+        quarantined = sum(1 for f in finals.values() for place, _, _ in f if place == "quarantine")
+        delivered = sum(1 for f in finals.values() for place, _, _ in f if place.startswith("outbox"))
+        assert quarantined == 100 and delivered == 200, (quarantined, delivered)
+        wait_for(lambda: pg.value("SELECT count(*) FROM spoold.messages WHERE state = "
+                                  "'quarantine'") == str(quarantined), timeout=5,
+                 what="%d quarantine rows" % quarantined)
+        assert time.time() - last <= 5.5
+        wait_for(lambda: all(drained(p) for p in nodes.values()), timeout=20,
+                 what="export/ drained")
+        assert pg.value("SELECT count(*) FROM spoold.messages") == "300"
+        assert pg.value("SELECT count(*) FROM spoold.messages WHERE class = 'virus'") \
+            == str(quarantined)
+        # Every message has exactly its three events (intake, scanned, routed).
+        assert pg.value("SELECT count(*) FROM (SELECT node, qid FROM spoold.events GROUP BY "
+                        "node, qid HAVING count(*) <> 3) x") == "0"
+        # Search by every key, from node a, for a message of node b.
+        by_place = {q: place for place, q, _ in finals["b"]}
+        qid = sorted(q for q, pl in by_place.items() if pl == "quarantine")[0]
+        row = search(nodes["a"], "--qid", qid)
+        assert len(row) == 1 and row[0]["node"] == "b" and row[0]["state"] == "quarantine", row
+        i = int(re.search(r"fleet b (\d+)", row[0]["subject"]).group(1))
+        assert [e["event"] for e in row[0]["trail"]] == ["intake", "scanned", "quarantine"], row
+        for args in (("--from", "s%d@b.example" % i), ("--to", "r%d@dest.example" % i),
+                     ("--subject", "fleet b %d" % i), ("--message-id", "<fleet-b-%d@example.test>" % i),
+                     ("--message-id", "fleet-b-%d@example.test" % i),
+                     ("--state", "quarantine", "--node", "b"), ("--since", "10m", "--node", "b"),
+                     ("--node", "b")):
+            found = [(m["node"], m["qid"]) for m in search(nodes["a"], *args)]
+            assert ("b", qid) in found, (args, found)
+        assert len(search(nodes["c"], "--state", "quarantine")) == quarantined
+        assert search(nodes["c"], "--from", "nobody@nowhere.example") == []
+        text = nodes["c"].ctl("fleet", "search", "--qid", qid)
+        assert text.returncode == 0 and qid in text.out and "quarantine" in text.out, text.out
+
+
+@test(timeout=180)
+def release_across_nodes_is_delivered_once_by_the_owner():
+    """Quarantined on B, released from A: B delivers it once; a second release fails
+    with a reason; the audit row names who and when; an unknown queue ID fails."""
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["a", "b"])
+        a, b = nodes["a"], nodes["b"]
+        b.drop("v", mail(1, True, "b"))
+        b.drop("w", mail(2, True, "b"))
+        places = {q: pl for pl, q, _ in b.wait_final(2, timeout=60)}
+        assert set(places.values()) == {"quarantine"}, places
+        q1, q2 = sorted(places)
+        wait_for(lambda: pg.value("SELECT count(*) FROM spoold.messages WHERE state = "
+                                  "'quarantine'") == "2", timeout=10, what="2 quarantine rows")
+        r = a.ctl("fleet", "release", q1, "--wait", "30")
+        assert r.returncode == 0 and "done" in r.out and "released" in r.out, r.out
+        assert [q for _, q in b.outbox()] == [q1], b.outbox()
+        assert a.outbox() == [] and a.entries("quarantine") == []
+        r = a.ctl("fleet", "release", q1, "--wait", "30")
+        assert r.returncode == 1 and "failed" in r.out and "not in quarantine" in r.out, r.out
+        assert [q for _, q in b.outbox()] == [q1], b.outbox()
+        audit = pg.psql("SELECT status, requested_by, done_at IS NOT NULL, result FROM "
+                        "spoold.actions WHERE qid = '%s' ORDER BY id" % q1).splitlines()
+        assert audit[0].startswith("done|fleet_admin|t|"), audit
+        assert audit[1].startswith("failed|fleet_admin|t|") and "not in quarantine" in audit[1]
+        wait_for(lambda: pg.value("SELECT state FROM spoold.messages WHERE qid = '%s'" % q1)
+                 == "outbox", timeout=10, what="the released message routed to the outbox")
+        assert pg.value("SELECT release_status FROM spoold.recipients WHERE qid = '%s'" % q1) \
+            == "released"
+        # Delete from A of B's other message; then a release of it fails: it is gone.
+        r = a.ctl("fleet", "delete", q2, "--wait", "30")
+        assert r.returncode == 0 and "done" in r.out, r.out
+        assert b.entries("quarantine") == []
+        r = a.ctl("fleet", "release", q2, "--wait", "30")
+        assert r.returncode == 1 and "not in quarantine" in r.out, r.out
+        unknown = "0661234567890a-00abcd-0000"
+        r = a.ctl("fleet", "release", unknown)
+        assert r.returncode == 1 and "unknown message" in r.out, r.out
+        assert pg.value("SELECT status || ':' || result FROM spoold.actions WHERE qid = '%s'"
+                        % unknown).startswith("failed:unknown message")
+        assert [q for _, q in b.outbox()] == [q1]
+
+
+@test(timeout=240)
+def database_outage_mail_flows_and_the_backlog_drains():
+    """The database stops under load: mail keeps flowing, records wait, and after it is
+    back the backlog drains and the central counts equal the spool's. (Scaled: a 10 s
+    outage, not the issue's 60 s, and no latency measurement here.)"""
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["a"])
+        p = nodes["a"]
+        for i in range(40):
+            p.drop("m%d" % i, mail(i, i % 10 == 0, "a"))
+        p.wait_final(40, timeout=120)
+        wait_for(lambda: drained(p), timeout=20, what="export/ drained")
+        pg.stop()
+        t0 = time.time()
+        for i in range(40, 120):
+            p.drop("m%d" % i, mail(i, i % 10 == 0, "a"))
+        finals = p.wait_final(120, timeout=120)
+        assert export_count(p) >= 80 * 3, export_count(p)
+        time.sleep(max(0, 10 - (time.time() - t0)))
+        pg.start()
+        wait_for(lambda: drained(p), timeout=60, what="export/ drained after the outage")
+        q = sum(1 for pl, _, _ in finals if pl == "quarantine")
+        o = sum(1 for pl, _, _ in finals if pl.startswith("outbox"))
+        assert (q, o) == (12, 108), (q, o)
+        assert pg.value("SELECT count(*) FROM spoold.messages") == "120"
+        assert pg.value("SELECT count(*) FROM spoold.messages WHERE state = 'quarantine'") == str(q)
+        assert pg.value("SELECT count(*) FROM spoold.messages WHERE state = 'outbox'") == str(o)
+        assert pg.value("SELECT count(*) FROM spoold.events") == str(120 * 3)
+        assert "fleet database unavailable" in p.logtext()
+
+
+def exporter_pid(p):
+    for s in p.status_file():
+        if s["name"] == "exporter" and s["state"] == "running" and int(s["pid"]) > 0:
+            return int(s["pid"])
+    return None
+
+
+@test(timeout=300)
+def kill_9_of_the_exporter_loses_and_duplicates_nothing():
+    """kill -9 of the exporter at random points while records are shipped: afterwards every
+    message has each of its events exactly once. (Scaled: 600 messages and 4 kills, not the
+    issue's 10,000, so that the test takes well under two minutes; spoold gives up on a
+    stage after 5 deaths a minute. batch = 20 makes many commits to land a kill between.)"""
+    import random
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["k"])
+        p = nodes["k"]
+        r = p.ctl("stop", "exporter")
+        assert r.returncode == 0, r.out
+        for i in range(600):
+            p.drop("m%d" % i, mail(i, i % 7 == 0, "k"))
+        finals = p.wait_final(600, timeout=240)
+        assert export_count(p) == 600 * 3, export_count(p)
+        r = p.ctl("start", "exporter")
+        assert r.returncode == 0, r.out
+        kills = 0
+        rnd = random.Random(16)
+        while kills < 4 and not drained(p):
+            pid = wait_for(lambda: exporter_pid(p), timeout=20, what="a running exporter")
+            time.sleep(rnd.uniform(0.05, 0.4))
+            try:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+            wait_for(lambda: exporter_pid(p) != pid, timeout=20, what="the exporter restarted")
+        assert kills >= 2, kills
+        wait_for(lambda: drained(p), timeout=90, what="export/ drained")
+        assert pg.value("SELECT count(*) FROM spoold.events") == str(600 * 3)
+        assert pg.value("SELECT count(*) FROM spoold.messages") == "600"
+        q = sum(1 for pl, _, _ in finals if pl == "quarantine")
+        assert pg.value("SELECT count(*) FROM spoold.messages WHERE state = 'quarantine'") == str(q)
+        assert pg.value("SELECT count(*) FROM (SELECT 1 FROM spoold.events GROUP BY node, qid "
+                        "HAVING count(*) <> 3) x") == "0"
+
+
+@test(timeout=180)
+def a_nodes_role_cannot_change_another_nodes_rows():
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["a", "b"])
+        nodes["b"].drop("v", mail(1, True, "b"))
+        (qid,) = [q for _, q, _ in nodes["b"].wait_final(1, timeout=60)]
+        wait_for(lambda: drained(nodes["b"]), timeout=20, what="export/ drained")
+        r = nodes["a"].ctl("fleet", "release", qid)  # queued for b; b does it soon
+        assert r.returncode == 0, r.out
+        as_a = dict(service="spoold-a")
+        forged = ("INSERT INTO spoold.events (node, qid, seq, kind, at) VALUES "
+                  "('b', '%s', 999, 'deleted', now())" % qid)
+        attempts = [forged,
+                    "UPDATE spoold.events SET subject = 'x' WHERE node = 'b'",
+                    "DELETE FROM spoold.events WHERE node = 'b'",
+                    "UPDATE spoold.messages SET state = 'deleted'",
+                    "DELETE FROM spoold.messages",
+                    "UPDATE spoold.nodes SET role = 'node_a' WHERE node = 'b'",
+                    "INSERT INTO spoold.actions (node, qid, action) VALUES ('b', '%s', "
+                    "'delete')" % qid]
+        for sql in attempts:
+            try:
+                pg.psql(sql, **as_a)
+            except PsqlError as e:
+                assert "permission denied" in str(e) or "row-level security" in str(e), (sql, e)
+            else:
+                raise AssertionError("node a's role could run: %s" % sql)
+        # RLS hides b's actions from a: an update touches nothing.
+        assert pg.psql("UPDATE spoold.actions SET status = 'failed' WHERE node = 'b' "
+                       "RETURNING id", **as_a) == ""
+        assert pg.psql("SELECT count(*) FROM spoold.actions", **as_a) == "0"
+        assert pg.psql("SELECT count(*) FROM spoold.events WHERE node = 'b'", **as_a) == "0"
+        # Its own rows it may write.
+        pg.psql("INSERT INTO spoold.events (node, qid, seq, kind, at) VALUES "
+                "('a', '0661234567890a-00abcd-0001', 1, 'intake', now())", **as_a)
+        wait_for(lambda: pg.value("SELECT status FROM spoold.actions WHERE qid = '%s'" % qid)
+                 == "done", timeout=20, what="b's release done")
+        assert pg.value("SELECT count(*) FROM spoold.events WHERE node = 'b' AND seq = 999") == "0"
+
+
 if __name__ == "__main__":
     harness.main()
