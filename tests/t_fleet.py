@@ -73,9 +73,11 @@ def records_wait_in_export_without_a_database():
         p = node(cd, 'fleet = { node = "solo"; };\n')
         p.drop("c1", mail(1, False, "solo"))
         p.drop("v1", mail(2, True, "solo"))
-        places = {q: place for place, q, _ in p.wait_final(2, timeout=60)}
-        wait_for(lambda: export_count(p) >= 6, timeout=10,
-                 what="6 records in export/ (have %d)" % export_count(p))
+        # No recipient in its headers: badmail/, with a record that says why.
+        p.drop("b1", b"From: s@solo.example\nSubject: nobody\n\nno recipient\n")
+        places = {q: place for place, q, _ in p.wait_final(3, timeout=60)}
+        wait_for(lambda: export_count(p) >= 7, timeout=10,
+                 what="7 records in export/ (have %d)" % export_count(p))
         recs = records(p)
         by_qid = {}
         for name, kv in recs.items():
@@ -83,6 +85,11 @@ def records_wait_in_export_without_a_database():
             assert kv["qid"] == [qid] and kv["seq"] == [seq] and kv["node"] == ["solo"], kv
             by_qid.setdefault(qid, {})[kv["kind"][0]] = kv
         assert set(by_qid) == set(places), (by_qid.keys(), places)
+        (bad,) = [q for q, pl in places.items() if pl == "badmail"]
+        bk = by_qid.pop(bad)
+        assert set(bk) == {"badmail"} and bk["badmail"]["detail"], bk
+        assert bk["badmail"]["subject"] == ["nobody"], bk
+        del places[bad]
         for qid, place in places.items():
             kinds = by_qid[qid]
             want = {"intake", "scanned", "outbox" if place.startswith("outbox") else "quarantine"}
@@ -99,12 +106,17 @@ def records_wait_in_export_without_a_database():
                 assert kinds["scanned"]["class"] == ["clean"], kinds["scanned"]
         # Seq is fixed per transition: intake 1, scanned 2, outbox 3, quarantine 4.
         names = {n.rsplit(".", 1)[1] for n in recs}
-        assert names == {"1", "2", "3", "4"}, names
+        assert names == {"1", "2", "3", "4", "6"}, names
         st = p.ctl("status")
-        assert re.search(r"^export\s+6\b", st.out, re.M), st.out
+        assert re.search(r"^export\s+7\b", st.out, re.M), st.out
         assert "no database: records wait in export/" in st.out, st.out
         stages = [s["name"] for s in p.status_file()]
         assert "exporter" not in stages, stages
+        # Deleted by hand: a record of its own, with who and from where.
+        r = p.ctl("delete", bad)
+        assert r.returncode == 0, r.out
+        kv = records(p)["%s.9" % bad]
+        assert kv["kind"] == ["deleted"] and kv["detail"] == ["uid=0 from=badmail"], kv
 
 
 @test(timeout=180)
@@ -266,6 +278,21 @@ def release_across_nodes_is_delivered_once_by_the_owner():
         assert pg.value("SELECT status || ':' || result FROM spoold.actions WHERE qid = '%s'"
                         % unknown).startswith("failed:unknown message")
         assert [q for _, q in b.outbox()] == [q1]
+        # Retention: rows of q2 made 10 days old go with `fleet expire --days 5`; q1's stay.
+        wait_for(lambda: drained(b), timeout=20, what="export/ drained")
+        pg.psql("UPDATE spoold.events SET at = at - interval '10 days' WHERE qid = '%s';"
+                "UPDATE spoold.messages SET last_seen = last_seen - interval '10 days' "
+                "WHERE qid = '%s';"
+                "UPDATE spoold.actions SET done_at = done_at - interval '10 days' "
+                "WHERE qid IN ('%s', '%s')" % (q2, q2, q2, unknown))
+        r = a.ctl("fleet", "expire", "--days", "5")
+        assert r.returncode == 0 and "messages: 1 removed" in r.out, r.out
+        assert pg.value("SELECT count(*) FROM spoold.events WHERE qid = '%s'" % q2) == "0"
+        assert pg.value("SELECT count(*) FROM spoold.actions WHERE qid IN ('%s', '%s')"
+                        % (q2, unknown)) == "0"
+        assert pg.value("SELECT count(*) FROM spoold.recipients WHERE qid = '%s'" % q2) == "0"
+        assert pg.value("SELECT count(*) FROM spoold.messages WHERE qid = '%s'" % q1) == "1"
+        assert int(pg.value("SELECT count(*) FROM spoold.events WHERE qid = '%s'" % q1)) >= 4
 
 
 @test(timeout=240)
