@@ -19,7 +19,7 @@ from lib import test, wait_for  # noqa: E402
 from lib import msgs  # noqa: E402
 from lib.clamd import Clamd  # noqa: E402
 from lib.pg import Postgres, PsqlError, fleet_conf  # noqa: E402
-from lib.spool import Pipeline  # noqa: E402
+from lib.spool import Pipeline, fake  # noqa: E402
 
 
 def clamd_scanner(addr):
@@ -151,6 +151,47 @@ def backlog_is_capped_and_mail_keeps_flowing():
 def p_metrics(p):
     with open(p.conf) as f:
         return re.search(r'metrics = \{ file = "([^"]+)"', f.read()).group(1)
+
+
+# A crash at each commit step of a fleet node, then the stages' recovery runs: every
+# transition has exactly one record under its fixed name (the redo rewrote the same key).
+CRASH = [("splitter", "split-precommit", "quarantine"), ("splitter", "moved-to-scan", "outbox"),
+         ("scanner-runner", "scan-verdicts", "outbox"),
+         ("scanner-runner", "moved-to-route", "quarantine"),
+         ("router", "route-fanout-plan", "outbox"), ("router", "route-fanout-done", "outbox"),
+         ("router", "route-quarantine", "quarantine"),
+         ("router", "moved-to-quarantine", "quarantine")]
+
+
+def crash_records(stage, point, want):
+    if "asan" not in (harness.BIN or ""):
+        harness.skip("crash points exist only in the test build (build/asan/bin)")
+    p = Pipeline(scanners=[fake("av")], extra='fleet = { node = "crash"; };\n')
+    os.makedirs(os.path.join(p.spool, "export"))  # spoold makes it; here no spoold runs
+    p.drop("m", mail(1, want == "quarantine", "crash"))
+    for s in ("splitter", "scanner-runner", "router"):
+        if s == stage:
+            r = p.stage(s, env={"SPOOLD_CRASH_AT": point})
+            assert r.returncode == 99, (s, point, r.returncode, r.out[-1500:])
+        r = p.stage(s)
+        assert r.returncode == 0, (s, r.out[-1500:])
+    (final,) = p.finals()
+    qid = final[1]
+    assert final[0].startswith(want), final
+    names = sorted(records(p))
+    last = "3" if want == "outbox" else "4"
+    assert names == ["%s.%s" % (qid, n) for n in ("1", "2", last)], names
+    kinds = [records(p)[n]["kind"][0] for n in names]
+    assert kinds == ["intake", "scanned", want], kinds
+
+
+for _s, _p, _w in CRASH:
+    def _mk(s=_s, pt=_p, w=_w):
+        def fn():
+            crash_records(s, pt, w)
+        fn.__name__ = "crash_%s_%s_records_once" % (s.replace("-", "_"), pt.replace("-", "_"))
+        return fn
+    test(_mk())
 
 
 # ---- with a database -----------------------------------------------------------------
