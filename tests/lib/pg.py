@@ -35,6 +35,7 @@ class Postgres:
         self.port = 5432
         self.passwords = {ADMIN: "admin-secret"}
         self.services = {}
+        self.owner = None
         os.mkdir(self.sock)
         self.preexec = None
         if os.geteuid() == 0:
@@ -90,6 +91,15 @@ class Postgres:
             for name, role in self.services.items():
                 f.write("[%s]\nhost=%s\nport=%d\ndbname=fleet\nuser=%s\npassfile=%s\n\n"
                         % (name, self.sock, self.port, role, self.passfile))
+        os.chmod(self.service_file, 0o600)
+        if self.owner:
+            for f in (self.passfile, self.service_file):
+                os.chown(f, self.owner.pw_uid, self.owner.pw_gid)
+
+    def give_auth(self, user):
+        """The passfile and the service file belong to user from now on (0600)."""
+        self.owner = pwd.getpwnam(user)
+        self._write_auth()
 
     def add_service(self, name, role):
         self.services[name] = role
