@@ -67,6 +67,9 @@ struct exporter {
 	int64_t retry_at;    /* monotonic ms of the next connection attempt */
 	int64_t next_poll;   /* monotonic ms of the next action poll */
 	int64_t logged_down; /* when "database unavailable" was last logged */
+	time_t state_since;  /* when the connection last came up or went down */
+	long pending;        /* this node's pending actions at the last poll, -1 unknown */
+	int64_t state_ms;    /* when run/fleet.state was last written */
 	char spoolctl[PATH_MAX];
 };
 
@@ -79,9 +82,13 @@ static void exp_db_drop(struct exporter *x, const char *why)
 		         why, x->backoff_ms);
 		x->logged_down = now;
 	}
-	if (x->db)
+	if (x->db) {
 		PQfinish(x->db);
+		x->state_since = time(NULL);
+		x->state_ms = 0;
+	}
 	x->db = NULL;
+	x->pending = -1;
 	x->retry_at = now + x->backoff_ms;
 	x->backoff_ms = x->backoff_ms * 2 > 30000 ? 30000 : x->backoff_ms * 2;
 	metrics_inc("spoold_export_db_errors_total", "", 1);
@@ -119,6 +126,8 @@ static int exp_connect(struct exporter *x)
 	if (exp_exec(x, "LISTEN spoold_actions") < 0)
 		return -1;
 	log_info(NULL, "connected to the fleet database as node %s", x->conf->fleet.node);
+	x->state_since = time(NULL);
+	x->state_ms = 0;
 	x->backoff_ms = 1000;
 	x->logged_down = 0;
 	x->next_poll = 0; /* look for actions at once: some may have waited */
@@ -345,6 +354,35 @@ static void exp_actions(struct exporter *x, int leftovers)
 	PQclear(r);
 }
 
+/* This node's pending actions, for run/fleet.state. */
+static void exp_count_pending(struct exporter *x)
+{
+	const char *p[] = {x->conf->fleet.node};
+	PGresult *r = PQexecParams(x->db,
+	                           "SELECT count(*) FROM spoold.actions WHERE node = $1 AND "
+	                           "status IN ('pending', 'running')",
+	                           1, NULL, p, NULL, NULL, 0);
+	x->pending = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1
+	                 ? strtol(PQgetvalue(r, 0, 0), NULL, 10)
+	                 : -1;
+	PQclear(r);
+}
+
+/* run/fleet.state, for spoolctl status and spoold's metrics: whether the database is
+ * reachable, since when, and the actions waiting. Rewritten on a change and every 5 s. */
+static void exp_state_write(struct exporter *x)
+{
+	int64_t now = now_ms_monotonic();
+	if (x->state_ms && now - x->state_ms < 5000)
+		return;
+	x->state_ms = now;
+	char line[160];
+	int n = snprintf(line, sizeof line, "fleet connected=%d since=%lld pending_actions=%ld\n",
+	                 x->db != NULL, (long long)x->state_since, x->pending);
+	if (write_file_atomic(x->sp.fd[SD_RUN], "fleet.state", line, (size_t)n, 0640) < 0)
+		log_warn(NULL, "cannot write %s/run/fleet.state: %s", x->sp.root, strerror(errno));
+}
+
 /* spoolctl: beside this program (a build tree), else PREFIX/bin from LIBEXECDIR. */
 static void exp_find_spoolctl(struct exporter *x)
 {
@@ -397,9 +435,13 @@ static void exp_loop(struct exporter *x, int once)
 			int64_t now = now_ms_monotonic();
 			if (x->db && now >= x->next_poll) {
 				exp_actions(x, 0);
+				if (x->db)
+					exp_count_pending(x);
+				x->state_ms = 0;
 				x->next_poll = now + (int64_t)x->conf->fleet.poll * 1000;
 			}
 		}
+		exp_state_write(x);
 		metrics_flush(&x->sp, "exporter");
 		if (once)
 			break;
@@ -443,6 +485,8 @@ int main(int argc, char **argv)
 	if (x.exportfd < 0)
 		die_temp(NULL, "cannot open %s/export: %s", x.sp.root, strerror(errno));
 	x.backoff_ms = 1000;
+	x.pending = -1;
+	x.state_since = time(NULL);
 	exp_find_spoolctl(&x);
 	stage_ready_notify();
 	exp_loop(&x, once);

@@ -143,6 +143,29 @@ out:
 	buf_free(&v);
 }
 
+/* The exporter's last word on the database (run/fleet.state). */
+static void st_fleet_state(int rundir, const struct conf *c)
+{
+	struct buf s, v;
+	buf_init(&s);
+	buf_init(&v);
+	if (c->fleet.conninfo[0] && read_file_at(rundir, "fleet.state", &s, 4096) == 0) {
+		const char *line = buf_cstr(&s);
+		int up = kv_find(line, "connected", &v) == 0 && strcmp(buf_cstr(&v), "1") == 0;
+		long long since =
+		    kv_find(line, "since", &v) == 0 ? strtoll(buf_cstr(&v), NULL, 10) : 0;
+		long pending =
+		    kv_find(line, "pending_actions", &v) == 0 ? strtol(buf_cstr(&v), NULL, 10) : -1;
+		printf("fleet database: %s for %llds", up ? "connected" : "UNAVAILABLE",
+		       (long long)time(NULL) - since);
+		if (pending >= 0)
+			printf(", %ld action(s) pending", pending);
+		printf("\n");
+	}
+	buf_free(&s);
+	buf_free(&v);
+}
+
 int ctl_cmd_status(struct conf *c, int argc, char **argv)
 {
 	int json = argc > 0 && strcmp(argv[0], "--json") == 0;
@@ -258,7 +281,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].q.count,
 			       ds[i].q.bytes, age);
 		}
-		if (c->fleet.enabled)
+		if (c->fleet.enabled) {
 			printf("\nfleet: node %s, %s; export/ holds at most %d records%s\n",
 			       c->fleet.node,
 			       c->fleet.conninfo[0] ? "exporter ships to the database"
@@ -267,6 +290,8 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			       export_full ? " - FULL: new records are DROPPED "
 			                     "(spoold_export_dropped_total)"
 			                   : "");
+			st_fleet_state(sp.fd[SD_RUN], c);
+		}
 		printf("\nspoold: %s", sup_alive ? "running" : "not running");
 		if (sup_alive)
 			printf(" (pid %ld)", spid);

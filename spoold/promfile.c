@@ -227,6 +227,24 @@ static void prom_fleet(struct buf *b, const struct conf *c, struct spool *sp)
 	          "Age of the message of the oldest record waiting in export/ (0 when empty)");
 	int64_t age = n > 0 && oldest > 0 ? (int64_t)time(NULL) - oldest : 0;
 	buf_printf(b, "spoold_export_oldest_seconds %lld\n", (long long)(age < 0 ? 0 : age));
+	/* The exporter's view (run/fleet.state): only where one runs. */
+	struct buf s, v;
+	buf_init(&s);
+	buf_init(&v);
+	if (c->fleet.conninfo[0] && read_file_at(sp->fd[SD_RUN], "fleet.state", &s, 4096) == 0) {
+		const char *line = buf_cstr(&s);
+		prom_head(b, "spoold_fleet_connected", "gauge",
+		          "1 when the exporter is connected to the fleet database");
+		buf_printf(b, "spoold_fleet_connected %d\n",
+		           kv_find(line, "connected", &v) == 0 && strcmp(buf_cstr(&v), "1") == 0);
+		if (kv_find(line, "pending_actions", &v) == 0 && buf_cstr(&v)[0] != '-') {
+			prom_head(b, "spoold_fleet_actions_pending", "gauge",
+			          "Release and delete actions waiting for this node");
+			buf_printf(b, "spoold_fleet_actions_pending %s\n", buf_cstr(&v));
+		}
+	}
+	buf_free(&s);
+	buf_free(&v);
 }
 
 void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n,

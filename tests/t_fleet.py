@@ -359,9 +359,15 @@ def database_outage_mail_flows_and_the_backlog_drains():
             p.drop("m%d" % i, mail(i, i % 10 == 0, "a"))
         finals = p.wait_final(120, timeout=120)
         assert export_count(p) >= 80 * 3, export_count(p)
+        wait_for(lambda: "fleet database: UNAVAILABLE" in p.ctl("status").out, timeout=15,
+                 what="spoolctl status to say the database is unavailable")
+        st = p.ctl("status")
+        assert re.search(r"^export\s+(\d+)", st.out, re.M).group(1) == str(export_count(p)), st.out
         time.sleep(max(0, 10 - (time.time() - t0)))
         pg.start()
         wait_for(lambda: drained(p), timeout=60, what="export/ drained after the outage")
+        wait_for(lambda: "fleet database: connected" in p.ctl("status").out, timeout=15,
+                 what="spoolctl status to say the database is back")
         q = sum(1 for pl, _, _ in finals if pl == "quarantine")
         o = sum(1 for pl, _, _ in finals if pl.startswith("outbox"))
         assert (q, o) == (12, 108), (q, o)
