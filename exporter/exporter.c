@@ -409,7 +409,15 @@ static void exp_wait(struct exporter *x, int ms)
 		return;
 	}
 	if (poll(&pf, 1, ms) > 0) {
-		PQconsumeInput(x->db);
+		/* A server that went away makes the socket readable for good: drop the
+		 * connection now rather than spin on it until the next statement fails. */
+		if (!PQconsumeInput(x->db)) {
+			char why[512];
+			snprintf(why, sizeof why, "%s", PQerrorMessage(x->db));
+			why[strcspn(why, "\n")] = '\0';
+			exp_db_drop(x, why);
+			return;
+		}
 		PGnotify *nt;
 		while ((nt = PQnotifies(x->db)) != NULL) {
 			if (strcmp(nt->extra, x->conf->fleet.node) == 0)
