@@ -109,6 +109,17 @@ static long fl_seconds(const char *s)
 	return v * mult;
 }
 
+/* A database value for the terminal: any node's role wrote it, so no byte of it may be a
+ * control sequence (text_escape: printable ASCII, the rest \xHH). Static buffers, one per
+ * slot of a printf. */
+static const char *fl_text(const char *s, int slot)
+{
+	static struct buf b[7];
+	buf_reset(&b[slot]);
+	text_escape(&b[slot], s, strlen(s), 2048);
+	return buf_cstr(&b[slot]);
+}
+
 static void fl_trail(PGconn *db, const char *node, const char *qid, int json)
 {
 	const char *p[] = {node, qid};
@@ -129,8 +140,9 @@ static void fl_trail(PGconn *db, const char *node, const char *qid, int json)
 			fl_json_str(PQgetvalue(r, i, 3));
 			printf(",\"seq\":%s}", PQgetvalue(r, i, 4));
 		} else {
-			printf("    %s %-10s %s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-			       PQgetvalue(r, i, 2), PQgetvalue(r, i, 3));
+			printf("    %s %-10s %s %s\n", fl_text(PQgetvalue(r, i, 0), 0),
+			       fl_text(PQgetvalue(r, i, 1), 1), fl_text(PQgetvalue(r, i, 2), 2),
+			       fl_text(PQgetvalue(r, i, 3), 3));
 		}
 	}
 	PQclear(r);
@@ -155,9 +167,10 @@ static void fl_print(PGconn *db, PGresult *r, int json)
 			printf("]}");
 		} else {
 			printf("%s %s %-10s %-11s from %s to %s subject \"%s\"\n",
-			       PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
-			       PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 9),
-			       PQgetvalue(r, i, 5));
+			       fl_text(PQgetvalue(r, i, 0), 0), fl_text(PQgetvalue(r, i, 1), 1),
+			       fl_text(PQgetvalue(r, i, 2), 2), fl_text(PQgetvalue(r, i, 3), 3),
+			       fl_text(PQgetvalue(r, i, 4), 4), fl_text(PQgetvalue(r, i, 9), 5),
+			       fl_text(PQgetvalue(r, i, 5), 6));
 			fl_trail(db, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), 0);
 		}
 	}
@@ -265,7 +278,7 @@ static int fl_action(PGconn *db, const char *action, int argc, char **argv)
 	char id[32];
 	snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
 	PQclear(r);
-	printf("action %s: %s %s on node %s %s\n", id, action, qid, owner,
+	printf("action %s: %s %s on node %s %s\n", id, action, qid, fl_text(owner, 0),
 	       known ? "queued" : "failed: unknown message");
 	if (!known)
 		return 1;
@@ -277,7 +290,7 @@ static int fl_action(PGconn *db, const char *action, int argc, char **argv)
 		    ip);
 		const char *st = PQntuples(r) ? PQgetvalue(r, 0, 0) : "gone";
 		if (strcmp(st, "done") == 0 || strcmp(st, "failed") == 0) {
-			printf("action %s: %s: %s\n", id, st, PQgetvalue(r, 0, 1));
+			printf("action %s: %s: %s\n", id, st, fl_text(PQgetvalue(r, 0, 1), 0));
 			int rc = strcmp(st, "done") == 0 ? 0 : 1;
 			PQclear(r);
 			return rc;

@@ -456,9 +456,13 @@ def a_nodes_role_cannot_change_another_nodes_rows():
                        "RETURNING id", **as_a) == ""
         assert pg.psql("SELECT count(*) FROM spoold.actions", **as_a) == "0"
         assert pg.psql("SELECT count(*) FROM spoold.events WHERE node = 'b'", **as_a) == "0"
-        # Its own rows it may write.
-        pg.psql("INSERT INTO spoold.events (node, qid, seq, kind, at) VALUES "
-                "('a', '0661234567890a-00abcd-0001', 1, 'intake', now())", **as_a)
+        # Its own rows it may write - whatever bytes it likes, which the admin's terminal
+        # then sees escaped, never as a control sequence.
+        pg.psql("INSERT INTO spoold.events (node, qid, seq, kind, at, subject) VALUES "
+                "('a', '0661234567890a-00abcd-0001', 1, 'intake', now(), "
+                "E'\\x1b]0;owned\\x07')", **as_a)
+        r = nodes["b"].ctl("fleet", "search", "--node", "a")
+        assert r.returncode == 0 and "\x1b" not in r.out and "\\x1b]0;owned\\x07" in r.out, r.out
         wait_for(lambda: pg.value("SELECT status FROM spoold.actions WHERE qid = '%s'" % qid)
                  == "done", timeout=20, what="b's release done")
         assert pg.value("SELECT count(*) FROM spoold.events WHERE node = 'b' AND seq = 999") == "0"
