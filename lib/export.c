@@ -456,8 +456,10 @@ int export_record_parse(const char *data, size_t n, struct export_record *r)
 			ended = nl + 1 == end;
 			break;
 		}
-		if (sp == NULL || sp - p > 31)
+		if (sp == NULL || sp - p > 31) {
+			export_record_free(r); /* what the lines before set */
 			return -1;
+		}
 		char key[32];
 		memcpy(key, p, (size_t)(sp - p));
 		key[sp - p] = '\0';
