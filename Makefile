@@ -21,7 +21,7 @@ PKG_LIBS   := $(shell pkg-config --libs gmime-3.0 libconfig nettle 2>/dev/null) 
 endif
 
 WARN      = -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
-BASEFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -Ilib $(PKG_CFLAGS) -DLIBEXECDIR='"$(PREFIX)/libexec/spoold"'
+BASEFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -Ilib $(PKG_CFLAGS) $(PQ_CFLAGS) -DLIBEXECDIR='"$(PREFIX)/libexec/spoold"'
 CFLAGS   ?= -O2 -g
 ASANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DSPOOLD_CRASH_POINTS
 # Hardening, always on (the Debian build flags, dpkg-buildflags, plus full RELRO and PIE
@@ -43,7 +43,7 @@ PREFIX  ?= /usr/local
 VERSION := $(shell cat VERSION)$(shell git describe --always --dirty --abbrev=12 2>/dev/null | sed 's/^/+g/')
 DESTDIR ?=
 
-PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir lmtpd
+PROGS     = splitter scanner-runner router spoold spoolctl connector-smtp connector-maildir lmtpd exporter
 LIB_SRC   = $(wildcard lib/*.c)
 splitter_SRC       = $(wildcard splitter/*.c)
 scanner-runner_SRC = $(wildcard scanner-runner/*.c)
@@ -53,6 +53,12 @@ spoolctl_SRC       = $(wildcard spoolctl/*.c)
 connector-smtp_SRC = $(wildcard connector-smtp/*.c)
 connector-maildir_SRC = $(wildcard connector-maildir/*.c)
 lmtpd_SRC          = $(wildcard lmtpd/*.c)
+exporter_SRC       = $(wildcard exporter/*.c)
+# libpq: only the exporter and spoolctl (fleet) speak to the fleet's database.
+PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null)
+PQ_LIBS   := $(shell pkg-config --libs libpq 2>/dev/null || echo -lpq)
+exporter_LIBS      = $(PQ_LIBS)
+spoolctl_LIBS      = $(PQ_LIBS)
 scanner-runner_LIBS = -llmdb
 connector-smtp_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
@@ -173,7 +179,7 @@ install: all
 	install -m 0755 bin/spoold $(DESTDIR)$(PREFIX)/sbin/spoold
 	install -m 0755 bin/spoolctl $(DESTDIR)$(PREFIX)/bin/spoolctl
 	install -m 0755 bin/splitter bin/scanner-runner bin/router bin/connector-smtp \
-	    bin/connector-maildir bin/lmtpd $(DESTDIR)$(PREFIX)/libexec/spoold/
+	    bin/connector-maildir bin/lmtpd bin/exporter $(DESTDIR)$(PREFIX)/libexec/spoold/
 	install -d -m 0755 $(DESTDIR)/etc/spoold
 	install -m 0644 conf/production/spoold.conf $(DESTDIR)/etc/spoold/spoold.conf.dist
 	test -e $(DESTDIR)/etc/spoold/spoold.conf || \
@@ -236,7 +242,7 @@ uninstall:
 	@echo "make uninstall: kept /etc/spoold/spoold.conf and /var/spool/spoold (mail); remove them by hand"
 
 FORMAT_SRC = $(wildcard lib/*.[ch] splitter/*.[ch] scanner-runner/*.[ch] router/*.[ch] \
-               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] lmtpd/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch])
+               spoold/*.[ch] spoolctl/*.[ch] connector-*/*.[ch] lmtpd/*.[ch] exporter/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch])
 check-format:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 

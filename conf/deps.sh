@@ -2,15 +2,17 @@
 # Install the Debian packages spoold needs, if any are missing.
 #   conf/deps.sh          to build and run (make run)
 #   conf/deps.sh --test   also what the tests and benchmarks use (make test): Postfix and
-#                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format.
+#                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format,
+#                         PostgreSQL for the fleet test.
 # Postfix is only installed for the tests: on a machine with another MTA, apt-get would
 # replace it, so `make run` never asks for it.
 # Run as root it calls apt-get; otherwise it prints the exact command to run.
 set -eu
 PKGS="build-essential pkg-config libgmime-3.0-dev libconfig-dev libinotifytools0-dev
-libcurl4-openssl-dev nettle-dev liblmdb-dev clamav clamav-daemon clamav-testfiles python3"
+libcurl4-openssl-dev nettle-dev liblmdb-dev libpq-dev clamav clamav-daemon clamav-testfiles python3"
 if [ "${1:-}" = "--test" ]; then
-	PKGS="$PKGS clang clang-format ripmime postfix swaks"
+	# postgresql: the fleet test's throwaway cluster (tests/t_fleet.py, initdb + pg_ctl)
+	PKGS="$PKGS clang clang-format ripmime postfix swaks postgresql"
 fi
 missing=""
 for p in $PKGS; do

@@ -136,6 +136,20 @@ struct conf_lmtp {
 	int timeout;               /* seconds a client may stay silent */
 };
 
+/* The fleet (docs/FLEET.md): event records in export/ and the exporter stage. Absent, the
+ * node writes no records and runs no exporter: everything behaves as without it. */
+struct conf_fleet {
+	int enabled;    /* the fleet group is present */
+	char *node;     /* this node's name in the database, [A-Za-z0-9_-]{1,64} */
+	char *conninfo; /* libpq conninfo of the node's role; "" : no database (records wait) */
+	char *admin_conninfo; /* spoolctl fleet's (the admin role); "" : conninfo */
+	char *service_file;   /* PGSERVICEFILE for both, absolute; "" : libpq's default */
+	int batch;            /* records per transaction */
+	int max_backlog;      /* records export/ may hold; past it new ones are dropped */
+	int poll;             /* seconds between polls for actions (besides NOTIFY) */
+	int retention_days;   /* spoolctl fleet expire: rows older than this go; 0 keeps */
+};
+
 struct conf_metrics {
 	char *file;   /* absolute; "" disables */
 	int interval; /* seconds between rewrites */
@@ -180,6 +194,7 @@ struct conf {
 	struct conf_runner runner;
 	struct conf_router router;
 	struct conf_lmtp lmtp;
+	struct conf_fleet fleet;
 	struct conf_scanner *scanners;
 	size_t n_scanners;
 	struct conf_connector *connectors;

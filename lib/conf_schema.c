@@ -120,6 +120,19 @@ static const struct conf_row conf_rows_metrics[] = {
     K_STR("group", MET(group), ""),
 };
 
+/* The fleet (docs/FLEET.md): every stage writes event records when the group is there. */
+#define FL(f) offsetof(struct conf_fleet, f)
+static const struct conf_row conf_rows_fleet[] = {
+    K_STR("node", FL(node), ""),
+    K_STR("conninfo", FL(conninfo), ""),
+    K_STR("admin_conninfo", FL(admin_conninfo), ""),
+    K_PATH("service_file", FL(service_file), ""),
+    K_INT("batch", FL(batch), 1, 10000, 500),
+    K_INT("max_backlog", FL(max_backlog), 1, 100000000, 100000),
+    K_SECS("poll", FL(poll), 1, 3600, 5),
+    K_INT("retention_days", FL(retention_days), 0, 36500, 90),
+};
+
 #define SPL(f) offsetof(struct conf_splitter, f)
 static const struct conf_row conf_rows_splitter[] = {
     K_INT("instances", SPL(instances), 0, 64, 1),
@@ -306,6 +319,29 @@ static void conf_metrics_check(struct conf_ctx *cx, const config_setting_t *s, v
 	(void)s;
 	if (m->file == NULL)
 		m->file = xasprintf("%s/run/metrics.prom", c->spool_dir);
+}
+
+/* Credentials never live here: a conninfo names a service or a passfile, which only
+ * spoold's user can read; a password in this file, which every stage reads, is refused. */
+static void conf_fleet_check(struct conf_ctx *cx, const config_setting_t *s, void *obj,
+                             struct conf *c)
+{
+	struct conf_fleet *f = obj;
+	(void)c;
+	f->enabled = s != NULL;
+	if (s == NULL)
+		return;
+	if (conf_get(s, "node") && !conf_name_safe(f->node))
+		conf_fail(cx, conf_get(s, "node"),
+		          "fleet node '%s' must be 1-64 letters, digits, '-' or '_'", f->node);
+	const char *const k[] = {"conninfo", "admin_conninfo"};
+	const char *const v[] = {f->conninfo, f->admin_conninfo};
+	for (int i = 0; i < 2; i++)
+		if (v[i] && strstr(v[i], "password"))
+			conf_fail(cx, conf_get(s, k[i]),
+			          "fleet %s must not hold a password: name a passfile or a service "
+			          "(service_file) that only spoold's user can read",
+			          k[i]);
 }
 
 static void conf_lmtp_check(struct conf_ctx *cx, const config_setting_t *s, void *obj,
@@ -642,6 +678,13 @@ const struct conf_group conf_groups[] = {
      .off = TOP(metrics),
      .what = "metrics",
      .check = conf_metrics_check},
+    {.name = "fleet",
+     .kind = CG_GROUP,
+     ROWS(conf_rows_fleet),
+     .stages = CONF_ST_ALL,
+     .off = TOP(fleet),
+     .what = "fleet",
+     .check = conf_fleet_check},
     {.name = "splitter",
      .kind = CG_GROUP,
      ROWS(conf_rows_splitter),

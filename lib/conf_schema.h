@@ -34,9 +34,10 @@ enum {
 	CONF_ST_CONNECTORS = 1u << 3,
 	CONF_ST_LMTPD = 1u << 4,
 	CONF_ST_SPOOLD = 1u << 5,
+	CONF_ST_EXPORTER = 1u << 6,
 	/* read by every stage: the shared settings */
 	CONF_ST_ALL = CONF_ST_SPLITTER | CONF_ST_RUNNER | CONF_ST_ROUTER | CONF_ST_CONNECTORS |
-	              CONF_ST_LMTPD | CONF_ST_SPOOLD,
+	              CONF_ST_LMTPD | CONF_ST_SPOOLD | CONF_ST_EXPORTER,
 };
 
 enum conf_type {

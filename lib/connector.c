@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "export.h"
 #include "log.h"
 #include "metrics.h"
 #include "spool.h"
@@ -33,6 +34,18 @@ static void connector_on_signal(int sig)
 		connector_paused = 0;
 	else
 		connector_stop = 1;
+}
+
+/* The config, for the fleet's event records (set by connector_main). */
+static const struct conf *connector_conf;
+
+/* The record of a delivery or a bounce, durable before the entry leaves the outbox (the
+ * connector's own moves sync directories, not files: EXPORT_SYNC). */
+static void connector_export(struct outbox_entry *e, int kind, const char *detail)
+{
+	if (connector_conf)
+		export_event(connector_conf, e->sp, e->fd, e->qid, kind, e->conn, detail,
+		             EXPORT_SYNC);
 }
 
 /* One entry. Returns 1 when it still waits for a retry, else 0. */
@@ -102,6 +115,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		 * the trace keeps the k=v escaping. */
 		log_info(qid, "delivered connector=%s rcpts=%zu ms=%ld reply=\"%s\"", cc->name,
 		         env.n_rcpts, ms, reply);
+		connector_export(&e, EXPORT_DELIVERED, reply);
 		if (outbox_done(&e) < 0)
 			log_warn(qid, "delivered, but cannot remove outbox/%s/%s: %s", cc->name,
 			         qid, strerror(errno));
@@ -112,6 +126,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		          res == CONN_PERM ? "rejected" : "expired", buf_cstr(&esc));
 		log_warn(qid, "bounced connector=%s (%s): %s", cc->name, why, reply);
 		snprintf(reason, sizeof reason, "%s: %s", why, buf_cstr(&esc));
+		connector_export(&e, EXPORT_BOUNCED, reason);
 		if (outbox_bounce(&e, reason) < 0)
 			log_warn(qid, "cannot bounce: %s", strerror(errno));
 		metrics_inc("spoold_messages_total", "outcome=\"bounced\"", 1);
@@ -172,6 +187,7 @@ int connector_main(const struct connector *cn, int argc, char **argv)
 	if (name == NULL)
 		die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]", cn->prog);
 	struct conf *c = conf_load(conf_path);
+	connector_conf = c;
 	connector_router_uid = conf_role_uid(c, ROLE_ROUTER);
 	const struct conf_connector *cc = conf_connector_find(c, name);
 	if (cc == NULL)

@@ -80,8 +80,9 @@ static void exec_child(char *const argv[], const struct exec_opts *o, char *cons
 	/* Every other descriptor should be O_CLOEXEC already; make sure of it (a descriptor
 	 * some process above us inherited without it must not reach a scanner: the keeper's
 	 * socket once did). Only keep_fd is inherited, on purpose. An old kernel without
-	 * CLOSE_RANGE_CLOEXEC (before 5.11) leaves it to O_CLOEXEC. */
-	(void)close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+	 * CLOSE_RANGE_CLOEXEC (before 5.11) leaves it to O_CLOEXEC. The broker's placed
+	 * files (BROKER_FD_BASE + i, above) stay inherited. */
+	(void)close_range(BROKER_FD_BASE + (unsigned)o->n_place, ~0U, CLOSE_RANGE_CLOEXEC);
 	if (o->keep_fd >= 0) {
 		int fl = fcntl(o->keep_fd, F_GETFD);
 		if (fl < 0 || fcntl(o->keep_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0)

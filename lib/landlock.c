@@ -97,6 +97,15 @@ int landlock_restrict_spool(const struct spool *sp, const enum spool_dir *dirs, 
 		if (landlock_fs_rule(rs, sp->fd[dirs[i]], spool_rights) < 0)
 			die_temp(NULL, "landlock_add_rule %s/%s: %s", sp->root,
 			         spool_dir_name(dirs[i]), strerror(errno));
+	/* export/, where every stage writes the fleet's event records (lib/export.h), when
+	 * the fleet is configured and spoold made it. A record is an observation for the
+	 * database, never an instruction to a stage, so a confined parser that forges one
+	 * misleads a search at worst; it moves no mail. */
+	int xfd = openat(sp->root_fd, "export", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (xfd >= 0 && landlock_fs_rule(rs, xfd, spool_rights) < 0)
+		die_temp(NULL, "landlock_add_rule %s/export: %s", sp->root, strerror(errno));
+	if (xfd >= 0)
+		close(xfd);
 	/* Directories it only looks into (whether a queue ID is in use): listing, no file. */
 	for (size_t i = 0; i < nlook; i++)
 		/* fd -1: a directory this user may not enter anyway (outbox/, separated). */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "crash.h"
+#include "export.h"
 #include "log.h"
 #include "trace.h"
 #include "util.h"
@@ -790,6 +791,9 @@ int spool_quarantine_expire(struct spool *sp, int days)
 			continue;
 		}
 		if (now - sb.st_mtime > (time_t)days * 86400) {
+			/* The fleet's record (export_use names the config); the trash move syncs
+			 * it before the entry goes. */
+			export_entry(NULL, &e, EXPORT_EXPIRED, NULL);
 			if (spool_entry_trash(&e) < 0) {
 				log_warn(e.qid, "cannot expire quarantine/%s: %s", e.qid,
 				         strerror(errno));

@@ -28,6 +28,7 @@
 #include "conf.h"
 #include "crash.h"
 #include "envelope.h"
+#include "export.h"
 #include "log.h"
 #include "metrics.h"
 #include "manifest.h"
@@ -259,8 +260,13 @@ static void router_quarantine_report(struct spool_entry *e, const struct envelop
 	buf_free(&j);
 }
 
+/* The config, for the fleet's event records (set by router_handle). */
+static const struct conf *router_conf;
+
 static void router_quarantine_move(struct spool_entry *e, const char *reason)
 {
+	/* Every way into quarantine/ passes here: the record is synced by the move. */
+	export_entry(router_conf, e, EXPORT_QUARANTINE, reason);
 	if (spool_entry_move(e, SD_QUARANTINE) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to quarantine/: %s", e->sp->root, e->qid,
 		         strerror(errno));
@@ -295,6 +301,7 @@ static void router_hold(struct stage *st, struct spool_entry *e, const char *why
 	buf_init(&rs);
 	escape_bytes(&w, why, strlen(why), 1024);
 	router_text_block(&rs, why);
+	export_entry(st->conf, e, EXPORT_HOLD, why); /* before the new hold round is written */
 	if (spool_entry_write(e, "hold", b.data, b.len) < 0 ||
 	    spool_entry_write(e, "reason", rs.data, rs.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write hold state: %s", strerror(errno));
@@ -424,6 +431,8 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 	if (!e->sp->rename_journaled && spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot sync %s/route/%s: %s", e->sp->root, e->qid,
 		         strerror(errno));
+	/* The fleet's record of the routing, synced with the plan that commits it. */
+	export_entry(st->conf, e, EXPORT_OUTBOX, NULL);
 	/* The plan commits the fan-out: from here on out.<conn>/ are only ever moved. */
 	if (spool_entry_write(e, "fanout", plan.data, plan.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write fanout: %s", strerror(errno));
@@ -890,6 +899,7 @@ static void router_discard(struct spool_entry *e, const struct envelope *env,
 	router_viruses(vs, &v);
 	escape_bytes(&s, env->sender, strlen(env->sender), 998);
 	trace_add(e->fd, e->qid, "discard viruses=%s", buf_cstr(&v));
+	export_entry(router_conf, e, EXPORT_DISCARD, buf_cstr(&v)); /* synced by the trash move */
 	CRASH_POINT("route-discard");
 	if (spool_entry_trash(e) < 0)
 		die_temp(e->qid, "cannot move %s/route/%s to trash/: %s", e->sp->root, e->qid,
@@ -1211,6 +1221,7 @@ static int router_released(struct stage *st, struct spool_entry *e)
 
 static int router_handle(struct stage *st, const char *qid)
 {
+	router_conf = st->conf;
 	struct spool_entry e;
 	struct manifest m;
 	struct verdicts vs;
@@ -1379,6 +1390,7 @@ static int router_tick(struct stage *st)
 	const struct conf_router *rc = &st->conf->router;
 	int64_t horizon = (int64_t)rc->hold_retry_max + rc->hold_retry_max / 4 + 60;
 	if (now_ms_monotonic() >= next_expire) {
+		export_use(st->conf);
 		if (spool_quarantine_expire(&st->spool, st->conf->router.quarantine_days) < 0)
 			log_warn(NULL, "cannot list %s/quarantine: %s", st->spool.root,
 			         strerror(errno));

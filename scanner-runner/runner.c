@@ -41,6 +41,7 @@
 #include "conf.h"
 #include "crash.h"
 #include "exec.h"
+#include "export.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -467,6 +468,8 @@ static void runner_job_finish(struct stage *st, struct runner_job *j)
 	if (spool_entry_write(&j->e, "verdicts", b.data, b.len) < 0)
 		die_temp(j->e.qid, "cannot write %s/verdicts: %s", j->dir, strerror(errno));
 	buf_free(&b);
+	/* The fleet's record of the scan: runner_flush's sync makes it durable with verdicts. */
+	export_entry(st->conf, &j->e, EXPORT_SCANNED, NULL);
 	log_info(j->e.qid, "scanned results=%zu not_clean=%zu", j->vs.n, bad);
 	runner_batch[runner_nbatch++] = j->e; /* still claimed: the lock goes with the rename */
 	j->e.fd = -1;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "export.h"
 #include "crash.h"
 #include "envelope.h"
 #include "landlock.h"
@@ -137,6 +138,9 @@ static int splitter_clean_workdir(struct spool_entry *e)
 	return rc;
 }
 
+/* The config, for splitter_badmail's event record (set by splitter_work). */
+static const struct conf *splitter_conf;
+
 /* Commit the work directory to badmail/ with a reason. The message stays as it was. */
 static int splitter_badmail(struct spool_entry *e, const char *reason)
 {
@@ -150,7 +154,10 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 		         e->qid, strerror(errno));
 	log_warn(e->qid, "to badmail: %s", reason);
 	trace_add(e->fd, e->qid, "badmail reason=%s", reason);
-	/* The reason and the trace must be on disk before the entry becomes final. */
+	if (splitter_conf)
+		export_entry(splitter_conf, e, EXPORT_BADMAIL, reason);
+	/* The reason, the trace and the event record must be on disk before the entry
+	 * becomes final. */
 	int w = spool_entry_write(e, "reason", b.data, b.len) < 0 || spool_entry_sync(e) < 0;
 	buf_free(&b);
 	if (w)
@@ -524,11 +531,16 @@ static int splitter_work(struct stage *st, struct spool_entry *e, int fresh)
 	off_t size = 0;
 	int fd = -1;
 	manifest_init(&m);
+	splitter_conf = st->conf;
 	int rc = splitter_admit(st, e, fresh, &fd);
 	if (rc == SPLITTER_GO)
 		rc = splitter_parts(st, e, &fd, &m, &size);
-	if (rc == SPLITTER_GO)
+	if (rc == SPLITTER_GO) {
+		/* The fleet's intake record: splitter_commit's sync makes it durable with the
+		 * manifest, before the hand-off. */
+		export_entry(st->conf, e, EXPORT_INTAKE, NULL);
 		rc = splitter_commit(e, &m, size);
+	}
 	if (fd >= 0)
 		close(fd);
 	manifest_free(&m);

@@ -33,6 +33,7 @@ ctl_cmd_fn ctl_cmd_pause;
 ctl_cmd_fn ctl_cmd_resume;
 ctl_cmd_fn ctl_cmd_quarantine;
 ctl_cmd_fn ctl_cmd_flush;
+ctl_cmd_fn ctl_cmd_fleet; /* fleet.c: the fleet's database */
 
 /* hold/<qid> (claimed) back to scan/, its hold state and any manual hold removed, logged
  * and traced as done by "spoolctl <by>". Dies temporary on an I/O error. */

@@ -23,6 +23,7 @@
 #include "conf.h"
 #include "ctl.h"
 #include "envelope.h"
+#include "export.h"
 #include "log.h"
 #include "spool.h"
 #include "trace.h"
@@ -226,6 +227,15 @@ static void qr_claim(struct spool *sp, const char *qid, struct spool_entry *e)
 
 /* Remove quarantine entries older than days, by the time of their report. */
 
+/* The fleet's record of a release or a delete, with the uid that asked (an action from
+ * the fleet's database names its requester in the actions table: the audit row). */
+static void qr_export(const struct conf *c, struct spool_entry *e, int kind)
+{
+	char detail[64];
+	snprintf(detail, sizeof detail, "uid=%ld", (long)getuid());
+	export_entry(c, e, kind, detail);
+}
+
 int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 {
 	struct spool sp;
@@ -267,6 +277,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		/* The marker is durable before the rename: a router that finds the entry in
 		 * route/ always knows it was released, even after a crash. */
 		trace_add(e.fd, e.qid, "release requested uid=%ld", (long)getuid());
+		qr_export(c, &e, EXPORT_RELEASED);
 		if (spool_entry_write(&e, "release", marker, sizeof marker - 1) < 0 ||
 		    spool_entry_sync(&e) < 0)
 			die_temp(e.qid, "cannot write %s/quarantine/%s/release: %s", sp.root, e.qid,
@@ -278,6 +289,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		printf("%s released\n", argv[1]);
 	} else if (strcmp(sub, "delete") == 0) {
 		qr_claim(&sp, argv[1], &e);
+		qr_export(c, &e, EXPORT_DELETED); /* synced by the trash move */
 		if (spool_entry_trash(&e) < 0)
 			die_temp(e.qid, "cannot delete quarantine/%s: %s", e.qid, strerror(errno));
 		spool_entry_release(&e);
@@ -286,6 +298,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 	} else if (strcmp(sub, "expire") == 0) {
 		if (argc != 1)
 			ctl_usage();
+		export_use(c);
 		int n = spool_quarantine_expire(&sp, c->router.quarantine_days);
 		if (n < 0)
 			die_temp(NULL, "cannot list %s/quarantine: %s", sp.root, strerror(errno));

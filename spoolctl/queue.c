@@ -40,6 +40,7 @@
 #include "ctl.h"
 #include "envelope.h"
 #include "queuefile.h"
+#include "export.h"
 #include "log.h"
 #include "qstat.h"
 #include "spool.h"
@@ -663,6 +664,11 @@ int ctl_cmd_delete(struct conf *c, int argc, char **argv)
 		remove_tree_at(sp.fd[SD_TRASH], name);
 	} else {
 		enum spool_dir from = e.where;
+		/* The fleet's record; the trash move syncs it before the entry goes. */
+		char detail[64];
+		snprintf(detail, sizeof detail, "uid=%ld from=%s", (long)getuid(),
+		         spool_dir_name(from));
+		export_entry(c, &e, EXPORT_DELETED, detail);
 		if (spool_entry_trash(&e) < 0)
 			die_temp(e.qid, "cannot delete %s/%s/%s: %s", sp.root, spool_dir_name(from),
 			         e.qid, strerror(errno));

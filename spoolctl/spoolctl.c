@@ -29,7 +29,11 @@ void ctl_usage(void)
 	         "  requeue --all hold|badmail [--from PAT] [--to PAT] [--reason PAT]\n"
 	         "  flush hold | flush outbox/CONNECTOR retry now what waits on a back-off\n"
 	         "  start|stop|restart|pause|resume STAGE\n"
-	         "  quarantine list [--json] | show ID | release ID | delete ID | expire");
+	         "  quarantine list [--json] | show ID | release ID | delete ID | expire\n"
+	         "  fleet init | node NAME ROLE | expire [--days N]   the fleet's database\n"
+	         "  fleet search [--from A] [--to A] [--subject S] [--qid Q] [--message-id M]\n"
+	         "               [--state S] [--since N[smhd]] [--node N] [--limit N] [--json]\n"
+	         "  fleet release|delete QID [--node N] [--wait N[smhd]]");
 }
 
 void ctl_spool_open(const struct conf *c, struct spool *sp)
@@ -45,8 +49,8 @@ void ctl_spool_open(const struct conf *c, struct spool *sp)
  * every other command changes the spool. */
 static int ctl_changes_spool(const char *cmd, int argc, char **argv)
 {
-	static const char *const readers[] = {"status", "ls",      "show",  "start",
-	                                      "stop",   "restart", "pause", "resume"};
+	static const char *const readers[] = {"status",  "ls",    "show",   "start", "stop",
+	                                      "restart", "pause", "resume", "fleet"};
 	for (size_t k = 0; k < ARRAY_LEN(readers); k++)
 		if (strcmp(cmd, readers[k]) == 0)
 			return 0;
@@ -136,6 +140,7 @@ int main(int argc, char **argv)
 	    {"resume", ctl_cmd_resume},
 	    {"quarantine", ctl_cmd_quarantine},
 	    {"flush", ctl_cmd_flush},
+	    {"fleet", ctl_cmd_fleet},
 	};
 	for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {
 		if (strcmp(cmd, cmds[k].name) == 0) {

@@ -25,6 +25,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "export.h"
 #include "log.h"
 #include "pool.h"
 #include "qstat.h"
@@ -142,6 +143,29 @@ out:
 	buf_free(&v);
 }
 
+/* The exporter's last word on the database (run/fleet.state). */
+static void st_fleet_state(int rundir, const struct conf *c)
+{
+	struct buf s, v;
+	buf_init(&s);
+	buf_init(&v);
+	if (c->fleet.conninfo[0] && read_file_at(rundir, "fleet.state", &s, 4096) == 0) {
+		const char *line = buf_cstr(&s);
+		int up = kv_find(line, "connected", &v) == 0 && strcmp(buf_cstr(&v), "1") == 0;
+		long long since =
+		    kv_find(line, "since", &v) == 0 ? strtoll(buf_cstr(&v), NULL, 10) : 0;
+		long pending =
+		    kv_find(line, "pending_actions", &v) == 0 ? strtol(buf_cstr(&v), NULL, 10) : -1;
+		printf("fleet database: %s for %llds", up ? "connected" : "UNAVAILABLE",
+		       (long long)time(NULL) - since);
+		if (pending >= 0)
+			printf(", %ld action(s) pending", pending);
+		printf("\n");
+	}
+	buf_free(&s);
+	buf_free(&v);
+}
+
 int ctl_cmd_status(struct conf *c, int argc, char **argv)
 {
 	int json = argc > 0 && strcmp(argv[0], "--json") == 0;
@@ -163,6 +187,18 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		qstat_dir(ofd, 1, &ds[nd].q);
 		if (ofd >= 0)
 			close(ofd);
+		nd++;
+	}
+	/* The fleet's records waiting for the exporter (docs/FLEET.md); at fleet.max_backlog
+	 * new records are dropped, and that needs the administrator. */
+	int export_full = 0;
+	if (c->fleet.enabled && nd < ARRAY_LEN(ds)) {
+		int xfd = export_dir_open(&sp, 0);
+		snprintf(ds[nd].label, sizeof ds[nd].label, "export");
+		qstat_dir(xfd, 0, &ds[nd].q);
+		if (xfd >= 0)
+			close(xfd);
+		export_full = ds[nd].q.count >= (size_t)c->fleet.max_backlog;
 		nd++;
 	}
 	/* Stages, from the supervisor's status file; a pid is shown running only if alive. */
@@ -197,7 +233,7 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 			kv_find(one, "error", &conf_err);
 		}
 	}
-	int degraded = !conf_ok;
+	int degraded = !conf_ok || export_full;
 	int deliver = c->router.hold_expiry_action == HOLD_EXPIRY_DELIVER;
 
 	if (json) {
@@ -212,6 +248,13 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 		}
 		printf("},\"renames_journaled\":%s", sp.rename_journaled ? "true" : "false");
 		printf(",\"hold_expiry_delivers_unscanned\":%s", deliver ? "true" : "false");
+		if (c->fleet.enabled) {
+			printf(",\"fleet\":{\"node\":");
+			st_json_str(c->fleet.node);
+			printf(",\"database\":%s,\"max_backlog\":%d,\"full\":%s}",
+			       c->fleet.conninfo[0] ? "true" : "false", c->fleet.max_backlog,
+			       export_full ? "true" : "false");
+		}
 		printf(",\"spoold\":{\"running\":%s,\"pid\":%ld},\"config\":{\"ok\":%s,"
 		       "\"since\":%lld,\"error\":",
 		       sup_alive ? "true" : "false", sup_alive ? spid : 0L,
@@ -236,6 +279,17 @@ int ctl_cmd_status(struct conf *c, int argc, char **argv)
 				snprintf(age, sizeof age, "%llds", ds[i].q.oldest);
 			printf("%-22s %8zu %12llu %10s\n", ds[i].label, ds[i].q.count,
 			       ds[i].q.bytes, age);
+		}
+		if (c->fleet.enabled) {
+			printf("\nfleet: node %s, %s; export/ holds at most %d records%s\n",
+			       c->fleet.node,
+			       c->fleet.conninfo[0] ? "exporter ships to the database"
+			                            : "no database: records wait in export/",
+			       c->fleet.max_backlog,
+			       export_full ? " - FULL: new records are DROPPED "
+			                     "(spoold_export_dropped_total)"
+			                   : "");
+			st_fleet_state(sp.fd[SD_RUN], c);
 		}
 		printf("\nspoold: %s", sup_alive ? "running" : "not running");
 		if (sup_alive)

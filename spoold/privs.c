@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "export.h"
 #include "log.h"
 #include "spoold.h"
 #include "user.h"
@@ -256,6 +257,22 @@ gid_t privs_metrics_gid(const struct conf *c)
 	return g->gr_gid;
 }
 
+/* export/ (docs/FLEET.md) is a state directory like tmp/: every stage writes its records
+ * there, the exporter removes them. */
+static void privs_export(const struct conf *c, struct spool *sp, uid_t uid, gid_t gid)
+{
+	int fd = c->fleet.enabled ? export_dir_open(sp, 1) : -1;
+	if (fd < 0)
+		return;
+	if (c->separated) {
+		privs_dir_set(fd, sp->root, "export", uid, gid, 02770);
+	} else {
+		privs_give(fd, sp->root, "export", uid, gid);
+		privs_chown_below(fd, "export", uid, gid, 0);
+	}
+	close(fd);
+}
+
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 {
 	uid_t uid;
@@ -267,6 +284,7 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 	 * contents stay as they are: whoever may drop mail puts files there, and a file dropped
 	 * by root stays root's (the splitter then reports it and moves it to badmail/). */
 	privs_give(sp->root_fd, sp->root, ".", uid, gid);
+	privs_export(c, sp, uid, gid);
 	if (c->separated) {
 		privs_separate(c, sp, uid, gid);
 		goto modes;

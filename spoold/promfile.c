@@ -18,8 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "export.h"
 #include "log.h"
 #include "metrics.h"
 #include "qstat.h"
@@ -206,6 +208,45 @@ static void prom_head(struct buf *b, const char *name, const char *type, const c
 	buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* The fleet's records waiting in export/ (docs/FLEET.md): a node whose database is away
+ * shows here first. The drops are the stages' counter spoold_export_dropped_total. */
+static void prom_fleet(struct buf *b, const struct conf *c, struct spool *sp)
+{
+	if (!c->fleet.enabled)
+		return;
+	int fd = export_dir_open(sp, 0);
+	int64_t oldest = 0;
+	long n = fd < 0 ? -1 : export_backlog(fd, &oldest);
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		return;
+	prom_head(b, "spoold_export_backlog", "gauge", "Event records waiting in export/");
+	buf_printf(b, "spoold_export_backlog %ld\n", n);
+	prom_head(b, "spoold_export_oldest_seconds", "gauge",
+	          "Age of the message of the oldest record waiting in export/ (0 when empty)");
+	int64_t age = n > 0 && oldest > 0 ? (int64_t)time(NULL) - oldest : 0;
+	buf_printf(b, "spoold_export_oldest_seconds %lld\n", (long long)(age < 0 ? 0 : age));
+	/* The exporter's view (run/fleet.state): only where one runs. */
+	struct buf s, v;
+	buf_init(&s);
+	buf_init(&v);
+	if (c->fleet.conninfo[0] && read_file_at(sp->fd[SD_RUN], "fleet.state", &s, 4096) == 0) {
+		const char *line = buf_cstr(&s);
+		prom_head(b, "spoold_fleet_connected", "gauge",
+		          "1 when the exporter is connected to the fleet database");
+		buf_printf(b, "spoold_fleet_connected %d\n",
+		           kv_find(line, "connected", &v) == 0 && strcmp(buf_cstr(&v), "1") == 0);
+		if (kv_find(line, "pending_actions", &v) == 0 && buf_cstr(&v)[0] != '-') {
+			prom_head(b, "spoold_fleet_actions_pending", "gauge",
+			          "Release and delete actions waiting for this node");
+			buf_printf(b, "spoold_fleet_actions_pending %s\n", buf_cstr(&v));
+		}
+	}
+	buf_free(&s);
+	buf_free(&v);
+}
+
 void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_info *st, size_t n,
                 int config_ok)
 {
@@ -290,6 +331,7 @@ void prom_write(const struct conf *c, struct spool *sp, const struct sup_stage_i
 	}
 	buf_free(&sc);
 	buf_free(&v);
+	prom_fleet(&b, c, sp);
 	prom_head(&b, "spoold_stage_instances", "gauge", "Stage instances configured");
 	for (size_t i = 0; i < n; i++)
 		buf_printf(&b, "spoold_stage_instances{stage=\"%s\"} %d\n", st[i].name,

@@ -50,6 +50,7 @@
 #include "conf.h"
 #include "control.h"
 #include "exec.h"
+#include "export.h"
 #include "log.h"
 #include "spool.h"
 #include "spoold.h"
@@ -100,7 +101,9 @@ static struct stage_def sup_stages[N_STAGES] = {
     {.name = "router"},
     {.name = "connectors"},
     /* The LMTP/SMTP intake: one instance when lmtp.enabled (it owns the socket). */
-    {.name = "lmtpd"}};
+    {.name = "lmtpd"},
+    /* The fleet's exporter: one instance with a fleet group that names a database. */
+    {.name = "exporter"}};
 static struct child *sup_children;
 static size_t sup_n;
 static char sup_bindir[PATH_MAX];
@@ -180,6 +183,13 @@ static int sup_connector_count(const struct conf *c)
 	while (sup_connector_nth(c, n))
 		n++;
 	return n;
+}
+
+/* The exporter runs only where there is a database to ship to: a fleet group without a
+ * conninfo keeps its records in export/ (docs/FLEET.md). */
+static int sup_exporters(const struct conf *c)
+{
+	return c->fleet.enabled && c->fleet.conninfo[0] ? 1 : 0;
 }
 
 static int sup_down_file(const char *stage, int create)
@@ -587,7 +597,7 @@ void sup_control_do(const char *cmd, const char *stage, struct buf *reply)
 		buf_printf(
 		    reply,
 		    "error unknown stage \"%.64s\" (splitter, scanner-runner, router, connectors, "
-		    "lmtpd)",
+		    "lmtpd, exporter)",
 		    stage);
 		return;
 	}
@@ -690,8 +700,8 @@ static void sup_maybe_notify_ready(void)
 
 static void sup_stage_defs(const struct conf *c)
 {
-	int n[N_STAGES] = {c->splitter.instances, c->runner.instances, c->router.instances,
-	                   sup_connector_count(c), c->lmtp.enabled ? 1 : 0};
+	int n[N_STAGES] = {c->splitter.instances,  c->runner.instances,     c->router.instances,
+	                   sup_connector_count(c), c->lmtp.enabled ? 1 : 0, sup_exporters(c)};
 	for (int s = 0; s < N_STAGES; s++) {
 		sup_stages[s].instances = n[s];
 		sup_stages[s].down = sup_down_exists(sup_stages[s].name);
@@ -743,11 +753,12 @@ static void sup_reload(void)
 	notify_send("RELOADING=1");
 	int all = sup_settings_changed(sup_conf, nc, NULL);
 	unsigned mask = 0;
-	int n_old[N_STAGES] = {sup_conf->splitter.instances, sup_conf->runner.instances,
-	                       sup_conf->router.instances, sup_connector_count(sup_conf),
-	                       sup_conf->lmtp.enabled ? 1 : 0};
-	int n_new[N_STAGES] = {nc->splitter.instances, nc->runner.instances, nc->router.instances,
-	                       sup_connector_count(nc), nc->lmtp.enabled ? 1 : 0};
+	int n_old[N_STAGES] = {sup_conf->splitter.instances,   sup_conf->runner.instances,
+	                       sup_conf->router.instances,     sup_connector_count(sup_conf),
+	                       sup_conf->lmtp.enabled ? 1 : 0, sup_exporters(sup_conf)};
+	int n_new[N_STAGES] = {nc->splitter.instances,   nc->runner.instances,
+	                       nc->router.instances,     sup_connector_count(nc),
+	                       nc->lmtp.enabled ? 1 : 0, sup_exporters(nc)};
 	for (int s = 0; s < N_STAGES; s++)
 		if (all || sup_settings_changed(sup_conf, nc, sup_stages[s].name) ||
 		    n_old[s] != n_new[s])
@@ -755,11 +766,11 @@ static void sup_reload(void)
 	if (mask == 0)
 		log_info(NULL, "SIGHUP: config reloaded; no stage settings changed");
 	else
-		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s%s%s",
+		log_info(NULL, "SIGHUP: config reloaded; restarting%s%s%s%s%s%s%s",
 		         all ? " all stages (shared settings changed):" : "",
 		         mask & 1 ? " splitter" : "", mask & 2 ? " scanner-runner" : "",
 		         mask & 4 ? " router" : "", mask & 8 ? " connectors" : "",
-		         mask & 16 ? " lmtpd" : "");
+		         mask & 16 ? " lmtpd" : "", mask & 32 ? " exporter" : "");
 	sup_stop(mask);
 	conf_free(sup_conf);
 	sup_conf = nc;
@@ -1042,6 +1053,12 @@ int main(int argc, char **argv)
 	user_root_check(sup_conf, "spoold");
 	privs_check_kernel();
 	spool_open(&sup_spool, sup_conf->spool_dir, 1);
+	/* export/ exists before any stage writes a record (docs/FLEET.md). */
+	int xfd = sup_conf->fleet.enabled ? export_dir_open(&sup_spool, 1) : -2;
+	if (xfd == -1)
+		die_temp(NULL, "cannot make %s/export: %s", sup_spool.root, strerror(errno));
+	if (xfd >= 0)
+		close(xfd);
 	/* Said once, at start: safe either way, but an administrator should know. */
 	if (!sup_spool.rename_journaled)
 		log_warn(NULL,

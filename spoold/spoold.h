@@ -15,8 +15,8 @@
 #include "util.h"
 
 /* The supervised stages, in the order of spoold.c's sup_stages: splitter, scanner-runner,
- * router, connectors, lmtpd. */
-#define N_STAGES 5
+ * router, connectors, lmtpd, exporter. */
+#define N_STAGES 6
 
 /* ---- spoold.c, for control.c ---- */
 

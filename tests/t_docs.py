@@ -105,12 +105,21 @@ def every_config_key_is_in_the_man_page_and_back():
 
 def _example_blocks():
     """({top-level key}, {group: set of keys}) of conf/spoold.conf: a list's keys are
-    those it sets and those of the comment table above it."""
+    those it sets and those of the comment table above it. A group whose presence turns
+    it on (fleet) is shown commented out ("# fleet = {"): its keys are those of the
+    comment table above it."""
     lines = _read("conf", "spoold.conf").splitlines()
     top, blocks, cur, comments = set(), {}, None, []
     for line in lines:
         if cur is None:
             m = re.match(r"^(\w+)\s*=\s*([{(])?", line)
+            off = re.match(r"^# (\w+) = \{$", line)
+            if off:
+                blocks[off.group(1)] = set()
+                for c in comments:
+                    t = re.match(r"^#\s{1,4}([a-z_0-9]+)(?:\s{2,}|$)", c)
+                    if t and t.group(1) != off.group(1):
+                        blocks[off.group(1)].add(t.group(1))
             if m and m.group(2):
                 cur = m.group(1)
                 blocks[cur] = set()
