@@ -273,12 +273,19 @@ static void privs_export(const struct conf *c, struct spool *sp, uid_t uid, gid_
 	close(fd);
 }
 
+static void privs_control_modes(const struct conf *c, struct spool *sp, uid_t uid,
+                                gid_t control_gid);
+
 void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 {
 	uid_t uid;
 	gid_t gid;
-	if (!privs_target(c, &uid, &gid))
+	if (!privs_target(c, &uid, &gid)) {
+		/* No drop (root with allow_root, or a plain user): the control group must
+		 * still reach the socket. */
+		privs_control_modes(c, sp, (uid_t)-1, control_gid);
 		return;
+	}
 	/* The spool's skeleton goes to the user (a spool made by root, or by an older
 	 * version), and what a root-run pipeline left in the state directories. inbound/'s
 	 * contents stay as they are: whoever may drop mail puts files there, and a file dropped
@@ -295,19 +302,31 @@ void privs_drop(const struct conf *c, struct spool *sp, gid_t control_gid)
 			privs_chown_below(sp->fd[i], spool_dir_name((enum spool_dir)i), uid, gid,
 			                  0);
 	}
-	/* 0750: the spool holds other people's mail. With a control_group, its members must
-	 * reach run/control, and nothing else: the root becomes 0711 (anyone may pass
-	 * through, no one but the user may list it) and run/ 0710 with that group, while
-	 * every state directory stays 0750 with the user's own group, so the group can use
-	 * the socket without being able to read a single message. */
-modes:;
+modes:
+	privs_control_modes(c, sp, uid, control_gid);
+	user_become(c->user, privs_metrics_gid(c));
+	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
+}
+
+/* 0750: the spool holds other people's mail. With a control_group, its members must
+ * reach run/control, and nothing else: the root becomes 0711 (anyone may pass through,
+ * no one but the user may list it) and run/ 0710 with that group, while every state
+ * directory stays 0750 with the user's own group, so the group can use the socket
+ * without being able to read a single message. Separated, the stages are the spool's
+ * group and must open the root and work in run/ (3770): the control group then passes
+ * through both as "other" (0751, 3771), and the socket (0660, control_group) is the one
+ * thing in run/ it may use. */
+static void privs_control_modes(const struct conf *c, struct spool *sp, uid_t uid,
+                                gid_t control_gid)
+{
 	int group_ok = control_gid != (gid_t)-1;
-	if (fchmod(sp->root_fd, group_ok ? 0711 : 0750) < 0)
+	mode_t root_mode = !group_ok ? 0750 : c->separated ? 0751 : 0711;
+	if (fchmod(sp->root_fd, root_mode) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));
-	if (group_ok &&
+	if (group_ok && c->separated && fchmod(sp->fd[SD_RUN], 03771) < 0)
+		log_warn(NULL, "cannot open %s/run to control_group: %s", sp->root, strerror(errno));
+	if (group_ok && !c->separated &&
 	    (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 || fchmod(sp->fd[SD_RUN], 0710) < 0))
 		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root,
 		         strerror(errno));
-	user_become(c->user, privs_metrics_gid(c));
-	log_info(NULL, "running as user %s (uid %ld)", c->user, (long)uid);
 }

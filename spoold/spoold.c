@@ -973,14 +973,21 @@ static int sup_turn(int sfd, int cfd, int64_t *next_metrics)
 		wait = ctl_wait;
 	if (wait < 0)
 		wait = 0;
-	struct pollfd pfd[2 + CTL_MAX + 256];
+	struct pollfd pfd[2 + CTL_MAX + 256 + ROLE__COUNT];
 	size_t map[256];
 	pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 	pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
 	for (int i = 0; i < CTL_MAX; i++)
 		pfd[2 + i] = (struct pollfd){.fd = sup_ctl[i].fd, .events = POLLIN};
 	int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, 256);
-	int pr = poll(pfd, (nfds_t)(2 + CTL_MAX + nr), (int)wait);
+	/* The keepers' sockets: a separated stage's death comes as a keeper's message, not
+	 * as our SIGCHLD, and must wake us as promptly (sup_reap drains them). */
+	int nk = 0;
+	for (int r = 0; r < ROLE__COUNT; r++)
+		if (sup_keepers[r].fd >= 0)
+			pfd[2 + CTL_MAX + nr + nk++] =
+			    (struct pollfd){.fd = sup_keepers[r].fd, .events = POLLIN};
+	int pr = poll(pfd, (nfds_t)(2 + CTL_MAX + nr + nk), (int)wait);
 	if (pr < 0 && errno != EINTR)
 		die_temp(NULL, "poll: %s", strerror(errno));
 	int changed = 0;

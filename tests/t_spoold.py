@@ -259,6 +259,32 @@ def control_group_opens_the_socket_to_the_group():
     st = os.stat(os.path.join(p.spool, "run", "control"))
     assert (st.st_mode & 0o777) == 0o660 and st.st_gid == g.gr_gid, (oct(st.st_mode), st.st_gid)
     assert p.ctl("restart", "splitter").returncode == 0
+    if os.geteuid() == 0:
+        # A member of the group (and of no group of the spool) reaches the socket, and
+        # lists nothing on the way.
+        import pwd
+        import socket
+        nobody = pwd.getpwnam("nobody")
+        for d in (harness._base(), p.dir):  # the test's own directories: passable
+            os.chmod(d, os.stat(d).st_mode | 0o111)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([g.gr_gid])
+                os.setgid(g.gr_gid)
+                os.setuid(nobody.pw_uid)
+                try:
+                    os.listdir(p.spool)
+                    code = 3
+                except PermissionError:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(os.path.join(p.spool, "run", "control"))
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, "control_group member: exit %d" % os.WEXITSTATUS(status)
 
 
 @test
