@@ -71,13 +71,22 @@ def postfix_spoold_postfix_from_the_documented_recipe():
                                   retry_min=1, retry_max=2)])
     os.chmod(p.dir, 0o755)
     os.chmod(p.conf, 0o644)
+    spool_user = "nobody"
+    if p.separated:
+        # The spool is the throwaway spool user's; the connectors run as their own user,
+        # which the doc puts into the group instead (dist/spoold.sysusers does it).
+        from lib import privsep
+        spool_user = privsep.SPOOL_USER
+        harness.run(["usermod", "-a", "-G", group.gr_name, privsep.ROLES["connector_user"]],
+                    check=True)
     p.start()
-    for root, dirs, files in os.walk(p.spool):
-        for x in [root] + [os.path.join(root, f) for f in files]:
-            os.chown(x, nobody.pw_uid, nobody.pw_gid)
+    if not p.separated:
+        for root, dirs, files in os.walk(p.spool):
+            for x in [root] + [os.path.join(root, f) for f in files]:
+                os.chown(x, nobody.pw_uid, nobody.pw_gid)
     master = master_doc.replace("/usr/local/bin/spoolctl", harness.bin_path("spoolctl"))
     master = master.replace("/etc/spoold/spoold.conf", p.conf).replace("user=spoold",
-                                                                       "user=nobody")
+                                                                       "user=" + spool_user)
     # The doc leaves the smtp service as Postfix ships it; here it is a loopback port.
     master = "%d inet n - n - - smtpd\n" % pin + master
     pf = Postfix(base, master, main_doc, boxes=("bob", "carol", "archive"),

@@ -24,7 +24,11 @@ def connector_delivers_over_a_unix_socket():
     p = Pipeline(scanners=[clamscan()],
                  connectors=[dict(name="smtp", domains=["*"], type="smtp",
                                   relay="smtp://localhost", unix_socket=path,
-                                  helo="spoold-test", retry_min=1, retry_max=2)]).start()
+                                  helo="spoold-test", retry_min=1, retry_max=2)])
+    # A directory only the connector's user may enter (as Postfix's public/ is only
+    # postdrop's).
+    os.chown(d, p.stage_uid("connector-smtp"), -1)
+    p.start()
     m = msgs.clean(subject="over the socket")
     qid = p.inject("from@example.org", ["a@example.net"], m)
     wait_for(lambda: sink.messages, timeout=60,
