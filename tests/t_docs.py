@@ -207,5 +207,23 @@ def readme_install_recipe_uses_the_installed_snippets():
     assert "systemctl enable --now spoold" in cmds, cmds
 
 
+@test
+def every_suite_that_runs_a_pipeline_runs_separated_too():
+    # make test's separated pass (Makefile SEPARATED_SUITES): a new suite that runs a
+    # pipeline is in it, unless it is one of the kinds the Makefile says are not.
+    mk = _read("Makefile")
+    listed = set(re.search(r"^SEPARATED_SUITES = ((?:.*\\\n)*.*)$", mk, re.M).group(1)
+                 .replace("\\\n", " ").split())
+    tests_dir = os.path.join(harness.ROOT, "tests")
+    runs = set(f[:-3] for f in os.listdir(tests_dir)
+               if f.startswith("t_") and f.endswith(".py")
+               and re.search(r"^from lib\.spool import .*\bPipeline\b", _read("tests", f), re.M))
+    exempt = {n for n in runs if n.startswith("t_privsep_")} | {
+        "t_crash", "t_crashpoints", "t_speed_smtp"}
+    assert runs - exempt <= listed, "not in SEPARATED_SUITES: %s" % sorted(runs - exempt - listed)
+    assert listed <= runs, "SEPARATED_SUITES names suites that run no pipeline: %s" % sorted(
+        listed - runs)
+
+
 if __name__ == "__main__":
     harness.main()
