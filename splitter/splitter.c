@@ -627,6 +627,13 @@ static int splitter_handle(struct stage *st, const char *name)
 	return did;
 }
 
+/* The stage's init hook: GMime is set up once, before the watcher thread starts. */
+static void splitter_init(struct stage *st)
+{
+	(void)st;
+	mime_init();
+}
+
 /* Start-up recovery: every unlocked work directory in incoming/ was left by a dead
  * splitter. With a message it is split again from scratch; without, it is removed. */
 static int splitter_recover_pass(struct stage *st)
@@ -806,15 +813,16 @@ int main(int argc, char **argv)
 	struct stage st = {
 	    .name = "splitter",
 	    .watch_dir = SD_INBOUND,
+	    .init = splitter_init,
 	    .recover = splitter_recover,
 	    .handle = splitter_handle,
 	    .tick = splitter_tick,
 	    .tick_ms = 1000,
 	};
-	mime_init();
 	for (int i = 1; i < argc; i++)
 		if (strcmp(argv[i], "-x") == 0 || strcmp(argv[i], "-o") == 0) {
 			log_init("splitter");
+			mime_init();
 			return splitter_extract(argc, argv);
 		}
 	return stage_main(&st, argc, argv);
