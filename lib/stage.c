@@ -252,6 +252,27 @@ static int64_t stage_later_first(void)
 	return first;
 }
 
+/* --once: a name that asked to be looked at again within STAGE_ONCE_WAIT_MS (a file
+ * resting for its quiet time, a busy entry) is handled before the run ends, so that a
+ * batch run takes it too; anything later (an outbox entry's retry) is left to the next
+ * run. */
+enum { STAGE_ONCE_WAIT_MS = 5000 };
+
+static void stage_once_later(struct stage *st)
+{
+	int64_t limit = now_ms_monotonic() + STAGE_ONCE_WAIT_MS, first;
+	while (!stage_stopping() && (first = stage_later_first()) <= limit) {
+		int64_t wait = first - now_ms_monotonic();
+		if (wait > 0) {
+			struct timespec ts = {(time_t)(wait / 1000), (long)(wait % 1000) * 1000000};
+			nanosleep(&ts, NULL);
+		}
+		stage_later_run(st);
+		if (st->flush)
+			st->flush(st);
+	}
+}
+
 /* One name the watcher reported. */
 static void stage_event(struct stage *st, const char *name)
 {
@@ -402,8 +423,10 @@ int stage_main(struct stage *st, int argc, char **argv)
 	stage_lp.next_rescan = 0;
 	while (!stage_stopping()) {
 		int64_t due = stage_turn(st, &next_tick);
-		if (st->once)
+		if (st->once) {
+			stage_once_later(st);
 			break;
+		}
 		/* Commit whatever the handlers prepared (events, retries, ticks) before waiting:
 		 * nothing prepared may wait for the next event, nor for the metrics below. */
 		if (st->flush)

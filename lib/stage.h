@@ -22,8 +22,9 @@
  * it starts paused (spoold restarted it while its stage was paused).
  *
  * Options: -c FILE (config, default /etc/spoold/spoold.conf), --once (recover, scan once,
- * exit: for tests and batch use), --version, and -n NAME for a stage that needs_instance
- * (a connector: which connector of the config it is).
+ * handle what asked to be looked at again within 5 s, exit: for tests and batch use),
+ * --version, and -n NAME for a stage that needs_instance (a connector: which connector of
+ * the config it is).
  *
  * DIAGNOSTICS: a bad option exits 64; a config that does not load 78; a spool, watch,
  * signalfd or timerfd that cannot be set up exits 75. Inconsistencies panic.
