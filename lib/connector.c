@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,25 +17,13 @@
 #include "spool.h"
 #include "stage.h"
 #include "trace.h"
-#include "user.h"
 #include "util.h"
-#include "version.h"
-#include "watch.h"
 
-static volatile sig_atomic_t connector_stop;
-static volatile sig_atomic_t connector_paused;
+/* The program's connector and its configuration: one per process. */
+static const struct connector *connector_cn;
+static const struct conf_connector *connector_cc;
 
-static void connector_on_signal(int sig)
-{
-	if (sig == SIGUSR1)
-		connector_paused = 1; /* spoolctl pause: finish the current entry, take no new */
-	else if (sig == SIGUSR2)
-		connector_paused = 0;
-	else
-		connector_stop = 1;
-}
-
-/* The config, for the fleet's event records (set by connector_main). */
+/* The config, for the fleet's event records (set by connector_init). */
 static const struct conf *connector_conf;
 
 /* The record of a delivery or a bounce, durable before the entry leaves the outbox (the
@@ -48,30 +35,47 @@ static void connector_export(struct outbox_entry *e, int kind, const char *detai
 		             EXPORT_SYNC);
 }
 
-/* One entry. Returns 1 when it still waits for a retry, else 0. */
 /* The router's uid: the owner every outbox message must have. */
 static uid_t connector_router_uid;
 
-static int connector_one(const struct connector *cn, const struct conf_connector *cc,
-                         struct spool *sp, int dirfd, const char *qid)
+/* The time (monotonic ms from now) until a retry time in wall-clock seconds. */
+static int64_t connector_ms_until(uint64_t when)
 {
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	int64_t ms = ((int64_t)when - (int64_t)now.tv_sec) * 1000 - now.tv_nsec / 1000000;
+	return ms < 0 ? 0 : ms;
+}
+
+/* One entry (the stage's handle). An entry waiting for its retry time is looked at again
+ * when it comes (stage_look_again); a locked one (another instance delivers it, spoolctl
+ * works on it) is busy, -1, and retried shortly by the stage. */
+static int connector_one(struct stage *stg, const char *qid)
+{
+	const struct connector *cn = connector_cn;
+	const struct conf_connector *cc = connector_cc;
+	struct spool *sp = &stg->spool;
+	int dirfd = stg->dir_fd;
 	struct outbox_entry e;
 	struct outbox_state st;
 	struct envelope env;
 	char reason[256], reply[512];
-	int waiting = 0;
+	int did = 1;
+	if (!spool_qid_valid(qid))
+		return 0;
 	int r = outbox_entry_claim(sp, dirfd, cc->name, qid, &e);
 	if (r <= 0) {
 		if (r < 0)
 			log_warn(qid, "cannot claim outbox/%s/%s: %s", cc->name, qid,
 			         strerror(errno));
-		return 0;
+		return r == 0 && errno == EWOULDBLOCK ? -1 : 0;
 	}
 	outbox_state_read(&e, &st);
 	uint64_t now = (uint64_t)time(NULL);
 	if (st.next > now) {
 		outbox_entry_release(&e);
-		return 1;
+		stage_look_again(stg, qid, connector_ms_until(st.next));
+		return 0;
 	}
 	envelope_init(&env);
 	int msgfd = -1;
@@ -137,7 +141,7 @@ static int connector_one(const struct connector *cn, const struct conf_connector
 		          (unsigned long long)st.attempts, buf_cstr(&esc));
 		log_warn(qid, "deferred connector=%s attempts=%llu retry_at=%llu: %s", cc->name,
 		         (unsigned long long)st.attempts, (unsigned long long)st.next, reply);
-		waiting = 1;
+		stage_look_again(stg, qid, connector_ms_until(st.next));
 	}
 	buf_free(&esc);
 out:
@@ -145,124 +149,51 @@ out:
 		close(msgfd);
 	envelope_free(&env);
 	outbox_entry_release(&e);
-	return waiting;
+	return did;
 }
 
-static int connector_scan(const struct connector *cn, const struct conf_connector *cc,
-                          struct spool *sp, int dirfd)
+/* The stage's init hook: which connector this process is, and its outbox directory. */
+static void connector_init(struct stage *stg)
 {
-	char **names;
-	size_t n;
-	int waiting = 0;
-	if (spool_list(dirfd, 1, &names, &n) < 0) {
-		log_warn(NULL, "cannot list outbox/%s: %s", cc->name, strerror(errno));
-		return 0;
-	}
-	for (size_t i = 0; i < n && !connector_stop && !connector_paused; i++)
-		waiting += connector_one(cn, cc, sp, dirfd, names[i]);
-	spool_names_free(names, n);
-	return waiting;
+	static char dir_name[512];
+	connector_router_uid = conf_role_uid(stg->conf, ROLE_ROUTER);
+	connector_conf = stg->conf;
+	connector_cc = conf_connector_find(stg->conf, stg->instance);
+	if (connector_cc == NULL)
+		die_perm(EXIT_CONFIG, "%s: no connector named '%s'", stg->conf_path, stg->instance);
+	if (connector_cc->type != connector_cn->type)
+		die_perm(EXIT_CONFIG, "%s:%d: connector '%s' is not of the type %s delivers",
+		         stg->conf_path, connector_cc->line, stg->instance, connector_cn->prog);
+	if (bsnprintf(dir_name, sizeof dir_name, "outbox/%s", connector_cc->name) < 0)
+		die_perm(EXIT_CONFIG, "%s:%d: connector name too long", stg->conf_path,
+		         connector_cc->line);
+	stg->dir_fd = spool_outbox_open(&stg->spool, connector_cc->name);
+	if (stg->dir_fd < 0)
+		die_temp(NULL, "cannot open %s/%s: %s", stg->spool.root, dir_name, strerror(errno));
+	stg->dir_name = dir_name;
+}
+
+/* While the loop waits: the program's idle hook (connector-smtp closes an idle
+ * connection), which says when it wants to be called again. */
+static int connector_tick(struct stage *stg)
+{
+	(void)stg;
+	return connector_cn->idle ? connector_cn->idle() : -1;
 }
 
 int connector_main(const struct connector *cn, int argc, char **argv)
 {
-	const char *conf_path = "/etc/spoold/spoold.conf", *name = NULL;
-	int once = 0;
-	log_init(cn->prog);
-	trace_set_prog(cn->prog);
-	stage_ready_take();
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
-			conf_path = argv[++i];
-		else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
-			name = argv[++i];
-		else if (strcmp(argv[i], "--once") == 0)
-			once = 1;
-		else if (strcmp(argv[i], "--version") == 0)
-			version_print_exit(cn->prog);
-		else
-			die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]",
-			         cn->prog);
-	}
-	if (name == NULL)
-		die_perm(EXIT_USAGE, "usage: %s [-c CONFIG] -n CONNECTOR [--once]", cn->prog);
-	struct conf *c = conf_load(conf_path);
-	connector_conf = c;
-	connector_router_uid = conf_role_uid(c, ROLE_ROUTER);
-	const struct conf_connector *cc = conf_connector_find(c, name);
-	if (cc == NULL)
-		die_perm(EXIT_CONFIG, "%s: no connector named '%s'", conf_path, name);
-	if (cc->type != cn->type)
-		die_perm(EXIT_CONFIG, "%s:%d: connector '%s' is not of the type %s delivers",
-		         conf_path, cc->line, name, cn->prog);
-	user_root_check(c, cn->prog);
-	struct spool sp;
-	spool_open(&sp, c->spool_dir, 1);
-	int dirfd = spool_outbox_open(&sp, cc->name);
-	if (dirfd < 0)
-		die_temp(NULL, "cannot open %s/outbox/%s: %s", sp.root, cc->name, strerror(errno));
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = connector_on_signal;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGUSR1, &sa, NULL);
-	sigaction(SIGUSR2, &sa, NULL);
-	const char *ps = getenv("SPOOLD_PAUSED");
-	connector_paused = ps && strcmp(ps, "1") == 0;
-	signal(SIGPIPE, SIG_IGN);
-	srand((unsigned)(getpid() ^ time(NULL)));
-	char dir[4096];
-	snprintf(dir, sizeof dir, "%s/outbox/%s", sp.root, cc->name);
-	if (!once)
-		watch_open(dir);
-	log_info(NULL, "started, delivering outbox/%s", cc->name);
-	stage_ready_notify();
-	int64_t next_scan = 0;
-	int waiting = 0;
-	int was_paused = connector_paused;
-	while (!connector_stop) {
-		int64_t now = now_ms_monotonic();
-		if (was_paused && !connector_paused)
-			next_scan = 0; /* resumed: look at what came meanwhile */
-		was_paused = connector_paused;
-		if (now >= next_scan && !connector_paused) {
-			waiting = connector_scan(cn, cc, &sp, dirfd);
-			metrics_flush(&sp, cn->prog);
-			next_scan = now_ms_monotonic() +
-			            (waiting ? 1000 : (int64_t)c->rescan_interval * 1000);
-		}
-		if (once)
-			break;
-		char ev[1024];
-		int64_t wait = next_scan - now_ms_monotonic();
-		if (cn->idle) {
-			int iw = cn->idle();
-			if (iw >= 0 && iw < wait)
-				wait = iw;
-		}
-		switch (watch_next(wait < 0 ? 0 : (int)wait, ev, sizeof ev)) {
-		case WATCH_NAME:
-			/* spoolctl flush made every entry due now: look at all of them. */
-			if (strcmp(ev, OUTBOX_FLUSH_NAME) == 0) {
-				next_scan = 0;
-				break;
-			}
-			if (ev[0] != '.' && spool_qid_valid(ev) && !connector_paused)
-				waiting += connector_one(cn, cc, &sp, dirfd, ev);
-			if (waiting && next_scan > now_ms_monotonic() + 1000)
-				next_scan = now_ms_monotonic() + 1000;
-			break;
-		case WATCH_RESCAN:
-			next_scan = 0;
-			break;
-		default:
-			break;
-		}
-	}
-	log_info(NULL, "stopping");
-	close(dirfd);
-	spool_close(&sp);
-	conf_free(c);
-	return 0;
+	struct stage st = {
+	    .name = cn->prog,
+	    .watch_dir = SD_OUTBOX,
+	    .init = connector_init,
+	    .handle = connector_one,
+	    .tick = cn->idle ? connector_tick : NULL,
+	    .tick_ms = 1000,
+	    .rescan_name = OUTBOX_FLUSH_NAME,
+	    .work_when_full = 1,
+	    .needs_instance = 1,
+	};
+	connector_cn = cn;
+	return stage_main(&st, argc, argv);
 }

@@ -6,8 +6,14 @@
  * For each complete entry (oldest first) whose retry time has come, it claims the entry
  * and calls deliver(). CONN_OK removes the entry (trash/), CONN_TEMP keeps it with an
  * exponential back-off, CONN_PERM turns it into a bounce record in badmail/; an entry
- * older than the connector's max_age is bounced too. inotify wakes it up; a rescan runs
- * every second while entries wait for a retry, and every rescan_interval otherwise.
+ * older than the connector's max_age is bounced too.
+ *
+ * A connector is a stage (lib/stage.h) on outbox/<connector>/: the skeleton's options
+ * (-n NAME selects the connector), signals, pause, readiness, metrics and loop. inotify
+ * wakes it up; an entry waiting for its retry is looked at again when its retry time
+ * comes (stage_look_again), a locked one shortly (busy), and spoolctl flush (an event for
+ * OUTBOX_FLUSH_NAME) makes it rescan at once. Delivery goes on when the spool is nearly
+ * full: it only frees space.
  */
 #ifndef SPOOLD_CONNECTOR_H
 #define SPOOLD_CONNECTOR_H
@@ -28,8 +34,9 @@ struct connector {
 	enum conn_result (*deliver)(const struct conf_connector *cc, struct outbox_entry *e,
 	                            const struct envelope *env, int msgfd, char *reply,
 	                            size_t rlen);
-	/* Optional: called while the loop waits for work; returns the ms until it wants to be
-	 * called again (to close an idle connection: connector-smtp), or -1. */
+	/* Optional: called while the loop waits for work (the stage's tick); returns the ms
+	 * until it wants to be called again (to close an idle connection: connector-smtp), or
+	 * -1. */
 	int (*idle)(void);
 };
 

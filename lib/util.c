@@ -592,12 +592,9 @@ void json_escape(struct buf *out, const void *p, size_t n)
 	}
 }
 
-static volatile sig_atomic_t alarm_flag;
-
 static void alarm_on_signal(int sig)
 {
-	(void)sig;
-	alarm_flag = 1;
+	(void)sig; /* only there to interrupt the call */
 }
 
 void alarm_interval_arm(int first_ms, int every_ms)
@@ -619,7 +616,6 @@ void alarm_interval_arm(int first_ms, int every_ms)
 	it.it_value.tv_usec = (first_ms % 1000) * 1000;
 	it.it_interval.tv_sec = every_ms / 1000;
 	it.it_interval.tv_usec = (every_ms % 1000) * 1000;
-	alarm_flag = 0;
 	setitimer(ITIMER_REAL, &it, NULL);
 }
 
@@ -628,9 +624,4 @@ void alarm_interval_disarm(void)
 	struct itimerval off;
 	memset(&off, 0, sizeof off);
 	setitimer(ITIMER_REAL, &off, NULL);
-}
-
-int alarm_fired(void)
-{
-	return alarm_flag;
 }

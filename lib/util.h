@@ -120,12 +120,11 @@ int fsync_path(const char *dir);
 int remove_tree_at(int dirfd, const char *name);
 
 /* A repeating SIGALRM whose only job is to interrupt one blocking call (installed without
- * SA_RESTART), for libraries and locks that cannot wait with a timeout themselves. Arm it
- * right before the call and disarm it right after. alarm_fired() says whether it went off
- * since the last arm. */
+ * SA_RESTART), for a lock that cannot wait with a timeout itself: flock(2) in lib/slot.c.
+ * Arm it right before the call and disarm it right after. (The stages' loop waits with a
+ * timerfd: lib/stage.h.) */
 void alarm_interval_arm(int first_ms, int every_ms);
 void alarm_interval_disarm(void);
-int alarm_fired(void);
 
 /* Monotonic and wall clocks. */
 int64_t now_ms_monotonic(void);

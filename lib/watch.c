@@ -11,18 +11,33 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inotifytools/inotifytools.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
-#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "util.h"
 
-static int watch_fd = -1;
+/* Names waiting for the stage. Past the bound the queue is dropped and the stage rescans:
+ * a flood of names costs one directory scan, never unbounded memory. */
+#define WATCH_QUEUE_MAX 512
+#define WATCH_NAME_MAX  256
+
+static struct {
+	pthread_mutex_t mu;
+	char names[WATCH_QUEUE_MAX][WATCH_NAME_MAX];
+	size_t head, count;
+	int lost;  /* names were dropped (overflow, an unnamed event): rescan */
+	int error; /* the last inotify read error, for the stage's log */
+	int efd;
+} watch_q = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1};
 
 static int watch_find_fd(void)
 {
@@ -47,7 +62,51 @@ static int watch_find_fd(void)
 	return found;
 }
 
-void watch_open(const char *dir)
+/* Queue one event (name NULL: names were lost) and wake the stage. */
+static void watch_queue_put(const char *name, int err)
+{
+	pthread_mutex_lock(&watch_q.mu);
+	if (name == NULL || strlen(name) >= WATCH_NAME_MAX || watch_q.count == WATCH_QUEUE_MAX) {
+		watch_q.lost = 1;
+		if (err)
+			watch_q.error = err;
+	} else {
+		size_t tail = (watch_q.head + watch_q.count) % WATCH_QUEUE_MAX;
+		memcpy(watch_q.names[tail], name, strlen(name) + 1);
+		watch_q.count++;
+	}
+	pthread_mutex_unlock(&watch_q.mu);
+	uint64_t one = 1;
+	/* EAGAIN only when the counter is near overflow: it is readable then anyway. */
+	if (write(watch_q.efd, &one, sizeof one) < 0 && errno != EAGAIN)
+		abort(); /* the eventfd is ours and open: anything else is a bug */
+}
+
+static void *watch_thread(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct inotify_event *ev = inotifytools_next_event(-1);
+		if (ev == NULL) {
+			int err = inotifytools_error();
+			if (err == EINTR || err == 0)
+				continue;
+			watch_queue_put(NULL, err);
+			/* A persistent error must not spin: the stage rescans at least this often.
+			 */
+			struct timespec pause = {1, 0};
+			nanosleep(&pause, NULL);
+			continue;
+		}
+		if ((ev->mask & IN_Q_OVERFLOW) || ev->len == 0 || ev->name[0] == '\0')
+			watch_queue_put(NULL, 0);
+		else
+			watch_queue_put(ev->name, 0);
+	}
+	return NULL;
+}
+
+int watch_open(const char *dir)
 {
 	if (!inotifytools_initialize())
 		die_temp(NULL, "inotify: cannot initialise: %s", strerror(inotifytools_error()));
@@ -56,36 +115,51 @@ void watch_open(const char *dir)
 	 * directory, a symlink) - the stage decides what to do with each. */
 	if (!inotifytools_watch_file(dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE))
 		die_temp(NULL, "inotify: cannot watch %s: %s", dir, strerror(inotifytools_error()));
-	watch_fd = watch_find_fd();
-	if (watch_fd >= 0) {
-		int fl = fcntl(watch_fd, F_GETFD);
-		if (fl < 0 || fcntl(watch_fd, F_SETFD, fl | FD_CLOEXEC) < 0)
+	int ifd = watch_find_fd();
+	if (ifd >= 0) {
+		int fl = fcntl(ifd, F_GETFD);
+		if (fl < 0 || fcntl(ifd, F_SETFD, fl | FD_CLOEXEC) < 0)
 			die_temp(NULL, "inotify: fcntl: %s", strerror(errno));
 	}
+	watch_q.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (watch_q.efd < 0)
+		die_temp(NULL, "eventfd: %s", strerror(errno));
+	/* The thread starts with every signal blocked (watch.h: signals are the stage's). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_t t;
+	int e = pthread_create(&t, NULL, watch_thread, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (e != 0)
+		die_temp(NULL, "inotify: cannot start the watcher thread: %s", strerror(e));
+	/* It runs until the process exits; nothing waits for it. */
+	pthread_detach(t);
+	return watch_q.efd;
 }
 
-enum watch_event watch_next(int timeout_ms, char *name, size_t len)
+enum watch_event watch_take(char *name, size_t len)
 {
-	/* libinotifytools only waits in whole seconds (and 0 means forever), so the wait is
-	 * bounded by an interval timer whose signal interrupts it. The timer repeats every
-	 * 10 ms, so a signal that lands just before the library starts waiting is followed
-	 * by another. A buffered event is returned at once, without waiting. */
-	if (timeout_ms >= 0)
-		alarm_interval_arm(timeout_ms, 10);
-	struct inotify_event *ev = inotifytools_next_event(-1);
-	int err = ev ? 0 : inotifytools_error();
-	if (timeout_ms >= 0)
-		alarm_interval_disarm();
-	if (ev == NULL) {
-		if (err == EINTR || err == 0)
-			return alarm_fired() ? WATCH_TIMEOUT : WATCH_INTR;
-		log_warn(NULL, "inotify: %s; rescanning", strerror(err));
-		return WATCH_RESCAN;
+	uint64_t n;
+	if (read(watch_q.efd, &n, sizeof n) < 0 && errno != EAGAIN)
+		log_panic("eventfd read: %s", strerror(errno));
+	enum watch_event r = WATCH_NONE;
+	int err = 0;
+	pthread_mutex_lock(&watch_q.mu);
+	if (watch_q.lost) {
+		err = watch_q.error;
+		watch_q.lost = 0;
+		watch_q.error = 0;
+		watch_q.head = watch_q.count = 0;
+		r = WATCH_RESCAN;
+	} else if (watch_q.count) {
+		snprintf(name, len, "%s", watch_q.names[watch_q.head]);
+		watch_q.head = (watch_q.head + 1) % WATCH_QUEUE_MAX;
+		watch_q.count--;
+		r = WATCH_NAME;
 	}
-	if (ev->mask & IN_Q_OVERFLOW)
-		return WATCH_RESCAN;
-	if (ev->len == 0 || ev->name[0] == '\0')
-		return WATCH_RESCAN;
-	snprintf(name, len, "%s", ev->name);
-	return WATCH_NAME;
+	pthread_mutex_unlock(&watch_q.mu);
+	if (err)
+		log_warn(NULL, "inotify: %s; rescanning", strerror(err));
+	return r;
 }

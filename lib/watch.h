@@ -1,20 +1,34 @@
 /*
- * watch - inotify wake-ups for one directory, through libinotifytools.
+ * watch - inotify wake-ups for one directory, through libinotifytools, as a descriptor.
  *
  * inotify is only a hint: a stage sets the watch, then scans the directory, and scans
- * again on WATCH_RESCAN (queue overflow) and on WATCH_TIMEOUT (periodic rescan). The
- * names it returns are candidates to look at, nothing more.
+ * again on WATCH_RESCAN (queue overflow, an inotify error) and periodically. The names
+ * it returns are candidates to look at, nothing more.
+ *
+ * libinotifytools reads events only by blocking in inotifytools_next_event (it buffers
+ * several events per read, so its descriptor being readable says nothing about what is
+ * buffered). So one watcher thread blocks there and queues the names; each queued name
+ * makes an eventfd readable, and the stage polls that eventfd beside its signalfd and
+ * timerfd: one poll(2) loop, no signal to interrupt a wait. The thread blocks every
+ * signal, so that no process-directed signal (slot.c's SIGALRM, a stop request) is ever
+ * delivered to it instead of to the thread that waits for it.
+ *
+ * DIAGNOSTICS: watch_open dies temp when the watch cannot be set; an inotify read error in
+ * the thread comes back as WATCH_RESCAN, logged by the caller's thread.
  */
 #ifndef SPOOLD_WATCH_H
 #define SPOOLD_WATCH_H
 
 #include <stddef.h>
 
-enum watch_event { WATCH_NAME, WATCH_RESCAN, WATCH_TIMEOUT, WATCH_INTR };
+enum watch_event { WATCH_NAME, WATCH_RESCAN, WATCH_NONE };
 
-/* Watch dir for names that appear (moved in, closed after writing). Dies temp on failure. */
-void watch_open(const char *dir);
-/* Wait at most timeout_ms for an event. For WATCH_NAME, name holds the entry's name. */
-enum watch_event watch_next(int timeout_ms, char *name, size_t len);
+/* Watch dir for names that appear (moved in, closed after writing, created) and start the
+ * watcher thread. Returns the eventfd to poll for POLLIN. Dies temp on failure. */
+int watch_open(const char *dir);
+/* Take one queued event without waiting: WATCH_NAME (name holds it), WATCH_RESCAN (names
+ * were lost: look at the whole directory), or WATCH_NONE (the queue is empty; the eventfd
+ * has been drained first, so a name queued after this returns wakes the poll again). */
+enum watch_event watch_take(char *name, size_t len);
 
 #endif

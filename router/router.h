@@ -6,6 +6,12 @@
  * notice.c  writes notification messages as new outbox entries.
  * hold.c    reads and writes the hold record and decides expiry and retries (pure
  *           functions of the record and the time, unit-tested in tests/unit/test_route.c).
+ *
+ * The stage itself (router.c: claim, trust checks, dispatch, the hold timer) uses:
+ * decide.c  the decision from manifest and verdicts, connectors, banned parts, escaping.
+ * quarantine.c  quarantine/, hold/ and discard: the moves that do not deliver.
+ * deliver.c the fan-out into the outboxes and the message as delivered.
+ * derive.c  strip: the derivative for incoming/ and the quarantined original.
  */
 #ifndef ROUTER_ROUTER_H
 #define ROUTER_ROUTER_H
@@ -14,9 +20,13 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "export.h"
 #include "envelope.h"
+#include "manifest.h"
 #include "spool.h"
+#include "stage.h"
 #include "util.h"
+#include "verdict.h"
 
 /* One MIME entity to cut out of a message: bytes [start, end), which must hash to
  * sha256 (hex), with what the notice that replaces it says. */
@@ -70,5 +80,58 @@ int64_t hold_schedule(struct hold_state *h, int64_t now, int64_t retry_min, int6
 /* 1 if the held entry in dirfd was held before at (its hold file is older) and its
  * verdicts have an error line from scanner: mail that scanner's recovery may release. */
 int hold_held_for(int dirfd, const char *scanner, int64_t at);
+
+/* ---- the router stage's pieces ------------------------------------------------------ */
+
+enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED, OUT_UNSCANNABLE };
+
+/* decide.c. Text from outside as one escaped line of at most maxin input bytes, or as a
+ * block whose line breaks stay. */
+void router_text(struct buf *out, const char *s, size_t maxin);
+void router_text_block(struct buf *out, const char *s);
+/* What to do with a message; why gets one line per reason. */
+enum outcome router_decide(const struct manifest *m, const struct verdicts *vs, struct buf *why);
+/* The connector for one recipient: the first whose domain patterns match, else default. */
+const char *router_connector_for(const struct conf *c, const char *rcpt);
+/* How many parts are banned (flags[i] set for each, if given); why names them. */
+int router_banned(const struct conf_router *rc, const struct manifest *m, struct buf *why,
+                  unsigned char *flags);
+/* The distinct virus names, escaped, comma-separated. */
+void router_viruses(const struct verdicts *vs, struct buf *out);
+
+/* quarantine.c. Each final move exits temp (75) when it cannot be made. */
+void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
+                              const struct manifest *m, const struct verdicts *vs, const char *why,
+                              const char *reason, const char *derived);
+void router_quarantine_move(struct spool_entry *e, const char *reason);
+void router_quarantine(struct spool_entry *e, const struct envelope *env, const struct manifest *m,
+                       const struct verdicts *vs, const char *why, const char *reason);
+void router_hold(struct stage *st, struct spool_entry *e, const char *why);
+void router_discard(struct spool_entry *e, const struct envelope *env, const struct verdicts *vs);
+
+/* deliver.c */
+void router_fanout_finish(struct spool_entry *e);
+void router_drop_outs(struct spool_entry *e);
+void router_hdr_text(struct buf *h, const char *s, size_t max);
+void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struct envelope *env,
+                            const struct verdicts *vs, const char *extra_hdr,
+                            const struct buf *body);
+
+/* derive.c */
+int router_strip(struct stage *st, struct spool_entry *e, const struct manifest *m,
+                 const struct verdicts *vs, struct buf *out, struct buf *why);
+int router_derived(struct spool_entry *e, char of[SPOOL_QID_LEN + 1]);
+void router_strip_finish(struct spool_entry *e);
+void router_strip_commit(struct spool_entry *e, const struct envelope *env,
+                         const struct manifest *m, const struct verdicts *vs,
+                         const struct buf *body, struct buf *why);
+
+/* notice.c: admin and recipient notices for infected or banned mail (off by default). */
+void router_notify(struct stage *st, const char *qid, const struct envelope *env,
+                   const struct verdicts *vs, const char *action, const char *reason,
+                   const char *why);
+
+/* router.c: the config, for the fleet's event records (set by router_handle). */
+extern const struct conf *router_conf;
 
 #endif

@@ -88,21 +88,24 @@ static void splitter_limits(const struct conf *c, struct mime_limits *lim)
 /* A file we may not lease that changed this recently may still be being written. */
 #define SPLITTER_QUIET_S 3
 
-/* 1 if some process still has the file open for writing (a slow cp into inbound/).
+/* Whether the file may still be being written: -1 if some process has it open for writing
+ * (a slow cp into inbound/; its close, IN_CLOSE_WRITE, brings it back), the ms until its
+ * quiet time ends (below), or 0 when it is complete.
  * A read lease can only be taken on a file nobody has open for writing. A separated
  * spool's splitter gets CAP_LEASE from its keeper for files other users drop. Without the
  * right to take leases (not the owner, no CAP_LEASE: a splitter run as the spool's user,
- * or by hand) we cannot tell, and wait instead until the file has not
- * changed for SPLITTER_QUIET_S seconds; the writer's close (IN_CLOSE_WRITE) or the next
- * look brings it back. Queue-ID names are complete (below). */
-static int splitter_writer_busy(int fd, const char *name)
+ * or by hand) we cannot tell, and wait instead until the file has not changed for
+ * SPLITTER_QUIET_S seconds. No event marks the end of that wait, so the caller asks the
+ * stage to look again then (stage_look_again), instead of leaving the file to the next
+ * rescan. Queue-ID names are complete (below). */
+static int64_t splitter_writer_busy(int fd, const char *name)
 {
 	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
 		fcntl(fd, F_SETLEASE, F_UNLCK);
 		return 0;
 	}
 	if (errno == EAGAIN)
-		return 1;
+		return -1;
 	/* A queue-ID name is how spoolctl inject (and lmtpd) name what they write whole
 	 * under tmp/ and rename in: complete when it appears. (Anyone else who names a file so
 	 * while still writing it only gets their own message split early, and scanned as it
@@ -112,9 +115,12 @@ static int splitter_writer_busy(int fd, const char *name)
 	struct stat st;
 	struct timespec now;
 	if ((errno == EACCES || errno == EPERM) && fstat(fd, &st) == 0 &&
-	    clock_gettime(CLOCK_REALTIME, &now) == 0)
-		return now.tv_sec - st.st_mtim.tv_sec < SPLITTER_QUIET_S &&
-		       now.tv_sec >= st.st_mtim.tv_sec;
+	    clock_gettime(CLOCK_REALTIME, &now) == 0 &&
+	    now.tv_sec - st.st_mtim.tv_sec < SPLITTER_QUIET_S && now.tv_sec >= st.st_mtim.tv_sec)
+		/* Quiet once the clock's second is SPLITTER_QUIET_S past the mtime's (the test
+		 * above), plus a little, so that the look again finds it so. */
+		return (int64_t)(st.st_mtim.tv_sec + SPLITTER_QUIET_S - now.tv_sec) * 1000 -
+		       now.tv_nsec / 1000000 + 20;
 	return 0;
 }
 
@@ -574,8 +580,10 @@ static int splitter_handle(struct stage *st, const char *name)
 		fd = openat(st->spool.fd[SD_INBOUND], name,
 		            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 		if (fd >= 0) {
-			int busy = splitter_writer_busy(fd, name);
+			int64_t busy = splitter_writer_busy(fd, name);
 			close(fd);
+			if (busy > 0)
+				stage_look_again(st, name, busy);
 			if (busy)
 				return 0;
 		}
@@ -600,6 +608,13 @@ static int splitter_handle(struct stage *st, const char *name)
 	int did = splitter_work(st, &e, 1);
 	spool_entry_release(&e);
 	return did;
+}
+
+/* The stage's init hook: GMime is set up once, before the watcher thread starts. */
+static void splitter_init(struct stage *st)
+{
+	(void)st;
+	mime_init();
 }
 
 /* Start-up recovery: every unlocked work directory in incoming/ was left by a dead
@@ -781,15 +796,16 @@ int main(int argc, char **argv)
 	struct stage st = {
 	    .name = "splitter",
 	    .watch_dir = SD_INBOUND,
+	    .init = splitter_init,
 	    .recover = splitter_recover,
 	    .handle = splitter_handle,
 	    .tick = splitter_tick,
 	    .tick_ms = 1000,
 	};
-	mime_init();
 	for (int i = 1; i < argc; i++)
 		if (strcmp(argv[i], "-x") == 0 || strcmp(argv[i], "-o") == 0) {
 			log_init("splitter");
+			mime_init();
 			return splitter_extract(argc, argv);
 		}
 	return stage_main(&st, argc, argv);
