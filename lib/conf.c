@@ -674,12 +674,9 @@ static unsigned conf_stage_bit(const char *stage)
 	static const struct {
 		const char *name;
 		unsigned bit;
-	} stages[] = {{"splitter", CONF_ST_SPLITTER},
-	              {"scanner-runner", CONF_ST_RUNNER},
-	              {"router", CONF_ST_ROUTER},
-	              {"connectors", CONF_ST_CONNECTORS},
-	              {"lmtpd", CONF_ST_LMTPD},
-	              {"exporter", CONF_ST_EXPORTER}};
+	} stages[] = {{"splitter", CONF_ST_SPLITTER}, {"scanner-runner", CONF_ST_RUNNER},
+	              {"router", CONF_ST_ROUTER},     {"connectors", CONF_ST_CONNECTORS},
+	              {"lmtpd", CONF_ST_LMTPD},       {"exporter", CONF_ST_EXPORTER}};
 	for (size_t i = 0; i < ARRAY_LEN(stages); i++)
 		if (strcmp(stage, stages[i].name) == 0)
 			return stages[i].bit;

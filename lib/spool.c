@@ -282,15 +282,15 @@ int spool_entry_claim(struct spool *sp, enum spool_dir where, const char *qid,
 	return 1;
 }
 
-int spool_set_aside(struct spool *sp, enum spool_dir where, const char *name,
-                    const struct stat *sb)
+int spool_set_aside(struct spool *sp, enum spool_dir where, const char *name, const struct stat *sb)
 {
 	char qid[SPOOL_QID_LEN + 1], aside[64];
 	spool_qid_new(qid);
 	snprintf(aside, sizeof aside, ".unclaimable.%s", qid);
 	const char *dn = spool_dir_name(where);
 	if (renameat(sp->fd[where], name, sp->fd[where], aside) < 0) {
-		log_warn(NULL, "cannot set aside %s/%s/%s: %s", sp->root, dn, name, strerror(errno));
+		log_warn(NULL, "cannot set aside %s/%s/%s: %s", sp->root, dn, name,
+		         strerror(errno));
 		return 0;
 	}
 	struct buf r, esc;

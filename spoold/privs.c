@@ -324,7 +324,8 @@ static void privs_control_modes(const struct conf *c, struct spool *sp, uid_t ui
 	if (fchmod(sp->root_fd, root_mode) < 0)
 		log_warn(NULL, "cannot chmod %s: %s", sp->root, strerror(errno));
 	if (group_ok && c->separated && fchmod(sp->fd[SD_RUN], 03771) < 0)
-		log_warn(NULL, "cannot open %s/run to control_group: %s", sp->root, strerror(errno));
+		log_warn(NULL, "cannot open %s/run to control_group: %s", sp->root,
+		         strerror(errno));
 	if (group_ok && !c->separated &&
 	    (fchown(sp->fd[SD_RUN], uid, control_gid) < 0 || fchmod(sp->fd[SD_RUN], 0710) < 0))
 		log_warn(NULL, "cannot give %s/run to control_group: %s", sp->root,
