@@ -387,17 +387,10 @@ static void exp_state_write(struct exporter *x)
 static void exp_find_spoolctl(struct exporter *x)
 {
 	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-	if (n > 0) {
-		self[n] = '\0';
-		char *slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if (bsnprintf(x->spoolctl, sizeof x->spoolctl, "%s/spoolctl", self) == 0 &&
-			    access(x->spoolctl, X_OK) == 0)
-				return;
-		}
-	}
+	if (self_dir(self, sizeof self) == 0 &&
+	    bsnprintf(x->spoolctl, sizeof x->spoolctl, "%s/spoolctl", self) == 0 &&
+	    access(x->spoolctl, X_OK) == 0)
+		return;
 	snprintf(x->spoolctl, sizeof x->spoolctl, "%s/../../bin/spoolctl", LIBEXECDIR);
 }
 

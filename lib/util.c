@@ -211,6 +211,20 @@ int unescape_bytes(struct buf *out, const char *s)
 	return 0;
 }
 
+int self_dir(char *out, size_t n)
+{
+	char self[PATH_MAX];
+	ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (k <= 0)
+		return -1;
+	self[k] = '\0';
+	char *slash = strrchr(self, '/');
+	if (slash == NULL)
+		return -1;
+	*slash = '\0';
+	return bsnprintf(out, n, "%s", self);
+}
+
 void close_keep_errno(int fd)
 {
 	if (fd < 0)

@@ -75,6 +75,9 @@ void kv_addstr(struct buf *out, const char *key, const char *val);
 /* close(fd) on a failure path: errno stays the one of the failure being reported, not
  * close's (Dovecot's close_keep_errno). fd < 0 is ignored. */
 void close_keep_errno(int fd);
+/* The directory of the running program (/proc/self/exe without its last component), for
+ * finding the programs installed or built beside it. 0, or -1 (no /proc, too long). */
+int self_dir(char *out, size_t n);
 /* Write all of p to fd, retrying on EINTR and short writes. 0 or -1. */
 int write_all(int fd, const void *p, size_t n);
 /* Read n bytes at off, retrying on EINTR and short reads: the count read (less than n

@@ -141,27 +141,19 @@ static int sup_stage_lookup(const char *name)
 
 static void sup_find_bindir(void)
 {
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-	if (n > 0) {
-		self[n] = '\0';
-		char *slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			char probe[PATH_MAX + 32];
-			snprintf(probe, sizeof probe, "%s/splitter", self);
-			if (access(probe, X_OK) == 0) {
-				snprintf(sup_bindir, sizeof sup_bindir, "%s", self);
-				return;
-			}
-			/* An installed tree moved as a whole (DESTDIR, a chroot, another PREFIX):
-			 * sbin/spoold finds its stages in ../libexec/spoold beside it. */
-			snprintf(probe, sizeof probe, "%s/../libexec/spoold/splitter", self);
-			if (access(probe, X_OK) == 0 &&
-			    bsnprintf(sup_bindir, sizeof sup_bindir, "%s/../libexec/spoold",
-			              self) == 0)
-				return;
+	char self[PATH_MAX], probe[PATH_MAX + 32];
+	if (self_dir(self, sizeof self) == 0) {
+		snprintf(probe, sizeof probe, "%s/splitter", self);
+		if (access(probe, X_OK) == 0) {
+			snprintf(sup_bindir, sizeof sup_bindir, "%s", self);
+			return;
 		}
+		/* An installed tree moved as a whole (DESTDIR, a chroot, another PREFIX):
+		 * sbin/spoold finds its stages in ../libexec/spoold beside it. */
+		snprintf(probe, sizeof probe, "%s/../libexec/spoold/splitter", self);
+		if (access(probe, X_OK) == 0 &&
+		    bsnprintf(sup_bindir, sizeof sup_bindir, "%s/../libexec/spoold", self) == 0)
+			return;
 	}
 	snprintf(sup_bindir, sizeof sup_bindir, "%s", LIBEXECDIR);
 }
