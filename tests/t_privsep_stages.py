@@ -195,6 +195,34 @@ def an_entry_a_stage_may_not_write_is_set_aside_and_the_mail_flows():
 
 
 @test
+def an_entry_closed_to_the_scanner_runner_is_set_aside_and_the_rest_is_scanned():
+    # The scanning path: the splitter's user closes one entry in scan/ to the other
+    # stages (mode 0700). The scanner-runner may not copy its parts nor move it on: it is
+    # set aside with a badmail/ record, never scanned from what it could half read and
+    # never delivered; an EICAR message behind it is still quarantined and a clean one
+    # delivered (the delivery check rescans and re-splits what reached the Maildir).
+    p, users, md = _maildir_pipeline()
+    p.start()
+    qa, qv, qc = _stopped_before(p, "scanner-runner", msgs.eicar_attachment(filename="a.bin"),
+                                 msgs.eicar_attachment(filename="v.bin"),
+                                 msgs.clean(subject="after"))
+    entry = os.path.join(p.spool, "scan", qa)
+    assert as_user(ROLES["splitter_user"], lambda: os.chmod(entry, 0o700)) == 0
+    r = p.ctl("start", "scanner-runner")
+    assert r.returncode == 0, r.out
+    wait_for(lambda: qv in p.entries("quarantine") and len(_maildir_messages(md)) == 1
+             and p.entries("badmail"), timeout=90,
+             what="quarantined, delivered and set aside\n" + p.logtext()[-3000:])
+    aside = [n for n in os.listdir(os.path.join(p.spool, "scan"))
+             if n.startswith(".unclaimable.")]
+    assert len(aside) == 1 and p.entries("scan") == [], os.listdir(os.path.join(p.spool, "scan"))
+    assert qa not in p.entries("route") + p.entries("quarantine"), p.finals()
+    with open(os.path.join(md, "new", _maildir_messages(md)[0]), "rb") as f:
+        assert b"Subject: after" in f.read()
+    assert "scanner-runner[0] died" not in p.logtext(), p.logtext()[-3000:]
+
+
+@test
 def a_trace_the_router_may_not_link_does_not_stop_delivery():
     # The trace is every stage's record (0660) and trusted by none. The splitter's user
     # closes one entry's trace to the router (a hard link then needs write access:
