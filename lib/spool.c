@@ -530,6 +530,18 @@ int spool_entry_trash(struct spool_entry *e)
 	return 0;
 }
 
+/* Undo a claim that did not happen: the work directory goes with the `origin` already
+ * written into it (else the rmdir fails and the next recovery pass takes the empty
+ * directory for a dead splitter's), removed while we still hold its lock. */
+static void spool_inbound_unclaim(struct spool *sp, int fd, const char *qid)
+{
+	if (fd >= 0)
+		unlinkat(fd, "origin", 0);
+	unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
+	if (fd >= 0)
+		close(fd);
+}
+
 int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *e)
 {
 	char qid[SPOOL_QID_LEN + 1];
@@ -572,8 +584,7 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	 * claimed without touching it; it is checked afterwards where no one can swap it. */
 	if (renameat(sp->fd[SD_INBOUND], name, fd, "message") < 0) {
 		int err = errno;
-		close(fd);
-		unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
+		spool_inbound_unclaim(sp, fd, qid);
 		if (err == ENOENT)
 			return 0; /* another splitter claimed it first */
 		errno = err;
@@ -587,9 +598,7 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	return 1;
 fail:;
 	int err = errno;
-	if (fd >= 0)
-		close(fd);
-	unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
+	spool_inbound_unclaim(sp, fd, qid);
 	errno = err;
 	return -1;
 }

@@ -223,6 +223,27 @@ def an_entry_closed_to_the_scanner_runner_is_set_aside_and_the_rest_is_scanned()
 
 
 @test
+def a_directory_another_user_drops_is_set_aside_and_leaves_nothing_behind():
+    # The splitter may not move root's directory out of inbound/: it is set aside under
+    # a dot-name with a badmail/ record, and the claim that failed leaves no work
+    # directory in incoming/ for a later pass to take for a dead splitter's.
+    p, users, md = _maildir_pipeline()
+    p.start()
+    d = os.path.join(p.spool, "inbound", "adir")
+    os.mkdir(d)
+    with open(os.path.join(d, "f"), "wb") as f:
+        f.write(b"x\n")
+    wait_for(lambda: p.entries("badmail"), timeout=30, what="a badmail record\n" + p.logtext()[-2000:])
+    bad, = p.entries("badmail")
+    assert os.path.isdir(os.path.join(p.spool, "inbound", ".unclaimable." + bad))
+    assert os.listdir(os.path.join(p.spool, "incoming")) == [], os.listdir(
+        os.path.join(p.spool, "incoming"))
+    p.drop("after", msgs.clean(subject="after the directory"))
+    wait_for(lambda: len(_maildir_messages(md)) == 1, timeout=60, what="delivered")
+    assert "left by a dead splitter" not in p.logtext(), p.logtext()[-2000:]
+
+
+@test
 def a_trace_the_router_may_not_link_does_not_stop_delivery():
     # The trace is every stage's record (0660) and trusted by none. The splitter's user
     # closes one entry's trace to the router (a hard link then needs write access:
