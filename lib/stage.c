@@ -466,6 +466,7 @@ int stage_main(struct stage *st, int argc, char **argv)
 	metrics_flush(&st->spool, st->name);
 	spool_trash_empty(&st->spool); /* what retired entries left, before we go */
 	log_info(NULL, "stopping");
+	watch_close();
 	close(tfd);
 	if (st->dir_name)
 		close(st->dir_fd);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inotifytools/inotifytools.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -37,7 +38,12 @@ static struct {
 	int lost;  /* names were dropped (overflow, an unnamed event): rescan */
 	int error; /* the last inotify read error, for the stage's log */
 	int efd;
-} watch_q = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1};
+	int ifd;    /* libinotifytools' descriptor, -1 if not found */
+	int stopfd; /* watch_close asks the thread to end */
+} watch_q = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1, .ifd = -1, .stopfd = -1};
+
+static pthread_t watch_tid;
+static int watch_started;
 
 static int watch_find_fd(void)
 {
@@ -82,28 +88,52 @@ static void watch_queue_put(const char *name, int err)
 		abort(); /* the eventfd is ours and open: anything else is a bug */
 }
 
-static void *watch_thread(void *arg)
+/* Queue what libinotifytools has now (0: nothing, or an error queued). */
+static void watch_drain(void)
 {
-	(void)arg;
-	for (;;) {
-		struct inotify_event *ev = inotifytools_next_event(-1);
-		if (ev == NULL) {
-			int err = inotifytools_error();
-			if (err == EINTR || err == 0)
-				continue;
-			watch_queue_put(NULL, err);
-			/* A persistent error must not spin: the stage rescans at least this often.
-			 */
-			struct timespec pause = {1, 0};
-			nanosleep(&pause, NULL);
-			continue;
-		}
+	struct inotify_event *ev;
+	int n = 0;
+	/* Timeout 0: the events it buffered first, then what the descriptor has; NULL when
+	 * nothing is left. */
+	while ((ev = inotifytools_next_event(0)) != NULL) {
+		n++;
 		if ((ev->mask & IN_Q_OVERFLOW) || ev->len == 0 || ev->name[0] == '\0')
 			watch_queue_put(NULL, 0);
 		else
 			watch_queue_put(ev->name, 0);
 	}
-	return NULL;
+	/* An error counts only when the descriptor was readable and gave nothing. */
+	int err = n == 0 ? inotifytools_error() : 0;
+	if (err != 0 && err != EINTR && err != EAGAIN) {
+		watch_queue_put(NULL, err);
+		/* A persistent error must not spin: the stage rescans at least this often. */
+		struct timespec pause = {1, 0};
+		nanosleep(&pause, NULL);
+	}
+}
+
+/* Waits for inotify and for watch_close: joined, never cancelled, so that a stopping
+ * stage exits with no thread of its own still running (and ASan's LeakSanitizer can
+ * suspend everything it must look at). Without libinotifytools' descriptor it looks
+ * once a second. */
+static void *watch_thread(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct pollfd p[2] = {{.fd = watch_q.stopfd, .events = POLLIN},
+		                      {.fd = watch_q.ifd, .events = POLLIN}};
+		int r = poll(p, watch_q.ifd >= 0 ? 2 : 1, watch_q.ifd >= 0 ? -1 : 1000);
+		if (r < 0 && errno != EINTR) {
+			watch_queue_put(NULL, errno);
+			struct timespec pause = {1, 0};
+			nanosleep(&pause, NULL);
+			continue;
+		}
+		if (p[0].revents & POLLIN)
+			return NULL;
+		if (watch_q.ifd < 0 || (r > 0 && p[1].revents))
+			watch_drain();
+	}
 }
 
 int watch_open(const char *dir)
@@ -116,26 +146,37 @@ int watch_open(const char *dir)
 	if (!inotifytools_watch_file(dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE))
 		die_temp(NULL, "inotify: cannot watch %s: %s", dir, strerror(inotifytools_error()));
 	int ifd = watch_find_fd();
+	watch_q.ifd = ifd;
 	if (ifd >= 0) {
 		int fl = fcntl(ifd, F_GETFD);
 		if (fl < 0 || fcntl(ifd, F_SETFD, fl | FD_CLOEXEC) < 0)
 			die_temp(NULL, "inotify: fcntl: %s", strerror(errno));
 	}
 	watch_q.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (watch_q.efd < 0)
+	watch_q.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (watch_q.efd < 0 || watch_q.stopfd < 0)
 		die_temp(NULL, "eventfd: %s", strerror(errno));
 	/* The thread starts with every signal blocked (watch.h: signals are the stage's). */
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	pthread_t t;
-	int e = pthread_create(&t, NULL, watch_thread, NULL);
+	int e = pthread_create(&watch_tid, NULL, watch_thread, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (e != 0)
 		die_temp(NULL, "inotify: cannot start the watcher thread: %s", strerror(e));
-	/* It runs until the process exits; nothing waits for it. */
-	pthread_detach(t);
+	watch_started = 1;
 	return watch_q.efd;
+}
+
+void watch_close(void)
+{
+	if (!watch_started)
+		return;
+	uint64_t one = 1;
+	if (write(watch_q.stopfd, &one, sizeof one) < 0)
+		log_panic("watch_close: eventfd write: %s", strerror(errno));
+	pthread_join(watch_tid, NULL);
+	watch_started = 0;
 }
 
 enum watch_event watch_take(char *name, size_t len)

@@ -30,5 +30,7 @@ int watch_open(const char *dir);
  * were lost: look at the whole directory), or WATCH_NONE (the queue is empty; the eventfd
  * has been drained first, so a name queued after this returns wakes the poll again). */
 enum watch_event watch_take(char *name, size_t len);
+/* Stop and join the watcher thread (a stage that stops); nothing when none runs. */
+void watch_close(void);
 
 #endif
