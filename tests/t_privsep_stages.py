@@ -229,10 +229,11 @@ def a_directory_another_user_drops_is_set_aside_and_leaves_nothing_behind():
     # directory in incoming/ for a later pass to take for a dead splitter's.
     p, users, md = _maildir_pipeline()
     p.start()
-    d = os.path.join(p.spool, "inbound", "adir")
+    d = os.path.join(p.dir, "adir")  # made whole, then renamed in
     os.mkdir(d)
     with open(os.path.join(d, "f"), "wb") as f:
         f.write(b"x\n")
+    os.rename(d, os.path.join(p.spool, "inbound", "adir"))
     wait_for(lambda: p.entries("badmail"), timeout=30, what="a badmail record\n" + p.logtext()[-2000:])
     bad, = p.entries("badmail")
     assert os.path.isdir(os.path.join(p.spool, "inbound", ".unclaimable." + bad))
