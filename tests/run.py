@@ -49,6 +49,22 @@ RESULT = re.compile(rb"^(PASS|FAIL|SKIP) (.*)$")
 KILL_GRACE = 5.0     # seconds between SIGTERM and SIGKILL at a timeout
 DRAIN_AFTER_EXIT = 2.0  # seconds to keep reading after the program exited
 
+# Programs that run by themselves with --jobs: the benchmarks, whose figures another
+# program beside them would spoil, and the files whose tests bound a time tightly (a
+# restart within 2 s, a pipelined commit within 0.7 s, a control request within 2.5 s).
+ALONE = {"t_bench_smoke", "t_farm_load", "t_speed_bench", "t_speed_mta", "t_speed_smtp",
+         "t_lmtp", "t_spoold", "t_privsep_root"}
+
+# About how long each slow program takes (seconds, prod build, 2 cores): with --jobs the
+# slow ones start first, so that the pool does not end waiting on one long program.
+SLOW = {
+    "t_fleet": 141, "t_failclosed": 129, "t_faults": 128, "t_hostile": 118, "t_deploy": 111,
+    "t_canary_limits": 96, "t_install": 80, "t_farm_load": 72, "t_cache": 66,
+    "t_clamd_trust": 62, "t_connectors": 57, "t_envelope": 34, "t_limits": 29,
+    "t_bench_smoke": 28, "t_inject_idem": 22, "t_diskfull": 19, "t_fixtures": 19,
+    "t_clamd": 16,
+}
+
 
 def out(line):
     sys.stdout.write(line if line.endswith("\n") else line + "\n")
@@ -73,105 +89,164 @@ class Totals:
         self.skips = []     # (program, reason)
 
 
-def run_program(name, argv, env, cwd, timeout, totals):
-    """Run one test program, echo its output, count its results."""
-    out("=== %s" % name)
-    start = time.monotonic()
-    try:
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    except OSError as e:
-        totals.failed += 1
-        totals.failures.append((name, "FAIL %s: cannot run: %s" % (name, e)))
-        out("FAIL %s: cannot run: %s" % (name, e))
-        return
-    pgid = p.pid
-    fd = p.stdout.fileno()
-    os.set_blocking(fd, False)
-    deadline = start + timeout
-    term_at = kill_at = None
-    exited_at = None
-    buf = b""
-    results = fails = 0
-    timed_out = False
-    eof = False
+class Job:
+    """One test program: started in its own process group, read without blocking, timed
+    out on its own. With output=None its lines are echoed as they arrive; else they are
+    kept and printed as one block when it ends, so that programs run side by side do not
+    mix their lines."""
 
-    def handle(raw):
-        nonlocal results, fails
+    def __init__(self, name, argv, env, cwd, timeout, totals, buffered):
+        self.name, self.env, self.timeout, self.totals = name, env, timeout, totals
+        self.lines = [] if buffered else None
+        self.results = self.fails = 0
+        self.timed_out = False
+        self.term_at = self.kill_at = self.exited_at = None
+        self.buf = b""
+        self.done = False
+        self.start = time.monotonic()
+        self.deadline = self.start + timeout
+        self.emit("=== %s" % name)
+        try:
+            self.p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        except OSError as e:
+            self.p = None
+            self.fail_line("FAIL %s: cannot run: %s" % (name, e))
+            self.flush()
+            self.done = True
+            return
+        self.fd = self.p.stdout.fileno()
+        os.set_blocking(self.fd, False)
+
+    def emit(self, line):
+        if self.lines is None:
+            out(line)
+        else:
+            self.lines.append(line)
+
+    def flush(self):
+        for line in self.lines or ():
+            out(line)
+        self.lines = [] if self.lines is not None else None
+
+    def fail_line(self, line):
+        self.emit(line)
+        self.totals.failed += 1
+        self.totals.failures.append((self.name, line))
+
+    def handle(self, raw):
         text = raw.decode("utf-8", "replace").rstrip("\r")
-        out(text)
+        self.emit(text)
         m = RESULT.match(raw.rstrip(b"\r"))
         if not m:
             return
-        results += 1
+        self.results += 1
         kind = m.group(1)
         if kind == b"PASS":
-            totals.passed += 1
+            self.totals.passed += 1
         elif kind == b"SKIP":
-            totals.skipped += 1
+            self.totals.skipped += 1
             reason = text.split(": ", 1)[1] if ": " in text else "no reason given"
-            totals.skips.append((name, reason))
+            self.totals.skips.append((self.name, reason))
         else:
-            totals.failed += 1
-            fails += 1
-            totals.failures.append((name, text))
+            self.totals.failed += 1
+            self.fails += 1
+            self.totals.failures.append((self.name, text))
 
-    while not eof:
-        now = time.monotonic()
-        if exited_at is None and p.poll() is not None:
-            exited_at = now
+    def tick(self, now):
+        """Exit, time-out and kill bookkeeping; True when reading should stop."""
+        if self.exited_at is None and self.p.poll() is not None:
+            self.exited_at = now
             # Anything the program left running in its group must not hold our pipe.
-            _killpg(pgid, signal.SIGKILL)
-        if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
-            break
-        if exited_at is None and not timed_out and now >= deadline:
-            timed_out = True
-            _killpg(pgid, signal.SIGTERM)
-            term_at = now
-        if term_at is not None and kill_at is None and now - term_at >= KILL_GRACE:
-            _killpg(pgid, signal.SIGKILL)
-            kill_at = now
-        r, _, _ = select.select([fd], [], [], 0.1)
-        if not r:
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            eof = True
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            handle(line)
-    if buf:
-        handle(buf)
-    try:
-        p.wait(timeout=KILL_GRACE * 2)
-    except subprocess.TimeoutExpired:
-        _killpg(pgid, signal.SIGKILL)
-        p.wait()
-    _killpg(pgid, signal.SIGKILL)
-    p.stdout.close()
-    secs = time.monotonic() - start
+            _killpg(self.p.pid, signal.SIGKILL)
+        if self.exited_at is not None and now - self.exited_at > DRAIN_AFTER_EXIT:
+            return True
+        if self.exited_at is None and not self.timed_out and now >= self.deadline:
+            self.timed_out = True
+            _killpg(self.p.pid, signal.SIGTERM)
+            self.term_at = now
+        if self.term_at is not None and self.kill_at is None and now - self.term_at >= KILL_GRACE:
+            _killpg(self.p.pid, signal.SIGKILL)
+            self.kill_at = now
+        return False
 
-    rc = p.returncode
-    why = None
-    if timed_out:
-        why = "timed out after %ds" % timeout
-    elif rc != 0 and fails == 0:
-        why = ("killed by signal %d" % -rc) if rc < 0 else ("exited with status %d" % rc)
-        why += " without a FAIL line" if results else " without any result"
-    elif rc == 0 and results == 0 and not env.get("TEST_ONLY_FILTERED"):
-        why = "printed no PASS/FAIL/SKIP line"
-    if why:
-        line = "FAIL %s: %s" % (name, why)
-        out(line)
-        totals.failed += 1
-        totals.failures.append((name, line))
-    out("=== %s: %s in %.1fs" % (name, "exit %d" % rc if rc >= 0 else "signal %d" % -rc, secs))
+    def read(self):
+        """Read what is there; True at end of file."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        self.buf += chunk
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            self.handle(line)
+        return False
+
+    def finish(self):
+        if self.buf:
+            self.handle(self.buf)
+        p = self.p
+        try:
+            p.wait(timeout=KILL_GRACE * 2)
+        except subprocess.TimeoutExpired:
+            _killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        _killpg(p.pid, signal.SIGKILL)
+        p.stdout.close()
+        secs = time.monotonic() - self.start
+        rc = p.returncode
+        why = None
+        if self.timed_out:
+            why = "timed out after %ds" % self.timeout
+        elif rc != 0 and self.fails == 0:
+            why = ("killed by signal %d" % -rc) if rc < 0 else ("exited with status %d" % rc)
+            why += " without a FAIL line" if self.results else " without any result"
+        elif rc == 0 and self.results == 0 and not self.env.get("TEST_ONLY_FILTERED"):
+            why = "printed no PASS/FAIL/SKIP line"
+        if why:
+            self.fail_line("FAIL %s: %s" % (self.name, why))
+        self.emit("=== %s: %s in %.1fs" % (self.name, "exit %d" % rc if rc >= 0 else
+                                           "signal %d" % -rc, secs))
+        self.flush()
+        self.done = True
+
+
+def run_programs(programs, cwd, timeout, totals, jobs):
+    """Run (name, argv, env, alone) programs, at most jobs at once; a program marked alone
+    runs with no other. Programs start in the order given."""
+    queue = list(programs)
+    running = []
+    buffered = jobs > 1
+    while queue or running:
+        # Start what may start: an alone program waits until nothing runs, and nothing
+        # starts beside it.
+        while queue and len(running) < jobs and not any(j.alone for j in running):
+            name, argv, env, alone = queue[0]
+            if alone and running:
+                break
+            queue.pop(0)
+            j = Job(name, argv, env, cwd, timeout, totals, buffered)
+            j.alone = alone
+            if not j.done:
+                running.append(j)
+        if not running:
+            continue
+        now = time.monotonic()
+        for j in list(running):
+            if j.tick(now):
+                j.finish()
+                running.remove(j)
+        live = [j for j in running]
+        if not live:
+            continue
+        r, _, _ = select.select([j.fd for j in live], [], [], 0.1)
+        for j in live:
+            if j.fd in r and j.read():
+                j.finish()
+                running.remove(j)
 
 
 def main(argv=None):
@@ -183,6 +258,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=None,
                     help="seconds per program (default $TEST_TIMEOUT or 600)")
     ap.add_argument("--tests-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--jobs", "-j", type=int, default=None,
+                    help="programs run at once (default $TEST_JOBS or 1)")
     ap.add_argument("--separated", default="",
                     help="test files to run again with every stage as its own user")
     a = ap.parse_args(argv)
@@ -197,12 +274,14 @@ def main(argv=None):
 
     totals = Totals()
     bins = [os.path.abspath(b) for b in a.bin]
+    programs = []
     for bindir in bins:
         label = a.label
         if len(bins) > 1:
             build = os.path.basename(os.path.dirname(bindir)) or bindir
             label = "%s-%s" % (a.label, build) if a.label else build
-        run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals)
+        programs += suite_programs(bindir, label, tests_dir, timeout, file_pat, test_pat,
+                                   totals)
     if a.separated and not a.only:
         build = os.path.basename(os.path.dirname(bins[0])) or "bin"
         label = "%s-separated" % build
@@ -212,8 +291,18 @@ def main(argv=None):
             totals.skipped += 1
             totals.skips.append((label, "the separated pass needs root"))
         else:
-            run_suite(bins[0], label, tests_dir, root, timeout, a.separated, None, totals,
-                      extra_env={"SPOOLD_TEST_SEPARATED": "1"})
+            programs += suite_programs(bins[0], label, tests_dir, timeout, a.separated, None,
+                                       totals, extra_env={"SPOOLD_TEST_SEPARATED": "1"})
+    jobs = a.jobs or int(os.environ.get("TEST_JOBS") or 1)
+    if jobs > 1:
+        # The slow programs first, so that the last to end is a short one; the order
+        # within each weight stays the name order (sort is stable).
+        # The programs that run alone come last, together, so that the pool is not
+        # drained for each of them.
+        programs.sort(key=lambda x: (x[3], -SLOW.get(x[0].rsplit("/", 1)[-1], 0)))
+        out("=== %d program(s), %d at a time (programs marked alone run by themselves)"
+            % (len(programs), jobs))
+    run_programs(programs, root, timeout, totals, jobs)
 
     if totals.skips:
         # What was not run, and why, said once per reason: a skip must never pass unseen.
@@ -234,8 +323,9 @@ def main(argv=None):
     return 1 if totals.failed else 0
 
 
-def run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, totals,
-              extra_env=None):
+def suite_programs(bindir, label, tests_dir, timeout, file_pat, test_pat, totals,
+                   extra_env=None):
+    """The (name, argv, env, alone) of every program of one pass."""
     env = dict(os.environ)
     env.update(extra_env or {})
     env["TEST_BIN"] = bindir
@@ -274,8 +364,7 @@ def run_suite(bindir, label, tests_dir, root, timeout, file_pat, test_pat, total
         out(line)
         totals.failed += 1
         totals.failures.append((prefix + "run.py", line))
-    for name, argv, penv in programs:
-        run_program(prefix + name, argv, penv, root, timeout, totals)
+    return [(prefix + name, argv, penv, name in ALONE) for name, argv, penv in programs]
 
 
 if __name__ == "__main__":

@@ -550,6 +550,18 @@ def runner_counts_and_fails():
     r = harness.run([sys.executable, runner, "--bin", bindir, "--tests-dir", tests,
                      "--only", "t_bad:fine"], timeout=60)
     assert r.returncode == 0 and r.out.splitlines()[-1] == "1 passed, 0 failed, 0 skipped", r.out
+    # side by side (--jobs): the same results, each program's lines kept together
+    r = harness.run([sys.executable, runner, "--bin", bindir, "--tests-dir", tests,
+                     "--timeout", "3", "--label", "demo", "--jobs", "4"], timeout=90)
+    lines = r.out.splitlines()
+    assert r.returncode == 1 and lines[-1] == "4 passed, 6 failed, 1 skipped", r.out
+    for want in ("FAIL demo/t_crash: killed by signal 9", "FAIL demo/t_hang: timed out after 3s"):
+        assert any(l.startswith(want) for l in lines), "no line %r:\n%s" % (want, r.out)
+    for name in ("demo/t_bad", "demo/t_good", "demo/t_hang"):
+        block = lines.index("=== " + name)
+        end = next(i for i, l in enumerate(lines) if l.startswith("=== %s: " % name))
+        assert all(not l.startswith("=== ") for l in lines[block + 1:end]), \
+            "the lines of %s are mixed with another program's:\n%s" % (name, r.out)
     # several --bin: the suite runs once per build, the counts add up
     other = os.path.join(t, "build2", "bin")
     os.makedirs(other)

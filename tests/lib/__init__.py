@@ -59,6 +59,10 @@ LABEL = os.environ.get("TEST_LABEL", "")
 CASE_TIMEOUT = int(os.environ.get("TEST_CASE_TIMEOUT", "300"))
 
 
+# A case that takes at least this long (seconds) says so in a detail line.
+SLOW_CASE = float(os.environ.get("TEST_SLOW_CASE", "10"))
+
+
 class Skip(Exception):
     """Raised by skip(); the test is reported as SKIP."""
 
@@ -301,7 +305,13 @@ def main(argv=None):
         for name, fn, timeout in _tests:
             if a.only and not _match(a.only, name):
                 continue
+            started = time.monotonic()
             status, why, tb = _run_one(name, fn, timeout)
+            took = time.monotonic() - started
+            if took >= SLOW_CASE:
+                # Where a file's time goes, in every log: make test must stay well
+                # inside CI's time limit, and the slow cases are where to look.
+                _detail("%s took %.1fs" % (name, took))
             if status == "PASS":
                 print("PASS %s" % name)
             else:

@@ -1,6 +1,7 @@
 """Throwaway users for the separated-spool tests (issue 15): the spool's user and one user
 per stage, made with useradd once and kept (names spt-*), grouped as dist/spoold.sysusers
 groups the production ones."""
+import fcntl
 import grp
 import os
 import pwd
@@ -13,7 +14,21 @@ ROLES = {"splitter_user": "spt-split", "runner_user": "spt-scan",
          "router_user": "spt-route", "connector_user": "spt-deliver"}
 
 
+# run.py runs test files side by side: two of them may make the same user at once, and
+# the second useradd would fail ("already exists"). One machine-wide lock orders them.
+USERS_LOCK = "/run/lock/spoold-test-users.lock"
+
+
 def user_make(name, groups=()):
+    fd = os.open(USERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _user_make_locked(name, groups)
+    finally:
+        os.close(fd)
+
+
+def _user_make_locked(name, groups):
     try:
         pwd.getpwnam(name)
     except KeyError:
