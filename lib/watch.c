@@ -2,8 +2,8 @@
  * watch - see watch.h.
  *
  * libinotifytools keeps its inotify descriptor to itself: we find it once (the
- * /proc/self/fd entry that is an inotify instance) only to mark it close-on-exec, so
- * scanner children do not inherit it.
+ * /proc/self/fd entry that is an inotify instance) to mark it close-on-exec, so scanner
+ * children do not inherit it, and non-blocking, to read the events from it (watch.h).
  */
 #include "watch.h"
 
@@ -88,28 +88,56 @@ static void watch_queue_put(const char *name, int err)
 		abort(); /* the eventfd is ours and open: anything else is a bug */
 }
 
-/* Queue what libinotifytools has now (0: nothing, or an error queued). */
-static void watch_drain(void)
+/* Queue what the inotify descriptor has now. It is read here, not through
+ * inotifytools_next_event: that call blocks in select() with no time limit whenever its
+ * timeout is 0 or less and its buffer is empty, and a watcher thread stuck there never
+ * sees watch_close (every stop then waited for spoold's SIGKILL). The descriptor is
+ * non-blocking, so this returns as soon as it is empty. */
+static void watch_drain_fd(void)
 {
-	struct inotify_event *ev;
-	int n = 0;
-	/* Timeout 0: the events it buffered first, then what the descriptor has; NULL when
-	 * nothing is left. */
-	while ((ev = inotifytools_next_event(0)) != NULL) {
-		n++;
-		if ((ev->mask & IN_Q_OVERFLOW) || ev->len == 0 || ev->name[0] == '\0')
-			watch_queue_put(NULL, 0);
-		else
-			watch_queue_put(ev->name, 0);
+	static char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+	for (;;) {
+		ssize_t n = read(watch_q.ifd, buf, sizeof buf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			watch_queue_put(NULL, n < 0 ? errno : EIO);
+			/* A persistent error must not spin: the stage rescans at least this often. */
+			struct timespec pause = {1, 0};
+			nanosleep(&pause, NULL);
+			return;
+		}
+		for (char *p = buf; p < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			if ((ev->mask & IN_Q_OVERFLOW) || ev->len == 0 || ev->name[0] == '\0')
+				watch_queue_put(NULL, 0);
+			else
+				watch_queue_put(ev->name, 0);
+			p += sizeof *ev + ev->len;
+		}
 	}
-	/* An error counts only when the descriptor was readable and gave nothing. */
-	int err = n == 0 ? inotifytools_error() : 0;
-	if (err != 0 && err != EINTR && err != EAGAIN) {
-		watch_queue_put(NULL, err);
-		/* A persistent error must not spin: the stage rescans at least this often. */
-		struct timespec pause = {1, 0};
-		nanosleep(&pause, NULL);
+}
+
+/* Without the descriptor (not found in /proc): libinotifytools with a one-second limit,
+ * so the thread still looks at watch_close at least once a second. */
+static void watch_drain_lib(void)
+{
+	struct inotify_event *ev = inotifytools_next_event(1);
+	if (ev == NULL) {
+		int err = inotifytools_error();
+		if (err != 0 && err != EINTR && err != EAGAIN) {
+			watch_queue_put(NULL, err);
+			struct timespec pause = {1, 0};
+			nanosleep(&pause, NULL);
+		}
+		return;
 	}
+	if ((ev->mask & IN_Q_OVERFLOW) || ev->len == 0 || ev->name[0] == '\0')
+		watch_queue_put(NULL, 0);
+	else
+		watch_queue_put(ev->name, 0);
 }
 
 /* Waits for inotify and for watch_close: joined, never cancelled, so that a stopping
@@ -131,8 +159,10 @@ static void *watch_thread(void *arg)
 		}
 		if (p[0].revents & POLLIN)
 			return NULL;
-		if (watch_q.ifd < 0 || (r > 0 && p[1].revents))
-			watch_drain();
+		if (watch_q.ifd < 0)
+			watch_drain_lib();
+		else if (r > 0 && p[1].revents)
+			watch_drain_fd();
 	}
 }
 
@@ -150,6 +180,10 @@ int watch_open(const char *dir)
 	if (ifd >= 0) {
 		int fl = fcntl(ifd, F_GETFD);
 		if (fl < 0 || fcntl(ifd, F_SETFD, fl | FD_CLOEXEC) < 0)
+			die_temp(NULL, "inotify: fcntl: %s", strerror(errno));
+		/* Non-blocking: watch_drain_fd reads until it is empty. */
+		fl = fcntl(ifd, F_GETFL);
+		if (fl < 0 || fcntl(ifd, F_SETFL, fl | O_NONBLOCK) < 0)
 			die_temp(NULL, "inotify: fcntl: %s", strerror(errno));
 	}
 	watch_q.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

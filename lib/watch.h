@@ -5,13 +5,16 @@
  * again on WATCH_RESCAN (queue overflow, an inotify error) and periodically. The names
  * it returns are candidates to look at, nothing more.
  *
- * libinotifytools reads events only by blocking in inotifytools_next_event (it buffers
- * several events per read, so its descriptor being readable says nothing about what is
- * buffered). So one watcher thread blocks there and queues the names; each queued name
- * makes an eventfd readable, and the stage polls that eventfd beside its signalfd and
- * timerfd: one poll(2) loop, no signal to interrupt a wait. The thread blocks every
- * signal, so that no process-directed signal (slot.c's SIGALRM, a stop request) is ever
- * delivered to it instead of to the thread that waits for it.
+ * libinotifytools sets the watch; the events are read from its descriptor directly (found
+ * once in /proc/self/fd), because inotifytools_next_event blocks in select() with no time
+ * limit whenever its buffer is empty and its timeout is 0 or less, and a thread stuck
+ * there cannot be stopped. One watcher thread polls that descriptor beside a stop
+ * eventfd and queues the names; each queued name makes an eventfd readable, and the stage
+ * polls that eventfd beside its signalfd and timerfd: one poll(2) loop, no signal to
+ * interrupt a wait. The thread blocks every signal, so that no process-directed signal
+ * (slot.c's SIGALRM, a stop request) is ever delivered to it instead of to the thread
+ * that waits for it. Where the descriptor cannot be found, the thread asks
+ * libinotifytools with a one-second limit, and so stops within a second or two.
  *
  * DIAGNOSTICS: watch_open dies temp when the watch cannot be set; an inotify read error in
  * the thread comes back as WATCH_RESCAN, logged by the caller's thread.

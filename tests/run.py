@@ -224,10 +224,16 @@ def run_programs(programs, cwd, timeout, totals, jobs):
         # Start what may start: an alone program waits until nothing runs, and nothing
         # starts beside it.
         while queue and len(running) < jobs and not any(j.alone for j in running):
-            name, argv, env, alone = queue[0]
+            # The same file of another build beside itself makes both slow when it is
+            # CPU-bound (t_hostile three times at once took 2.8 times as long): take the
+            # first program whose file is not running, if there is one.
+            busy = {j.name.rsplit("/", 1)[-1] for j in running}
+            i = next((k for k, x in enumerate(queue)
+                      if not x[3] and x[0].rsplit("/", 1)[-1] not in busy), 0)
+            name, argv, env, alone = queue[i]
             if alone and running:
                 break
-            queue.pop(0)
+            queue.pop(i)
             j = Job(name, argv, env, cwd, timeout, totals, buffered)
             j.alone = alone
             if not j.done:

@@ -93,7 +93,10 @@ def abandoned_tmp_entries_are_swept():
 
 @test(timeout=900)
 def many_files_dropped_at_once():
-    n = int(os.environ.get("HOSTILE_MANY", "10000" if "asan" not in harness.BIN else "3000"))
+    # 10,000 once, with the production build; the ASan build and the separated pass (the
+    # same code, other users) drain 3,000: the same burst, a third of the time.
+    few = "asan" in harness.BIN or os.environ.get("SPOOLD_TEST_SEPARATED")
+    n = int(os.environ.get("HOSTILE_MANY", "3000" if few else "10000"))
     clamd = Clamd(harness.tmpdir("clamd"), harness.sigdir())
     harness.cleanup(clamd.stop)
     p = Pipeline(scanners=[dict(name="clamd", type="clamd", addresses=[clamd.unix_addr],

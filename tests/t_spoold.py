@@ -61,6 +61,26 @@ def by_stage(p):
 
 
 @test
+def stop_after_mail_is_prompt_and_kills_no_stage():
+    """SIGTERM stops every stage by itself, also after each has handled mail (the watcher
+    thread of a stage that had seen an inotify event once blocked in libinotifytools'
+    select() for good, and every stop waited 10 s for spoold's SIGKILL)."""
+    p = started()
+    p.drop("one", msgs.clean())
+    p.wait_final(1)
+    t0 = time.monotonic()
+    p.proc.send_signal(signal.SIGTERM)
+    rc = p.proc.wait(timeout=30)
+    took = time.monotonic() - t0
+    log = p.logtext()
+    assert rc == 0 and "did not stop" not in log and "SIGKILL" not in log, (rc, log[-2000:])
+    assert took < 5, "stopping took %.1f s\n%s" % (took, log[-2000:])
+    for name in STAGES:
+        assert re.search(r"%s\[0\] stopped \(exit 0\)" % re.escape(name), log), \
+            "%s did not exit by itself\n%s" % (name, log[-2000:])
+
+
+@test
 def readiness_is_reported_per_instance():
     p = started(runner=dict(instances=2))
     st = wait_ready(p, 4)
