@@ -130,6 +130,214 @@ static void exec_kill_group(pid_t pid, int sig)
 		kill(pid, sig);
 }
 
+/* One run being watched, between the fork and the reap. */
+struct exec_watch {
+	pid_t pid;
+	int pidfd; /* -1: none (old kernel) */
+	int out;   /* read end of the output pipe */
+	int cancel;
+	int grace;
+	int64_t deadline; /* -1: none */
+	int64_t kill_at;  /* -1: not yet; -2: SIGKILL sent */
+	int64_t drain_until;
+	int status;
+	int reaped;
+};
+
+/* The deadline and the grace after SIGTERM, while reading: send what is due and return how
+ * long poll may wait (-1: no limit). */
+static int exec_watch_deadline(struct exec_watch *w, struct exec_result *res, int64_t now)
+{
+	int wait_ms = -1;
+	if (w->deadline >= 0 && !res->timed_out && !w->reaped) {
+		if (now >= w->deadline) {
+			res->timed_out = 1;
+			exec_kill_group(w->pid, SIGTERM);
+			w->kill_at = now + w->grace;
+		} else {
+			wait_ms = (int)(w->deadline - now);
+		}
+	}
+	if (w->kill_at >= 0 && !w->reaped) {
+		if (now >= w->kill_at) {
+			exec_kill_group(w->pid, SIGKILL);
+			w->kill_at = -2; /* sent; now only wait for EOF */
+			wait_ms = 1000;
+		} else {
+			wait_ms = (int)(w->kill_at - now);
+		}
+	}
+	return wait_ms;
+}
+
+/* Keep what fits of r bytes of output under o->output_max; the rest marks it truncated. */
+static void exec_output_keep(struct exec_result *res, const struct exec_opts *o, const char *tmp,
+                             ssize_t r)
+{
+	size_t keep = 0;
+	if (res->output.len < o->output_max) {
+		keep = o->output_max - res->output.len;
+		if (keep > (size_t)r)
+			keep = (size_t)r;
+		buf_add(&res->output, tmp, keep);
+	}
+	if (keep < (size_t)r)
+		res->output_truncated = 1;
+}
+
+/* The child exited (its pidfd is readable): reap it, then drain the pipe for a while. */
+static void exec_watch_reap(struct exec_watch *w, struct exec_result *res)
+{
+	pid_t r = waitpid(w->pid, &w->status, WNOHANG);
+	if (r == w->pid || (r < 0 && errno != EINTR)) {
+		if (r < 0) {
+			/* Never a status we did not get (an inherited SIGCHLD
+			 * SIG_IGN reaps children behind our back: ECHILD). */
+			res->wait_failed = 1;
+			res->wait_errno = errno;
+		}
+		w->reaped = 1;
+		/* Its own output is already in the pipe: read on until EOF,
+		 * for a short while only. */
+		w->drain_until = now_ms_monotonic() + EXEC_DRAIN_MS;
+	}
+}
+
+/* Read the child's output until EOF, the deadline (SIGTERM, then SIGKILL), a cancel, or
+ * the drain time after its exit. */
+static void exec_output_read(struct exec_watch *w, const struct exec_opts *o,
+                             struct exec_result *res)
+{
+	char tmp[8192];
+	for (;;) {
+		int64_t now = now_ms_monotonic();
+		int wait_ms = exec_watch_deadline(w, res, now);
+		if (w->reaped && now >= w->drain_until) {
+			/* Past the drain time: one last look without waiting. EOF means the
+			 * output was complete; anything else (a descendant still writing, or
+			 * holding the pipe) means it may not be. */
+			struct pollfd last = {.fd = w->out, .events = POLLIN};
+			ssize_t r = poll(&last, 1, 0) == 1 ? read(w->out, tmp, sizeof tmp) : -1;
+			if (r != 0)
+				res->output_truncated = 1;
+			break;
+		}
+		if (w->reaped)
+			wait_ms = (int)(w->drain_until - now);
+		/* While the child lives, its pidfd wakes us when it exits: a descendant that
+		 * keeps the pipe open (a daemonized grandchild) must not keep us reading. */
+		/* The broker's handler also watches its reply socket (cancel_fd): the runner
+		 * that asked has gone, and nobody will read this answer. */
+		struct pollfd pfd[3] = {
+		    {.fd = w->out, .events = POLLIN},
+		    {.fd = w->pidfd >= 0 && !w->reaped ? w->pidfd : -1, .events = POLLIN},
+		    {.fd = w->cancel, .events = POLLIN}};
+		nfds_t nfds = 3;
+		int pr = poll(pfd, nfds, wait_ms);
+		if (pr < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pr == 0) {
+			if (w->reaped) {
+				/* The child is gone, yet something it left still holds the pipe:
+				 * whatever it writes later is not part of this answer, and what we
+				 * have may not be all of it. Incomplete counts as truncated. */
+				res->output_truncated = 1;
+				break;
+			}
+			if (w->kill_at == -2)
+				break; /* a grandchild keeps the pipe open after SIGKILL: stop
+				          reading */
+			continue;
+		}
+		if (pfd[2].revents) {
+			exec_kill_group(w->pid, SIGKILL);
+			w->cancel = -1;
+			if (w->kill_at != -2) {
+				w->kill_at = -2;
+				continue;
+			}
+		}
+		if (pfd[1].fd >= 0 && pfd[1].revents)
+			exec_watch_reap(w, res);
+		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
+		ssize_t r = read(w->out, tmp, sizeof tmp);
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			break;
+		}
+		if (r == 0)
+			break;
+		exec_output_keep(res, o, tmp, r);
+	}
+}
+
+/* The pipe closed: the child has exited or closed its output. Wait for it, still under the
+ * deadline: a child that closed stdout and hangs must not hang us. */
+static void exec_watch_wait(struct exec_watch *w, struct exec_result *res)
+{
+	int backoff_us = 100;
+	while (!w->reaped) {
+		pid_t r = waitpid(w->pid, &w->status, WNOHANG);
+		if (r == w->pid)
+			break;
+		if (r < 0 && errno != EINTR) {
+			/* Not a status: never read as exit 0 (clean). */
+			res->wait_failed = 1;
+			res->wait_errno = errno;
+			break;
+		}
+		int64_t now = now_ms_monotonic();
+		if (w->deadline >= 0 && !res->timed_out && now >= w->deadline) {
+			res->timed_out = 1;
+			exec_kill_group(w->pid, SIGTERM);
+			w->kill_at = now + w->grace;
+		}
+		if (w->kill_at >= 0 && now >= w->kill_at) {
+			exec_kill_group(w->pid, SIGKILL);
+			w->kill_at = -2;
+		}
+		int64_t until = w->kill_at >= 0                       ? w->kill_at
+		                : w->deadline >= 0 && !res->timed_out ? w->deadline
+		                                                      : -1;
+		int wait_ms = until < 0 ? 1000 : (int)(until - now > 1000 ? 1000 : until - now + 1);
+		if (w->pidfd >= 0) {
+			struct pollfd pp = {.fd = w->pidfd, .events = POLLIN};
+			poll(&pp, 1, wait_ms);
+		} else {
+			/* No pidfds (old kernel): short naps first, since most children are
+			 * reaped within microseconds of closing their output. */
+			usleep((useconds_t)backoff_us);
+			if (backoff_us < 5000)
+				backoff_us *= 2;
+		}
+	}
+}
+
+/* How the child ended, and whether its execve failed (the errno it wrote to errpipe). */
+static void exec_result_fill(struct exec_result *res, int status, int errpipe)
+{
+	if (res->wait_failed) {
+		/* exited stays 0: no exit code, so no clean and no infected. */
+	} else if (WIFEXITED(status)) {
+		res->exited = 1;
+		res->exit_code = WEXITSTATUS(status);
+	} else if (WIFSIGNALED(status)) {
+		res->signaled = 1;
+		res->signo = WTERMSIG(status);
+	}
+	int child_errno;
+	ssize_t er = read(errpipe, &child_errno, sizeof child_errno);
+	if (er == (ssize_t)sizeof child_errno) {
+		res->exec_failed = 1;
+		res->exec_errno = child_errno;
+	}
+}
+
 int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *res)
 {
 	if (o->broker_fd >= 0)
@@ -161,181 +369,26 @@ int exec_run(char *const argv[], const struct exec_opts *o, struct exec_result *
 	close(errp[1]);
 	outp[1] = errp[1] = -1;
 
-	int64_t deadline = o->timeout_ms > 0 ? start + o->timeout_ms : -1;
-	int64_t kill_at = -1;
-	int grace = o->grace_ms > 0 ? o->grace_ms : 2000;
-	int out_open = 1;
-	int status = 0, reaped = 0;
-	int64_t drain_until = -1;
-	int cancel = o->cancel_fd;
-	char tmp[8192];
-	while (out_open) {
-		int64_t now = now_ms_monotonic();
-		int wait_ms = -1;
-		if (deadline >= 0 && !res->timed_out && !reaped) {
-			if (now >= deadline) {
-				res->timed_out = 1;
-				exec_kill_group(pid, SIGTERM);
-				kill_at = now + grace;
-			} else {
-				wait_ms = (int)(deadline - now);
-			}
-		}
-		if (kill_at >= 0 && !reaped) {
-			if (now >= kill_at) {
-				exec_kill_group(pid, SIGKILL);
-				kill_at = -2; /* sent; now only wait for EOF */
-				wait_ms = 1000;
-			} else {
-				wait_ms = (int)(kill_at - now);
-			}
-		}
-		if (reaped && now >= drain_until) {
-			/* Past the drain time: one last look without waiting. EOF means the
-			 * output was complete; anything else (a descendant still writing, or
-			 * holding the pipe) means it may not be. */
-			struct pollfd last = {.fd = outp[0], .events = POLLIN};
-			ssize_t r = poll(&last, 1, 0) == 1 ? read(outp[0], tmp, sizeof tmp) : -1;
-			if (r != 0)
-				res->output_truncated = 1;
-			break;
-		}
-		if (reaped)
-			wait_ms = (int)(drain_until - now);
-		/* While the child lives, its pidfd wakes us when it exits: a descendant that
-		 * keeps the pipe open (a daemonized grandchild) must not keep us reading. */
-		/* The broker's handler also watches its reply socket (cancel_fd): the runner
-		 * that asked has gone, and nobody will read this answer. */
-		struct pollfd pfd[3] = {
-		    {.fd = outp[0], .events = POLLIN},
-		    {.fd = pidfd >= 0 && !reaped ? pidfd : -1, .events = POLLIN},
-		    {.fd = cancel, .events = POLLIN}};
-		nfds_t nfds = 3;
-		int pr = poll(pfd, nfds, wait_ms);
-		if (pr < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (pr == 0) {
-			if (reaped) {
-				/* The child is gone, yet something it left still holds the pipe:
-				 * whatever it writes later is not part of this answer, and what we
-				 * have may not be all of it. Incomplete counts as truncated. */
-				res->output_truncated = 1;
-				break;
-			}
-			if (kill_at == -2)
-				break; /* a grandchild keeps the pipe open after SIGKILL: stop
-				          reading */
-			continue;
-		}
-		if (pfd[2].revents) {
-			exec_kill_group(pid, SIGKILL);
-			cancel = -1;
-			if (kill_at != -2) {
-				kill_at = -2;
-				continue;
-			}
-		}
-		if (pfd[1].fd >= 0 && pfd[1].revents) {
-			pid_t w = waitpid(pid, &status, WNOHANG);
-			if (w == pid || (w < 0 && errno != EINTR)) {
-				if (w < 0) {
-					/* Never a status we did not get (an inherited SIGCHLD
-					 * SIG_IGN reaps children behind our back: ECHILD). */
-					res->wait_failed = 1;
-					res->wait_errno = errno;
-				}
-				reaped = 1;
-				/* Its own output is already in the pipe: read on until EOF,
-				 * for a short while only. */
-				drain_until = now_ms_monotonic() + EXEC_DRAIN_MS;
-			}
-		}
-		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			continue;
-		ssize_t r = read(outp[0], tmp, sizeof tmp);
-		if (r < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			break;
-		}
-		if (r == 0) {
-			out_open = 0;
-			break;
-		}
-		size_t keep = 0;
-		if (res->output.len < o->output_max) {
-			keep = o->output_max - res->output.len;
-			if (keep > (size_t)r)
-				keep = (size_t)r;
-			buf_add(&res->output, tmp, keep);
-		}
-		if (keep < (size_t)r)
-			res->output_truncated = 1;
-	}
+	struct exec_watch w = {
+	    .pid = pid,
+	    .pidfd = pidfd,
+	    .out = outp[0],
+	    .cancel = o->cancel_fd,
+	    .grace = o->grace_ms > 0 ? o->grace_ms : 2000,
+	    .deadline = o->timeout_ms > 0 ? start + o->timeout_ms : -1,
+	    .kill_at = -1,
+	    .drain_until = -1,
+	};
+	exec_output_read(&w, o, res);
 	close(outp[0]);
 	outp[0] = -1;
-
-	/* The pipe closed: the child has exited or closed its output. Wait for it, still
-	 * under the deadline: a child that closed stdout and hangs must not hang us. */
-	int backoff_us = 100;
-	while (!reaped) {
-		pid_t w = waitpid(pid, &status, WNOHANG);
-		if (w == pid)
-			break;
-		if (w < 0 && errno != EINTR) {
-			/* Not a status: never read as exit 0 (clean). */
-			res->wait_failed = 1;
-			res->wait_errno = errno;
-			break;
-		}
-		int64_t now = now_ms_monotonic();
-		if (deadline >= 0 && !res->timed_out && now >= deadline) {
-			res->timed_out = 1;
-			exec_kill_group(pid, SIGTERM);
-			kill_at = now + grace;
-		}
-		if (kill_at >= 0 && now >= kill_at) {
-			exec_kill_group(pid, SIGKILL);
-			kill_at = -2;
-		}
-		int64_t until = kill_at >= 0                       ? kill_at
-		                : deadline >= 0 && !res->timed_out ? deadline
-		                                                   : -1;
-		int wait_ms = until < 0 ? 1000 : (int)(until - now > 1000 ? 1000 : until - now + 1);
-		if (pidfd >= 0) {
-			struct pollfd pp = {.fd = pidfd, .events = POLLIN};
-			poll(&pp, 1, wait_ms);
-		} else {
-			/* No pidfds (old kernel): short naps first, since most children are
-			 * reaped within microseconds of closing their output. */
-			usleep((useconds_t)backoff_us);
-			if (backoff_us < 5000)
-				backoff_us *= 2;
-		}
-	}
+	exec_watch_wait(&w, res);
 	/* Reap the group's stragglers' signal target too: nothing of it may outlive us. */
 	exec_kill_group(pid, SIGKILL);
 	if (pidfd >= 0)
 		close(pidfd);
 	res->ms = (long)(now_ms_monotonic() - start);
-	if (res->wait_failed) {
-		/* exited stays 0: no exit code, so no clean and no infected. */
-	} else if (WIFEXITED(status)) {
-		res->exited = 1;
-		res->exit_code = WEXITSTATUS(status);
-	} else if (WIFSIGNALED(status)) {
-		res->signaled = 1;
-		res->signo = WTERMSIG(status);
-	}
-	int child_errno;
-	ssize_t er = read(errp[0], &child_errno, sizeof child_errno);
-	if (er == (ssize_t)sizeof child_errno) {
-		res->exec_failed = 1;
-		res->exec_errno = child_errno;
-	}
+	exec_result_fill(res, w.status, errp[0]);
 	close(errp[0]);
 	return 0;
 fail:;

@@ -468,6 +468,128 @@ static void lmtpd_usage(void)
 	die_perm(EXIT_USAGE, "usage: lmtpd [-c CONFIG]");
 }
 
+/* What the main loop polls: the listening sockets (conn NULL), then every session. */
+struct lmtpd_pollset {
+	struct pollfd *pfd;
+	struct lmtpd_conn **conn;
+	size_t cap;
+	size_t n;
+};
+
+/* Fill the poll set for this turn; returns how long poll may wait (ms): until the nearest
+ * session deadline, at most a second, none when a commit is pending. */
+static int64_t lmtpd_pollset_build(struct lmtpd_pollset *ps, const int lfd[2])
+{
+	size_t need = (size_t)lmtpd_n_conns + 2;
+	if (need > ps->cap) {
+		ps->cap = need * 2;
+		ps->pfd = xrealloc(ps->pfd, ps->cap * sizeof *ps->pfd);
+		ps->conn = xrealloc(ps->conn, ps->cap * sizeof *ps->conn);
+	}
+	size_t np = 0;
+	for (int i = 0; i < 2; i++)
+		if (lfd[i] >= 0) {
+			ps->pfd[np] = (struct pollfd){.fd = lfd[i], .events = POLLIN};
+			ps->conn[np++] = NULL;
+		}
+	int64_t now = now_ms_monotonic();
+	int64_t wait = 1000;
+	for (struct lmtpd_conn *c = lmtpd_conns; c; c = c->next) {
+		short ev = 0;
+		if (lmtpd_wants_input(c))
+			ev |= POLLIN;
+		if (c->sess.out.len > c->out_off)
+			ev |= POLLOUT;
+		ps->pfd[np] = (struct pollfd){.fd = c->fd, .events = ev};
+		ps->conn[np++] = c;
+		if (c->deadline - now < wait)
+			wait = c->deadline - now < 0 ? 0 : c->deadline - now;
+		/* A message that ended in input fed after the last commit: commit it now,
+		 * not after the next event. */
+		if (c->commit_pending)
+			wait = 0;
+	}
+	ps->n = np;
+	return wait;
+}
+
+/* After poll: accept on a listening socket, read what a session sent. */
+static void lmtpd_pollset_handle(const struct lmtpd_pollset *ps)
+{
+	for (size_t i = 0; i < ps->n; i++) {
+		if (ps->pfd[i].revents == 0)
+			continue;
+		if (ps->conn[i] == NULL) {
+			lmtpd_accept(ps->pfd[i].fd);
+			continue;
+		}
+		struct lmtpd_conn *c = ps->conn[i];
+		if (ps->pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+			if (lmtpd_wants_input(c) && lmtpd_conn_read(c) < 0) {
+				/* Gone: nothing more to say, nothing more to read. */
+				if (c->sess.state != SMTP_S_COMMIT) {
+					smtp_close_with(&c->sess, "");
+					buf_reset(&c->sess.out);
+					c->out_off = 0;
+				}
+				c->in_len = 0;
+			}
+		}
+	}
+}
+
+/* After the commit: feed held-back input, time idle sessions out, send the replies, and
+ * free the sessions that are over. */
+static void lmtpd_conns_tend(int64_t now)
+{
+	struct lmtpd_conn **pp = &lmtpd_conns;
+	while (*pp) {
+		struct lmtpd_conn *c = *pp;
+		/* Input held back while the session waited for its commit or its replies.
+		 */
+		if (lmtpd_wants_input(c))
+			lmtpd_conn_feed(c);
+		if (c->sess.state != SMTP_S_CLOSED && c->sess.state != SMTP_S_COMMIT &&
+		    now >= c->deadline) {
+			log_info(NULL, "session idle for %d s: closing", lmtpd_conf->lmtp.timeout);
+			smtp_close_with(&c->sess, "421 4.4.2 Timeout; closing the connection");
+		}
+		int gone = lmtpd_conn_send(c) < 0 ||
+		           (c->sess.state == SMTP_S_CLOSED && c->sess.out.len == 0);
+		/* Closed with replies unsent: give the client until its deadline. */
+		if (c->sess.state == SMTP_S_CLOSED && now >= c->deadline + 5000)
+			gone = 1;
+		if (gone) {
+			*pp = c->next;
+			lmtpd_conn_free(c);
+		} else {
+			pp = &c->next;
+		}
+	}
+}
+
+/* Stopping: nothing half-received is kept (no reply accepted it), every session is told
+ * to come back; the listening sockets close and our socket file goes. */
+static void lmtpd_shutdown(const int lfd[2])
+{
+	while (lmtpd_conns) {
+		struct lmtpd_conn *c = lmtpd_conns;
+		lmtpd_conns = c->next;
+		if (c->sess.state != SMTP_S_CLOSED)
+			smtp_close_with(&c->sess, "421 4.3.2 Shutting down; try again later");
+		lmtpd_conn_send(c);
+		lmtpd_conn_free(c);
+	}
+	for (int i = 0; i < 2; i++)
+		if (lfd[i] >= 0)
+			close(lfd[i]);
+	/* Our socket only: a new lmtpd may have replaced it meanwhile. */
+	struct stat sst;
+	if (lstat(lmtpd_conf->lmtp.socket, &sst) == 0 && sst.st_ino == lmtpd_sock_ino &&
+	    unlink(lmtpd_conf->lmtp.socket) < 0)
+		log_warn(NULL, "cannot remove %s: %s", lmtpd_conf->lmtp.socket, strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	const char *conf_path = "/etc/spoold/spoold.conf";
@@ -500,121 +622,31 @@ int main(int argc, char **argv)
 	         lfd[1] >= 0 ? " and " : "", lfd[1] >= 0 ? lmtpd_conf->lmtp.listen_tcp : "");
 	stage_ready_notify();
 
-	struct pollfd *pfd = NULL;
-	struct lmtpd_conn **pconn = NULL;
-	size_t pcap = 0;
+	struct lmtpd_pollset set = {0};
 	int64_t next_metrics = 0;
 	while (!lmtpd_stop) {
-		size_t need = (size_t)lmtpd_n_conns + 2;
-		if (need > pcap) {
-			pcap = need * 2;
-			pfd = xrealloc(pfd, pcap * sizeof *pfd);
-			pconn = xrealloc(pconn, pcap * sizeof *pconn);
-		}
-		size_t np = 0;
-		for (int i = 0; i < 2; i++)
-			if (lfd[i] >= 0) {
-				pfd[np] = (struct pollfd){.fd = lfd[i], .events = POLLIN};
-				pconn[np++] = NULL;
-			}
-		int64_t now = now_ms_monotonic();
-		int64_t wait = 1000;
-		for (struct lmtpd_conn *c = lmtpd_conns; c; c = c->next) {
-			short ev = 0;
-			if (lmtpd_wants_input(c))
-				ev |= POLLIN;
-			if (c->sess.out.len > c->out_off)
-				ev |= POLLOUT;
-			pfd[np] = (struct pollfd){.fd = c->fd, .events = ev};
-			pconn[np++] = c;
-			if (c->deadline - now < wait)
-				wait = c->deadline - now < 0 ? 0 : c->deadline - now;
-			/* A message that ended in input fed after the last commit: commit it now,
-			 * not after the next event. */
-			if (c->commit_pending)
-				wait = 0;
-		}
-		int r = poll(pfd, np, (int)wait);
+		int64_t wait = lmtpd_pollset_build(&set, lfd);
+		int r = poll(set.pfd, set.n, (int)wait);
 		if (r < 0 && errno != EINTR)
 			die_temp(NULL, "poll: %s", strerror(errno));
 		if (lmtpd_stop)
 			break;
-		for (size_t i = 0; r > 0 && i < np; i++) {
-			if (pfd[i].revents == 0)
-				continue;
-			if (pconn[i] == NULL) {
-				lmtpd_accept(pfd[i].fd);
-				continue;
-			}
-			struct lmtpd_conn *c = pconn[i];
-			if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-				if (lmtpd_wants_input(c) && lmtpd_conn_read(c) < 0) {
-					/* Gone: nothing more to say, nothing more to read. */
-					if (c->sess.state != SMTP_S_COMMIT) {
-						smtp_close_with(&c->sess, "");
-						buf_reset(&c->sess.out);
-						c->out_off = 0;
-					}
-					c->in_len = 0;
-				}
-			}
-		}
+		if (r > 0)
+			lmtpd_pollset_handle(&set);
 		/* Every session that ended a message in this turn shares one commit. */
 		lmtpd_commit_all();
-		now = now_ms_monotonic();
-		struct lmtpd_conn **pp = &lmtpd_conns;
-		while (*pp) {
-			struct lmtpd_conn *c = *pp;
-			/* Input held back while the session waited for its commit or its replies.
-			 */
-			if (lmtpd_wants_input(c))
-				lmtpd_conn_feed(c);
-			if (c->sess.state != SMTP_S_CLOSED && c->sess.state != SMTP_S_COMMIT &&
-			    now >= c->deadline) {
-				log_info(NULL, "session idle for %d s: closing",
-				         lmtpd_conf->lmtp.timeout);
-				smtp_close_with(&c->sess,
-				                "421 4.4.2 Timeout; closing the connection");
-			}
-			int gone = lmtpd_conn_send(c) < 0 ||
-			           (c->sess.state == SMTP_S_CLOSED && c->sess.out.len == 0);
-			/* Closed with replies unsent: give the client until its deadline. */
-			if (c->sess.state == SMTP_S_CLOSED && now >= c->deadline + 5000)
-				gone = 1;
-			if (gone) {
-				*pp = c->next;
-				lmtpd_conn_free(c);
-			} else {
-				pp = &c->next;
-			}
-		}
+		int64_t now = now_ms_monotonic();
+		lmtpd_conns_tend(now);
 		if (now >= next_metrics) {
 			metrics_flush(&lmtpd_spool, "lmtpd");
 			next_metrics = now + 1000;
 		}
 	}
-	/* Stopping: nothing half-received is kept (no reply accepted it), every session is
-	 * told to come back. */
-	while (lmtpd_conns) {
-		struct lmtpd_conn *c = lmtpd_conns;
-		lmtpd_conns = c->next;
-		if (c->sess.state != SMTP_S_CLOSED)
-			smtp_close_with(&c->sess, "421 4.3.2 Shutting down; try again later");
-		lmtpd_conn_send(c);
-		lmtpd_conn_free(c);
-	}
-	for (int i = 0; i < 2; i++)
-		if (lfd[i] >= 0)
-			close(lfd[i]);
-	/* Our socket only: a new lmtpd may have replaced it meanwhile. */
-	struct stat sst;
-	if (lstat(lmtpd_conf->lmtp.socket, &sst) == 0 && sst.st_ino == lmtpd_sock_ino &&
-	    unlink(lmtpd_conf->lmtp.socket) < 0)
-		log_warn(NULL, "cannot remove %s: %s", lmtpd_conf->lmtp.socket, strerror(errno));
+	lmtpd_shutdown(lfd);
 	metrics_flush(&lmtpd_spool, "lmtpd");
 	log_info(NULL, "stopping");
-	free(pfd);
-	free(pconn);
+	free(set.pfd);
+	free(set.conn);
 	spool_close(&lmtpd_spool);
 	conf_free(lmtpd_conf);
 	return 0;

@@ -110,17 +110,18 @@ static enum inject_idem inject_idem_open(struct spool *sp, const char *caller_id
 	return INJECT_IDEM_FRESH;
 }
 
-int ctl_cmd_inject(struct conf *c, int argc, char **argv)
+/* The arguments: -f SENDER, -U, -q ID and the recipients, each address checked, into env
+ * (initialized by the caller). Returns the caller's queue ID, or NULL without -q. Exits 64
+ * on a usage error, 65 on a bad address. */
+static const char *inject_args_parse(int argc, char **argv, struct envelope *env)
 {
-	struct envelope env;
 	const char *sender = NULL, *why, *caller_id = NULL;
-	envelope_init(&env);
 	int i = 0;
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "-f") == 0 && i + 1 < argc)
 			sender = argv[++i];
 		else if (strcmp(argv[i], "-U") == 0)
-			env.smtputf8 = 1;
+			env->smtputf8 = 1;
 		else if (strcmp(argv[i], "-q") == 0 && i + 1 < argc)
 			caller_id = argv[++i];
 		else if (strcmp(argv[i], "--") == 0) {
@@ -146,18 +147,51 @@ int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 	/* Postfix passes "<>" or "" for the null sender. */
 	if (strcmp(sender, "<>") == 0)
 		sender = "";
-	if (envelope_addr_check(sender, env.smtputf8, &why) < 0)
+	if (envelope_addr_check(sender, env->smtputf8, &why) < 0)
 		inject_bad_address("sender", sender, why);
-	env.sender = xstrdup(sender);
+	env->sender = xstrdup(sender);
 	for (; i < argc; i++) {
 		if (argv[i][0] == '\0')
 			inject_bad_address("recipient", argv[i], "empty");
-		if (envelope_addr_check(argv[i], env.smtputf8, &why) < 0)
+		if (envelope_addr_check(argv[i], env->smtputf8, &why) < 0)
 			inject_bad_address("recipient", argv[i], why);
-		if (envelope_add_rcpt(&env, argv[i]) < 0)
+		if (envelope_add_rcpt(env, argv[i]) < 0)
 			die_perm(EXIT_DATAERR, "more than %d recipients", ENV_RCPT_MAX);
 	}
+	return caller_id;
+}
 
+/* Copy standard input to its end into fd; -1 with errno (EFBIG past the bound). */
+static int inject_body_copy(const struct conf *c, int fd)
+{
+	uint64_t total = 0;
+	char tmp[65536];
+	for (;;) {
+		ssize_t r = read(0, tmp, sizeof tmp);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0)
+			break;
+		total += (uint64_t)r;
+		/* Bounded: a runaway writer must not fill the spool's disk. */
+		if (total > c->splitter.max_message_size * 2 + (1u << 20)) {
+			errno = EFBIG;
+			return -1;
+		}
+		if (write_all(fd, tmp, (size_t)r) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+int ctl_cmd_inject(struct conf *c, int argc, char **argv)
+{
+	struct envelope env;
+	envelope_init(&env);
+	const char *caller_id = inject_args_parse(argc, argv, &env);
 	struct spool sp;
 	ctl_spool_open(c, &sp);
 	char qid[SPOOL_QID_LEN + 1], tmpname[SPOOL_QID_LEN + 16], idname[48];
@@ -193,26 +227,8 @@ int ctl_cmd_inject(struct conf *c, int argc, char **argv)
 	envelope_format(&env, &b);
 	if (write_all(fd, b.data, b.len) < 0)
 		goto ioerr;
-	uint64_t total = 0;
-	char tmp[65536];
-	for (;;) {
-		ssize_t r = read(0, tmp, sizeof tmp);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			goto ioerr;
-		}
-		if (r == 0)
-			break;
-		total += (uint64_t)r;
-		/* Bounded: a runaway writer must not fill the spool's disk. */
-		if (total > c->splitter.max_message_size * 2 + (1u << 20)) {
-			errno = EFBIG;
-			goto ioerr;
-		}
-		if (write_all(fd, tmp, (size_t)r) < 0)
-			goto ioerr;
-	}
+	if (inject_body_copy(c, fd) < 0)
+		goto ioerr;
 	/* The data must be durable before the name appears in inbound/: once it is there,
 	 * we have accepted the message and the caller may delete its copy. */
 	if (fsync(fd) < 0 || close(fd) < 0) {

@@ -14,7 +14,7 @@
 #include "spool.h"
 #include "util.h"
 
-/* The supervised stages, in the order of spoold.c's sup_stages: splitter, scanner-runner,
+/* The supervised stages, in the order of children.c's sup_stages: splitter, scanner-runner,
  * router, connectors, lmtpd, exporter. */
 #define N_STAGES 6
 
