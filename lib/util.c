@@ -450,16 +450,6 @@ int fsync_dir(int dirfd)
 	return 0;
 }
 
-int fsync_path(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int r = fsync_dir(fd);
-	close_keep_errno(fd);
-	return r;
-}
-
 /* One walk of remove_tree_at: entries seen so far, and whether a bound was hit. */
 struct util_tree_walk {
 	unsigned long entries;

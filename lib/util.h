@@ -111,7 +111,6 @@ int write_file_replace(int dirfd, const char *name, const void *data, size_t n, 
 int copy_fd(int src, int dst);
 
 int fsync_dir(int dirfd);
-int fsync_path(const char *dir);
 
 /* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. The walk
  * is bounded, as trees in the spool can be made by anyone who can write inbound/: at most
