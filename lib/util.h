@@ -1,8 +1,6 @@
 /*
- * util - allocation, bounded strings, descriptor and durability helpers.
- *
- * Allocation either succeeds or the process dies temporary (EX_TEMPFAIL): running out
- * of memory is an environment failure that a restart may cure.
+ * util - descriptor and durability helpers; allocation (alloc.h) and bounded strings
+ * (strconv.h) are included from their own modules.
  *
  * The fsync helpers return 0 on success and -1 with errno set; the caller decides
  * whether that is a warning or fatal. On filesystems that cannot fsync a directory
@@ -16,6 +14,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "alloc.h"
+#include "strconv.h"
+
 #define EXIT_USAGE    64 /* EX_USAGE */
 #define EXIT_DATAERR  65 /* EX_DATAERR */
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
@@ -23,17 +24,6 @@
 #define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t sz);
-void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
-char *xstrndup(const char *s, size_t n);
-/* printf into a fresh allocation */
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* snprintf that reports truncation: returns 0 on success, -1 if it did not fit. */
-int bsnprintf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Growable byte buffer. */
 struct buf {
@@ -131,8 +121,5 @@ void alarm_interval_disarm(void);
 /* Monotonic and wall clocks. */
 int64_t now_ms_monotonic(void);
 int64_t now_us_wall(void);
-
-/* Parse a decimal non-negative integer that fills the string. 0 or -1. */
-int parse_u64(const char *s, uint64_t *out);
 
 #endif
