@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "alloc.h"
+#include "buf.h"
 #include "strconv.h"
 
 #define EXIT_USAGE    64 /* EX_USAGE */
@@ -24,20 +25,6 @@
 #define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Growable byte buffer. */
-struct buf {
-	char *data;
-	size_t len;
-	size_t cap;
-};
-void buf_init(struct buf *b);
-void buf_add(struct buf *b, const void *p, size_t n);
-void buf_addstr(struct buf *b, const char *s);
-void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-const char *buf_cstr(struct buf *b); /* NUL-terminates, returns data */
-void buf_reset(struct buf *b);
-void buf_free(struct buf *b);
 
 /* Escape arbitrary bytes for one line of a spool text file or a log line:
  * printable ASCII except '\\' and ' ' pass, all else becomes \xHH. Bounded by maxin
