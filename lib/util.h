@@ -1,6 +1,16 @@
 /*
- * util - the clocks and the interrupting alarm; the other helpers are in their own
- * modules (alloc.h, buf.h, escape.h, fileio.h, strconv.h), included from here.
+ * util - the shared helpers in one include, for the files that use several of them; each
+ * lives in a module of its own, with its contract in its header:
+ *
+ *   alloc.h    allocation that succeeds or ends the process (xmalloc, xasprintf, ...)
+ *   strconv.h  bounded conversions: bsnprintf, parse_u64
+ *   buf.h      struct buf, the growable byte buffer
+ *   escape.h   escaping for spool lines, log values, reports and JSON; key=value tokens
+ *   fileio.h   descriptors, whole files, copies, fsync, tree removal
+ *   clock.h    monotonic and wall clocks; the alarm that interrupts a blocking call
+ *
+ * Here too, as they belong to no one module: the exit codes every program shares (the
+ * sysexits.h values, named in the man pages' EXIT STATUS) and ARRAY_LEN.
  */
 #ifndef SPOOLD_UTIL_H
 #define SPOOLD_UTIL_H
@@ -12,6 +22,7 @@
 
 #include "alloc.h"
 #include "buf.h"
+#include "clock.h"
 #include "escape.h"
 #include "fileio.h"
 #include "strconv.h"
@@ -23,16 +34,5 @@
 #define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-/* A repeating SIGALRM whose only job is to interrupt one blocking call (installed without
- * SA_RESTART), for a lock that cannot wait with a timeout itself: flock(2) in lib/slot.c.
- * Arm it right before the call and disarm it right after. (The stages' loop waits with a
- * timerfd: lib/stage.h.) */
-void alarm_interval_arm(int first_ms, int every_ms);
-void alarm_interval_disarm(void);
-
-/* Monotonic and wall clocks. */
-int64_t now_ms_monotonic(void);
-int64_t now_us_wall(void);
 
 #endif

@@ -1,23 +1,12 @@
 /*
- * util - see util.h.
+ * clock - see clock.h.
  */
-#include "util.h"
+#include "clock.h"
 
-#include <dirent.h>
 #include <signal.h>
-#include <sys/time.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
-#include <unistd.h>
-
-#include <nettle/sha2.h>
-
-#include "log.h"
 
 int64_t now_ms_monotonic(void)
 {
