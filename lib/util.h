@@ -1,12 +1,16 @@
 /*
- * util - allocation, bounded strings, descriptor and durability helpers.
+ * util - the shared helpers in one include, for the files that use several of them; each
+ * lives in a module of its own, with its contract in its header:
  *
- * Allocation either succeeds or the process dies temporary (EX_TEMPFAIL): running out
- * of memory is an environment failure that a restart may cure.
+ *   alloc.h    allocation that succeeds or ends the process (xmalloc, xasprintf, ...)
+ *   strconv.h  bounded conversions: bsnprintf, parse_u64
+ *   buf.h      struct buf, the growable byte buffer
+ *   escape.h   escaping for spool lines, log values, reports and JSON; key=value tokens
+ *   fileio.h   descriptors, whole files, copies, fsync, tree removal
+ *   clock.h    monotonic and wall clocks; the alarm that interrupts a blocking call
  *
- * The fsync helpers return 0 on success and -1 with errno set; the caller decides
- * whether that is a warning or fatal. On filesystems that cannot fsync a directory
- * (EINVAL), fsync_dir treats that as success, as Dovecot's fdatasync_path does.
+ * Here too, as they belong to no one module: the exit codes every program shares (the
+ * sysexits.h values, named in the man pages' EXIT STATUS) and ARRAY_LEN.
  */
 #ifndef SPOOLD_UTIL_H
 #define SPOOLD_UTIL_H
@@ -16,6 +20,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "alloc.h"
+#include "buf.h"
+#include "clock.h"
+#include "escape.h"
+#include "fileio.h"
+#include "strconv.h"
+
 #define EXIT_USAGE    64 /* EX_USAGE */
 #define EXIT_DATAERR  65 /* EX_DATAERR */
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: supervisor restarts */
@@ -23,117 +34,5 @@
 #define EXIT_CONFIG   78 /* EX_CONFIG */
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t sz);
-void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
-char *xstrndup(const char *s, size_t n);
-/* printf into a fresh allocation */
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* snprintf that reports truncation: returns 0 on success, -1 if it did not fit. */
-int bsnprintf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-/* Growable byte buffer. */
-struct buf {
-	char *data;
-	size_t len;
-	size_t cap;
-};
-void buf_init(struct buf *b);
-void buf_add(struct buf *b, const void *p, size_t n);
-void buf_addstr(struct buf *b, const char *s);
-void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-const char *buf_cstr(struct buf *b); /* NUL-terminates, returns data */
-void buf_reset(struct buf *b);
-void buf_free(struct buf *b);
-
-/* Escape arbitrary bytes for one line of a spool text file or a log line:
- * printable ASCII except '\\' and ' ' pass, all else becomes \xHH. Bounded by maxin
- * input bytes; longer input is cut and marked with "...". */
-void escape_bytes(struct buf *out, const void *p, size_t n, size_t maxin);
-/* The same for text that people read (reports, status, notices): spaces and '=' stay, a
- * backslash and every byte outside printable ASCII become \xHH, so it never holds a line
- * break or a control byte from outside. */
-void text_escape(struct buf *out, const void *p, size_t n, size_t maxin);
-/* Append p[0..n) as the inside of a JSON string: quotes, backslashes, control bytes and
- * bytes over 0x7e become escapes (bytes >= 0x80 as \u00XX), so the result is always valid
- * JSON whatever the input. */
-void json_escape(struct buf *out, const void *p, size_t n);
-/* Reverse of escape_bytes; returns -1 on a malformed escape. */
-int unescape_bytes(struct buf *out, const char *s);
-
-/* Find the token "key=value" among the space-separated tokens of line (up to the end
- * of the line) and unescape its value into out (reset first). 0 if found, -1 if absent or
- * malformed. */
-int kv_find(const char *line, const char *key, struct buf *out);
-/* Append " key=" and the escaped value. */
-void kv_add(struct buf *out, const char *key, const void *val, size_t n);
-void kv_addstr(struct buf *out, const char *key, const char *val);
-
-/* close(fd) on a failure path: errno stays the one of the failure being reported, not
- * close's (Dovecot's close_keep_errno). fd < 0 is ignored. */
-void close_keep_errno(int fd);
-/* The directory of the running program (/proc/self/exe without its last component), for
- * finding the programs installed or built beside it. 0, or -1 (no /proc, too long). */
-int self_dir(char *out, size_t n);
-/* Write all of p to fd, retrying on EINTR and short writes. 0 or -1. */
-int write_all(int fd, const void *p, size_t n);
-/* Read n bytes at off, retrying on EINTR and short reads: the count read (less than n
- * only at the end of the file), or -1. */
-ssize_t pread_full(int fd, void *p, size_t n, off_t off);
-/* Read a whole file (at most max bytes, else -1 with EFBIG). NUL-terminated. */
-/* Create name in dirfd as a new file of the caller's (O_EXCL, O_NOFOLLOW), removing
- * whatever had the name: never write through a file someone else made or still holds.
- * flags: O_WRONLY or O_RDWR, plus extras. -1 with errno. */
-int open_fresh_at(int dirfd, const char *name, int flags, mode_t mode);
-int read_file_at(int dirfd, const char *name, struct buf *out, size_t max);
-/* Copy the whole of src (from offset 0) to dst and its SHA-256 as 64 hex digits: the hash
- * is of exactly the bytes written. -1 with errno. */
-int copy_fd_sha256(int src, int dst, char hex[65]);
-/* SHA-256 of p[0..n) as 64 hex digits. */
-void util_sha256_hex(const void *p, size_t n, char hex[65]);
-/* read_file_at, but only a file that belongs to owner (or to root): another owner fails
- * with EPERM, and *found (if not NULL) says who it was. owner (uid_t)-1: no check. */
-int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max, uid_t owner,
-                       uid_t *found);
-/* The reason text for a failed read_file_owned_at of name (err: its errno). */
-void read_file_owned_reason(char *reason, size_t rlen, const char *name, uid_t owner, uid_t found,
-                            int err);
-/* Create dir/name.tmp, write data, fsync, rename to name. 0 or -1 with errno. The
- * directory itself is not fsync'd: the caller batches that (group commit). */
-int write_file_atomic(int dirfd, const char *name, const void *data, size_t n, mode_t mode);
-/* The same without the fsync: durable only after a later sync of the filesystem
- * (spool_entry_sync). For files that are part of one commit. */
-int write_file_replace(int dirfd, const char *name, const void *data, size_t n, mode_t mode);
-/* Copy all bytes of fd src (from offset 0) into fd dst. 0 or -1. */
-int copy_fd(int src, int dst);
-
-int fsync_dir(int dirfd);
-int fsync_path(const char *dir);
-
-/* Remove a directory tree below dirfd/name, never following symlinks. 0 or -1. The walk
- * is bounded, as trees in the spool can be made by anyone who can write inbound/: at most
- * UTIL_TREE_DEPTH_MAX levels below name and UTIL_TREE_ENTRIES_MAX names in all. Past a
- * bound it stops, logs a warning, leaves what is left and returns -1 with errno E2BIG
- * (the spool's own trees are a few levels and a few thousand names at most). */
-#define UTIL_TREE_DEPTH_MAX   32
-#define UTIL_TREE_ENTRIES_MAX 100000
-int remove_tree_at(int dirfd, const char *name);
-
-/* A repeating SIGALRM whose only job is to interrupt one blocking call (installed without
- * SA_RESTART), for a lock that cannot wait with a timeout itself: flock(2) in lib/slot.c.
- * Arm it right before the call and disarm it right after. (The stages' loop waits with a
- * timerfd: lib/stage.h.) */
-void alarm_interval_arm(int first_ms, int every_ms);
-void alarm_interval_disarm(void);
-
-/* Monotonic and wall clocks. */
-int64_t now_ms_monotonic(void);
-int64_t now_us_wall(void);
-
-/* Parse a decimal non-negative integer that fills the string. 0 or -1. */
-int parse_u64(const char *s, uint64_t *out);
 
 #endif
