@@ -139,8 +139,9 @@ def compile_helpers(work):
                         stdout=subprocess.PIPE, check=True, text=True).stdout.split()
     # Only what splitter/mime.c needs, so that a half-finished module elsewhere in lib/
     # cannot break the benchmark.
-    libsrc = [os.path.join(ROOT, "lib", f) for f in ("manifest.c", "util.c", "log.c",
-                                                      "envelope.c")]
+    libsrc = [os.path.join(ROOT, "lib", f) for f in ("manifest.c", "log.c", "envelope.c",
+                                                      "alloc.c", "buf.c", "clock.c", "escape.c",
+                                                      "fileio.c", "strconv.c")]
     out = {}
     subprocess.run(["cc"] + cflags + ["-o", os.path.join(work, "noop"),
                                       os.path.join(ROOT, "bench", "noop.c")], check=True)

@@ -10,13 +10,15 @@
 # ../shared/corpus when present (read only; new inputs go to $(O)/fuzz/corpus).
 O            ?= build
 FUZZ_SECONDS ?= 60
+# lib/util.h includes these; each target links them all
+UTIL_SRC      = lib/alloc.c lib/buf.c lib/clock.c lib/escape.c lib/fileio.c lib/strconv.c
 CLANG        ?= clang
 FUZZ_DIR      = $(O)/fuzz
 FUZZ_BIN      = $(FUZZ_DIR)/fuzz_mime
 MIME_SRC      = $(wildcard splitter/mime*.c)
-SRC           = tests/fuzz/fuzz_mime.c $(MIME_SRC) lib/util.c lib/log.c lib/manifest.c lib/envelope.c
+SRC           = tests/fuzz/fuzz_mime.c $(MIME_SRC) $(UTIL_SRC) lib/log.c lib/manifest.c lib/envelope.c
 STRIP_BIN     = $(FUZZ_DIR)/fuzz_strip
-STRIP_SRC     = tests/fuzz/fuzz_strip.c router/strip.c $(MIME_SRC) lib/util.c lib/log.c \
+STRIP_SRC     = tests/fuzz/fuzz_strip.c router/strip.c $(MIME_SRC) $(UTIL_SRC) lib/log.c \
                 lib/manifest.c lib/envelope.c
 SEEDS         = $(wildcard ../shared/corpus/msgs ../shared/corpus/extras)
 
@@ -49,7 +51,7 @@ run-strip: $(STRIP_BIN)
 # The SMTP/LMTP state machine of lmtpd (tests/fuzz/fuzz_smtp.c): client bytes in, whole
 # and in chunks. `make -f tests/fuzz/fuzz.mk run-smtp`; `run` and `build` include it.
 SMTP_BIN      = $(FUZZ_DIR)/fuzz_smtp
-SMTP_SRC      = tests/fuzz/fuzz_smtp.c lib/smtpproto.c lib/envelope.c lib/util.c lib/log.c
+SMTP_SRC      = tests/fuzz/fuzz_smtp.c lib/smtpproto.c lib/envelope.c $(UTIL_SRC) lib/log.c
 .PHONY: build-smtp run-smtp
 build: $(SMTP_BIN)
 build-smtp: $(SMTP_BIN)

@@ -12,7 +12,8 @@
  * (the seed directories are only read, new inputs go to the first, writable one):
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ilib -Isplitter \
  *     $(pkg-config --cflags gmime-3.0 nettle) tests/fuzz/fuzz_mime.c splitter/mime*.c \
- *     lib/util.c lib/log.c lib/manifest.c lib/envelope.c \
+ *     lib/alloc.c lib/buf.c lib/clock.c lib/escape.c \
+ *     lib/fileio.c lib/strconv.c lib/log.c lib/manifest.c lib/envelope.c \
  *     $(pkg-config --libs gmime-3.0 nettle) -o fuzz_mime
  *   mkdir -p /tmp/fuzz_corpus && ./fuzz_mime /tmp/fuzz_corpus ../shared/corpus/msgs \
  *     ../shared/corpus/extras -max_total_time=300 -timeout=10 -rss_limit_mb=2048 \

@@ -16,7 +16,8 @@
  * Build and run with `make -f tests/fuzz/fuzz.mk run-smtp`, or by hand from the repository
  * root:
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ilib \
- *     tests/fuzz/fuzz_smtp.c lib/smtpproto.c lib/envelope.c lib/util.c lib/log.c \
+ *     tests/fuzz/fuzz_smtp.c lib/smtpproto.c lib/envelope.c lib/alloc.c lib/buf.c \
+ *     lib/clock.c lib/escape.c lib/fileio.c lib/strconv.c lib/log.c \
  *     -o fuzz_smtp
  *   mkdir -p /tmp/smtp_corpus && ./fuzz_smtp /tmp/smtp_corpus -max_total_time=300
  */

@@ -20,7 +20,8 @@
  * Build (from the top of the tree) and run against a private clamd:
  *
  *   gcc -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -O2 -Ilib -Iscanner-runner \
- *       -o test_clamd tests/unit/test_clamd.c scanner-runner/clamd*.c lib/util.c lib/log.c
+ *       -o test_clamd tests/unit/test_clamd.c scanner-runner/clamd*.c lib/alloc.c lib/buf.c \
+ *       lib/clock.c lib/escape.c lib/fileio.c lib/strconv.c lib/log.c
  *   T=$(mktemp -d) && mkdir $T/db   # then put eicar.com in $T, and:
  *   sigtool --md5 $T/eicar.com > $T/db/t.hdb
  *   clamd.conf:  Foreground yes / LocalSocket $T/clamd.sock / TCPSocket PORT /

@@ -2,7 +2,7 @@
 /*
  * test_escape - unit test of the escapers, as tables of cases: escape_bytes (spool files,
  * log lines), text_escape (text people read), json_escape, unescape_bytes, kv_add /
- * kv_find (lib/util.c) and metrics_label_escape (lib/metrics.c).
+ * kv_find (lib/escape.c) and metrics_label_escape (lib/metrics.c).
  *
  * What they promise: an escaped value never holds a byte its format reserves (a space or
  * '=' in a k=v token, a line break or a control byte anywhere, a quote in JSON or a
