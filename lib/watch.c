@@ -104,7 +104,7 @@ static void watch_drain_fd(void)
 			return;
 		if (n <= 0) {
 			watch_queue_put(NULL, n < 0 ? errno : EIO);
-			/* A persistent error must not spin: the stage rescans at least this often. */
+			/* A persistent error must not spin: the stage rescans this often. */
 			struct timespec pause = {1, 0};
 			nanosleep(&pause, NULL);
 			return;
