@@ -303,6 +303,30 @@ int clamd_open(const struct clamd_addr *a, const struct clamd_policy *pol, int64
 }
 
 /*
+ * After a send on s failed with errno (what: the call, for the message): 0 to send again
+ * (interrupted, or there is room now), 1 when the peer spoke or went away (r holds the
+ * send error, if any: the caller reads what the peer said), -1 with r set on an error.
+ * One policy for both senders (bytes, and the descriptor's byte).
+ */
+static int clamd_send_failed(int s, const char *what, int64_t deadline, struct clamd_result *r)
+{
+	if (errno == EINTR)
+		return 0;
+	if (errno == EPIPE || errno == ECONNRESET) {
+		clamd_fail(r, V_ERROR, "%s: %s", what, strerror(errno));
+		return 1;
+	}
+	if (errno != EAGAIN && errno != EWOULDBLOCK)
+		return clamd_fail(r, V_ERROR, "%s: %s", what, strerror(errno));
+	/* Blocked: wait for room, but also for a refusal, which clamd sends and then stops
+	 * reading; waiting only for room would then wait for the timeout. */
+	int ev = clamd_wait(s, POLLOUT | POLLIN, deadline, r);
+	if (ev < 0)
+		return -1;
+	return (ev & (POLLIN | POLLHUP | POLLERR)) ? 1 : 0;
+}
+
+/*
  * Send all n bytes, through short writes and EINTR. Returns 0 when all was sent, -1
  * with r set on an error, or 1 when the peer spoke or went away before we were done
  * (r then holds the send error, if any): the caller reads what the peer said.
@@ -320,21 +344,9 @@ int clamd_send_all(int s, const void *p, size_t n, int64_t deadline, struct clam
 			n -= (size_t)k;
 			continue;
 		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EPIPE || errno == ECONNRESET) {
-			clamd_fail(r, V_ERROR, "send: %s", strerror(errno));
-			return 1;
-		}
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return clamd_fail(r, V_ERROR, "send: %s", strerror(errno));
-		/* Blocked: wait for room, but also for a refusal, which clamd sends and then
-		 * stops reading; waiting only for room would then wait for the timeout. */
-		ev = clamd_wait(s, POLLOUT | POLLIN, deadline, r);
-		if (ev < 0)
-			return -1;
-		if (ev & (POLLIN | POLLHUP | POLLERR))
-			return 1;
+		ev = clamd_send_failed(s, "send", deadline, r);
+		if (ev != 0)
+			return ev;
 	}
 	return 0;
 }
@@ -381,19 +393,9 @@ int clamd_fildes_send(int s, int fd, int64_t deadline, struct clamd_result *r)
 			return 0;
 		if (k >= 0) /* a one-byte stream send is all or nothing */
 			return clamd_fail(r, V_ERROR, "sendmsg: sent %zd of 1 byte", k);
-		if (errno == EINTR)
-			continue;
-		if (errno == EPIPE || errno == ECONNRESET) {
-			clamd_fail(r, V_ERROR, "sendmsg: %s", strerror(errno));
-			return 1;
-		}
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return clamd_fail(r, V_ERROR, "sendmsg: %s", strerror(errno));
-		ev = clamd_wait(s, POLLOUT | POLLIN, deadline, r);
-		if (ev < 0)
-			return -1;
-		if (ev & (POLLIN | POLLHUP | POLLERR))
-			return 1;
+		ev = clamd_send_failed(s, "sendmsg", deadline, r);
+		if (ev != 0)
+			return ev;
 	}
 }
 
