@@ -220,6 +220,23 @@ static void canary_zipcrypto(struct buf *out, const char *password, const unsign
 	}
 }
 
+/* The fields that a local file header and its central directory entry share, from
+ * "version needed" to the extra field's length (always 0 here). */
+static void canary_zip_fields(struct buf *zip, unsigned flags, unsigned method, uint32_t crc,
+                              size_t csize, size_t usize, size_t nlen)
+{
+	canary_put16(zip, 20); /* version needed: 2.0 */
+	canary_put16(zip, flags);
+	canary_put16(zip, method);
+	canary_put16(zip, 0);    /* time */
+	canary_put16(zip, 0x21); /* date: 1980-01-01 */
+	canary_put32(zip, crc);
+	canary_put32(zip, (uint32_t)csize);
+	canary_put32(zip, (uint32_t)usize);
+	canary_put16(zip, (unsigned)nlen);
+	canary_put16(zip, 0); /* extra */
+}
+
 /* A zip holding one file name whose bytes are content, stored as payload (content
  * compressed and/or encrypted as method and flags say). Dates are 1980-01-01. */
 static void canary_zip(struct buf *zip, const char *name, const struct buf *content,
@@ -228,31 +245,13 @@ static void canary_zip(struct buf *zip, const char *name, const struct buf *cont
 	uint32_t crc = canary_crc32(content);
 	size_t nlen = strlen(name);
 	canary_put32(zip, 0x04034b50U); /* local file header */
-	canary_put16(zip, 20);
-	canary_put16(zip, flags);
-	canary_put16(zip, method);
-	canary_put16(zip, 0);
-	canary_put16(zip, 0x21);
-	canary_put32(zip, crc);
-	canary_put32(zip, (uint32_t)payload->len);
-	canary_put32(zip, (uint32_t)content->len);
-	canary_put16(zip, (unsigned)nlen);
-	canary_put16(zip, 0);
+	canary_zip_fields(zip, flags, method, crc, payload->len, content->len, nlen);
 	buf_add(zip, name, nlen);
 	buf_add(zip, payload->data, payload->len);
 	size_t cd = zip->len;
 	canary_put32(zip, 0x02014b50U); /* central directory entry */
-	canary_put16(zip, 20);
-	canary_put16(zip, 20);
-	canary_put16(zip, flags);
-	canary_put16(zip, method);
-	canary_put16(zip, 0);
-	canary_put16(zip, 0x21);
-	canary_put32(zip, crc);
-	canary_put32(zip, (uint32_t)payload->len);
-	canary_put32(zip, (uint32_t)content->len);
-	canary_put16(zip, (unsigned)nlen);
-	canary_put16(zip, 0); /* extra */
+	canary_put16(zip, 20);          /* made by: version 2.0 */
+	canary_zip_fields(zip, flags, method, crc, payload->len, content->len, nlen);
 	canary_put16(zip, 0); /* comment */
 	canary_put16(zip, 0); /* disk */
 	canary_put16(zip, 0); /* internal attributes */
