@@ -415,13 +415,20 @@ static int sup_turn(int sfd, int cfd, int64_t *next_metrics)
 		wait = ctl_wait;
 	if (wait < 0)
 		wait = 0;
-	struct pollfd pfd[2 + CTL_MAX + 256 + ROLE__COUNT];
-	size_t map[256];
+	/* Sized by the children there are now (a reload may add some): every readiness
+	 * descriptor is polled, none is left out by a fixed cap. */
+	static struct pollfd *pfd;
+	static size_t *map, cap;
+	if (sup_n + 1 > cap) {
+		cap = sup_n + 1;
+		pfd = xrealloc(pfd, (2 + CTL_MAX + cap + ROLE__COUNT) * sizeof *pfd);
+		map = xrealloc(map, cap * sizeof *map);
+	}
 	pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 	pfd[1] = (struct pollfd){.fd = cfd, .events = POLLIN};
 	for (int i = 0; i < CTL_MAX; i++)
 		pfd[2 + i] = (struct pollfd){.fd = sup_ctl[i].fd, .events = POLLIN};
-	int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, 256);
+	int nr = sup_ready_poll(pfd + 2 + CTL_MAX, map, cap);
 	/* The keepers' sockets: a separated stage's death comes as a keeper's message, not
 	 * as our SIGCHLD, and must wake us as promptly (sup_reap drains them). */
 	int nk = 0;
