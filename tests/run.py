@@ -49,20 +49,24 @@ RESULT = re.compile(rb"^(PASS|FAIL|SKIP) (.*)$")
 KILL_GRACE = 5.0     # seconds between SIGTERM and SIGKILL at a timeout
 DRAIN_AFTER_EXIT = 2.0  # seconds to keep reading after the program exited
 
-# Programs that run by themselves with --jobs: the benchmarks, whose figures another
-# program beside them would spoil, and the files whose tests bound a time tightly (a
-# restart within 2 s, a pipelined commit within 0.7 s, a control request within 2.5 s).
+# Programs that run by themselves with --jobs: the benchmarks and load tests, whose
+# figures another program beside them would spoil (t_fleet_load compares p50 latencies),
+# and the files whose tests bound a time tightly (a restart within 2 s, a pipelined
+# commit within 0.7 s, a control request within 2.5 s).
 ALONE = {"t_bench_smoke", "t_farm_load", "t_speed_bench", "t_speed_mta", "t_speed_smtp",
-         "t_lmtp", "t_spoold", "t_privsep_root"}
+         "t_fleet_load", "t_lmtp", "t_spoold", "t_privsep_root"}
 
-# About how long each slow program takes (seconds, prod build, 2 cores): with --jobs the
-# slow ones start first, so that the pool does not end waiting on one long program.
+# About how long each slow program takes (seconds, the longest of its builds, three at a
+# time on 2 cores): with --jobs the slow ones start first, so that the pool does not end
+# waiting on one long program.
 SLOW = {
-    "t_fleet": 141, "t_failclosed": 129, "t_faults": 128, "t_hostile": 118, "t_deploy": 111,
-    "t_canary_limits": 96, "t_install": 80, "t_farm_load": 72, "t_cache": 66,
-    "t_clamd_trust": 62, "t_connectors": 57, "t_envelope": 34, "t_limits": 29,
-    "t_bench_smoke": 28, "t_inject_idem": 22, "t_diskfull": 19, "t_fixtures": 19,
-    "t_clamd": 16,
+    "t_hostile": 183, "t_fuzz": 146, "t_fleet": 131, "t_corpus": 124,
+    "t_privsep_stages": 110, "t_router": 87, "t_crash": 76, "t_scanner": 69, "t_spoold": 69,
+    "t_failclosed": 55, "t_router_policy": 53, "t_pipeline": 52, "t_strip": 52,
+    "t_spoolctl": 48, "t_faults": 46, "t_install": 45, "t_chaos": 44, "t_deploy": 41,
+    "t_differential": 40, "t_pool": 38, "t_privsep_scanner": 37, "t_lmtp": 36,
+    "t_farm_load": 33, "t_fixtures": 26, "t_privsep_root": 26, "t_lmtp_postfix": 24,
+    "t_postfix": 24, "t_limits": 22,
 }
 
 
