@@ -56,4 +56,4 @@ def bench_mta_smoke_through_postfix():
 
 
 if __name__ == "__main__":
-    harness.main(prod_only="a benchmark: it measures the production build")
+    harness.main()

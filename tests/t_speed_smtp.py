@@ -98,4 +98,4 @@ def an_idle_connection_is_closed_and_a_later_message_reconnects():
 
 
 if __name__ == "__main__":
-    harness.main(prod_only="a benchmark: it measures the production build")
+    harness.main()

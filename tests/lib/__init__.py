@@ -286,8 +286,8 @@ def main(argv=None, prod_only=None):
     """Parse --bin DIR [--only PATTERN] [--list], run the registered tests in order,
     print one result line per test, exit 1 if any failed. prod_only: a reason; with the
     ASan build ($TEST_LABEL ending in "asan") every test is then a SKIP with that reason
-    (the benchmarks: their figures and time bounds mean something only for the
-    production build, and the functional suites run the same code under ASan)."""
+    (t_fleet_load: its load and latency figures mean something only for the production
+    build, and t_fleet runs the same code under ASan)."""
     global BIN
     import argparse
     p = argparse.ArgumentParser(description="run the tests of this file")
