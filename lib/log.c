@@ -36,11 +36,21 @@ static int log_stderr_is_journal(void)
 	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
+/* Who started the program, taken before it may become another user (spoolctl run as
+ * root becomes the spool's user): the audit trail names the operator, not that user. */
+static uid_t log_caller_uid;
+
 void log_init(const char *prog)
 {
 	const char *slash = strrchr(prog, '/');
 	log_prog = slash ? slash + 1 : prog;
 	log_journal = log_stderr_is_journal();
+	log_caller_uid = getuid();
+}
+
+uid_t log_caller(void)
+{
+	return log_caller_uid;
 }
 
 /* ---- syslog ----------------------------------------------------------------------- */
@@ -233,9 +243,10 @@ void log_audit(const char *qid, const char *fmt, ...)
 	log_escape(msg, sizeof msg, raw);
 	char line[4352];
 	if (qid)
-		snprintf(line, sizeof line, "info: qid=%s uid=%ld %s", qid, (long)getuid(), msg);
+		snprintf(line, sizeof line, "info: qid=%s uid=%ld %s", qid, (long)log_caller_uid,
+		         msg);
 	else
-		snprintf(line, sizeof line, "info: uid=%ld %s", (long)getuid(), msg);
+		snprintf(line, sizeof line, "info: uid=%ld %s", (long)log_caller_uid, msg);
 	log_sys_send(LOG_MAIL | LOG_NOTICE, line);
 }
 

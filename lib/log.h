@@ -19,11 +19,14 @@
 #define SPOOLD_LOG_H
 
 #include <stdnoreturn.h>
+#include <sys/types.h>
 
 enum log_level { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERROR };
 enum log_target { LOG_TO_STDERR, LOG_TO_SYSLOG };
 
 void log_init(const char *prog);
+/* The real uid the program had at log_init: the operator, for the audit trail. */
+uid_t log_caller(void);
 void log_configure(enum log_target target, enum log_level level);
 /* qid may be NULL */
 void log_debug(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -31,8 +34,8 @@ void log_info(const char *qid, const char *fmt, ...) __attribute__((format(print
 void log_warn(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_error(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* An operator's action (release, requeue, delete, hold): logged like log_info, and also
- * to syslog (facility mail) with the caller's uid when the log goes to standard error,
- * which for spoolctl is the operator's terminal. */
+ * to syslog (facility mail) with the caller's uid (log_caller) when the log goes to
+ * standard error, which for spoolctl is the operator's terminal. */
 void log_audit(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 noreturn void die_temp(const char *qid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 noreturn void die_perm(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

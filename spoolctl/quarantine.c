@@ -232,7 +232,7 @@ static void qr_claim(struct spool *sp, const char *qid, struct spool_entry *e)
 static void qr_export(const struct conf *c, struct spool_entry *e, int kind)
 {
 	char detail[64];
-	snprintf(detail, sizeof detail, "uid=%ld", (long)getuid());
+	snprintf(detail, sizeof detail, "uid=%ld", (long)log_caller());
 	export_entry(c, e, kind, detail);
 }
 
@@ -276,7 +276,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		static const char marker[] = "released by spoolctl\n";
 		/* The marker is durable before the rename: a router that finds the entry in
 		 * route/ always knows it was released, even after a crash. */
-		trace_add(e.fd, e.qid, "release requested uid=%ld", (long)getuid());
+		trace_add(e.fd, e.qid, "release requested uid=%ld", (long)log_caller());
 		qr_export(c, &e, EXPORT_RELEASED);
 		if (spool_entry_write(&e, "release", marker, sizeof marker - 1) < 0 ||
 		    spool_entry_sync(&e) < 0)

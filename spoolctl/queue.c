@@ -666,7 +666,7 @@ int ctl_cmd_delete(struct conf *c, int argc, char **argv)
 		enum spool_dir from = e.where;
 		/* The fleet's record; the trash move syncs it before the entry goes. */
 		char detail[64];
-		snprintf(detail, sizeof detail, "uid=%ld from=%s", (long)getuid(),
+		snprintf(detail, sizeof detail, "uid=%ld from=%s", (long)log_caller(),
 		         spool_dir_name(from));
 		export_entry(c, &e, EXPORT_DELETED, detail);
 		if (spool_entry_trash(&e) < 0)

@@ -83,7 +83,11 @@ def postfix_spoold_postfix_from_the_documented_recipe():
     if not p.separated:
         for root, dirs, files in os.walk(p.spool):
             for x in [root] + [os.path.join(root, f) for f in files]:
-                os.chown(x, nobody.pw_uid, nobody.pw_gid)
+                try:
+                    os.chown(x, nobody.pw_uid, nobody.pw_gid)
+                except FileNotFoundError:
+                    pass  # a running stage's temporary file (run/status.tmp), renamed away
+
     master = master_doc.replace("/usr/local/bin/spoolctl", harness.bin_path("spoolctl"))
     master = master.replace("/etc/spoold/spoold.conf", p.conf).replace("user=spoold",
                                                                        "user=" + spool_user)
