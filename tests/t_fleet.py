@@ -353,6 +353,58 @@ def kill_9_of_the_exporter_loses_and_duplicates_nothing():
 
 
 @test(timeout=180)
+def a_message_requeued_from_badmail_has_records_of_its_second_pass():
+    """A message in badmail/ requeued (`spoolctl requeue`) is split again under the same
+    queue ID: each pass has keys of its own (the pass in its `requeues` file: seq = pass
+    * 100,000,000 + kind), so the database has the records of every pass - the second
+    badmail record, which repeated the first's key before, and, once mended, the third
+    pass's intake, scanned and outbox - and the message's state is the last pass's."""
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["r"])
+        p = nodes["r"]
+        body = b"Subject: mended\nMessage-ID: <requeue@example.test>\n\nfirst no recipient\n"
+        p.drop("b", b"From: s@r.example\n" + body)
+        ((place, qid, path),) = p.wait_final(1, timeout=60)
+        assert place == "badmail", place
+        wait_for(lambda: drained(p), timeout=20, what="export/ drained")
+        assert pg.psql("SELECT seq, kind FROM spoold.events WHERE qid = '%s'" % qid) \
+            == "6|badmail"
+        pass1, pass2 = 100000000, 200000000
+
+        def requeue():
+            r = p.ctl("requeue", qid)
+            assert r.returncode == 0 and "requeued: badmail -> incoming" in r.out, r.out
+        # Requeued as it is: badmail again, for the same reason, in pass 1.
+        requeue()
+        def badmail_twice():
+            try:
+                with open(os.path.join(path, "trace")) as f:
+                    return f.read().count(" splitter badmail ") == 2
+            except FileNotFoundError:
+                return False  # on its way through incoming/
+        wait_for(badmail_twice, timeout=60, what="badmail/ again")
+        wait_for(lambda: drained(p), timeout=20, what="export/ drained")
+        # The administrator gives it a recipient, and requeues it.
+        tmp = os.path.join(path, ".message.new")
+        with open(tmp, "wb") as f:
+            f.write(b"From: s@r.example\nTo: r@dest.example\n" + body)
+        os.rename(tmp, os.path.join(path, "message"))
+        p.hand_made(os.path.join(path, "message"), "splitter")
+        requeue()
+        wait_for(lambda: p.outbox() == [("smtp", qid)], timeout=60,
+                 what="the requeued message in the outbox\n%s" % p.logtext()[-2000:])
+        wait_for(lambda: drained(p), timeout=20, what="export/ drained")
+        rows = pg.psql("SELECT seq, kind FROM spoold.events WHERE qid = '%s' ORDER BY seq"
+                       % qid).splitlines()
+        assert rows == ["6|badmail", "%d|badmail" % (pass1 + 6), "%d|intake" % (pass2 + 1),
+                        "%d|scanned" % (pass2 + 2), "%d|outbox" % (pass2 + 3)], rows
+        assert pg.value("SELECT state || ' ' || coalesce(subject, '') FROM spoold.messages "
+                        "WHERE qid = '%s'" % qid) == "outbox mended"
+        assert pg.value("SELECT count(*) FROM spoold.recipients WHERE qid = '%s' AND rcpt = "
+                        "'r@dest.example'" % qid) == "1"
+
+
+@test(timeout=180)
 def a_nodes_role_cannot_change_another_nodes_rows():
     with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
         pg, nodes = fleet_nodes(cd, ["a", "b"])
