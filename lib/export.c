@@ -50,7 +50,7 @@ int export_state_kind(const char *state)
 	return -1;
 }
 
-int64_t export_seq(int kind, unsigned round, int conn_index)
+int64_t export_seq(int kind, uint64_t round, int conn_index)
 {
 	(void)export_kind_state(kind); /* panics on an unknown kind */
 	int64_t s = (int64_t)round * EXPORT_ROUND + kind;
@@ -166,8 +166,22 @@ static void export_kv(struct buf *b, const char *key, const char *val, size_t n)
 	buf_addstr(b, "\n");
 }
 
-/* The hold round of a work directory: the attempts of its `hold` file, else 0. */
-static unsigned export_round(int dirfd)
+/* The pass of a work directory: the count of its `requeues` file, else 0. Bounded so
+ * that a seq stays far inside what export_name_parse takes. */
+static uint64_t export_pass(int dirfd)
+{
+	struct buf b;
+	buf_init(&b);
+	unsigned long long n = 0;
+	if (read_file_at(dirfd, "requeues", &b, 64) == 0)
+		n = strtoull(buf_cstr(&b), NULL, 10);
+	buf_free(&b);
+	return n > 1000000000 ? 1000000000 : (uint64_t)n;
+}
+
+/* The round of a work directory: its pass, then the attempts of its `hold` file (else
+ * 0). */
+static uint64_t export_round(int dirfd)
 {
 	struct buf b;
 	buf_init(&b);
@@ -178,7 +192,7 @@ static unsigned export_round(int dirfd)
 			a = strtoull(p + 9, NULL, 10);
 	}
 	buf_free(&b);
-	return a > 100000 ? 100000 : (unsigned)a;
+	return export_pass(dirfd) * EXPORT_PASS_ROUNDS + (a > 100000 ? 100000 : a);
 }
 
 /* Subject, Message-ID and From of the message's header (unfolded, bounded). */
@@ -391,6 +405,18 @@ int export_event(const struct conf *c, struct spool *sp, int dirfd, const char *
 		return 0;
 	}
 	return 1;
+}
+
+int export_requeued(const struct conf *c, struct spool_entry *e)
+{
+	if (c == NULL || !c->fleet.enabled)
+		return 0;
+	char line[32];
+	int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)export_pass(e->fd) + 1);
+	if (spool_entry_write(e, "requeues", line, (size_t)n) < 0)
+		return -1;
+	e->synced = 0; /* the commit move syncs the count before it renames */
+	return 0;
 }
 
 static const struct conf *export_conf;

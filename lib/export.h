@@ -6,8 +6,9 @@
  * durability step: the stage writes the record, then its commit sync (syncfs) makes the
  * record durable together with the step's own files, and only then the rename commits.
  * A crash before the rename leaves a record of a transition that is then redone, and the
- * redo writes the same name again (seq is fixed per transition kind and hold round,
- * export_seq), so the database, whose rows are unique on (node, qid, seq), sees it once.
+ * redo writes the same name again (seq is fixed per transition kind, hold round and
+ * requeue pass, export_seq), so the database, whose rows are unique on (node, qid, seq),
+ * sees it once.
  * A crash after the rename finds the record already durable.
  *
  * A record is a small text file, one "key value" per line, values escaped as
@@ -50,6 +51,9 @@ enum export_kind {
 };
 #define EXPORT_CONN_MAX 40  /* connectors past this share the last seq */
 #define EXPORT_ROUND    100 /* seq = round * EXPORT_ROUND + kind (+ connector index) */
+/* round = pass * EXPORT_PASS_ROUNDS + hold round: hold rounds stop at 100,000, so the
+ * rounds of two passes never meet. */
+#define EXPORT_PASS_ROUNDS 1000000ULL
 
 /* Flags of export_event. */
 #define EXPORT_SYNC 1 /* fsync the record and export/ now: the caller's commit has no sync */
@@ -60,10 +64,13 @@ const char *export_kind_state(int kind);
 int export_state_kind(const char *state);
 
 /* The record's seq: round * EXPORT_ROUND + kind (+ connector index for delivered and
- * bounced). round is the hold round of the work directory (the attempts of its `hold`
- * file, 0 without one), so a message held and scanned again makes new records instead of
- * repeating old keys. */
-int64_t export_seq(int kind, unsigned round, int conn_index);
+ * bounced). round is pass * EXPORT_PASS_ROUNDS + the hold round of the work directory:
+ * the hold round is the attempts of its `hold` file (0 without one), so a message held
+ * and scanned again makes new records instead of repeating old keys; the pass is the
+ * count of its `requeues` file (0 without one, export_requeued), so a message that
+ * `spoolctl requeue` or `flush hold` sends through the pipeline again, which starts it
+ * afresh without a `hold` file, does too. */
+int64_t export_seq(int kind, uint64_t round, int conn_index);
 
 /* Write the record of kind for the work directory dirfd (message qid), reading what the
  * kind needs from it (envelope, message headers, verdicts, hold). conn: the connector
@@ -75,6 +82,14 @@ int export_event(const struct conf *c, struct spool *sp, int dirfd, const char *
  * commit move (spool_entry_move, _trash, _move_sub_to_outbox) syncs the record first even
  * when the stage synced its step before this call. */
 int export_entry(const struct conf *c, struct spool_entry *e, int kind, const char *detail);
+
+/* The entry e is sent through the pipeline again (spoolctl requeue, flush hold): its
+ * `requeues` file counts one more pass, so that the records of the next pass have keys
+ * of their own. Written with spool_entry_write and e->synced cleared: the caller's commit
+ * move makes it durable before the entry moves, so every record of the next pass, and a
+ * redo of one after a crash, reads the same count. No-op (0) without a `fleet` group; 0,
+ * or -1 with errno when the file cannot be written. */
+int export_requeued(const struct conf *c, struct spool_entry *e);
 
 /* The config export_entry(NULL, ...) uses (lib/spool.c's quarantine expiry). */
 void export_use(const struct conf *c);

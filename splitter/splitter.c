@@ -39,9 +39,11 @@
 #include "trace.h"
 #include "util.h"
 
-/* Files of a work directory that survive a re-split; everything else is redone. */
-static const char *const splitter_keep[] = {"message", "envelope", "attempts",
-                                            "trace",   "origin",   NULL};
+/* Files of a work directory that survive a re-split; everything else is redone.
+ * "requeues" is the fleet's pass count (lib/export.c): a badmail entry requeued is split
+ * again, and its new records must keep the pass the requeue gave them. */
+static const char *const splitter_keep[] = {"message", "envelope", "attempts", "trace",
+                                            "origin",  "requeues", NULL};
 
 /* Intake is paused while the spool's filesystem is (nearly) full; logged once per change. */
 static int splitter_space_low;

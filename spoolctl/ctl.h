@@ -38,6 +38,6 @@ ctl_cmd_fn ctl_cmd_fleet; /* fleet.c: the fleet's database */
 /* hold/<qid> (claimed) back to scan/, its hold state and any manual hold removed, logged
  * and traced as done by "spoolctl <by>". Dies temporary on an I/O error. */
 struct spool_entry;
-void ctl_requeue_hold(struct spool_entry *e, const char *by);
+void ctl_requeue_hold(const struct conf *c, struct spool_entry *e, const char *by);
 
 #endif

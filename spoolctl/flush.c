@@ -24,7 +24,7 @@
 #include "spool.h"
 #include "util.h"
 
-static int flush_hold(struct spool *sp)
+static int flush_hold(const struct conf *c, struct spool *sp)
 {
 	char **names;
 	size_t n, done = 0, busy = 0, manual = 0;
@@ -45,7 +45,7 @@ static int flush_hold(struct spool *sp)
 		if (fstatat(e.fd, "manual-hold", &st, AT_SYMLINK_NOFOLLOW) == 0) {
 			manual++;
 		} else {
-			ctl_requeue_hold(&e, "flush");
+			ctl_requeue_hold(c, &e, "flush");
 			done++;
 		}
 		spool_entry_release(&e);
@@ -106,7 +106,7 @@ int ctl_cmd_flush(struct conf *c, int argc, char **argv)
 	ctl_spool_open(c, &sp);
 	int rc;
 	if (strcmp(argv[0], "hold") == 0)
-		rc = flush_hold(&sp);
+		rc = flush_hold(c, &sp);
 	else if (strncmp(argv[0], "outbox/", 7) == 0 && argv[0][7] != '\0')
 		rc = flush_outbox(c, &sp, argv[0] + 7);
 	else

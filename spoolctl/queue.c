@@ -454,7 +454,7 @@ static int q_unlink_opt(int dfd, const char *name)
 }
 
 /* badmail/<qid> -> incoming/<qid>, to be split again under the same ID. */
-static int q_requeue_badmail(struct spool_entry *e)
+static int q_requeue_badmail(const struct conf *c, struct spool_entry *e)
 {
 	struct spool *sp = e->sp;
 	int mfd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -473,6 +473,11 @@ static int q_requeue_badmail(struct spool_entry *e)
 	 * reason, and the poison counter, which would send it straight back. */
 	if (q_unlink_opt(e->fd, "reason") < 0 || q_unlink_opt(e->fd, "attempts") < 0)
 		die_temp(e->qid, "cannot reset %s/badmail/%s: %s", sp->root, e->qid,
+		         strerror(errno));
+	/* The second pass is keyed apart from the first: its intake record would otherwise
+	 * repeat the first's key (same queue ID, round 0), and the database keep the first. */
+	if (export_requeued(c, e) < 0)
+		die_temp(e->qid, "cannot write %s/badmail/%s/requeues: %s", sp->root, e->qid,
 		         strerror(errno));
 	trace_add(e->fd, e->qid, "requeue from=badmail to=incoming by=spoolctl");
 	/* spool_entry_move syncs first, so the removals are durable before the move; one
@@ -495,13 +500,18 @@ static void q_open_one(struct conf *c, int argc, char **argv, struct spool *sp,
 	q_claim(sp, argv[0], e);
 }
 
-void ctl_requeue_hold(struct spool_entry *e, const char *by)
+void ctl_requeue_hold(const struct conf *c, struct spool_entry *e, const char *by)
 {
 	struct spool *sp = e->sp;
 	/* The retry state goes with the requeue: the operator decided, so the next hold
 	 * (if any) starts afresh, and a manual hold is lifted. */
 	if (q_unlink_opt(e->fd, "manual-hold") < 0 || q_unlink_opt(e->fd, "hold") < 0)
 		die_temp(e->qid, "cannot remove the hold state of %s/hold/%s: %s", sp->root, e->qid,
+		         strerror(errno));
+	/* Without its `hold` file the entry is back in hold round 0: a new pass keeps the
+	 * records of its rescan apart from those of the first scan. */
+	if (export_requeued(c, e) < 0)
+		die_temp(e->qid, "cannot write %s/hold/%s/requeues: %s", sp->root, e->qid,
 		         strerror(errno));
 	trace_add(e->fd, e->qid, "requeue from=hold to=scan by=spoolctl-%s", by);
 	/* spool_entry_move syncs first: the hold state removed above is durable
@@ -602,9 +612,9 @@ static int q_requeue_all(struct conf *c, int argc, char **argv)
 		if (!q_filter_match(&e, &f)) {
 			skipped++;
 		} else if (d == SD_HOLD) {
-			ctl_requeue_hold(&e, "requeue");
+			ctl_requeue_hold(c, &e, "requeue");
 			done++;
-		} else if (q_requeue_badmail(&e) == 0) {
+		} else if (q_requeue_badmail(c, &e) == 0) {
 			log_audit(e.qid, "requeued from badmail/ to incoming/ by spoolctl");
 			done++;
 		}
@@ -625,9 +635,9 @@ int ctl_cmd_requeue(struct conf *c, int argc, char **argv)
 	q_open_one(c, argc, argv, &sp, &e);
 	int rc = 0;
 	if (e.where == SD_HOLD) {
-		ctl_requeue_hold(&e, "requeue");
+		ctl_requeue_hold(c, &e, "requeue");
 	} else if (e.where == SD_BADMAIL) {
-		rc = q_requeue_badmail(&e);
+		rc = q_requeue_badmail(c, &e);
 		if (rc == 0)
 			log_audit(e.qid, "requeued from badmail/ to incoming/ by spoolctl");
 	} else if (e.where == SD_QUARANTINE) {
