@@ -23,7 +23,6 @@ the same command line).
 import collections
 import hashlib
 import json
-import mailbox
 import os
 import re
 import shutil
@@ -33,8 +32,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import main, skip, test  # noqa: E402
+from lib.corpus import CORPUS, corpus_inputs  # noqa: E402
 
-CORPUS = os.path.normpath(os.path.join(harness.ROOT, "..", "shared", "corpus"))
 TIMEOUT = 30            # seconds per message
 PART_RE = re.compile(r"^[0-9]{4}\.ATT$")
 # Files a splitter -x may leave besides the parts (the message it links the raw part to).
@@ -84,30 +83,7 @@ def inputs():
     """[(label, path)] for msgs/ files and mbox/ messages (written to temporary files)."""
     if "inputs" in _cache:
         return _cache["inputs"]
-    out = []
-    for root, dirs, files in os.walk(os.path.join(CORPUS, "msgs")):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            out.append((os.path.relpath(p, CORPUS), p))
-    tmp = harness.tmpdir("mbox")
-    mdir = os.path.join(CORPUS, "mbox")
-    for root, dirs, files in os.walk(mdir):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            try:
-                mb = mailbox.mbox(p, create=False)
-                keys = list(mb.iterkeys())
-            except Exception:
-                continue
-            for i, key in enumerate(keys):
-                # the same label and the same bytes as oracle.py --mbox
-                label = "%s#%d" % (os.path.relpath(p, CORPUS), i)
-                q = os.path.join(tmp, "m%d" % len(out))
-                with open(q, "wb") as fh:
-                    fh.write(mb.get_bytes(key))
-                out.append((label, q))
+    out = corpus_inputs(harness.tmpdir("mbox"))
     _cache["inputs"] = out
     return out
 

@@ -11,7 +11,6 @@ outbox. And the benign control: the new rules make no ordinary corpus mail unsca
   corpus_false_positive_rate           ../shared/corpus through splitter -x
 """
 import hashlib
-import mailbox
 import os
 import re
 import subprocess
@@ -21,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib as harness  # noqa: E402
 from lib import test  # noqa: E402
 from lib import ambiguous  # noqa: E402
+from lib.corpus import CORPUS, corpus_inputs  # noqa: E402
 from lib.spool import Pipeline, clamscan  # noqa: E402
 
-CORPUS = os.path.normpath(os.path.join(harness.ROOT, "..", "shared", "corpus"))
 
 # The reasons the parser-differential rules add (docs/MANIFEST.md).
 NEW_REASONS = ("ambiguous structure (conflicting boundary parameters)",
@@ -164,30 +163,6 @@ def every_name_of_a_part_meets_the_banned_extensions():
         assert {"invoice.pdf", "invoice.exe"} <= names, names
 
 
-def _corpus_inputs(tmp):
-    out = []
-    for root, dirs, files in os.walk(os.path.join(CORPUS, "msgs")):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            out.append((os.path.relpath(p, CORPUS), p))
-    for root, dirs, files in os.walk(os.path.join(CORPUS, "mbox")):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            try:
-                mb = mailbox.mbox(p, create=False)
-                keys = list(mb.iterkeys())
-            except Exception:
-                continue
-            for i, key in enumerate(keys):
-                q = os.path.join(tmp, "m%d" % len(out))
-                with open(q, "wb") as fh:
-                    fh.write(mb.get_bytes(key))
-                out.append(("%s#%d" % (os.path.relpath(p, CORPUS), i), q))
-    return out
-
-
 @test(timeout=600)
 def corpus_false_positive_rate():
     """Ordinary mail must not become unscannable by the parser-differential rules: over
@@ -195,7 +170,7 @@ def corpus_false_positive_rate():
     if not os.path.isdir(CORPUS):
         harness.skip("../shared/corpus not present: the false-positive rate is not measured")
     tmp = harness.tmpdir("corpus")
-    inputs = _corpus_inputs(tmp)
+    inputs = corpus_inputs(tmp)
     out = os.path.join(tmp, "out")
     marked = {}
     step = 50
