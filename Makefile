@@ -142,7 +142,7 @@ test-deps:
 # stage as a user of its own (tests/lib/privsep.py). Not in it: t_privsep_* (they choose
 # the users themselves), t_crash and t_crashpoints (ASan build only, and the pass uses the
 # production build), the speed and bench suites, and the suites that run no pipeline.
-SEPARATED_SUITES = t_cache t_canary_limits t_clamd_trust t_collide t_connectors t_deploy \
+SEPARATED_SUITES = t_cache t_canary_limits t_clamd_cut t_clamd_trust t_collide t_connectors t_deploy \
     t_differential t_diskfull t_envelope t_escape t_exec t_failclosed t_faults t_fleet \
     t_hostile t_inject_idem t_limits t_lmtp t_lmtp_postfix t_logs t_pipeline t_pool \
     t_postfix t_reinject t_router t_router_policy t_scanner t_split t_spoolctl t_spoold t_strip

@@ -233,6 +233,10 @@ static int clamd_session_pipeline(struct clamd_session *cs, const int *fds, size
 			if (k < 0 && errno == EINTR)
 				continue;
 			if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+				/* clamd_wait fills in only the verdict and the reply: the
+				 * address and the rest must be set, or a timeout copies
+				 * indeterminate fields into every unanswered result. */
+				clamd_result_reset(&w, cs->addrs[cs->at]);
 				if (clamd_wait(cs->s, POLLIN, deadline, &w) >= 0)
 					continue;
 				for (size_t i = 0; i < n; i++)
