@@ -34,8 +34,11 @@ enum spool_sync_mode spool_sync_mode_get(void)
 /* "auto": above this much dirty or in-flight page cache (the whole machine's, the only
  * figure the kernel gives without debugfs) a syncfs would write other writers' data first,
  * so the files are synced one by one instead. Chosen by bench/foreign.py (docs/
- * INTERNALS.md): a syncfs of a few MB costs what the per-file syncs of one step cost. */
-#define SPOOL_SYNC_AUTO_DIRTY_KB 8192
+ * INTERNALS.md, "Sync strategy"): per file costs a disk flush per file (tens of ms a step),
+ * so syncfs stays faster while the disk keeps up with the other writer (an 80 MiB/s writer
+ * leaves a few MB between two syncs); a writer that outruns the disk piles up hundreds of
+ * MB, which a syncfs then waits for (p90 3.3 s), and only then is per file the cheaper. */
+#define SPOOL_SYNC_AUTO_DIRTY_KB (64 * 1024)
 
 /* Dirty + Writeback of /proc/meminfo in kB, or -1 when it cannot be read. */
 static long spool_sync_dirty_kb(void)
