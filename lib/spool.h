@@ -38,8 +38,8 @@ enum spool_dir {
 
 /* How spool_entry_sync makes a step durable (docs/INTERNALS.md, "Durability"): one
  * syncfs(2) of the filesystem; an fdatasync of each file of the entries being committed and
- * an fsync of their directories; or, "auto", files while the machine has more than a few MB
- * of dirty page cache (another writer's, which a syncfs would have to write first), else
+ * an fsync of their directories; or, "auto", files while the machine has more than 64 MB of
+ * dirty page cache (another writer's, which a syncfs would have to write first), else
  * syncfs. Each is complete on its own, so stages may differ. */
 enum spool_sync_mode { SPOOL_SYNC_SYNCFS, SPOOL_SYNC_FILES, SPOOL_SYNC_AUTO };
 
