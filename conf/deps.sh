@@ -3,7 +3,7 @@
 #   conf/deps.sh          to build and run (make run)
 #   conf/deps.sh --test   also what the tests and benchmarks use (make test): Postfix and
 #                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format,
-#                         PostgreSQL for the fleet test.
+#                         PostgreSQL for the fleet test, strace for t_sync.
 # Postfix is only installed for the tests: on a machine with another MTA, apt-get would
 # replace it, so `make run` never asks for it.
 # Run as root it calls apt-get; otherwise it prints the exact command to run.
@@ -11,8 +11,9 @@ set -eu
 PKGS="build-essential pkg-config libgmime-3.0-dev libconfig-dev libinotifytools0-dev
 libcurl4-openssl-dev nettle-dev liblmdb-dev libpq-dev clamav clamav-daemon clamav-testfiles python3"
 if [ "${1:-}" = "--test" ]; then
+	# strace: tests/t_sync.py checks which sync calls each strategy makes
 	# postgresql: the fleet test's throwaway cluster (tests/t_fleet.py, initdb + pg_ctl)
-	PKGS="$PKGS clang clang-format ripmime postfix swaks postgresql"
+	PKGS="$PKGS clang clang-format ripmime postfix swaks postgresql strace"
 fi
 missing=""
 for p in $PKGS; do

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "conf_schema.h"
+#include "spool.h"
 #include "util.h"
 
 void conf_fail(struct conf_ctx *cx, const config_setting_t *s, const char *fmt, ...)
@@ -579,6 +580,11 @@ struct conf *conf_load(const char *path)
 	if (c == NULL)
 		die_perm(EXIT_CONFIG, "%s", err);
 	log_configure(c->log_target, c->log_level);
+	/* Every spool this process opens syncs so. With a fleet group the event records in
+	 * export/ ride on the commit's sync (docs/INTERNALS.md "Event records"); a per-file
+	 * sync of the entries would not cover them, so the fleet keeps syncfs. */
+	spool_sync_mode_set(c->fleet.enabled ? SPOOL_SYNC_SYNCFS
+	                                     : (enum spool_sync_mode)c->spool_sync);
 	return c;
 }
 

@@ -190,6 +190,8 @@ struct conf {
 	enum log_target log_target;
 	enum log_level log_level;
 	int rescan_interval; /* seconds between full directory scans */
+	/* how a stage makes its step durable (lib/spool.h); syncfs whenever fleet is on */
+	int spool_sync; /* enum spool_sync_mode */
 	struct conf_splitter splitter;
 	struct conf_runner runner;
 	struct conf_router router;

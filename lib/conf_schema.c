@@ -16,6 +16,7 @@
 
 #include "envelope.h"
 #include "pool.h"
+#include "spool.h"
 #include "util.h"
 
 #define DAY 86400
@@ -24,6 +25,8 @@
 
 static const char *const conf_names_log_target[] = {
     [LOG_TO_STDERR] = "stderr", [LOG_TO_SYSLOG] = "syslog", NULL};
+static const char *const conf_names_spool_sync[] = {
+    [SPOOL_SYNC_SYNCFS] = "syncfs", [SPOOL_SYNC_FILES] = "files", [SPOOL_SYNC_AUTO] = "auto", NULL};
 static const char *const conf_names_log_level[] = {[LOG_LVL_DEBUG] = "debug",
                                                    [LOG_LVL_INFO] = "info",
                                                    [LOG_LVL_WARN] = "warning",
@@ -95,6 +98,8 @@ static const char *const conf_def_empty[] = {NULL};
 static const struct conf_row conf_rows_top[] = {
     K_PATH("spool_dir", TOP(spool_dir), NULL, .flags = CF_REQUIRED),
     K_SECS("rescan_interval", TOP(rescan_interval), 1, 3600, 30),
+    /* lib/spool_sync.c; docs/INTERNALS.md "Durability" says why auto */
+    K_ENUM("spool_sync", TOP(spool_sync), SPOOL_SYNC_AUTO, conf_names_spool_sync),
     K_USER("user", TOP(user), ""),
     K_BOOL("allow_root", TOP(allow_root), 0), /* lib/user.c user_root_check */
     K_USER("splitter_user", TOP(roles[ROLE_SPLITTER].name), ""),

@@ -153,15 +153,20 @@ int queuefile_commit(struct spool *sp, struct queuefile **qfs, size_t n)
 {
 	if (n == 0)
 		return 0;
+	/* The data of every file (its envelope too) before any name appears in inbound/:
+	 * the splitter acts on a name the moment it is there. One syncfs covers the batch;
+	 * or, per file (spool_sync, docs/INTERNALS.md), an fdatasync of each, which does not
+	 * also write every other dirty page of the filesystem. */
+	int files = spool_sync_uses_files(sp);
 	for (size_t i = 0; i < n; i++) {
 		struct queuefile *qf = qfs[i];
+		if (files && qf->fd >= 0 && qf->err == 0 && fdatasync(qf->fd) < 0)
+			qf->err = errno;
 		if (qf->fd >= 0 && close(qf->fd) < 0 && qf->err == 0)
 			qf->err = errno; /* a writeback error can show here first */
 		qf->fd = -1;
 	}
-	/* The data of every file (its envelope too) before any name appears in inbound/:
-	 * the splitter acts on a name the moment it is there. One syncfs covers the batch. */
-	int serr = syncfs(sp->fd[SD_TMP]) < 0 ? errno : 0;
+	int serr = !files && syncfs(sp->fd[SD_TMP]) < 0 ? errno : 0;
 	size_t renamed = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct queuefile *qf = qfs[i];

@@ -5,11 +5,12 @@
  *
  * A queue file is built as tmp/<qid><suffix> - the magic line, an optional X record
  * (the client attributes XFORWARD told the intake, for the trace), the U/S/R/E envelope,
- * the message - and committed by queuefile_commit: one syncfs(2) makes the data of every file
- * in the batch durable, each is renamed to inbound/<qid> (the splitter keeps the ID),
- * and one fsync of inbound/ (and of tmp/ where the filesystem does not journal renames
- * as one) makes the names durable. Only after that may the writer tell its client the
- * message is accepted. Several writers' files share the syncs (group commit).
+ * the message - and committed by queuefile_commit: one syncfs(2) (or with spool_sync
+ * per file, an fdatasync of each) makes the data of every file in the batch durable, each is
+ * renamed to inbound/<qid> (the splitter keeps the ID), and one fsync of inbound/ (and of tmp/
+ * where the filesystem does not journal renames as one) makes the names durable. Only after that
+ * may the writer tell its client the message is accepted. Several writers' files share the syncs
+ * (group commit).
  *
  * DIAGNOSTICS
  *   Nothing is logged here. Functions return -1 with errno set; a file's first write

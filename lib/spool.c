@@ -71,6 +71,7 @@ void spool_open(struct spool *sp, const char *root, int create)
 	if (create && fsync_dir(sp->root_fd) < 0)
 		die_temp(NULL, "cannot fsync %s: %s", root, strerror(errno));
 	sp->rename_journaled = spool_fs_journaled(sp->root_fd, &rst);
+	sp->sync_mode = spool_sync_mode_get();
 }
 
 /* Is there a jbd2 journal for the block device dev? ext4 names it "<device>-<inode>"
@@ -349,16 +350,20 @@ int spool_entry_claim_rw(struct spool *sp, enum spool_dir where, const char *qid
 
 void spool_entry_release(struct spool_entry *e)
 {
-	if (e->fd >= 0)
+	if (e->fd >= 0) {
+		spool_sync_forget(e->fd);
 		close(e->fd); /* closing the last descriptor drops the flock */
+	}
 	e->fd = -1;
 }
 
 int spool_entry_sync(struct spool_entry *e)
 {
-	/* No fallback: a failing syncfs is a writeback error (EIO, ENOSPC) that must stop the
-	 * commit, and fsync of the directory alone would not make the files durable. */
-	if (syncfs(e->fd) < 0)
+	/* No fallback: a failing sync is a writeback error (EIO, ENOSPC) that must stop the
+	 * commit, and fsync of the directory alone would not make the files durable. The
+	 * per-file sync writes only this process's entries, not every dirty page of the
+	 * filesystem (another writer's); both leave the same things durable. */
+	if (spool_sync_group(e) < 0)
 		return -1;
 	e->synced = 1;
 	return 0;
@@ -767,6 +772,9 @@ int spool_qid_locate(struct spool *sp, const char *qid, enum spool_dir *where, c
 
 int spool_entry_write(struct spool_entry *e, const char *name, const void *data, size_t n)
 {
+	/* A write is what puts an entry into this process's group commit (spool_sync_note). */
+	if (e->sp->sync_mode != SPOOL_SYNC_SYNCFS)
+		spool_sync_note(e);
 	return write_file_replace(e->fd, name, data, n, 0640);
 }
 

@@ -36,6 +36,13 @@ enum spool_dir {
 	SD__COUNT
 };
 
+/* How spool_entry_sync makes a step durable (docs/INTERNALS.md, "Durability"): one
+ * syncfs(2) of the filesystem; an fdatasync of each file of the entries being committed and
+ * an fsync of their directories; or, "auto", files while the machine has more than 64 MB of
+ * dirty page cache (another writer's, which a syncfs would have to write first), else
+ * syncfs. Each is complete on its own, so stages may differ. */
+enum spool_sync_mode { SPOOL_SYNC_SYNCFS, SPOOL_SYNC_FILES, SPOOL_SYNC_AUTO };
+
 struct spool {
 	char *root;
 	int root_fd;
@@ -45,7 +52,16 @@ struct spool {
 	 * fsync then makes a move durable on both sides. Elsewhere, ext4 without a journal
 	 * included, both parents are fsync'd. */
 	int rename_journaled;
+	enum spool_sync_mode sync_mode; /* spool_sync_mode_get() at spool_open */
 };
+
+/* The strategy of every spool opened afterwards in this process (conf_load sets it from
+ * spool_sync; SPOOL_SYNC_AUTO until then). */
+void spool_sync_mode_set(enum spool_sync_mode m);
+enum spool_sync_mode spool_sync_mode_get(void);
+/* 1 when the next sync of sp should be per file (always for "files"; for "auto" when the
+ * machine has much dirty page cache), 0 for a syncfs. */
+int spool_sync_uses_files(const struct spool *sp);
 
 struct stat;
 /* 1 if the filesystem of fd (st its fstat) journals renames as above, else 0. */
@@ -108,11 +124,21 @@ int spool_entry_claim_rw(struct spool *sp, enum spool_dir where, const char *qid
                          struct spool_entry *e);
 /* Unlock and close. */
 void spool_entry_release(struct spool_entry *e);
-/* Make everything written into the entry durable - file data and names - with one
- * syncfs(2) of the spool's filesystem. This is the group commit: one flush covers every
- * file the caller wrote for this step (and whatever other stages wrote meanwhile), instead
- * of one fsync per file. 0, or -1 with errno (a writeback error: the step is not durable). */
+/* Make everything written into the entry durable - file data and names, and the rename
+ * that brought it here - with one syncfs(2) of the spool's filesystem, or (sync_mode) with
+ * per file (spool_sync_group). This is the group commit: one call covers every file the caller
+ * wrote for this step, and every other entry this process wrote into since its last sync. 0, or -1
+ * with errno (a writeback error: the step is not durable). */
 int spool_entry_sync(struct spool_entry *e);
+/* spool_entry_sync's work (lib/spool_sync.c): a syncfs, or per file: fdatasync of every
+ * regular file in e's directory and its subdirectories, fsync of those directories and of
+ * e's state directory (and, where renames are not journaled, of the directory its claim or
+ * hand-off came from); the same for every entry noted since the last sync. 0 or -1. */
+int spool_sync_group(struct spool_entry *e);
+/* Note that this process wrote into e (spool_entry_write): the next spool_sync_files, of
+ * any entry, covers e too, as a syncfs would. spool_sync_forget: e->fd is being closed. */
+void spool_sync_note(const struct spool_entry *e);
+void spool_sync_forget(int fd);
 /* rename(2) that never replaces: -1 with EEXIST if tofd/to exists (RENAME_NOREPLACE, or
  * a look first where the filesystem lacks it). */
 int spool_rename_noreplace(int fromfd, const char *from, int tofd, const char *to);
