@@ -27,7 +27,9 @@ static const struct conf_connector *connector_cc;
 static const struct conf *connector_conf;
 
 /* The record of a delivery or a bounce, durable before the entry leaves the outbox (the
- * connector's own moves sync directories, not files: EXPORT_SYNC). */
+ * connector's own moves sync directories, not files: EXPORT_SYNC). Its key has the pass of
+ * the outbox entry's `requeues`, which the router copied from the work directory
+ * (export_pass_copy), so that it is the formula of every other record of the pass. */
 static void connector_export(struct outbox_entry *e, int kind, const char *detail)
 {
 	if (connector_conf)

@@ -419,6 +419,18 @@ int export_requeued(const struct conf *c, struct spool_entry *e)
 	return 0;
 }
 
+int export_pass_copy(int from_dirfd, int to_dirfd)
+{
+	uint64_t pass = export_pass(from_dirfd);
+	if (pass == 0)
+		return 0;
+	/* Written from the parsed, bounded count, not copied: the outbox side reads exactly
+	 * the pass the router's records used. */
+	char line[32];
+	int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)pass);
+	return write_file_replace(to_dirfd, "requeues", line, (size_t)n, 0640);
+}
+
 static const struct conf *export_conf;
 
 void export_use(const struct conf *c)

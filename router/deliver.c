@@ -21,8 +21,9 @@
 #include "trace.h"
 #include "util.h"
 
-/* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
- * renamed, so an out.<conn>/ that exists is always complete. */
+/* Prepare out.<conn>/ with message, envelope, trace and the fleet's pass (`requeues`,
+ * when the entry has one): built under a .tmp name and renamed, so an out.<conn>/ that
+ * exists is always complete. */
 static void router_prepare_out(struct spool_entry *e, const char *conn, const struct envelope *sub,
                                const char *src)
 {
@@ -48,6 +49,10 @@ static void router_prepare_out(struct spool_entry *e, const char *conn, const st
 		trace_add(ofd, e->qid, "router trace_not_linked error=%s", strerror(errno));
 	if (r == 0)
 		r = write_file_replace(ofd, "envelope", b.data, b.len, 0640);
+	/* The fleet's pass goes with the entry: the connector's records are keyed in it, and
+	 * a bounce's badmail/ entry requeued counts on from it (lib/export.c). */
+	if (r == 0)
+		r = export_pass_copy(e->fd, ofd);
 	int err = errno;
 	close(ofd);
 	buf_free(&b);
