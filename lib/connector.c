@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "export.h"
 #include "log.h"
 #include "metrics.h"
@@ -82,7 +83,7 @@ static int connector_one(struct stage *stg, const char *qid)
 	envelope_init(&env);
 	int msgfd = -1;
 	if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0 ||
-	    (msgfd = openat(e.fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+	    (msgfd = openat(e.fd, ENTRY_MESSAGE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
 		/* Entries appear complete by rename: this one is damaged, not in progress. */
 		if (msgfd < 0 && !reason[0])
 			snprintf(reason, sizeof reason, "message: %s", strerror(errno));
