@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "export.h"
 #include "log.h"
 #include "metrics.h"
@@ -27,7 +28,9 @@ static const struct conf_connector *connector_cc;
 static const struct conf *connector_conf;
 
 /* The record of a delivery or a bounce, durable before the entry leaves the outbox (the
- * connector's own moves sync directories, not files: EXPORT_SYNC). */
+ * connector's own moves sync directories, not files: EXPORT_SYNC). Its key has the pass of
+ * the outbox entry's `requeues`, which the router copied from the work directory
+ * (export_pass_copy), so that it is the formula of every other record of the pass. */
 static void connector_export(struct outbox_entry *e, int kind, const char *detail)
 {
 	if (connector_conf)
@@ -80,7 +83,7 @@ static int connector_one(struct stage *stg, const char *qid)
 	envelope_init(&env);
 	int msgfd = -1;
 	if (envelope_read_at(e.fd, &env, reason, sizeof reason) < 0 ||
-	    (msgfd = openat(e.fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+	    (msgfd = openat(e.fd, ENTRY_MESSAGE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
 		/* Entries appear complete by rename: this one is damaged, not in progress. */
 		if (msgfd < 0 && !reason[0])
 			snprintf(reason, sizeof reason, "message: %s", strerror(errno));

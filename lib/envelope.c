@@ -2,6 +2,7 @@
  * envelope - see envelope.h.
  */
 #include "envelope.h"
+#include "entry_names.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -227,8 +228,8 @@ int envelope_read_at(int dirfd, struct envelope *env, char *reason, size_t rlen)
 	size_t used;
 	int rc = -1;
 	envelope_init(env);
-	if (read_file_at(dirfd, "envelope", &b, (size_t)(ENV_ADDR_MAX + 2) * (ENV_RCPT_MAX + 2)) <
-	    0)
+	if (read_file_at(dirfd, ENTRY_ENVELOPE, &b,
+	                 (size_t)(ENV_ADDR_MAX + 2) * (ENV_RCPT_MAX + 2)) < 0)
 		snprintf(reason, rlen, "envelope: %s", strerror(errno));
 	else if (envelope_parse(b.data ? b.data : "", b.len, env, &used, reason, rlen) == 0) {
 		/* Files in a work directory are written whole (tmp + rename): bytes after the

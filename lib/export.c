@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "envelope.h"
 #include "log.h"
 #include "metrics.h"
@@ -173,7 +174,7 @@ static uint64_t export_pass(int dirfd)
 	struct buf b;
 	buf_init(&b);
 	unsigned long long n = 0;
-	if (read_file_at(dirfd, "requeues", &b, 64) == 0)
+	if (read_file_at(dirfd, ENTRY_REQUEUES, &b, 64) == 0)
 		n = strtoull(buf_cstr(&b), NULL, 10);
 	buf_free(&b);
 	return n > 1000000000 ? 1000000000 : (uint64_t)n;
@@ -186,7 +187,7 @@ static uint64_t export_round(int dirfd)
 	struct buf b;
 	buf_init(&b);
 	unsigned long long a = 0;
-	if (read_file_at(dirfd, "hold", &b, 4096) == 0) {
+	if (read_file_at(dirfd, ENTRY_HOLD, &b, 4096) == 0) {
 		const char *p = strstr(buf_cstr(&b), "attempts=");
 		if (p)
 			a = strtoull(p + 9, NULL, 10);
@@ -198,9 +199,9 @@ static uint64_t export_round(int dirfd)
 /* Subject, Message-ID and From of the message's header (unfolded, bounded). */
 static void export_headers(int dirfd, struct buf *out, int64_t *size)
 {
-	int fd = openat(dirfd, "message.body", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	int fd = openat(dirfd, ENTRY_MESSAGE_BODY, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
-		fd = openat(dirfd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		fd = openat(dirfd, ENTRY_MESSAGE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return;
 	struct stat st;
@@ -413,10 +414,22 @@ int export_requeued(const struct conf *c, struct spool_entry *e)
 		return 0;
 	char line[32];
 	int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)export_pass(e->fd) + 1);
-	if (spool_entry_write(e, "requeues", line, (size_t)n) < 0)
+	if (spool_entry_write(e, ENTRY_REQUEUES, line, (size_t)n) < 0)
 		return -1;
 	e->synced = 0; /* the commit move syncs the count before it renames */
 	return 0;
+}
+
+int export_pass_copy(int from_dirfd, int to_dirfd)
+{
+	uint64_t pass = export_pass(from_dirfd);
+	if (pass == 0)
+		return 0;
+	/* Written from the parsed, bounded count, not copied: the outbox side reads exactly
+	 * the pass the router's records used. */
+	char line[32];
+	int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)pass);
+	return write_file_replace(to_dirfd, ENTRY_REQUEUES, line, (size_t)n, 0640);
 }
 
 static const struct conf *export_conf;

@@ -91,6 +91,15 @@ int export_entry(const struct conf *c, struct spool_entry *e, int kind, const ch
  * or -1 with errno when the file cannot be written. */
 int export_requeued(const struct conf *c, struct spool_entry *e);
 
+/* The pass of the work directory from_dirfd, carried into the outbox entry being built in
+ * to_dirfd (the router's out.<conn>/): the connector's delivered and bounced records then
+ * have the pass of the rest of that pass's records, and a connector's badmail/ entry
+ * that is requeued counts on from it. Written as a decimal count without a sync of its
+ * own (the fan-out plan's syncfs covers it). No file when the pass is 0 (absent is 0);
+ * 0, or -1 with errno. The outbox entry has no `hold` file, so its hold round is 0:
+ * a message reaches an outbox once per pass, so the pass alone keys those records. */
+int export_pass_copy(int from_dirfd, int to_dirfd);
+
 /* The config export_entry(NULL, ...) uses (lib/spool.c's quarantine expiry). */
 void export_use(const struct conf *c);
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "entry_names.h"
 #include "log.h"
 #include "util.h"
 
@@ -74,7 +75,7 @@ void manifest_add_unscannable(struct manifest *m, const char *reason)
 
 void manifest_part_name(unsigned index, char out[16])
 {
-	snprintf(out, 16, "%04u.ATT", index);
+	snprintf(out, 16, "%04u" ENTRY_PART_SUFFIX, index);
 }
 
 void manifest_format(const struct manifest *m, struct buf *out)
@@ -200,8 +201,8 @@ int manifest_read_owned_at(int dirfd, struct manifest *m, uid_t owner, char *rea
 	manifest_init(m);
 	int rc = -1;
 	uid_t found = (uid_t)-1;
-	if (read_file_owned_at(dirfd, "manifest", &b, MANIFEST_MAX_BYTES, owner, &found) < 0) {
-		read_file_owned_reason(reason, rlen, "manifest", owner, found, errno);
+	if (read_file_owned_at(dirfd, ENTRY_MANIFEST, &b, MANIFEST_MAX_BYTES, owner, &found) < 0) {
+		read_file_owned_reason(reason, rlen, ENTRY_MANIFEST, owner, found, errno);
 		goto out;
 	}
 	char *line = b.data;

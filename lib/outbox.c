@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "util.h"
 
 int outbox_entry_claim(struct spool *sp, int dirfd, const char *conn, const char *qid,
@@ -45,7 +46,7 @@ void outbox_state_read(struct outbox_entry *e, struct outbox_state *st)
 	buf_init(&b);
 	buf_init(&v);
 	memset(st, 0, sizeof *st);
-	if (read_file_at(e->fd, "deliver", &b, 8192) == 0) {
+	if (read_file_at(e->fd, ENTRY_DELIVER, &b, 8192) == 0) {
 		const char *s = buf_cstr(&b);
 		if (kv_find(s, "attempts", &v) == 0)
 			parse_u64(buf_cstr(&v), &st->attempts);
@@ -70,7 +71,7 @@ static int outbox_state_write(struct outbox_entry *e, const struct outbox_state 
 	kv_addstr(&b, "last", reply);
 	buf_addstr(&b, "\n");
 	/* Atomic and durable: a restarted connector must keep the back-off schedule. */
-	int r = write_file_atomic(e->fd, "deliver", b.data, b.len, 0640);
+	int r = write_file_atomic(e->fd, ENTRY_DELIVER, b.data, b.len, 0640);
 	if (r == 0)
 		r = fsync_dir(e->fd);
 	buf_free(&b);
@@ -103,7 +104,7 @@ int outbox_retry_now(struct outbox_entry *e)
 	struct buf b, last;
 	buf_init(&b);
 	buf_init(&last);
-	if (read_file_at(e->fd, "deliver", &b, 8192) == 0)
+	if (read_file_at(e->fd, ENTRY_DELIVER, &b, 8192) == 0)
 		kv_find(buf_cstr(&b), "last", &last);
 	/* attempts and first stay: max_age still counts from the first attempt. */
 	st.next = 0;
@@ -131,7 +132,7 @@ int outbox_bounce(struct outbox_entry *e, const char *reason)
 	struct buf b;
 	buf_init(&b);
 	buf_printf(&b, "connector %s: %s\n", e->conn, reason);
-	int r = write_file_atomic(e->fd, "reason", b.data, b.len, 0640);
+	int r = write_file_atomic(e->fd, ENTRY_REASON, b.data, b.len, 0640);
 	if (r == 0)
 		r = fsync_dir(e->fd);
 	if (r == 0) {
@@ -146,7 +147,7 @@ int outbox_bounce(struct outbox_entry *e, const char *reason)
 			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			int afd =
 			    bfd < 0 ? -1
-			            : openat(bfd, "reason",
+			            : openat(bfd, ENTRY_REASON,
 			                     O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
 			                     0640);
 			r = afd < 0 || write_all(afd, b.data, b.len) < 0 || fsync(afd) < 0 ? -1 : 0;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "log.h"
 #include "util.h"
 
@@ -27,8 +28,8 @@ static void trace_write(int dirfd, const char *qid, const char *lines, size_t n)
 	/* 0660: every stage appends to the one trace, and in a separated spool they are
 	 * different users of one group (umask 027 makes it 0640 when one user runs all). The
 	 * trace is a record for people, never trusted by a stage. */
-	int fd =
-	    openat(dirfd, "trace", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+	int fd = openat(dirfd, ENTRY_TRACE, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+	                0660);
 	if (fd < 0) {
 		log_warn(qid, "cannot append to trace: %s", strerror(errno));
 		return;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "entry_names.h"
 #include "log.h"
 #include "util.h"
 
@@ -116,8 +117,8 @@ int verdicts_read_owned_at(int dirfd, struct verdicts *vs, uid_t owner, char *re
 	int rc = -1;
 	char *scanner = NULL, *virus = NULL, *ex = NULL, *version = NULL, *argv = NULL;
 	uid_t found = (uid_t)-1;
-	if (read_file_owned_at(dirfd, "verdicts", &b, 64u << 20, owner, &found) < 0) {
-		read_file_owned_reason(reason, rlen, "verdicts", owner, found, errno);
+	if (read_file_owned_at(dirfd, ENTRY_VERDICTS, &b, 64u << 20, owner, &found) < 0) {
+		read_file_owned_reason(reason, rlen, ENTRY_VERDICTS, owner, found, errno);
 		goto out;
 	}
 	char *line = b.data;

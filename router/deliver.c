@@ -16,19 +16,21 @@
 #include <unistd.h>
 
 #include "crash.h"
+#include "entry_names.h"
 #include "log.h"
 #include "router.h"
 #include "trace.h"
 #include "util.h"
 
-/* Prepare out.<conn>/ with message, envelope and trace: built under a .tmp name and
- * renamed, so an out.<conn>/ that exists is always complete. */
+/* Prepare out.<conn>/ with message, envelope, trace and the fleet's pass (`requeues`,
+ * when the entry has one): built under a .tmp name and renamed, so an out.<conn>/ that
+ * exists is always complete. */
 static void router_prepare_out(struct spool_entry *e, const char *conn, const struct envelope *sub,
                                const char *src)
 {
 	char tmp[128], fin[128];
-	snprintf(tmp, sizeof tmp, "out.%s.tmp", conn);
-	snprintf(fin, sizeof fin, "out.%s", conn);
+	snprintf(tmp, sizeof tmp, ENTRY_OUT_PREFIX "%s.tmp", conn);
+	snprintf(fin, sizeof fin, ENTRY_OUT_PREFIX "%s", conn);
 	if (remove_tree_at(e->fd, tmp) < 0 || mkdirat(e->fd, tmp, 0770) < 0)
 		goto fail;
 	int ofd = openat(e->fd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -39,15 +41,19 @@ static void router_prepare_out(struct spool_entry *e, const char *conn, const st
 	struct buf b;
 	buf_init(&b);
 	envelope_format(sub, &b);
-	int r = linkat(e->fd, src, ofd, "message", 0);
+	int r = linkat(e->fd, src, ofd, ENTRY_MESSAGE, 0);
 	/* The trace is a record for people, never trusted: one this user may not link (gone,
 	 * or made unwritable to us by its owner: protected_hardlinks) must not stop the
 	 * delivery, or one entry would stop the router at every restart. The outbox entry
 	 * then starts a trace of its own that says so. */
-	if (r == 0 && linkat(e->fd, "trace", ofd, "trace", 0) < 0)
+	if (r == 0 && linkat(e->fd, ENTRY_TRACE, ofd, ENTRY_TRACE, 0) < 0)
 		trace_add(ofd, e->qid, "router trace_not_linked error=%s", strerror(errno));
 	if (r == 0)
-		r = write_file_replace(ofd, "envelope", b.data, b.len, 0640);
+		r = write_file_replace(ofd, ENTRY_ENVELOPE, b.data, b.len, 0640);
+	/* The fleet's pass goes with the entry: the connector's records are keyed in it, and
+	 * a bounce's badmail/ entry requeued counts on from it (lib/export.c). */
+	if (r == 0)
+		r = export_pass_copy(e->fd, ofd);
 	int err = errno;
 	close(ofd);
 	buf_free(&b);
@@ -67,7 +73,7 @@ void router_fanout_finish(struct spool_entry *e)
 	buf_init(&b);
 	/* Only our own plan (trust by ownership): one that another user slipped in after
 	 * router_untrusted looked is refused here, and seen by it at the next claim. */
-	if (read_file_owned_at(e->fd, "fanout", &b, 1 << 20, geteuid(), NULL) < 0)
+	if (read_file_owned_at(e->fd, ENTRY_FANOUT, &b, 1 << 20, geteuid(), NULL) < 0)
 		die_temp(e->qid, "cannot read fanout: %s", strerror(errno));
 	char *line = b.data, *nl;
 	int moved = 0;
@@ -76,7 +82,7 @@ void router_fanout_finish(struct spool_entry *e)
 		if (strcmp(line, "end") == 0)
 			break;
 		char sub[128];
-		snprintf(sub, sizeof sub, "out.%s", line);
+		snprintf(sub, sizeof sub, ENTRY_OUT_PREFIX "%s", line);
 		int r = spool_entry_move_sub_to_outbox(e, sub, line);
 		if (r < 0)
 			die_temp(e->qid, "cannot move %s to outbox/%s: %s", sub, line,
@@ -130,7 +136,7 @@ static void router_deliver(struct stage *st, struct spool_entry *e, const struct
 	/* The fleet's record of the routing, synced with the plan that commits it. */
 	export_entry(st->conf, e, EXPORT_OUTBOX, NULL);
 	/* The plan commits the fan-out: from here on out.<conn>/ are only ever moved. */
-	if (spool_entry_write(e, "fanout", plan.data, plan.len) < 0 || spool_entry_sync(e) < 0)
+	if (spool_entry_write(e, ENTRY_FANOUT, plan.data, plan.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write fanout: %s", strerror(errno));
 	buf_free(&plan);
 	CRASH_POINT("route-fanout-plan");
@@ -146,7 +152,8 @@ void router_drop_outs(struct spool_entry *e)
 	if (spool_list(e->fd, 0, &names, &n) < 0)
 		die_temp(e->qid, "cannot list the work directory: %s", strerror(errno));
 	for (size_t i = 0; i < n; i++)
-		if ((strncmp(names[i], "out.", 4) == 0 || strncmp(names[i], "derived", 7) == 0) &&
+		if ((strncmp(names[i], ENTRY_OUT_PREFIX, strlen(ENTRY_OUT_PREFIX)) == 0 ||
+		     strncmp(names[i], ENTRY_DERIVED, strlen(ENTRY_DERIVED)) == 0) &&
 		    remove_tree_at(e->fd, names[i]) < 0) {
 			/* Not ours to remove (a separated spool: another stage's user made it, with
 			 * a mode that keeps us out): out of the way under a name no step uses,
@@ -254,7 +261,7 @@ static void router_write_out(struct spool_entry *e, const struct buf *hdrs, cons
                              size_t len)
 {
 	/* Ours and new: the delivered copy must belong to the router's user alone. */
-	int out = open_fresh_at(e->fd, "message.out.tmp", O_WRONLY, 0640);
+	int out = open_fresh_at(e->fd, ENTRY_MESSAGE_OUT_TMP, O_WRONLY, 0640);
 	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0 ||
 	    router_copy_unforged(out, msg, len) < 0)
 		goto fail;
@@ -262,7 +269,7 @@ static void router_write_out(struct spool_entry *e, const struct buf *hdrs, cons
 		out = -1;
 		goto fail;
 	}
-	if (renameat(e->fd, "message.out.tmp", e->fd, "message.out") < 0)
+	if (renameat(e->fd, ENTRY_MESSAGE_OUT_TMP, e->fd, ENTRY_MESSAGE_OUT) < 0)
 		die_temp(e->qid, "cannot rename %s/route/%s/message.out.tmp: %s", e->sp->root,
 		         e->qid, strerror(errno));
 	return;
@@ -296,7 +303,7 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 		 * into memory once, check it is those bytes, and deliver from that memory, so that
 		 * what leaves is what was scanned, whatever its owner does to the file now. */
 		char hex[65];
-		if (read_file_at(e->fd, "message", &whole, SIZE_MAX / 2) < 0)
+		if (read_file_at(e->fd, ENTRY_MESSAGE, &whole, SIZE_MAX / 2) < 0)
 			die_temp(e->qid, "cannot read %s/route/%s/message: %s", e->sp->root, e->qid,
 			         strerror(errno));
 		util_sha256_hex(whole.data ? whole.data : "", whole.len, hex);
@@ -324,7 +331,7 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 	} else {
 		/* Mapped, not read: a message may be as large as max_message_size, and only
 		 * its header block is looked at. The entry is locked, so nobody changes it. */
-		int fd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int fd = openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0 || fstat(fd, &sb) < 0)
 			die_temp(e->qid, "cannot open %s/route/%s/message: %s", e->sp->root, e->qid,
 			         strerror(errno));
@@ -356,9 +363,9 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 	 * whose file protected_hardlinks would not let us link anyway). */
 	if (h.len || body || forged > 0 || sb.st_uid != geteuid()) {
 		router_write_out(e, &h, src, len);
-		router_deliver(st, e, env, "message.out");
+		router_deliver(st, e, env, ENTRY_MESSAGE_OUT);
 	} else {
-		router_deliver(st, e, env, "message");
+		router_deliver(st, e, env, ENTRY_MESSAGE);
 	}
 	if (map != MAP_FAILED && munmap(map, len) < 0)
 		log_warn(e->qid, "cannot unmap the message: %s", strerror(errno));

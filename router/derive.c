@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "crash.h"
+#include "entry_names.h"
 #include "log.h"
 #include "router.h"
 #include "trace.h"
@@ -102,7 +103,7 @@ int router_strip(struct stage *st, struct spool_entry *e, const struct manifest 
 			goto out;
 		}
 	}
-	if (read_file_at(e->fd, "message", &msg, st->conf->splitter.max_message_size + 1) < 0) {
+	if (read_file_at(e->fd, ENTRY_MESSAGE, &msg, st->conf->splitter.max_message_size + 1) < 0) {
 		buf_printf(why, "strip: cannot read the message: %s\n", strerror(errno));
 		goto out;
 	}
@@ -130,7 +131,7 @@ int router_derived(struct spool_entry *e, char of[SPOOL_QID_LEN + 1])
 	buf_init(&b);
 	int yes = 0;
 	size_t pl = strlen(ROUTER_DERIVED_ORIGIN);
-	if (read_file_at(e->fd, "origin", &b, 4096) == 0 && b.len >= pl &&
+	if (read_file_at(e->fd, ENTRY_ORIGIN, &b, 4096) == 0 && b.len >= pl &&
 	    memcmp(b.data, ROUTER_DERIVED_ORIGIN, pl) == 0) {
 		yes = 1;
 		snprintf(of, SPOOL_QID_LEN + 1, "%.*s", SPOOL_QID_LEN, b.data + pl);
@@ -147,7 +148,7 @@ void router_strip_finish(struct spool_entry *e)
 {
 	struct buf b;
 	buf_init(&b);
-	if (read_file_owned_at(e->fd, "strip", &b, 4096, geteuid(), NULL) < 0)
+	if (read_file_owned_at(e->fd, ENTRY_STRIP, &b, 4096, geteuid(), NULL) < 0)
 		die_temp(e->qid, "cannot read %s/route/%s/strip: %s", e->sp->root, e->qid,
 		         strerror(errno));
 	char d[SPOOL_QID_LEN + 1];
@@ -157,7 +158,7 @@ void router_strip_finish(struct spool_entry *e)
 	memcpy(d, b.data, SPOOL_QID_LEN);
 	d[SPOOL_QID_LEN] = '\0';
 	buf_free(&b);
-	int r = spool_entry_move_sub_to_incoming(e, "derived", d);
+	int r = spool_entry_move_sub_to_incoming(e, ENTRY_DERIVED, d);
 	if (r < 0)
 		die_temp(e->qid, "cannot move %s/route/%s/derived to incoming/%s: %s", e->sp->root,
 		         e->qid, d, strerror(errno));
@@ -180,10 +181,10 @@ void router_strip_commit(struct spool_entry *e, const struct envelope *env,
 {
 	char d[SPOOL_QID_LEN + 1];
 	spool_qid_new(d);
-	if (remove_tree_at(e->fd, "derived.tmp") < 0 || remove_tree_at(e->fd, "derived") < 0 ||
-	    mkdirat(e->fd, "derived.tmp", 0770) < 0)
+	if (remove_tree_at(e->fd, ENTRY_DERIVED_TMP) < 0 ||
+	    remove_tree_at(e->fd, ENTRY_DERIVED) < 0 || mkdirat(e->fd, ENTRY_DERIVED_TMP, 0770) < 0)
 		goto fail;
-	int dfd = openat(e->fd, "derived.tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int dfd = openat(e->fd, ENTRY_DERIVED_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
 		goto fail;
 	struct buf eb, ob;
@@ -194,13 +195,14 @@ void router_strip_commit(struct spool_entry *e, const struct envelope *env,
 	/* A bare message with its committed envelope is what the splitter's recovery of an
 	 * incoming/ entry splits; attempts 0: its first split is attempt 1. Nothing is
 	 * fsync'd on its own: the one sync before the plan covers it all. */
-	int w = write_file_replace(dfd, "message", body->data ? body->data : "", body->len, 0640);
+	int w =
+	    write_file_replace(dfd, ENTRY_MESSAGE, body->data ? body->data : "", body->len, 0640);
 	if (w == 0)
-		w = write_file_replace(dfd, "envelope", eb.data, eb.len, 0640);
+		w = write_file_replace(dfd, ENTRY_ENVELOPE, eb.data, eb.len, 0640);
 	if (w == 0)
-		w = write_file_replace(dfd, "origin", ob.data, ob.len, 0640);
+		w = write_file_replace(dfd, ENTRY_ORIGIN, ob.data, ob.len, 0640);
 	if (w == 0)
-		w = write_file_replace(dfd, "attempts", "0\n", 2, 0640);
+		w = write_file_replace(dfd, ENTRY_ATTEMPTS, "0\n", 2, 0640);
 	int err = errno;
 	buf_free(&eb);
 	buf_free(&ob);
@@ -208,7 +210,7 @@ void router_strip_commit(struct spool_entry *e, const struct envelope *env,
 		trace_add(dfd, d, "derived from=%s action=strip", e->qid);
 	close(dfd);
 	errno = err;
-	if (w < 0 || renameat(e->fd, "derived.tmp", e->fd, "derived") < 0)
+	if (w < 0 || renameat(e->fd, ENTRY_DERIVED_TMP, e->fd, ENTRY_DERIVED) < 0)
 		goto fail;
 	CRASH_POINT("route-strip-prepared");
 	buf_printf(why,
@@ -223,7 +225,7 @@ void router_strip_commit(struct spool_entry *e, const struct envelope *env,
 	struct buf plan;
 	buf_init(&plan);
 	buf_printf(&plan, "%s\nend\n", d);
-	w = spool_entry_write(e, "strip", plan.data, plan.len);
+	w = spool_entry_write(e, ENTRY_STRIP, plan.data, plan.len);
 	buf_free(&plan);
 	if (w < 0 || spool_entry_sync(e) < 0)
 		goto fail;

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "entry_names.h"
 #include "router.h"
 #include "verdict.h"
 
@@ -58,7 +59,7 @@ void hold_read(int dirfd, struct hold_state *h)
 {
 	struct buf b;
 	buf_init(&b);
-	if (read_file_at(dirfd, "hold", &b, 4096) == 0)
+	if (read_file_at(dirfd, ENTRY_HOLD, &b, 4096) == 0)
 		hold_parse(buf_cstr(&b), h);
 	else
 		memset(h, 0, sizeof *h);
@@ -121,7 +122,7 @@ int hold_held_for(int dirfd, const char *scanner, int64_t at)
 	int hit = 0;
 	/* The hold file is rewritten each time the entry is held: older than the recovery
 	 * means held before it, so a retry never loops on mail held again since. */
-	if (fstatat(dirfd, "hold", &sb, AT_SYMLINK_NOFOLLOW) < 0 || (int64_t)sb.st_mtime >= at)
+	if (fstatat(dirfd, ENTRY_HOLD, &sb, AT_SYMLINK_NOFOLLOW) < 0 || (int64_t)sb.st_mtime >= at)
 		return 0;
 	verdicts_init(&vs);
 	if (verdicts_read_at(dirfd, &vs, reason, sizeof reason) == 0)

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "entry_names.h"
 #include "log.h"
 #include "router.h"
 #include "trace.h"
@@ -39,11 +40,11 @@ int notice_write(struct spool *sp, const char *conn, const struct envelope *env,
 	if (dfd < 0)
 		goto out;
 	envelope_format(env, &eb);
-	if (write_file_atomic(dfd, "message", msg, len, 0640) < 0 ||
-	    write_file_atomic(dfd, "envelope", eb.data, eb.len, 0640) < 0)
+	if (write_file_atomic(dfd, ENTRY_MESSAGE, msg, len, 0640) < 0 ||
+	    write_file_atomic(dfd, ENTRY_ENVELOPE, eb.data, eb.len, 0640) < 0)
 		goto out;
 	trace_add(dfd, qid_out, "notice about=%s connector=%s", about_qid, conn);
-	tfd = openat(dfd, "trace", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	tfd = openat(dfd, ENTRY_TRACE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (tfd < 0 || fsync(tfd) < 0 || fsync_dir(dfd) < 0)
 		goto out;
 	ofd = spool_outbox_open(sp, conn);

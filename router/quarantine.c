@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "crash.h"
+#include "entry_names.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -26,8 +27,8 @@ static void router_drop_parts(struct spool_entry *e)
 	if (spool_list(e->fd, 0, &names, &n) < 0)
 		return;
 	for (size_t i = 0; i < n; i++) {
-		size_t l = strlen(names[i]);
-		if (l > 4 && strcmp(names[i] + l - 4, ".ATT") == 0)
+		size_t l = strlen(names[i]), sl = strlen(ENTRY_PART_SUFFIX);
+		if (l > sl && strcmp(names[i] + l - sl, ENTRY_PART_SUFFIX) == 0)
 			unlinkat(e->fd, names[i], 0);
 	}
 	spool_names_free(names, n);
@@ -93,8 +94,8 @@ void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
 		buf_printf(&j, ",\"stripped\":\"%s\"", derived); /* a queue ID: [0-9a-f-] */
 	buf_addstr(&j, "}\n");
 	router_drop_parts(e);
-	if (spool_entry_write(e, "report", r.data, r.len) < 0 ||
-	    spool_entry_write(e, "report.json", j.data, j.len) < 0)
+	if (spool_entry_write(e, ENTRY_REPORT, r.data, r.len) < 0 ||
+	    spool_entry_write(e, ENTRY_REPORT_JSON, j.data, j.len) < 0)
 		die_temp(e->qid, "cannot write the quarantine report: %s", strerror(errno));
 	buf_free(&r);
 	buf_free(&j);
@@ -138,8 +139,8 @@ void router_hold(struct stage *st, struct spool_entry *e, const char *why)
 	escape_bytes(&w, why, strlen(why), 1024);
 	router_text_block(&rs, why);
 	export_entry(st->conf, e, EXPORT_HOLD, why); /* before the new hold round is written */
-	if (spool_entry_write(e, "hold", b.data, b.len) < 0 ||
-	    spool_entry_write(e, "reason", rs.data, rs.len) < 0 || spool_entry_sync(e) < 0)
+	if (spool_entry_write(e, ENTRY_HOLD, b.data, b.len) < 0 ||
+	    spool_entry_write(e, ENTRY_REASON, rs.data, rs.len) < 0 || spool_entry_sync(e) < 0)
 		die_temp(e->qid, "cannot write hold state: %s", strerror(errno));
 	trace_add(e->fd, e->qid, "hold attempts=%llu next=%lld why=%s",
 	          (unsigned long long)h.attempts, (long long)h.next, buf_cstr(&w));

@@ -26,6 +26,7 @@
 
 #include "conf.h"
 #include "crash.h"
+#include "entry_names.h"
 #include "envelope.h"
 #include "export.h"
 #include "log.h"
@@ -88,8 +89,8 @@ static const struct {
 	const char *name;
 	enum conf_role role;
 } router_control_files[] = {
-    {"manifest", ROLE_SPLITTER}, {"verdicts", ROLE_RUNNER}, {"fanout", ROLE_ROUTER},
-    {"strip", ROLE_ROUTER},      {"report", ROLE_ROUTER},   {"release", ROLE_SPOOL},
+    {ENTRY_MANIFEST, ROLE_SPLITTER}, {ENTRY_VERDICTS, ROLE_RUNNER}, {ENTRY_FANOUT, ROLE_ROUTER},
+    {ENTRY_STRIP, ROLE_ROUTER},      {ENTRY_REPORT, ROLE_ROUTER},   {ENTRY_RELEASE, ROLE_SPOOL},
 };
 
 static int router_untrusted(struct stage *st, struct spool_entry *e, struct buf *why)
@@ -125,12 +126,12 @@ static int router_untrusted(struct stage *st, struct spool_entry *e, struct buf 
 static int router_released(struct stage *st, struct spool_entry *e)
 {
 	struct stat rs, qs;
-	if (fstatat(e->fd, "release", &rs, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(e->fd, ENTRY_RELEASE, &rs, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
 	uid_t admin = conf_role_uid(st->conf, ROLE_SPOOL);
 	uid_t router = conf_role_uid(st->conf, ROLE_ROUTER);
 	return S_ISREG(rs.st_mode) && (rs.st_uid == admin || rs.st_uid == 0) &&
-	       fstatat(e->fd, "report", &qs, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(qs.st_mode) &&
+	       fstatat(e->fd, ENTRY_REPORT, &qs, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(qs.st_mode) &&
 	       (qs.st_uid == router || qs.st_uid == 0);
 }
 
@@ -152,7 +153,7 @@ static int router_resume(struct stage *st, struct spool_entry *e)
 		return 1;
 	}
 	buf_free(&forged);
-	if (fstatat(e->fd, "fanout", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+	if (fstatat(e->fd, ENTRY_FANOUT, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		log_info(e->qid, "resuming an interrupted fan-out");
 		router_fanout_finish(e);
 		return 1;
@@ -160,7 +161,7 @@ static int router_resume(struct stage *st, struct spool_entry *e)
 	/* A committed strip is finished, never redone - unless the entry is a stripped
 	 * original that spoolctl released from quarantine (its plan is done: the release
 	 * decides). */
-	if (fstatat(e->fd, "strip", &sb, AT_SYMLINK_NOFOLLOW) == 0 && !router_released(st, e)) {
+	if (fstatat(e->fd, ENTRY_STRIP, &sb, AT_SYMLINK_NOFOLLOW) == 0 && !router_released(st, e)) {
 		log_info(e->qid, "resuming an interrupted strip");
 		router_strip_finish(e);
 		return 1;

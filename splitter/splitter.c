@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "entry_names.h"
 #include "export.h"
 #include "crash.h"
 #include "envelope.h"
@@ -42,8 +43,8 @@
 /* Files of a work directory that survive a re-split; everything else is redone.
  * "requeues" is the fleet's pass count (lib/export.c): a badmail entry requeued is split
  * again, and its new records must keep the pass the requeue gave them. */
-static const char *const splitter_keep[] = {"message", "envelope", "attempts", "trace",
-                                            "origin",  "requeues", NULL};
+static const char *const splitter_keep[] = {
+    ENTRY_MESSAGE, ENTRY_ENVELOPE, ENTRY_ATTEMPTS, ENTRY_TRACE, ENTRY_ORIGIN, ENTRY_REQUEUES, NULL};
 
 /* Intake is paused while the spool's filesystem is (nearly) full; logged once per change. */
 static int splitter_space_low;
@@ -157,7 +158,7 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 	buf_printf(&b, "%s\n", reason);
 	/* A stripped copy of a queue file is not the message as received: badmail keeps
 	 * the original ("message") only. */
-	if (unlinkat(e->fd, "message.body", 0) < 0 && errno != ENOENT)
+	if (unlinkat(e->fd, ENTRY_MESSAGE_BODY, 0) < 0 && errno != ENOENT)
 		log_warn(e->qid, "cannot remove %s/incoming/%s/message.body: %s", e->sp->root,
 		         e->qid, strerror(errno));
 	log_warn(e->qid, "to badmail: %s", reason);
@@ -166,7 +167,7 @@ static int splitter_badmail(struct spool_entry *e, const char *reason)
 		export_entry(splitter_conf, e, EXPORT_BADMAIL, reason);
 	/* The reason, the trace and the event record must be on disk before the entry
 	 * becomes final. */
-	int w = spool_entry_write(e, "reason", b.data, b.len) < 0 || spool_entry_sync(e) < 0;
+	int w = spool_entry_write(e, ENTRY_REASON, b.data, b.len) < 0 || spool_entry_sync(e) < 0;
 	buf_free(&b);
 	if (w)
 		return splitter_tempfail(e, "cannot write the reason of");
@@ -189,7 +190,7 @@ static int splitter_attempt_count(struct spool_entry *e, int fresh)
 	if (fresh)
 		return 1;
 	buf_init(&b);
-	if (read_file_at(e->fd, "attempts", &b, 64) == 0) {
+	if (read_file_at(e->fd, ENTRY_ATTEMPTS, &b, 64) == 0) {
 		char *nl = strchr(buf_cstr(&b), '\n');
 		if (nl)
 			*nl = '\0';
@@ -200,7 +201,7 @@ static int splitter_attempt_count(struct spool_entry *e, int fresh)
 	buf_printf(&b, "%llu\n", (unsigned long long)n + 1);
 	/* No sync: the counter must survive a crash of this process (the page cache does),
 	 * not a power cut, after which one more attempt is harmless. */
-	int w = spool_entry_write(e, "attempts", b.data, b.len) < 0;
+	int w = spool_entry_write(e, ENTRY_ATTEMPTS, b.data, b.len) < 0;
 	buf_free(&b);
 	if (w)
 		return splitter_tempfail(e, "cannot write the attempt count of") - 1;
@@ -263,9 +264,9 @@ static int splitter_queue_file(struct spool_entry *e, int fd, char *reason, size
 		goto out;
 	}
 	envelope_format(&env, &env_out);
-	if (spool_entry_write(e, "envelope", env_out.data, env_out.len) < 0)
+	if (spool_entry_write(e, ENTRY_ENVELOPE, env_out.data, env_out.len) < 0)
 		goto ioerr;
-	out = openat(e->fd, "message.body", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	out = openat(e->fd, ENTRY_MESSAGE_BODY, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 	             0640);
 	if (out < 0)
 		goto ioerr;
@@ -303,7 +304,7 @@ out:
  * commit fsyncs the parent directories, not this one). 0, or -1 with errno. */
 static int splitter_body_commit(struct spool_entry *e)
 {
-	if (renameat(e->fd, "message.body", e->fd, "message") < 0) {
+	if (renameat(e->fd, ENTRY_MESSAGE_BODY, e->fd, ENTRY_MESSAGE) < 0) {
 		if (errno == ENOENT)
 			return 0; /* not a queue file: nothing to replace */
 		return -1;
@@ -329,7 +330,7 @@ static int splitter_envelope(struct spool_entry *e, int fd, const char **msg_nam
 		int nfd = splitter_queue_file(e, fd, reason, rlen);
 		if (nfd >= 0) {
 			close(fd);
-			*msg_name = "message.body";
+			*msg_name = ENTRY_MESSAGE_BODY;
 		}
 		return nfd;
 	}
@@ -343,7 +344,7 @@ static int splitter_envelope(struct spool_entry *e, int fd, const char **msg_nam
 	buf_init(&b);
 	envelope_format(&env, &b);
 	int rc = fd;
-	if (spool_entry_write(e, "envelope", b.data, b.len) < 0) {
+	if (spool_entry_write(e, ENTRY_ENVELOPE, b.data, b.len) < 0) {
 		snprintf(reason, rlen, "%s/incoming/%s/envelope: %s", e->sp->root, e->qid,
 		         strerror(errno));
 		rc = -2;
@@ -364,7 +365,7 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 			return -1;
 		return fd;
 	}
-	int out = openat(e->fd, "message.own",
+	int out = openat(e->fd, ENTRY_MESSAGE_OWN,
 	                 O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
 	if (out < 0)
 		return -1;
@@ -373,9 +374,9 @@ static int splitter_message_own(struct spool_entry *e, int fd, const struct stat
 		close_keep_errno(out);
 		return -1;
 	}
-	if (close(out) < 0 || renameat(e->fd, "message.own", e->fd, "message") < 0)
+	if (close(out) < 0 || renameat(e->fd, ENTRY_MESSAGE_OWN, e->fd, ENTRY_MESSAGE) < 0)
 		return -1;
-	int nfd = openat(e->fd, "message", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int nfd = openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (nfd < 0)
 		return -1;
 	close(fd);
@@ -404,7 +405,7 @@ static int splitter_admit(struct stage *st, struct spool_entry *e, int fresh, in
 	struct buf origin;
 	buf_init(&origin);
 	const char *was = "";
-	if (read_file_at(e->fd, "origin", &origin, 4096) == 0 &&
+	if (read_file_at(e->fd, ENTRY_ORIGIN, &origin, 4096) == 0 &&
 	    ((origin.len == SPOOL_QID_LEN + 1 && memcmp(origin.data, e->qid, SPOOL_QID_LEN) == 0) ||
 	     (origin.len > 13 && memcmp(origin.data, "spoold-strip/", 13) == 0)))
 		was = e->qid;
@@ -414,7 +415,7 @@ static int splitter_admit(struct stage *st, struct spool_entry *e, int fresh, in
 		/* Still being written into: parse it only once its writer is done. */
 		log_info(e->qid, "message still open for writing; deferred");
 		/* Not an attempt: the retry that splits it must count from zero. */
-		if (fresh && spool_entry_write(e, "attempts", "0\n", 2) < 0)
+		if (fresh && spool_entry_write(e, ENTRY_ATTEMPTS, "0\n", 2) < 0)
 			log_warn(e->qid, "cannot write the attempt count: %s", strerror(errno));
 		return 0;
 	}
@@ -461,7 +462,7 @@ static int splitter_parts(struct stage *st, struct spool_entry *e, int *fdp, str
 	char reason[512];
 	struct mime_limits lim;
 	struct stat sb;
-	const char *msg_name = "message";
+	const char *msg_name = ENTRY_MESSAGE;
 	int nfd = splitter_envelope(e, *fdp, &msg_name, reason, sizeof reason);
 	if (nfd == -1)
 		return splitter_badmail(e, reason);
@@ -497,7 +498,7 @@ static int splitter_commit(struct spool_entry *e, const struct manifest *m, off_
 	buf_init(&mb);
 	CRASH_POINT("split-parts");
 	manifest_format(m, &mb);
-	if (spool_entry_write(e, "manifest", mb.data, mb.len) < 0) {
+	if (spool_entry_write(e, ENTRY_MANIFEST, mb.data, mb.len) < 0) {
 		rc = splitter_tempfail(e, "cannot write the manifest of");
 		goto out;
 	}
@@ -638,7 +639,7 @@ static int splitter_recover_pass(struct stage *st)
 			pending++;
 			continue;
 		}
-		if (fstatat(e.fd, "message", &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (fstatat(e.fd, ENTRY_MESSAGE, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
 			log_info(e.qid, "removing empty work directory left by a dead splitter");
 			if (spool_entry_trash(&e) < 0)
 				log_warn(e.qid, "cannot remove %s/incoming/%s: %s", st->spool.root,
@@ -714,13 +715,13 @@ static int splitter_extract_one(const struct mime_limits *lim, const char *file,
 	int dfd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", outdir, strerror(errno));
-	if (!fresh && unlinkat(dfd, "message", 0) < 0 && errno != ENOENT)
+	if (!fresh && unlinkat(dfd, ENTRY_MESSAGE, 0) < 0 && errno != ENOENT)
 		die_perm(EXIT_USAGE, "cannot remove %s/message: %s", outdir, strerror(errno));
 	int fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die_perm(EXIT_USAGE, "cannot open %s: %s", file, strerror(errno));
-	if (linkat(AT_FDCWD, file, dfd, "message", 0) < 0) {
-		int out = openat(dfd, "message", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (linkat(AT_FDCWD, file, dfd, ENTRY_MESSAGE, 0) < 0) {
+		int out = openat(dfd, ENTRY_MESSAGE, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 		if (out < 0 || copy_fd(fd, out) < 0)
 			die_perm(EXIT_USAGE, "cannot copy %s into %s: %s", file, outdir,
 			         strerror(errno));
@@ -728,7 +729,7 @@ static int splitter_extract_one(const struct mime_limits *lim, const char *file,
 		fd = out;
 	}
 	manifest_init(&m);
-	int r = mime_extract(fd, "message", dfd, lim, &m, reason, sizeof reason);
+	int r = mime_extract(fd, ENTRY_MESSAGE, dfd, lim, &m, reason, sizeof reason);
 	close(fd);
 	close(dfd);
 	buf_init(&b);

@@ -19,6 +19,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "entry_names.h"
 #include "log.h"
 #include "outbox.h"
 #include "spool.h"
@@ -42,7 +43,7 @@ static int flush_hold(const struct conf *c, struct spool *sp)
 		}
 		struct stat st;
 		/* A hold made by hand is the operator's own decision: only requeue lifts it. */
-		if (fstatat(e.fd, "manual-hold", &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (fstatat(e.fd, ENTRY_MANUAL_HOLD, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 			manual++;
 		} else {
 			ctl_requeue_hold(c, &e, "flush");

@@ -22,6 +22,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "entry_names.h"
 #include "envelope.h"
 #include "export.h"
 #include "log.h"
@@ -84,7 +85,7 @@ static int qr_load(int qfd, const char *qid, struct qr_entry *q)
 	buf_init(&j);
 	envelope_init(&env);
 	q->time = 0;
-	if (read_file_at(dfd, "report.json", &j, 1 << 20) == 0) {
+	if (read_file_at(dfd, ENTRY_REPORT_JSON, &j, 1 << 20) == 0) {
 		const char *s = buf_cstr(&j);
 		qr_json_str(s, "reason", &q->reason);
 		const char *t = strstr(s, "\"time\":");
@@ -266,9 +267,9 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 			fprintf(stderr, "spoolctl: %s is not in quarantine\n", argv[1]);
 			rc = 1;
 		} else {
-			qr_print_file(dfd, "report");
+			qr_print_file(dfd, ENTRY_REPORT);
 			printf("\nTrace:\n");
-			qr_print_file(dfd, "trace");
+			qr_print_file(dfd, ENTRY_TRACE);
 			close(dfd);
 		}
 	} else if (strcmp(sub, "release") == 0) {
@@ -278,7 +279,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		 * route/ always knows it was released, even after a crash. */
 		trace_add(e.fd, e.qid, "release requested uid=%ld", (long)log_caller());
 		qr_export(c, &e, EXPORT_RELEASED);
-		if (spool_entry_write(&e, "release", marker, sizeof marker - 1) < 0 ||
+		if (spool_entry_write(&e, ENTRY_RELEASE, marker, sizeof marker - 1) < 0 ||
 		    spool_entry_sync(&e) < 0)
 			die_temp(e.qid, "cannot write %s/quarantine/%s/release: %s", sp.root, e.qid,
 			         strerror(errno));

@@ -38,6 +38,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "entry_names.h"
 #include "envelope.h"
 #include "queuefile.h"
 #include "export.h"
@@ -98,7 +99,7 @@ static const char *q_state(enum spool_dir d, int dfd)
 	case SD_ROUTE:
 		return "queued";
 	case SD_HOLD:
-		return dfd >= 0 && fstatat(dfd, "manual-hold", &st, AT_SYMLINK_NOFOLLOW) == 0
+		return dfd >= 0 && fstatat(dfd, ENTRY_MANUAL_HOLD, &st, AT_SYMLINK_NOFOLLOW) == 0
 		           ? "manual-hold"
 		           : "held";
 	case SD_QUARANTINE:
@@ -284,7 +285,7 @@ static void q_print_trace(int dfd)
 	struct buf t, o;
 	buf_init(&t);
 	buf_init(&o);
-	if (read_file_at(dfd, "trace", &t, 16 << 20) < 0) {
+	if (read_file_at(dfd, ENTRY_TRACE, &t, 16 << 20) < 0) {
 		printf("  (no trace: %s)\n", strerror(errno));
 		buf_free(&t);
 		return;
@@ -457,7 +458,7 @@ static int q_unlink_opt(int dfd, const char *name)
 static int q_requeue_badmail(const struct conf *c, struct spool_entry *e)
 {
 	struct spool *sp = e->sp;
-	int mfd = openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int mfd = openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	struct stat st;
 	if (mfd < 0 || fstat(mfd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		if (mfd >= 0)
@@ -471,7 +472,7 @@ static int q_requeue_badmail(const struct conf *c, struct spool_entry *e)
 	 * parts and manifest itself; a message that still starts with the queue-file magic is
 	 * stripped again, else the envelope here is used). What made it badmail goes: the
 	 * reason, and the poison counter, which would send it straight back. */
-	if (q_unlink_opt(e->fd, "reason") < 0 || q_unlink_opt(e->fd, "attempts") < 0)
+	if (q_unlink_opt(e->fd, ENTRY_REASON) < 0 || q_unlink_opt(e->fd, ENTRY_ATTEMPTS) < 0)
 		die_temp(e->qid, "cannot reset %s/badmail/%s: %s", sp->root, e->qid,
 		         strerror(errno));
 	/* The second pass is keyed apart from the first: its intake record would otherwise
@@ -505,7 +506,7 @@ void ctl_requeue_hold(const struct conf *c, struct spool_entry *e, const char *b
 	struct spool *sp = e->sp;
 	/* The retry state goes with the requeue: the operator decided, so the next hold
 	 * (if any) starts afresh, and a manual hold is lifted. */
-	if (q_unlink_opt(e->fd, "manual-hold") < 0 || q_unlink_opt(e->fd, "hold") < 0)
+	if (q_unlink_opt(e->fd, ENTRY_MANUAL_HOLD) < 0 || q_unlink_opt(e->fd, ENTRY_HOLD) < 0)
 		die_temp(e->qid, "cannot remove the hold state of %s/hold/%s: %s", sp->root, e->qid,
 		         strerror(errno));
 	/* Without its `hold` file the entry is back in hold round 0: a new pass keeps the
@@ -550,7 +551,7 @@ static int q_filter_match(struct spool_entry *e, const struct q_filter *f)
 	if (f->reason) {
 		struct buf r;
 		buf_init(&r);
-		int ok = read_file_at(e->fd, "reason", &r, 65536) == 0;
+		int ok = read_file_at(e->fd, ENTRY_REASON, &r, 65536) == 0;
 		/* One line per reason: a match of any line counts. */
 		int hit = 0;
 		for (char *line = ok ? r.data : NULL; line && *line && !hit;) {
@@ -713,8 +714,8 @@ int ctl_cmd_hold(struct conf *c, int argc, char **argv)
 	snprintf(hold, sizeof hold, "hold attempts=0 first=%llu next=%llu manual=1\n",
 	         (unsigned long long)now, (unsigned long long)UINT64_MAX);
 	enum spool_dir from = e.where;
-	if (spool_entry_write(&e, "manual-hold", mark, strlen(mark)) < 0 ||
-	    spool_entry_write(&e, "hold", hold, strlen(hold)) < 0 || spool_entry_sync(&e) < 0)
+	if (spool_entry_write(&e, ENTRY_MANUAL_HOLD, mark, strlen(mark)) < 0 ||
+	    spool_entry_write(&e, ENTRY_HOLD, hold, strlen(hold)) < 0 || spool_entry_sync(&e) < 0)
 		die_temp(e.qid, "cannot write the hold state of %s/%s/%s: %s", sp.root,
 		         spool_dir_name(from), e.qid, strerror(errno));
 	trace_add(e.fd, e.qid, "hold manual=1 from=%s by=spoolctl", spool_dir_name(from));

@@ -20,6 +20,7 @@ from lib.clamd import Clamd  # noqa: E402
 from lib.fleet import (clamd_scanner, drained, export_count, exporter_pid,  # noqa: E402
                        fleet_nodes, mail, records)
 from lib.pg import PsqlError  # noqa: E402
+from lib.smtpsink import SmtpSink  # noqa: E402
 from lib.spool import Pipeline, fake  # noqa: E402
 
 
@@ -402,6 +403,65 @@ def a_message_requeued_from_badmail_has_records_of_its_second_pass():
                         "WHERE qid = '%s'" % qid) == "outbox mended"
         assert pg.value("SELECT count(*) FROM spoold.recipients WHERE qid = '%s' AND rcpt = "
                         "'r@dest.example'" % qid) == "1"
+
+
+@test(timeout=240)
+def a_message_a_connector_bounced_and_requeued_is_keyed_in_each_pass():
+    """A connector's delivered and bounced records are keyed in the pass of the message:
+    the router copies `requeues` into each outbox entry. A message the smtp connector
+    bounces twice (5xx), each bounce requeued from badmail/, and then delivers, has the
+    records of three passes: the second bounce is not the first's key again (pass 0,
+    which the database would drop as a duplicate), the second requeue counts on from the
+    bounce's badmail/ entry (pass 2, not pass 1 again), and the delivery is pass 2's."""
+    sink = SmtpSink(data_replies=["554 5.7.1 not yet", "554 5.7.1 still not", "250 2.0.0 ok"])
+    harness.cleanup(sink.stop)
+    conn = dict(name="smtp", domains=["*"], type="smtp", relay="smtp://127.0.0.1:%d" % sink.port,
+                helo="spoold-test", retry_min=1, retry_max=2)
+    with Clamd(harness.tmpdir("cd"), harness.sigdir()) as cd:
+        pg, nodes = fleet_nodes(cd, ["s"], connectors=[conn])
+        p = nodes["s"]
+        p.drop("m", mail(1, False, "s"))
+
+        def bounced(n):
+            """The message in badmail/ after its n-th bounce: its queue ID."""
+            def fn():
+                for q in p.entries("badmail"):
+                    try:
+                        with open(os.path.join(p.spool, "badmail", q, "trace")) as f:
+                            if f.read().count(" bounce connector=smtp ") == n:
+                                return q
+                    except FileNotFoundError:
+                        pass  # requeued meanwhile
+                return None
+            return wait_for(fn, timeout=60, what="bounce %d in badmail/\n%s"
+                            % (n, p.logtext()[-2000:]))
+
+        def requeue(qid):
+            with open(os.path.join(p.spool, "badmail", qid, "reason")) as f:
+                assert "connector smtp" in f.read()
+            r = p.ctl("requeue", qid)
+            assert r.returncode == 0 and "requeued: badmail -> incoming" in r.out, r.out
+        qid = bounced(1)
+        requeue(qid)
+        assert bounced(2) == qid
+        requeue(qid)
+        wait_for(lambda: len(sink.messages) == 1 and p.outbox() == [] and p.in_flight() == 0,
+                 timeout=60, what="the delivery of the third pass\n%s" % p.logtext()[-2000:])
+        assert p.entries("badmail") == [] and sink.attempts == 3, (p.entries("badmail"),
+                                                                  sink.attempts)
+        wait_for(lambda: drained(p), timeout=20, what="export/ drained")
+        rows = pg.psql("SELECT seq, kind FROM spoold.events WHERE qid = '%s' ORDER BY seq"
+                       % qid).splitlines()
+
+        def pass_rows(n, last_seq, last_kind):
+            base = n * 100000000  # seq = pass * 1,000,000 * 100 + kind (+ connector 0)
+            return ["%d|intake" % (base + 1), "%d|scanned" % (base + 2),
+                    "%d|outbox" % (base + 3), "%d|%s" % (base + last_seq, last_kind)]
+        want = pass_rows(0, 60, "bounced") + pass_rows(1, 60, "bounced") \
+            + pass_rows(2, 20, "delivered")
+        assert rows == want, rows
+        assert pg.value("SELECT state FROM spoold.messages WHERE qid = '%s'" % qid) \
+            == "delivered"
 
 
 @test(timeout=180)

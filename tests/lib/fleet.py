@@ -49,10 +49,10 @@ def mail(i, infected, node_name="x"):
     return msgs.clean(**common)
 
 
-def fleet_nodes(cd, names, extra="", invariant=True, fleet_extra=""):
+def fleet_nodes(cd, names, extra="", invariant=True, fleet_extra="", connectors=None):
     """A cluster, one role per node, the schema, and one started pipeline per node.
     invariant: Pipeline's delivery check (a reason string turns it off); fleet_extra:
-    more keys of the fleet group (batch...)."""
+    more keys of the fleet group (batch...); connectors: Pipeline's (None: its default)."""
     pg = Postgres()
     pipes = {}
     for n in names:
@@ -61,7 +61,7 @@ def fleet_nodes(cd, names, extra="", invariant=True, fleet_extra=""):
                             splitter=dict(scan_raw_message=False),
                             extra="canary_interval = 0;\n" + fleet_conf(pg, n, "spoold-" + n,
                                                                    fleet_extra)
-                            + extra, invariant=invariant)
+                            + extra, invariant=invariant, connectors=connectors)
     first = pipes[names[0]]
     if first.separated:
         # Separated, spoold and spoolctl run as the spool's user: the credentials are that

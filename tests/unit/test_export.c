@@ -1,18 +1,30 @@
 // links:
 /*
  * test_export - unit test of the fleet's event records (lib/export.c): the seq of each
- * transition kind and hold round, record names, and the record parser, as tables.
+ * transition kind and hold round, the key of a record written for a work directory (its
+ * pass and hold round) and for an outbox entry the router prepared from it, record names,
+ * and the record parser, as tables.
  *
  * What they promise: every transition of one round has its own seq, a later hold round
  * never reuses an earlier round's, delivered and bounced differ per connector; a record
- * name is exactly <qid>.<seq>; the parser takes a whole record and refuses one without
- * its first or last line, its seq, its kind, its node or a well-formed time.
+ * written for a directory is keyed pass * 100,000,000 + hold round * 100 + kind (+ the
+ * connector's index), the pass read from its `requeues`, the hold round from its `hold`;
+ * an outbox entry carries its work directory's pass (export_pass_copy), so a connector's
+ * record after a requeue is keyed in that pass, not in pass 0; a record name is exactly
+ * <qid>.<seq>; the parser takes a whole record and refuses one without its first or last
+ * line, its seq, its kind, its node or a well-formed time.
  */
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "export.h"
+#include "fileio.h"
 
 static void test_seq(void)
 {
@@ -108,10 +120,162 @@ static void test_parse(void)
 	}
 }
 
+/* A spool root with export/, and a fleet config of two connectors, for export_event. */
+#define QID "06618d610d7b73-007d06-0000"
+static char root_path[] = "/tmp/spoold-test-export-XXXXXX";
+static struct spool sp = {.root_fd = -1};
+static int export_fd = -1;
+static struct conf_connector conns[2] = {{.name = "a"}, {.name = "b"}};
+static struct conf fleet_conf = {
+    .fleet = {.enabled = 1, .node = "n1", .max_backlog = 1000},
+    .connectors = conns,
+    .n_connectors = 2,
+};
+
+static int setup_root(void)
+{
+	if (mkdtemp(root_path) == NULL)
+		return -1;
+	sp.root = root_path;
+	sp.root_fd = open(root_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp.root_fd < 0 || mkdirat(sp.root_fd, "export", 0700) < 0)
+		return -1;
+	export_fd = openat(sp.root_fd, "export", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return export_fd < 0 ? -1 : 0;
+}
+
+/* A fresh directory name under the root, with `requeues` and `hold` as given (NULL:
+ * absent). Its descriptor, or -1. */
+static int make_dir(int parent, const char *name, const char *requeues, const char *hold)
+{
+	if (remove_tree_at(parent, name) < 0 || mkdirat(parent, name, 0700) < 0)
+		return -1;
+	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if ((requeues &&
+	     write_file_replace(fd, "requeues", requeues, strlen(requeues), 0600) < 0) ||
+	    (hold && write_file_replace(fd, "hold", hold, strlen(hold), 0600) < 0)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Write the record of kind for dirfd; 1 if export/ then holds exactly the one record
+ * QID.want (removed again for the next row), else 0 with what it holds printed. */
+static int record_is(int dirfd, int kind, const char *conn, long long want)
+{
+	if (export_event(&fleet_conf, &sp, dirfd, QID, kind, conn, NULL, 0) != 1)
+		return 0;
+	char name[64];
+	snprintf(name, sizeof name, "%s.%lld", QID, want);
+	long n = export_backlog(export_fd, NULL);
+	int ok = n == 1 && faccessat(export_fd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+	if (!ok)
+		printf("  export/ holds %ld records, want only %s\n", n, name);
+	/* Every record goes (export/ itself stays: export_event keeps it open), so the next
+	 * row sees only its own. */
+	int fd = openat(export_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (d == NULL)
+		return 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0 &&
+		    unlinkat(export_fd, de->d_name, 0) < 0)
+			ok = 0;
+	closedir(d);
+	return ok;
+}
+
+#define HOLD(n) "hold attempts=" #n " first=1733040000 next=1733043600\n"
+
+/* The key of a record written for a work directory: pass from `requeues`, hold round from
+ * `hold`, the formula of export_seq. */
+static void test_key(void)
+{
+	static const struct {
+		const char *name, *requeues, *hold;
+		int kind;
+		const char *conn;
+		long long want;
+	} rows[] = {
+	    {"pass 0 intake", NULL, NULL, EXPORT_INTAKE, NULL, 1},
+	    {"pass 0 scanned after 2 holds", NULL, HOLD(2), EXPORT_SCANNED, NULL, 202},
+	    {"pass 1 intake", "1\n", NULL, EXPORT_INTAKE, NULL, 100000001},
+	    {"pass 3 held once", "3\n", HOLD(1), EXPORT_HOLD, NULL, 300000105},
+	    {"pass 2 delivered by b", "2\n", NULL, EXPORT_DELIVERED, "b", 200000021},
+	    {"pass 2 bounced by a", "2\n", NULL, EXPORT_BOUNCED, "a", 200000060},
+	    {"hold rounds stop at 100000", "1\n", HOLD(7777777), EXPORT_HOLD, NULL, 110000005},
+	    {"junk requeues is pass 0", "x\n", NULL, EXPORT_INTAKE, NULL, 1},
+	    {"passes stop at 1e9", "99999999999\n", NULL, EXPORT_INTAKE, NULL,
+	     100000000000000001LL},
+	};
+	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+		int fd = make_dir(sp.root_fd, "entry", rows[i].requeues, rows[i].hold);
+		CHECK_ROW("key", rows[i].name,
+		          fd >= 0 && record_is(fd, rows[i].kind, rows[i].conn, rows[i].want));
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
+/* The connector's record of an outbox entry the router prepared (out.<conn>/, with the
+ * pass export_pass_copy carried over): keyed in the work directory's pass, hold round 0
+ * (the outbox has no `hold`: one delivery per pass); so a message a connector bounced,
+ * requeued and delivered or bounced again has keys apart from its first pass's. */
+static void test_outbox_key(void)
+{
+	static const struct {
+		const char *name, *requeues, *hold;
+		int kind;
+		const char *conn;
+		long long want;
+		const char *copied; /* the outbox entry's `requeues`; NULL: none */
+	} rows[] = {
+	    {"never requeued: pass 0", NULL, NULL, EXPORT_DELIVERED, "a", 20, NULL},
+	    {"never requeued, held: pass 0", NULL, HOLD(4), EXPORT_BOUNCED, "b", 61, NULL},
+	    {"requeued once: pass 1", "1\n", NULL, EXPORT_DELIVERED, "a", 100000020, "1\n"},
+	    {"requeued once, held: pass 1, round 0", "1\n", HOLD(3), EXPORT_BOUNCED, "b", 100000061,
+	     "1\n"},
+	    {"bounced again after 2 requeues: pass 2", "2\n", NULL, EXPORT_BOUNCED, "a", 200000060,
+	     "2\n"},
+	    {"junk requeues: pass 0, no copy", "0x7\n", NULL, EXPORT_DELIVERED, "a", 20, NULL},
+	    {"count written clean", "05 \n", NULL, EXPORT_DELIVERED, "b", 500000021, "5\n"},
+	};
+	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+		int wfd = make_dir(sp.root_fd, "route", rows[i].requeues, rows[i].hold);
+		int ofd = wfd < 0 ? -1 : make_dir(wfd, "out.tmp", NULL, NULL);
+		int ok = ofd >= 0 && export_pass_copy(wfd, ofd) == 0;
+		struct buf b;
+		buf_init(&b);
+		int have = ok && read_file_at(ofd, "requeues", &b, 64) == 0;
+		if (rows[i].copied)
+			ok = ok && have && check_bytes_are(b.data, b.len, rows[i].copied);
+		else
+			ok = ok && !have;
+		buf_free(&b);
+		CHECK_ROW("outbox key", rows[i].name,
+		          ok && record_is(ofd, rows[i].kind, rows[i].conn, rows[i].want));
+		if (ofd >= 0)
+			close(ofd);
+		if (wfd >= 0)
+			close(wfd);
+	}
+}
+
 int main(void)
 {
 	test_seq();
 	test_names();
 	test_parse();
+	if (setup_root() < 0) {
+		perror(root_path);
+		return 2;
+	}
+	test_key();
+	test_outbox_key();
+	remove_tree_at(AT_FDCWD, root_path);
 	return failures ? 1 : 0;
 }
