@@ -191,11 +191,9 @@ def entry_names_are_spelled_only_in_their_header():
     assert not bad, "\n".join(bad)
 
 
-# Names docs/INTERNALS.md's table does not list yet: another branch rewrites that file
-# while this one lands, and the lead adds their rows after the merge (message.body and
-# message.own are the splitter's, message.out.tmp the router's, manual-hold spoolctl's
-# hold marker, deliver a connector's retry state). A name here that the table lists fails.
-INTERNALS_PENDING = ["message.body", "message.own", "message.out.tmp", "manual-hold", "deliver"]
+# Names docs/INTERNALS.md's table may lack for a while, when another branch rewrites that
+# file as this one lands: empty on main (a name here that the table lists fails).
+INTERNALS_PENDING = []
 
 
 @test
