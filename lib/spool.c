@@ -2,6 +2,7 @@
  * spool - see spool.h and docs/INTERNALS.md.
  */
 #include "spool.h"
+#include "entry_names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -306,8 +307,8 @@ int spool_set_aside(struct spool *sp, enum spool_dir where, const char *name, co
 	int ok = mkdirat(sp->fd[SD_TMP], qid, 0770) == 0;
 	int dfd = ok ? openat(sp->fd[SD_TMP], qid, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
 	if (dfd >= 0) {
-		ok = write_file_replace(dfd, "reason", r.data, r.len, 0640) == 0 &&
-		     write_file_replace(dfd, "origin", esc.data, esc.len, 0640) == 0 &&
+		ok = write_file_replace(dfd, ENTRY_REASON, r.data, r.len, 0640) == 0 &&
+		     write_file_replace(dfd, ENTRY_ORIGIN, esc.data, esc.len, 0640) == 0 &&
 		     spool_rename_noreplace(sp->fd[SD_TMP], qid, sp->fd[SD_BADMAIL], qid) == 0;
 		close(dfd);
 	}
@@ -541,7 +542,7 @@ int spool_entry_trash(struct spool_entry *e)
 static void spool_inbound_unclaim(struct spool *sp, int fd, const char *qid)
 {
 	if (fd >= 0)
-		unlinkat(fd, "origin", 0);
+		unlinkat(fd, ENTRY_ORIGIN, 0);
 	unlinkat(sp->fd[SD_INCOMING], qid, AT_REMOVEDIR);
 	if (fd >= 0)
 		close(fd);
@@ -580,14 +581,14 @@ int spool_inbound_claim(struct spool *sp, const char *name, struct spool_entry *
 	buf_init(&ob);
 	escape_bytes(&ob, name, strlen(name), 1024);
 	buf_addstr(&ob, "\n");
-	int wr = write_file_replace(fd, "origin", ob.data, ob.len, 0640);
+	int wr = write_file_replace(fd, ENTRY_ORIGIN, ob.data, ob.len, 0640);
 	buf_free(&ob);
 	if (wr < 0)
 		goto fail;
 	/* The claim: one rename moves the dropped name into our private work directory.
 	 * rename(2) neither follows a symlink nor opens a FIFO, so whatever was dropped is
 	 * claimed without touching it; it is checked afterwards where no one can swap it. */
-	if (renameat(sp->fd[SD_INBOUND], name, fd, "message") < 0) {
+	if (renameat(sp->fd[SD_INBOUND], name, fd, ENTRY_MESSAGE) < 0) {
 		int err = errno;
 		spool_inbound_unclaim(sp, fd, qid);
 		if (err == ENOENT)
@@ -612,7 +613,7 @@ int spool_message_open(struct spool_entry *e, char *reason, size_t rlen)
 {
 	struct stat st;
 	int fd =
-	    openat(e->fd, "message", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	    openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		int err = errno;
 		if (err == ELOOP)
@@ -803,7 +804,8 @@ int spool_quarantine_expire(struct spool *sp, int days)
 			continue;
 		/* The report's time is the quarantine time; an entry without one counts from
 		 * its directory's. */
-		if (fstatat(e.fd, "report", &sb, AT_SYMLINK_NOFOLLOW) < 0 && fstat(e.fd, &sb) < 0) {
+		if (fstatat(e.fd, ENTRY_REPORT, &sb, AT_SYMLINK_NOFOLLOW) < 0 &&
+		    fstat(e.fd, &sb) < 0) {
 			spool_entry_release(&e);
 			continue;
 		}
