@@ -441,11 +441,12 @@ static const struct verdict_line *farm_infected_line(const struct farm_run *fr)
  * scan: clamd's reading, not GMime's), and its clean cache (engine-wide, keyed by the MD5
  * of the bytes) answers for every extracted object it has scanned clean before. Sent in
  * the same pipelined batch, the raw request races the decoded parts on clamd's threads,
- * so whether an attachment is scanned once or twice depends on timing; sent after every
- * decoded part has its reply, each attachment clamd extracts the same way GMime did is a
- * cache hit. What clamd extracts differently (a parser differential) is not in the cache
- * and is scanned in full: the raw scan loses nothing. The decoded parts still go
- * pipelined, side by side on clamd's threads.
+ * so whether an attachment is scanned once or twice depends on timing (the parts usually
+ * finish first, clamd's MIME parse of the raw message being slow, but nothing makes sure);
+ * sent after every decoded part has its reply, each attachment clamd extracts the same way
+ * GMime did is a cache hit. What clamd extracts differently (a parser differential) is not in the
+ * cache and is scanned in full: the raw scan loses nothing. The decoded parts still go pipelined,
+ * side by side on clamd's threads.
  *
  * Trust decision: when this scanner already found a decoded part infected, the raw part
  * is not sent. The message is then quarantined, discarded or stripped whatever the raw
