@@ -341,7 +341,7 @@ static int farm_part_open(struct farm_run *fr, size_t part, int *fd, struct clam
 }
 
 /* The verdict lines of one batch, with the version of the address that answered each. */
-static void farm_batch_record(struct farm_run *fr, size_t b, size_t nb,
+static void farm_batch_record(struct farm_run *fr, const size_t *ix, size_t nb,
                               const struct clamd_result *r, const int *cached, long ms)
 {
 	const struct conf_scanner *sc = fr->s->conf;
@@ -357,19 +357,20 @@ static void farm_batch_record(struct farm_run *fr, size_t b, size_t nb,
 			bsnprintf(ver, sizeof ver, "%s", fr->cver);
 		else
 			scanner_observe(sc, ms);
-		scan_pass_add(fr->p, fr->s, (int)m->parts[b + i].index, r[i].verdict, r[i].virus,
+		scan_pass_add(fr->p, fr->s, (int)m->parts[ix[i]].index, r[i].verdict, r[i].virus,
 		              r[i].addr, cached[i] ? 0 : ms, ver, "clamd", r[i].reply, 0);
 		if (r[i].verdict != V_CLEAN)
 			log_info(fr->p->qid,
 			         "scanner=%s part=%u verdict=%s virus=%s reply=%s ms=%ld", sc->name,
-			         m->parts[b + i].index, verdict_name(r[i].verdict), r[i].virus,
+			         m->parts[ix[i]].index, verdict_name(r[i].verdict), r[i].virus,
 			         r[i].reply, ms);
 	}
 }
 
-/* Parts b .. b + nb - 1 (at most CLAMD_SESSION_BATCH): the cache first, the rest through
- * the session; only what the address whose version keyed it said is stored. */
-static void farm_batch(struct farm_run *fr, size_t b, size_t nb)
+/* The parts ix[0 .. nb - 1] (indexes into the manifest's parts, at most
+ * CLAMD_SESSION_BATCH): the cache first, the rest through the session, pipelined; only
+ * what the address whose version keyed it said is stored. */
+static void farm_batch(struct farm_run *fr, const size_t *ix, size_t nb)
 {
 	struct clamd_result r[CLAMD_SESSION_BATCH], ro[CLAMD_SESSION_BATCH];
 	int fds[CLAMD_SESSION_BATCH], open_fds[CLAMD_SESSION_BATCH];
@@ -378,14 +379,14 @@ static void farm_batch(struct farm_run *fr, size_t b, size_t nb)
 	size_t nopen = 0;
 	int64_t t0 = now_ms_monotonic();
 	for (size_t i = 0; i < nb; i++)
-		if (farm_part_open(fr, b + i, &fds[i], &r[i], &cached[i], &keyed[i], keys[i]))
+		if (farm_part_open(fr, ix[i], &fds[i], &r[i], &cached[i], &keyed[i], keys[i]))
 			open_fds[nopen++] = fds[i];
 	int64_t s0 = farm_now_us();
 	clamd_session_scan_fds(&fr->cs, open_fds, nopen, fr->s->conf->timeout * 1000, ro);
 	fr->scan_us += farm_now_us() - s0;
 	for (size_t i = 0; i < nb; i++)
 		if (fds[i] >= 0)
-			fr->sent += farm_units(fr->p->m->parts[b + i].size);
+			fr->sent += farm_units(fr->p->m->parts[ix[i]].size);
 	for (size_t i = 0, j = 0; i < nb; i++)
 		if (fds[i] >= 0) {
 			r[i] = ro[j++];
@@ -396,7 +397,7 @@ static void farm_batch(struct farm_run *fr, size_t b, size_t nb)
 			if (keyed[i] && strcmp(r[i].addr, fr->addrs[0]) == 0)
 				cache_put(fr->cache, keys[i], r[i].verdict, r[i].virus);
 		}
-	farm_batch_record(fr, b, nb, r, cached, (long)(now_ms_monotonic() - t0));
+	farm_batch_record(fr, ix, nb, r, cached, (long)(now_ms_monotonic() - t0));
 	if (fr->cache)
 		cache_commit(fr->cache);
 }
@@ -420,6 +421,74 @@ static void farm_pool_finish(struct farm_run *fr, int first)
 			pool_ok(p, (size_t)first);
 			break;
 		}
+}
+
+/* The infected verdict of this pass on a decoded part, if any (its line), else NULL. */
+static const struct verdict_line *farm_infected_line(const struct farm_run *fr)
+{
+	const struct verdicts *vs = fr->p->vs;
+	for (size_t i = 0; i < vs->n; i++)
+		if (vs->lines[i].verdict == V_INFECTED &&
+		    strcmp(vs->lines[i].scanner, fr->s->conf->name) == 0 &&
+		    vs->lines[i].backup == fr->p->backup)
+			return &vs->lines[i];
+	return NULL;
+}
+
+/*
+ * Every part of the message, the raw part last. Why this order: clamd re-extracts every
+ * attachment from the raw message with its own MIME parser (that is the point of the raw
+ * scan: clamd's reading, not GMime's), and its clean cache (engine-wide, keyed by the MD5
+ * of the bytes) answers for every extracted object it has scanned clean before. Sent in
+ * the same pipelined batch, the raw request races the decoded parts on clamd's threads,
+ * so whether an attachment is scanned once or twice depends on timing (the parts usually
+ * finish first, clamd's MIME parse of the raw message being slow, but nothing makes sure);
+ * sent after every decoded part has its reply, each attachment clamd extracts the same way
+ * GMime did is a cache hit. What clamd extracts differently (a parser differential) is not in the
+ * cache and is scanned in full: the raw scan loses nothing. The decoded parts still go pipelined,
+ * side by side on clamd's threads.
+ *
+ * Trust decision: when this scanner already found a decoded part infected, the raw part
+ * is not sent. The message is then quarantined, discarded or stripped whatever the raw
+ * scan says (router/decide.c: any infected line decides), and a stripped message is a
+ * new message, split and scanned again in full, raw part included; so the raw scan could
+ * only add a virus name to the report. Its line says so, as an error (never clean), with
+ * exit=skipped and the part and virus that decided: the record stays complete and honest.
+ */
+static void farm_scan_parts(struct farm_run *fr)
+{
+	const struct manifest *m = fr->p->m;
+	size_t ix[CLAMD_SESSION_BATCH], nb = 0, raw = m->n_parts;
+	for (size_t i = 0; i < m->n_parts; i++) {
+		/* One raw part at most (docs/MANIFEST.md: the last); another would be scanned
+		 * as a decoded part, in the batches. */
+		if (m->parts[i].found == FOUND_RAW && raw == m->n_parts) {
+			raw = i;
+			continue;
+		}
+		ix[nb++] = i;
+		if (nb == CLAMD_SESSION_BATCH) {
+			farm_batch(fr, ix, nb);
+			nb = 0;
+		}
+	}
+	if (nb > 0)
+		farm_batch(fr, ix, nb);
+	if (raw == m->n_parts)
+		return;
+	const struct verdict_line *inf = farm_infected_line(fr);
+	if (inf != NULL) {
+		char why[600];
+		bsnprintf(why, sizeof why,
+		          "not scanned: part %d is infected (%.200s), so the message is not "
+		          "delivered whatever this part holds",
+		          inf->part, inf->virus);
+		scan_pass_add(fr->p, fr->s, (int)m->parts[raw].index, V_ERROR, "",
+		              SCAN_EXIT_SKIPPED, 0, fr->s->version, "clamd", why, 1);
+		return;
+	}
+	ix[0] = raw;
+	farm_batch(fr, ix, 1);
 }
 
 /*
@@ -464,10 +533,7 @@ static int farm_scan(struct scanner *s, struct scan_pass *p)
 	clamd_session_init(&fr.cs, fr.addrs, &fr.pol);
 	fr.cs.on_fail = farm_on_fail;
 	fr.cs.fail_ctx = &fr.f->pool;
-	for (size_t b = 0; b < p->m->n_parts; b += CLAMD_SESSION_BATCH)
-		farm_batch(&fr, b,
-		           p->m->n_parts - b < CLAMD_SESSION_BATCH ? p->m->n_parts - b
-		                                                   : CLAMD_SESSION_BATCH);
+	farm_scan_parts(&fr);
 	clamd_session_close(&fr.cs);
 	farm_pool_finish(&fr, first);
 	farm_count("spoold_cache_lookups_total", sc->name, "hit", fr.hits);

@@ -146,8 +146,11 @@ static void runner_job_pass_end(struct runner_job *j)
 		trace_add(j->e.fd, j->e.qid, "canary scanner=%s state=degraded since=%lld",
 		          rs->conf->name, (long long)rs->since);
 	}
+	/* A part skipped on purpose (the raw part of a message already found infected) is
+	 * no failure: a backup would only scan again what cannot change the outcome. */
 	for (size_t i = j->pass_first; i < j->vs.n && !j->backups; i++)
-		if (j->vs.lines[i].verdict == V_ERROR)
+		if (j->vs.lines[i].verdict == V_ERROR &&
+		    strcmp(j->vs.lines[i].exit, SCAN_EXIT_SKIPPED) != 0)
 			j->primary_failed = 1;
 	j->in_pass = 0;
 	j->s++;
@@ -275,13 +278,14 @@ static void runner_trace_verdicts(struct spool_entry *e, const struct verdicts *
 	buf_free(&b);
 }
 
-/* spoold_parts_scanned_total{scanner,verdict}: one per part and scanner. */
+/* spoold_parts_scanned_total{scanner,verdict}: one per part and scanner that scanned it. */
 static void runner_count_verdicts(const struct verdicts *vs)
 {
 	for (size_t i = 0; i < vs->n; i++) {
 		const struct verdict_line *l = &vs->lines[i];
 		char esc[256], labels[400];
-		if (l->part < 0)
+		/* A skipped part was not scanned: it is no part scanned, of any verdict. */
+		if (l->part < 0 || strcmp(l->exit, SCAN_EXIT_SKIPPED) == 0)
 			continue;
 		metrics_label_escape(l->scanner, esc, sizeof esc);
 		snprintf(labels, sizeof labels, "scanner=\"%s\",verdict=\"%s\"", esc,

@@ -124,6 +124,12 @@ enum verdict scanner_exit_map(const struct conf_scanner *sc, const struct exec_r
  * 2 when the regex has two or more, else group 1), cut to len - 1 bytes; "" if none. */
 void scanner_virus_name(const regex_t *rx, int has_rx, const char *out, char *name, size_t len);
 
+/* The exit= of a verdict line for a part a backend did not scan on purpose: the clamd
+ * backend's raw part once a decoded part of the message is infected (farm.c). The line
+ * is an error (never clean) but no scanner failure: it calls for no backup scanner and
+ * is no scanned part in the metrics. */
+#define SCAN_EXIT_SKIPPED "skipped"
+
 /* Add one verdict line of scanner s for part index to p->vs, marked backup as p says.
  * Logs it (with p->qid) when it is not clean and log_it is set. */
 struct verdict_line *scan_pass_add(struct scan_pass *p, const struct scanner *s, int index,
