@@ -145,7 +145,7 @@ test-deps:
 SEPARATED_SUITES = t_cache t_canary_limits t_clamd_cut t_clamd_trust t_collide t_connectors t_deploy \
     t_differential t_diskfull t_envelope t_escape t_exec t_failclosed t_faults t_fleet \
     t_hostile t_inject_idem t_limits t_lmtp t_lmtp_postfix t_logs t_pipeline t_pool \
-    t_postfix t_reinject t_router t_router_policy t_scanner t_split t_spoolctl t_spoold t_strip \
+    t_postfix t_rawscan t_reinject t_router t_router_policy t_scanner t_split t_spoolctl t_spoold t_strip \
     t_sync
 comma := ,
 empty :=

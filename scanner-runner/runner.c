@@ -40,6 +40,7 @@
 #include "canary.h"
 #include "conf.h"
 #include "crash.h"
+#include "entry_names.h"
 #include "exec.h"
 #include "export.h"
 #include "log.h"
@@ -351,8 +352,8 @@ static int runner_job_copy(struct runner_job *j, char *reason, size_t rlen)
 	j->part_fd = dfd;
 	for (size_t i = 0; i < j->m.n_parts; i++) {
 		const struct manifest_part *mp = &j->m.parts[i];
-		char name[32], hex[65];
-		snprintf(name, sizeof name, "%04u.ATT", mp->index);
+		char name[16], hex[65];
+		manifest_part_name(mp->index, name);
 		int src = openat(j->e.fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 		struct stat st;
 		if (src >= 0 && (fstat(src, &st) < 0 || !S_ISREG(st.st_mode))) {
@@ -469,7 +470,7 @@ static void runner_job_finish(struct stage *st, struct runner_job *j)
 	verdicts_format(&j->vs, &b);
 	/* verdicts now; the sync and the move to route/ come in runner_flush, together with
 	 * the other entries of this batch: route/ only ever sees complete, durable verdicts. */
-	if (spool_entry_write(&j->e, "verdicts", b.data, b.len) < 0)
+	if (spool_entry_write(&j->e, ENTRY_VERDICTS, b.data, b.len) < 0)
 		die_temp(j->e.qid, "cannot write %s/verdicts: %s", j->dir, strerror(errno));
 	buf_free(&b);
 	/* The fleet's record of the scan: runner_flush's sync makes it durable with verdicts. */
