@@ -4,15 +4,24 @@
 #   conf/deps.sh --test   also what the tests and benchmarks use (make test): Postfix and
 #                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format,
 #                         PostgreSQL for the fleet test.
+#   conf/deps.sh --bench  the --test set plus what only the benchmarks compare against
+#                         (make bench, bench-mta, bench-peer): amavisd-new. make test never
+#                         asks for it. Debian's package starts (and enables) its own amavisd
+#                         on install; the benches stop it and run a private instance
+#                         (bench/amavis.py).
 # Postfix is only installed for the tests: on a machine with another MTA, apt-get would
 # replace it, so `make run` never asks for it.
 # Run as root it calls apt-get; otherwise it prints the exact command to run.
 set -eu
 PKGS="build-essential pkg-config libgmime-3.0-dev libconfig-dev libinotifytools0-dev
 libcurl4-openssl-dev nettle-dev liblmdb-dev libpq-dev clamav clamav-daemon clamav-testfiles python3"
-if [ "${1:-}" = "--test" ]; then
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then
 	# postgresql: the fleet test's throwaway cluster (tests/t_fleet.py, initdb + pg_ctl)
 	PKGS="$PKGS clang clang-format ripmime postfix swaks postgresql"
+fi
+if [ "${1:-}" = "--bench" ]; then
+	# amavisd-new: the peer the benches measure spoold against (docs/PERFORMANCE.md)
+	PKGS="$PKGS amavisd-new"
 fi
 missing=""
 for p in $PKGS; do
