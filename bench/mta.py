@@ -554,8 +554,9 @@ def report(results, corpora, modes, args, notes, elapsed):
           "smtp-source to the mtime of its file in the sink's dump directory, all messages "
           "offered at once (latency under saturation). CPU ms per message from /proc: "
           "Postfix = every process under its master (but the `spoolctl inject` processes "
-          "that pipe(8) runs and reaps), filter = spoold's tree plus those spoolctl, kernel = kernel threads + irq + softirq "
-          "(machine-wide), senders = the smtp-source processes; other load = everything "
+          "that pipe(8) runs and reaps), filter = spoold's tree plus those spoolctl, or "
+          "amavisd's tree (its children and the file(1) processes they run), kernel = kernel threads + "
+          "irq + softirq (machine-wide), senders = the smtp-source processes; other load = everything "
           "else the shared 2-core machine ran meanwhile, in cores. Arrived: delivered to "
           "the sink / quarantined / duplicates.\n\n"
           % (" ".join(sys.argv[1:]), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -575,7 +576,7 @@ def report(results, corpora, modes, args, notes, elapsed):
                      "senders ms/msg", "other load cores", "arrived"], rows)
     s += ("\nThe filter's CPU per message by process (ms; a stage includes the children it "
           "reaped), and the connections Postfix's re-injection service took from "
-          "connector-smtp (its `connect from` log lines):\n\n")
+          "the filter, connector-smtp or amavisd (its `connect from` log lines):\n\n")
     s += brun.table(["corpus", "filter", "processes", "re-injection connections"], prows)
     return s
 

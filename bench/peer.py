@@ -412,7 +412,7 @@ def report(results, corpora, variants, args, version, packaged, elapsed):
           "(bench/amavis.py: its own config, directories and port; 2 children, virus checks "
           "only, clamd CONTSCAN, D_DISCARD and a local quarantine, no notifications); the "
           "package's own daemon: %s. One clamd (the project's test database, MaxThreads 8) "
-          "for both, RELOADed before every timed run; one SMTP sink (bench/sink.py) for "
+          "for both, RELOADed before every timed run (%d reloads, the warm-up's included); one SMTP sink (bench/sink.py) for "
           "both. amavisd-new takes the corpus over %d SMTP connections; spoold (clamd mode, "
           "a fresh spool per run, connector-smtp to the sink) by `spoolctl inject`, %d at a "
           "time, or by a file drop. Clock: from the first message offered until every clean "
@@ -428,7 +428,7 @@ def report(results, corpora, variants, args, version, packaged, elapsed):
           "builds and tests on this shared 2-core machine; everything here ran under "
           "`nice`). Arrived: delivered to the sink / quarantined / duplicates.\n\n"
           % (" ".join(sys.argv[1:]), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             elapsed, args.runs, version, packaged, CONNS, CONNS))
+             elapsed, args.runs, version, packaged, brun.COLD["n"], CONNS, CONNS))
     s += brun.table(["corpus", "filter", "msg/s", "ratio", "filter ms/msg", "clamd ms/msg",
                      "sink ms/msg", "kernel ms/msg", "disk MB", "own MB", "other load cores",
                      "arrived"], rows)
