@@ -182,6 +182,16 @@ class Amavis:
         self.logfile = os.path.join(self.home, "var", "amavis.log")
         self.qdir = os.path.join(self.home, "virusmails")
         self.proc = None
+        # amavisd reads its config and works as its user amavis: every directory above
+        # base must let others through, or it fails later with a bare "Permission denied".
+        d = os.path.dirname(os.path.abspath(base))
+        while True:
+            if not os.stat(d).st_mode & 0o001:
+                raise RuntimeError("%s is not searchable by others: the user amavis cannot "
+                                   "reach %s (chmod o+x, or another work directory)" % (d, base))
+            if d == os.path.dirname(d):
+                break
+            d = os.path.dirname(d)
         # amavisd refuses a config that the amavis user could change: root's, in a
         # directory only root writes (a private one, so no other config is read).
         os.makedirs(self.etc)
