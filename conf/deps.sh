@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages spoold needs, if any are missing.
 #   conf/deps.sh          to build and run (make run)
-#   conf/deps.sh --test   also what the tests and benchmarks use (make test): Postfix and
+#   conf/deps.sh --test   also what the tests use (make test, bench-farm): Postfix and
 #                         swaks for the MTA test, ripmime, clang for fuzzing, clang-format,
 #                         PostgreSQL for the fleet test.
 #   conf/deps.sh --bench  the --test set plus what only the benchmarks compare against
