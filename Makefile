@@ -6,7 +6,8 @@
 #   make test       make test-deps (adds Postfix, swaks, clang...), both builds, every test
 #   make run        make deps, build, start the pipeline on ./spool with conf/spoold.conf
 #   make bench-farm  clamd pool and verdict cache load tests (docs/PERFORMANCE.md, last section)
-#   make bench-mta   spoold behind a throwaway Postfix, LMTP and pipe (docs/PERFORMANCE.md)
+#   make bench-mta   spoold behind a throwaway Postfix: LMTP, pipe, amavisd-new (docs/PERFORMANCE.md)
+#   make bench-peer  spoold against amavisd-new, same clamd, same corpora (docs/PERFORMANCE.md)
 #   make fuzz       libFuzzer target for the MIME extractor (FUZZ_SECONDS, default 60)
 #   make install    PREFIX=/usr/local DESTDIR=  (make uninstall removes it again)
 
@@ -66,7 +67,7 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm bench-mta chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm bench-mta bench-peer bench-deps chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -137,6 +138,11 @@ deps:
 test-deps:
 	@sh conf/deps.sh --test
 
+# The test set plus amavisd-new, which only the benches compare against (make test never
+# installs it; its package starts a daemon of its own, which the benches stop).
+bench-deps:
+	@sh conf/deps.sh --bench
+
 # ---- tests -------------------------------------------------------------------
 # The separated pass (issue 15): every suite that runs a pipeline, a second time with each
 # stage as a user of its own (tests/lib/privsep.py). Not in it: t_privsep_* (they choose
@@ -166,7 +172,7 @@ run: deps all
 fuzz: test-deps
 	$(MAKE) -f tests/fuzz/fuzz.mk O=$(O) run
 
-bench: test-deps all
+bench: bench-deps all
 	python3 bench/run.py
 # Scan farm (issue 17): clamd pools and the verdict cache, loopback only, 5,000 messages
 # a scenario, about ten minutes on 2 cores, at most an hour (--limit); prints each goal
@@ -176,9 +182,15 @@ bench-farm: test-deps all
 	python3 bench/farm.py $(BENCH_FARM_ARGS)
 
 # spoold behind a throwaway Postfix (smtp-source in, smtp-sink out; LMTP and pipe filters;
-# amavisd-new when installed): needs root; writes its section into docs/PERFORMANCE.md
-bench-mta: test-deps all
+# amavisd-new, installed by bench-deps): needs root; writes its section into docs/PERFORMANCE.md
+bench-mta: bench-deps all
 	python3 bench/mta.py --out docs/PERFORMANCE.md
+
+# spoold against a private amavisd-new (issue 19): one clamd, RELOADed before each timed run,
+# one SMTP sink, corpora a, b, c; needs root; writes its section into docs/PERFORMANCE.md.
+# BENCH_PEER_ARGS: e.g. --quick, --corpora a,b.
+bench-peer: bench-deps all
+	python3 bench/peer.py --out docs/PERFORMANCE.md $(BENCH_PEER_ARGS)
 
 chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long

@@ -16,14 +16,21 @@ a file (in /dev/shm where there is one: the sink's writes are not the filter's).
 Filters compared, all with one clamd (RELOADed, an empty cache, before every timed run):
   lmtp     spoold via its LMTP intake (content_filter = spoold-lmtp:unix:...), lmtpd
   pipe     spoold via pipe(8) and `spoolctl inject` (content_filter = spoold:dummy)
-  amavis   amavisd-new: not set up by this script yet; the report says whether it is
-           installed (dpkg -s amavisd-new) and that it was not measured
+  amavis   amavisd-new as Debian's README.postfix sets it up: content_filter =
+           smtp-amavis:[127.0.0.1]:PORT (a dedicated smtp(8) client, maxproc 2), and a
+           dedicated re-injection smtpd on 127.0.0.1:PORT2 with content_filter empty;
+           the amavisd is a private one (bench/amavis.py: its own config, directories and
+           ports, 2 children, virus checks only, clamd CONTSCAN, D_DISCARD and a local
+           quarantine). The ports are free ones, not 10024/10025, so that a packaged
+           amavisd or another MTA cannot answer in its place. Measured when amavisd-new is
+           installed (`sh conf/deps.sh --bench`; `make bench-mta` does it); otherwise the
+           report says it is not installed and not measured.
 Reported per corpus and filter: msg/s (all messages sent until every clean one is in the
-sink and every EICAR one in spoold's quarantine), latency p50/p99 (from the start of a
+sink and every EICAR one in the filter's quarantine), latency p50/p99 (from the start of a
 message's smtp-source to the dump file's mtime; every message is offered at once, so this
 is the latency under saturation, queueing included), and CPU per message of Postfix (every
 process under its master, pipe(8)'s spoolctl excepted), the filter (spoold's tree plus
-those spoolctl), clamd, the sink, the kernel (kernel threads, irq) and the senders. The
+those spoolctl, or amavisd's tree), clamd, the sink, the kernel (kernel threads, irq) and the senders. The
 table is printed and, with --out, written into a file's "## Behind Postfix" section
 (docs/PERFORMANCE.md keeps it below its analysis mark).
 """
@@ -40,6 +47,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import amavis  # noqa: E402  (the private amavisd-new)
 import run as brun  # noqa: E402  (corpora, cold clamd, CpuMeter, tables)
 from lib import spool as libspool  # noqa: E402
 from lib.clamd import Clamd  # noqa: E402
@@ -81,6 +89,11 @@ class Setup:
         self.queue = os.path.join(self.pfdir, "queue")
         self.mail = os.path.join(base, "mail")
         self.procs = []
+        # amavis: its SMTP port and Postfix's re-injection port for it.
+        self.pamavis, self.preinject = (free_port(), free_port()) if mode == "amavis" \
+            else (None, None)
+        self.amavis = self.spoold = None
+        self.rname = "amavis-reinject" if mode == "amavis" else "spoold-reinject"
 
     # ---- spoold --------------------------------------------------------------------
     def spoold_conf(self):
@@ -101,15 +114,49 @@ class Setup:
         os.chmod(self.conf, 0o644)
 
     # ---- Postfix -------------------------------------------------------------------
+    def amavis_services(self):
+        """README.postfix of Debian's amavisd-new, sections 2.2 and 2.3: the dedicated
+        smtp client into amavisd (maxproc 2, as amavisd's two children) and the
+        dedicated re-injection smtpd, which must not filter again."""
+        master = ("smtp-amavis unix - - n - 2 smtp\n"
+                  "  -o smtp_data_done_timeout=1200\n"
+                  "  -o smtp_send_xforward_command=yes\n"
+                  "  -o smtp_tls_note_starttls_offer=no\n")
+        master += "127.0.0.1:%d inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n" % (
+            self.preinject, self.rname)
+        for o in ("content_filter=", "smtpd_delay_reject=no",
+                  "smtpd_client_restrictions=permit_mynetworks,reject",
+                  "smtpd_helo_restrictions=", "smtpd_sender_restrictions=",
+                  "smtpd_recipient_restrictions=permit_mynetworks,reject",
+                  "smtpd_data_restrictions=reject_unauth_pipelining",
+                  "smtpd_end_of_data_restrictions=", "smtpd_restriction_classes=",
+                  "mynetworks=127.0.0.0/8", "smtpd_error_sleep_time=0",
+                  "smtpd_soft_error_limit=1001", "smtpd_hard_error_limit=1000",
+                  "smtpd_client_connection_count_limit=0",
+                  "smtpd_client_connection_rate_limit=0",
+                  "receive_override_options=no_header_body_checks,no_unknown_recipient_checks,"
+                  "no_milters", "local_header_rewrite_clients=", "smtpd_milters=",
+                  "local_recipient_maps=", "relay_recipient_maps="):
+            master += "  -o %s\n" % o
+        main = ("content_filter = smtp-amavis:[127.0.0.1]:%d\n"
+                "receive_override_options = no_address_mappings\n" % self.pamavis)
+        return master, main
+
     def postfix_conf(self):
         nobody = pwd.getpwnam("nobody")
         main_master = section_blocks("## master.cf")[0]
         master = "%d inet n - n - - smtpd\n" % self.pin
         pipe_svc, reinject = main_master.split("spoold-reinject", 1)
-        # Its own syslog name, so that its connections can be counted in the maillog.
-        svc, opts = reinject.split("\n", 1)
-        master += "spoold-reinject" + svc + "\n  -o syslog_name=postfix/spoold-reinject\n" + opts
         main = "relayhost = [127.0.0.1]:%d\n" % self.psink
+        if self.mode == "amavis":
+            am_master, am_main = self.amavis_services()
+            master += am_master
+            main += am_main
+        else:
+            # Its own syslog name, so that its connections can be counted in the maillog.
+            svc, opts = reinject.split("\n", 1)
+            master += "spoold-reinject" + svc + "\n  -o syslog_name=postfix/spoold-reinject\n" \
+                + opts
         if self.mode == "pipe":
             master += pipe_svc.replace("/usr/local/bin/spoolctl",
                                        os.path.join(self.args.bin, "spoolctl")).replace(
@@ -155,6 +202,8 @@ class Setup:
             ["smtp-sink", "-u", "nobody", "-d", os.path.join(self.dump, "%H%M%S."),
              "127.0.0.1:%d" % self.psink, "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.mode == "amavis":
+            return self.start_amavis()
         os.makedirs(os.path.join(self.spool, "inbound"))
         self.spoold_conf()
         logf = open(os.path.join(self.base, "spoold.log"), "ab")
@@ -197,6 +246,24 @@ class Setup:
             time.sleep(0.1)
         return self
 
+    def start_amavis(self):
+        self.amavis = amavis.Amavis(os.path.join(self.base, "amavis"), self.pamavis,
+                                    "smtp:[127.0.0.1]:%d" % self.preinject,
+                                    self.cd.socket_path)
+        self.amavis.start()
+        self.postfix_conf()
+        self.postfix("set-permissions", "create-missing", check=False)
+        self.postfix("start")
+        deadline = time.monotonic() + 30
+        while not all(listening(p) for p in (self.pin, self.psink, self.preinject)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("postfix/sink did not come up:\n" + self.maillog())
+            time.sleep(0.1)
+        return self
+
+    def filter_log(self):
+        return self.amavis.log() if self.amavis else self.spoold_log()
+
     def spoold_log(self):
         try:
             with open(os.path.join(self.base, "spoold.log"), errors="replace") as f:
@@ -206,7 +273,9 @@ class Setup:
 
     def stop(self):
         self.postfix("stop", check=False)
-        if self.spoold.poll() is None:
+        if self.amavis:
+            self.amavis.stop()
+        if self.spoold and self.spoold.poll() is None:
             self.spoold.send_signal(signal.SIGTERM)
             try:
                 self.spoold.wait(timeout=30)
@@ -220,11 +289,11 @@ class Setup:
 
     # ---- counting ------------------------------------------------------------------
     def reinject_connections(self):
-        """Connections Postfix's re-injection smtpd took from spoold's connector (its
-        "connect from" lines; the doc's service logs as postfix/spoold-reinject)."""
+        """Connections Postfix's re-injection smtpd took from the filter (its "connect
+        from" lines; the service logs as postfix/spoold-reinject or amavis-reinject)."""
         try:
             with open(os.path.join(self.pfdir, "maillog"), errors="replace") as f:
-                return sum(1 for ln in f if "spoold-reinject" in ln and " connect from " in ln)
+                return sum(1 for ln in f if self.rname in ln and " connect from " in ln)
         except FileNotFoundError:
             return 0
 
@@ -232,6 +301,8 @@ class Setup:
         return [e for e in os.scandir(self.dump) if e.is_file()]
 
     def quarantined(self):
+        if self.amavis:
+            return self.amavis.quarantined()
         try:
             return len([x for x in os.listdir(os.path.join(self.spool, "quarantine"))
                         if not x.startswith(".")])
@@ -240,7 +311,8 @@ class Setup:
 
     def pids(self):
         return dict(master=pids_of(os.path.join(self.queue, "pid", "master.pid")),
-                    spoold=self.spoold.pid, sink=self.sink.pid)
+                    filter=(self.amavis.proc if self.amavis else self.spoold).pid,
+                    sink=self.sink.pid)
 
 
 def send_all(s, files, t_sent):
@@ -301,7 +373,7 @@ def one_run(args, mode, cd, corpus, k, seq):
         s.start()
         brun.clamd_cold(cd)  # every run starts from an empty clamd cache
         pids = s.pids()
-        meter = brun.CpuMeter({pids["master"]: "postfix", pids["spoold"]: "spoold",
+        meter = brun.CpuMeter({pids["master"]: "postfix", pids["filter"]: "filter",
                                pids["sink"]: "sink"}, {cd.pid: "clamd"})
         t_sent = [None] * n
         c0 = os.times()
@@ -317,7 +389,7 @@ def one_run(args, mode, cd, corpus, k, seq):
                 raise RuntimeError("%s/%s: %d of %d in the sink, %d quarantined after %d s; "
                                    "%s\n%s\n%s" % (mode, k, len(arr), n - inf, s.quarantined(),
                                                    args.timeout, errors[:3], s.maillog(),
-                                                   s.spoold_log()))
+                                                   s.filter_log()))
             time.sleep(0.01)
         t1 = time.monotonic()
         meter.stop()
@@ -339,7 +411,7 @@ def one_run(args, mode, cd, corpus, k, seq):
                  senders=(c1[2] + c1[3]) - (c0[2] + c0[3]))
         for key, v in cpu.items():
             # pipe(8) reaps the spoolctl inject it runs: that is the filter's CPU.
-            if key.startswith(("postfix:pipe+children", "spoold:")):
+            if key.startswith(("postfix:pipe+children", "filter:")):
                 g["filter"] += v
             elif key.startswith("postfix:"):
                 g["postfix"] += v
@@ -347,7 +419,7 @@ def one_run(args, mode, cd, corpus, k, seq):
                 g["sink"] += v
         procs = {}
         for key, v in cpu.items():
-            if key.startswith(("spoold:", "postfix:pipe+children")):
+            if key.startswith(("filter:", "postfix:pipe+children")):
                 name = key.split(":", 1)[1].replace("pipe+children", "spoolctl inject")
                 procs[name] = procs.get(name, 0.0) + 1e3 * v / n
         res = dict(secs=t1 - t0, n=n, delivered=len(arr), quarantined=s.quarantined(),
@@ -369,19 +441,6 @@ def one_run(args, mode, cd, corpus, k, seq):
             shutil.rmtree(s.base, ignore_errors=True)
 
 
-def amavis_state():
-    r = subprocess.run(["dpkg", "-s", "amavisd-new"], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    if r.returncode == 0 and "Status: install ok installed" in r.stdout:
-        # Not wired in yet: no machine this was written on had it, and an untested set-up
-        # would be a number nobody can trust. Say so rather than leave it out.
-        return "amavisd-new is installed, but bench-mta does not set it up yet " \
-               "(../shared/peer-bench/amavisd.conf is the reference set-up): not measured"
-    return "amavisd-new is not installed on this machine (`dpkg -s amavisd-new`: %s); " \
-           "it was not installed for the bench, so it is not measured here" % (
-               r.stdout.strip().splitlines()[0] if r.stdout.strip() else "no answer")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(brun.ROOT, "bin"))
@@ -389,7 +448,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="20 messages of corpus a (the test)")
     ap.add_argument("--corpora", default="a,b")
-    ap.add_argument("--modes", default="lmtp,pipe")
+    ap.add_argument("--modes", default=None,
+                    help="default lmtp,pipe and, when amavisd-new is installed, amavis")
     ap.add_argument("--out", default=None, help="a markdown file to put the section into")
     ap.add_argument("--work", default=None)
     ap.add_argument("--keep", action="store_true")
@@ -410,15 +470,26 @@ def main():
     os.makedirs(brun.DISCARD_DIR[0], exist_ok=True)
     scale = SMOKE if args.smoke else QUICK if args.quick else SCALE
     corpora = [k for k in args.corpora.split(",") if k in scale]
-    modes = args.modes.split(",")
+    # amavisd-new is a bench-only package: measured when installed, else said so.
+    amavis_missing = amavis.installed()
+    modes = (args.modes or "lmtp,pipe" + ("" if amavis_missing else ",amavis")).split(",")
+    if "amavis" in modes and amavis_missing:
+        sys.exit("bench-mta: %s" % amavis_missing)
     started = time.time()
     say("work %s; corpora %s; filters %s; %d runs, alternating" % (args.work, corpora, modes,
                                                                   args.runs))
-    amavis = amavis_state()
-    if amavis:
-        say(amavis)
+    notes = {}
+    if amavis_missing:
+        notes["amavis"] = amavis_missing + ": not measured"
+        say(notes["amavis"])
+    else:
+        notes["packaged"] = amavis.quiet_packaged()
+        notes["version"] = amavis.version()
+        say("%s; the packaged amavisd: %s" % (notes["version"], notes["packaged"]))
+    # LocalSocketMode 666: amavisd connects as its user amavis.
     cd = Clamd(os.path.join(args.work, "clamd"), brun.sigdir(args.work),
-               stream_max_length="200M", extra={"MaxThreads": "8"})
+               stream_max_length="200M", extra={"MaxThreads": "8", "LocalSocketMode": "666"})
+    os.chmod(os.path.dirname(cd.socket_path), 0o755)
     brun.CLAMDS[cd.unix_addr] = cd
     results = {}
     try:
@@ -438,14 +509,14 @@ def main():
         cd.stop()
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
-    md = report(results, corpora, modes, args, amavis, time.time() - started)
+    md = report(results, corpora, modes, args, notes, time.time() - started)
     print(md)
     if args.out:
         put_section(args.out, md)
         say("wrote the section into %s" % args.out)
 
 
-def report(results, corpora, modes, args, amavis, elapsed):
+def report(results, corpora, modes, args, notes, elapsed):
     rows, prows = [], []
     med = brun.median
     for k in corpora:
@@ -457,7 +528,8 @@ def report(results, corpora, modes, args, amavis, elapsed):
             t = med([r["secs"] for r in rs])
             cpu = {x: med([r["cpu"][x] for r in rs]) for x in rs[0]["cpu"]}
             rows.append(["%s (%d msgs)" % (k, n), {"lmtp": "spoold via LMTP (lmtpd)",
-                                                   "pipe": "spoold via pipe (spoolctl inject)"
+                                                   "pipe": "spoold via pipe (spoolctl inject)",
+                                                   "amavis": "amavisd-new (smtp-amavis)"
                                                    }.get(mode, mode),
                          n / t, med([r["p50"] for r in rs]), med([r["p99"] for r in rs]),
                          cpu["postfix"], cpu["filter"], cpu["clamd"], cpu["sink"],
@@ -468,7 +540,7 @@ def report(results, corpora, modes, args, amavis, elapsed):
             prows.append([k, mode, ", ".join("%s %.3f" % (x, med([r["procs"].get(x, 0.0)
                                                                 for r in rs])) for x in names),
                           med([r["conns"] for r in rs])])
-        if amavis:
+        if "amavis" in notes:
             rows.append(["%s" % k, "amavisd-new", "not measured", "-", "-", "-", "-", "-",
                          "-", "-", "-", "-", "-"])
     s = "## Behind Postfix (`make bench-mta`)\n\n"
@@ -478,24 +550,33 @@ def report(results, corpora, modes, args, amavis, elapsed):
           "by its own `smtp-source -F FILE` (%d at a time: smtp-source sends one file, and "
           "the corpora must not repeat content, or clamd's cache would answer); the clock "
           "runs from the first send until every clean message is in the sink and every "
-          "EICAR one in spoold's quarantine. Latency: from the start of a message's "
+          "EICAR one in the filter's quarantine. Latency: from the start of a message's "
           "smtp-source to the mtime of its file in the sink's dump directory, all messages "
           "offered at once (latency under saturation). CPU ms per message from /proc: "
           "Postfix = every process under its master (but the `spoolctl inject` processes "
-          "that pipe(8) runs and reaps), filter = spoold's tree plus those spoolctl, kernel = kernel threads + irq + softirq "
-          "(machine-wide), senders = the smtp-source processes; other load = everything "
+          "that pipe(8) runs and reaps), filter = spoold's tree plus those spoolctl, or "
+          "amavisd's tree (its children and the file(1) processes they run), kernel = kernel threads + "
+          "irq + softirq (machine-wide), senders = the smtp-source processes; other load = everything "
           "else the shared 2-core machine ran meanwhile, in cores. Arrived: delivered to "
           "the sink / quarantined / duplicates.\n\n"
           % (" ".join(sys.argv[1:]), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              elapsed, args.runs, postfix_version(), SENDERS))
-    if amavis:
-        s += "**amavisd-new:** %s.\n\n" % amavis
+    if "amavis" in notes:
+        s += "**amavisd-new:** %s.\n\n" % notes["amavis"]
+    else:
+        s += ("**amavisd-new:** %s, a private instance (bench/amavis.py) behind Postfix as "
+              "Debian's README.postfix says: `content_filter = smtp-amavis:[127.0.0.1]:PORT` "
+              "(a dedicated smtp client, maxproc 2, XFORWARD), re-injection into a dedicated "
+              "smtpd on 127.0.0.1 with `content_filter=` (free ports, not 10024/10025); "
+              "2 children, virus checks only, clamd CONTSCAN, D_DISCARD with a local "
+              "quarantine; a fresh amavisd for each run, as spoold. The package's own "
+              "daemon: %s.\n\n" % (notes["version"], notes["packaged"]))
     s += brun.table(["corpus", "filter", "msg/s", "p50 ms", "p99 ms", "Postfix ms/msg",
                      "filter ms/msg", "clamd ms/msg", "sink ms/msg", "kernel ms/msg",
                      "senders ms/msg", "other load cores", "arrived"], rows)
     s += ("\nThe filter's CPU per message by process (ms; a stage includes the children it "
           "reaped), and the connections Postfix's re-injection service took from "
-          "connector-smtp (its `connect from` log lines):\n\n")
+          "the filter, connector-smtp or amavisd (its `connect from` log lines):\n\n")
     s += brun.table(["corpus", "filter", "processes", "re-injection connections"], prows)
     return s
 
