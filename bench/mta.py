@@ -512,7 +512,7 @@ def main():
     md = report(results, corpora, modes, args, notes, time.time() - started)
     print(md)
     if args.out:
-        put_section(args.out, md)
+        brun.put_section(args.out, md, MARK_BEGIN, MARK_END)
         say("wrote the section into %s" % args.out)
 
 
@@ -589,27 +589,6 @@ def postfix_version():
 
 MARK_BEGIN = "<!-- bench-mta: begin -->"
 MARK_END = "<!-- bench-mta: end -->"
-
-
-def put_section(path, md):
-    """Replace the marked section of path (or append it)."""
-    with open(path) as f:
-        text = f.read()
-    block = MARK_BEGIN + "\n" + md + MARK_END + "\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        a = text.index(MARK_BEGIN)
-        b = text.index(MARK_END) + len(MARK_END) + 1
-        text = text[:a] + block + text[b:]
-    elif brun.ANALYSIS_MARK in text:
-        # Right below bench/run.py's mark: run.py keeps what follows it across its runs.
-        a = text.index(brun.ANALYSIS_MARK) + len(brun.ANALYSIS_MARK) + 1
-        text = text[:a] + "\n" + block + text[a:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
 
 
 if __name__ == "__main__":

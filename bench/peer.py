@@ -381,7 +381,7 @@ def main():
     md = report(results, corpora, variants, args, version, packaged, time.time() - started)
     print(md)
     if args.out:
-        put_section(args.out, md)
+        brun.put_section(args.out, md, MARK_BEGIN, MARK_END)
         say("wrote the section into %s" % args.out)
     return 0
 
@@ -435,30 +435,6 @@ def report(results, corpora, variants, args, version, packaged, elapsed):
     if goal_rows:
         s += "\n| status | goal (issue 19) |\n|---|---|\n" + "\n".join(goal_rows) + "\n"
     return s
-
-
-def put_section(path, md):
-    """Replace the marked section of path, or put it right after bench/run.py's analysis
-    mark (run.py keeps what follows the mark across its runs), or append it."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
-    block = MARK_BEGIN + "\n" + md + MARK_END + "\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        a = text.index(MARK_BEGIN)
-        b = text.index(MARK_END) + len(MARK_END) + 1
-        text = text[:a] + block + text[b:]
-    elif brun.ANALYSIS_MARK in text:
-        a = text.index(brun.ANALYSIS_MARK) + len(brun.ANALYSIS_MARK) + 1
-        text = text[:a] + "\n" + block + text[a:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
 
 
 if __name__ == "__main__":

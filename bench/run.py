@@ -1420,6 +1420,32 @@ def args_rate(args):
 ANALYSIS_MARK = "<!-- analysis: kept by bench/run.py across runs -->"
 
 
+def put_section(path, md, begin, end):
+    """Replace the section of path between the marks begin and end, or put it right after
+    the analysis mark (this harness keeps what follows the mark across its runs), or append
+    it. Written to path.tmp and renamed, so a reader never sees half a document. The
+    sections of bench/mta.py and bench/peer.py go in this way."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    block = begin + "\n" + md + end + "\n"
+    if begin in text and end in text:
+        a = text.index(begin)
+        b = text.index(end) + len(end) + 1
+        text = text[:a] + block + text[b:]
+    elif ANALYSIS_MARK in text:
+        a = text.index(ANALYSIS_MARK) + len(ANALYSIS_MARK) + 1
+        text = text[:a] + "\n" + block + text[a:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
 def write_doc(args, mach, cmd, elapsed, sections, R, scale, runs):
     kept = ""
     if os.path.exists(args.out):

@@ -29,25 +29,6 @@ MAX_FILE_LINES = 900
 MAX_FUNCTION_LINES = 120
 
 
-def _production_sources():
-    """lib/ and every program folder named by PROGS in the Makefile; never tests/."""
-    progs = []
-    with open(os.path.join(harness.ROOT, "Makefile")) as f:
-        for line in f:
-            if line.startswith("PROGS") and "=" in line:
-                progs = line.split("=", 1)[1].split()
-                break
-    assert progs, "Makefile: no PROGS line"
-    paths = []
-    for folder in ["lib"] + progs:
-        d = os.path.join(harness.ROOT, folder)
-        assert os.path.isdir(d), "%s: program folder missing" % folder
-        for name in sorted(os.listdir(d)):
-            if name.endswith(".c"):
-                paths.append(os.path.join(folder, name))
-    return paths
-
-
 def _function_head_name(line):
     """The function's name if `line` (column 0) reads as the end of a function head."""
     head = line.split("(", 1)[0].split()
@@ -104,7 +85,7 @@ def no_source_file_over_900_lines_or_function_over_120():
     if "asan" in (harness.BIN or ""):
         harness.skip("checked once, with the production build")
     bad = []
-    for rel in _production_sources():
+    for rel in harness.production_sources():
         with open(os.path.join(harness.ROOT, rel), encoding="utf-8", errors="replace") as f:
             lines = f.read().split("\n")
         if lines and lines[-1] == "":

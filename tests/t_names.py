@@ -126,23 +126,6 @@ def spells(value, names):
     return None
 
 
-def production_sources():
-    """lib/ and every program folder of the Makefile's PROGS: .c and .h files."""
-    progs = []
-    with open(os.path.join(harness.ROOT, "Makefile")) as f:
-        for line in f:
-            if line.startswith("PROGS") and "=" in line:
-                progs = line.split("=", 1)[1].split()
-                break
-    assert progs, "Makefile: no PROGS line"
-    paths = []
-    for folder in ["lib"] + progs:
-        for name in sorted(os.listdir(os.path.join(harness.ROOT, folder))):
-            if name.endswith((".c", ".h")):
-                paths.append(folder + "/" + name)
-    return paths
-
-
 def _allowed_after_merge(rel):
     return any(rel == a or (a.endswith("/") and rel.startswith(a)) for a in CONVERTED_AFTER_MERGE)
 
@@ -164,7 +147,7 @@ def the_scanner_finds_a_spelling_and_skips_comments():
 def entry_names_are_spelled_only_in_their_header():
     names = header_names()
     bad, counts, after_merge_hits = [], {}, set()
-    for rel in production_sources():
+    for rel in harness.production_sources((".c", ".h")):
         if rel == HOME:
             continue
         with open(os.path.join(harness.ROOT, rel), errors="replace") as f:

@@ -23,12 +23,17 @@ def pipeline(strategy, **kw):
     return Pipeline(extra='spool_sync = "%s";\n' % strategy, **kw)
 
 
-def end_to_end(strategy):
-    p = pipeline(strategy).start()
-    sent = [msgs.clean(subject="sync %s %d" % (strategy, i), to=["u%d@example.org" % i])
-            for i in range(8)]
+def drop_clean(p, tag, n):
+    """Drop n distinct clean messages, each to its own recipient; returns them."""
+    sent = [msgs.clean(subject="%s %d" % (tag, i), to=["u%d@example.org" % i]) for i in range(n)]
     for i, m in enumerate(sent):
         p.drop("m%d" % i, m)
+    return sent
+
+
+def end_to_end(strategy):
+    p = pipeline(strategy).start()
+    sent = drop_clean(p, "sync " + strategy, 8)
     p.drop("virus", msgs.eicar_attachment())
     finals = p.wait_final(len(sent) + 1)
     places = sorted(f[0] for f in finals)
@@ -66,10 +71,7 @@ def kill_all(p):
 
 def killed_mid_run(strategy):
     p = pipeline(strategy).start()
-    sent = [msgs.clean(subject="kill %s %d" % (strategy, i), to=["u%d@example.org" % i])
-            for i in range(30)]
-    for i, m in enumerate(sent):
-        p.drop("m%d" % i, m)
+    sent = drop_clean(p, "kill " + strategy, 30)
     # Kill once some mail is through and some is not: the commits of both kinds are cut.
     harness.wait_for(lambda: len(p.finals()) >= 3, timeout=60, what="the first deliveries")
     n = kill_all(p)

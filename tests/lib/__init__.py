@@ -50,6 +50,27 @@ __all__ = ["test", "skip", "Skip", "main", "check_after", "mount_tmpfs", "wait_f
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
+
+
+def production_sources(exts=(".c",)):
+    """The production sources, relative to the checkout: the files of lib/ and of every
+    program folder named by the Makefile's PROGS line whose names end in one of exts;
+    never tests/ or bench/. t_format measures them, t_names reads their literals."""
+    progs = []
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        for line in f:
+            if line.startswith("PROGS") and "=" in line:
+                progs = line.split("=", 1)[1].split()
+                break
+    assert progs, "Makefile: no PROGS line"
+    paths = []
+    for folder in ["lib"] + progs:
+        d = os.path.join(ROOT, folder)
+        assert os.path.isdir(d), "%s: program folder missing" % folder
+        for name in sorted(os.listdir(d)):
+            if name.endswith(tuple(exts)):
+                paths.append(folder + "/" + name)
+    return paths
 FAKE = os.path.join(TESTS, "fake")
 BIN = os.path.abspath(os.environ["TEST_BIN"]) if os.environ.get("TEST_BIN") else None
 LABEL = os.environ.get("TEST_LABEL", "")

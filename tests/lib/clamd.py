@@ -114,7 +114,31 @@ def instream(addr, data, chunk=8192, timeout=30.0):
             return ""
 
 
-class Clamd:
+class Stoppable:
+    """A server of the tests: `with X(...) as x:` stops it at the end of the block, and
+    remove_socket() takes away the socket file it listened on, if any."""
+
+    path = None
+
+    def stop(self):
+        raise NotImplementedError
+
+    def remove_socket(self):
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+class Clamd(Stoppable):
     """A real /usr/sbin/clamd with a private config, sockets and log, loading only dbdir.
 
     Clamd(tmpdir, dbdir, tcp=False, stream_max_length="10M", extra=None,
@@ -309,18 +333,11 @@ class Clamd:
                 pass
         return "\n".join(parts)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
     def __repr__(self):
         return "<Clamd pid=%s %s %s>" % (self.pid, self.unix_addr, self.tcp_addr or "")
 
 
-class _FakeServer:
+class _FakeServer(Stoppable):
     """A listening socket served by one daemon thread; subclasses define _handle(conn).
 
     FakeX(path) listens on the unix socket path (an existing socket file there is
@@ -399,18 +416,7 @@ class _FakeServer:
                 except OSError:
                     pass
             self._conns.clear()
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+        self.remove_socket()
 
 
 class FakeClamdSilent(_FakeServer):
@@ -601,7 +607,7 @@ def _rogue_main(listen, log_path):
         threading.Thread(target=_rogue_serve, args=(conn, log), daemon=True).start()
 
 
-class RogueClamd:
+class RogueClamd(Stoppable):
     """A hostile clamd: a process that answers OK to every scan except the 68-byte EICAR
     file (FOUND), so that it passes a canary. RogueClamd(tmpdir, unix=True, user=None).
 
@@ -666,13 +672,6 @@ class RogueClamd:
             p.kill()
         p.wait(10)
         p.stdout.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import struct
 import threading
 import time
 
-from .clamd import SUN_PATH_MAX, connect
+from .clamd import SUN_PATH_MAX, Stoppable, connect
 
 MODES = ("pass", "instream-close", "instream-error", "fildes-close", "fildes-early", "stall")
 _LIMIT_REPLY = b"INSTREAM size limit exceeded. ERROR"
@@ -69,7 +69,7 @@ class _Conn:
         self.muted = False  # set before a cut: clamd's side is never relayed again
 
 
-class ClamdProxy:
+class ClamdProxy(Stoppable):
     def __init__(self, upstream, unix=True, path=None, mode="pass", big=256 * 1024,
                  cut_at=150000, settle=0.5, stall_for=10.0, max_stall=120.0):
         """upstream: the real clamd ("unix:/path" or "tcp:host:port"). unix: listen on
@@ -417,15 +417,4 @@ class ClamdProxy:
                 pass
         for t in threads:
             t.join(5)
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+        self.remove_socket()
