@@ -153,6 +153,10 @@ SEPARATED_SUITES = t_cache t_canary_limits t_clamd_cut t_clamd_trust t_collide t
     t_hostile t_inject_idem t_limits t_lmtp t_lmtp_postfix t_logs t_pipeline t_pool \
     t_postfix t_rawscan t_reinject t_router t_router_policy t_scanner t_split t_spoolctl t_spoold t_strip \
     t_sync
+# The suites that run again against the ASan build (it has the crash points) with
+# spool_sync = "files" forced: the default, auto, takes that path only under a foreign
+# writer, so the crash tests would seldom see it otherwise.
+SYNC_FILES_SUITES = t_crash t_crashpoints t_diskfull t_sync
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -164,7 +168,8 @@ TEST_JOBS ?= 3
 test: test-deps
 	$(MAKE) all prod asan
 	python3 tests/run.py --jobs $(TEST_JOBS) --bin $(O)/prod/bin --bin $(O)/asan/bin \
-	    --separated $(subst $(space),$(comma),$(strip $(SEPARATED_SUITES)))
+	    --separated $(subst $(space),$(comma),$(strip $(SEPARATED_SUITES))) \
+	    --sync-files $(subst $(space),$(comma),$(strip $(SYNC_FILES_SUITES)))
 
 run: deps all
 	exec sh conf/run.sh

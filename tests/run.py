@@ -29,6 +29,9 @@ Exit status: 1 if anything failed, else 0 (2 for a usage error).
                  patterns once more against the first --bin, labelled "<build>-separated",
                  with $SPOOLD_TEST_SEPARATED=1: run as root, every Pipeline then runs each
                  stage as a user of its own (tests/lib/privsep.py). Not root: one SKIP.
+--sync-files PATS  run the test files named (comma-separated) once more against the last
+                 --bin, labelled "<build>-files", with $SPOOLD_TEST_SPOOL_SYNC=files: every
+                 Pipeline makes its steps durable per file (spool_sync = "files").
 
 Programs run with the repository root as working directory, $TEST_BIN set to the --bin
 directory, in their own process group; whatever they leave running in that group is
@@ -272,6 +275,9 @@ def main(argv=None):
                     help="programs run at once (default $TEST_JOBS or 1)")
     ap.add_argument("--separated", default="",
                     help="test files to run again with every stage as its own user")
+    ap.add_argument("--sync-files", default="",
+                    help="test files to run again against the last --bin with every spool "
+                         "making its steps durable per file (spool_sync = \"files\")")
     a = ap.parse_args(argv)
 
     tests_dir = os.path.abspath(a.tests_dir)
@@ -303,6 +309,14 @@ def main(argv=None):
         else:
             programs += suite_programs(bins[0], label, tests_dir, timeout, a.separated, None,
                                        totals, extra_env={"SPOOLD_TEST_SEPARATED": "1"})
+    if a.sync_files and not a.only:
+        # The default strategy (auto) syncs per file only while the page cache is full of
+        # another writer's data, so the crash tests would seldom see that path: this pass
+        # runs them with it forced, against the build that has the crash points.
+        build = os.path.basename(os.path.dirname(bins[-1])) or "bin"
+        programs += suite_programs(bins[-1], "%s-files" % build, tests_dir, timeout,
+                                   a.sync_files, None, totals,
+                                   extra_env={"SPOOLD_TEST_SPOOL_SYNC": "files"})
     jobs = a.jobs or int(os.environ.get("TEST_JOBS") or 1)
     if jobs > 1:
         # The slow programs first, so that the last to end is a short one; the order
@@ -361,7 +375,7 @@ def suite_programs(bindir, label, tests_dir, timeout, file_pat, test_pat, totals
             programs.append((f[:-3], argv, penv))
     if file_pat:
         pats = file_pat.split(",")
-        if extra_env:  # the separated pass: exactly the files named
+        if extra_env:  # the separated and files passes: exactly the files named
             programs = [x for x in programs if x[0] in pats]
         else:
             programs = [x for x in programs if any(_match(p, x[0]) for p in pats)]

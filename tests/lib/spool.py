@@ -130,6 +130,14 @@ class Pipeline:
             from . import privsep
             privsep.users()
             text += privsep.separated_config()
+        # SPOOLD_TEST_SPOOL_SYNC=files (or syncfs, auto): every pipeline of the run makes its
+        # steps durable that way, unless the test chose a strategy itself; how the crash
+        # and chaos tests are run against a strategy that is not the default.
+        sync = os.environ.get("SPOOLD_TEST_SPOOL_SYNC")
+        if sync and not re.search(r"^\s*spool_sync\s*=", extra, re.M):
+            if sync not in ("syncfs", "files", "auto"):
+                raise ValueError("SPOOLD_TEST_SPOOL_SYNC=%r: syncfs, files or auto" % sync)
+            text += 'spool_sync = "%s";\n' % sync
         text += extra
         with open(self.conf, "w") as f:
             f.write(text)
