@@ -75,6 +75,51 @@ ssize_t pread_full(int fd, void *p, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
+/* Read fd from its own offset to its end (read, so a pipe too), retrying on EINTR, and
+ * hand each chunk to take: 0 at the end, or -1 (EFBIG once more than max bytes came, or
+ * take's or read's errno). The one read loop of read_file_owned_at and
+ * copy_stream_bounded: the bound is checked before a chunk is taken, so no more than max
+ * bytes ever reach the sink. */
+static int util_read_each(int fd, uint64_t max, int (*take)(void *arg, const char *p, size_t n),
+                          void *arg)
+{
+	char tmp[65536];
+	uint64_t total = 0;
+	for (;;) {
+		ssize_t r = read(fd, tmp, sizeof tmp);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0)
+			return 0;
+		total += (uint64_t)r;
+		if (total > max) {
+			errno = EFBIG;
+			return -1;
+		}
+		if (take(arg, tmp, (size_t)r) < 0)
+			return -1;
+	}
+}
+
+static int util_buf_take(void *arg, const char *p, size_t n)
+{
+	buf_add(arg, p, n);
+	return 0;
+}
+
+static int util_fd_take(void *arg, const char *p, size_t n)
+{
+	return write_all(*(const int *)arg, p, n);
+}
+
+int copy_stream_bounded(int src, int dst, uint64_t max)
+{
+	return util_read_each(src, max, util_fd_take, &dst);
+}
+
 int read_file_at(int dirfd, const char *name, struct buf *out, size_t max)
 {
 	return read_file_owned_at(dirfd, name, out, max, (uid_t)-1, NULL);
@@ -111,22 +156,9 @@ int read_file_owned_at(int dirfd, const char *name, struct buf *out, size_t max,
 			goto fail;
 		}
 	}
-	char tmp[65536];
-	for (;;) {
-		ssize_t r = read(fd, tmp, sizeof tmp);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		if (out->len + (size_t)r > max) {
-			errno = EFBIG;
-			goto fail;
-		}
-		buf_add(out, tmp, (size_t)r);
-	}
+	/* out->len + read > max fails, as the bound is on the whole buffer */
+	if (util_read_each(fd, out->len > max ? 0 : max - out->len, util_buf_take, out) < 0)
+		goto fail;
 	close(fd);
 	buf_cstr(out);
 	return 0;
@@ -221,12 +253,11 @@ static int util_copy(int src, int dst, char *hex)
 	off_t off = 0;
 	sha256_init(&c);
 	for (;;) {
-		ssize_t r = pread(src, tmp, sizeof tmp, off);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
+		/* pread_full's EINTR and short-read loop: a chunk is a whole buffer but at the
+		 * end, so the bytes and their order are those of single preads */
+		ssize_t r = pread_full(src, tmp, sizeof tmp, off);
+		if (r < 0)
 			return -1;
-		}
 		if (r == 0)
 			break;
 		if (hex)

@@ -17,6 +17,7 @@
 #define SPOOLD_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "buf.h"
@@ -58,6 +59,9 @@ int write_file_replace(int dirfd, const char *name, const void *data, size_t n, 
 
 /* Copy all bytes of fd src (from offset 0) into fd dst. 0 or -1. */
 int copy_fd(int src, int dst);
+/* Copy fd src from its own offset to its end (read: a pipe too) into fd dst: 0, or -1
+ * with errno, EFBIG once more than max bytes came (what came before is written). */
+int copy_stream_bounded(int src, int dst, uint64_t max);
 /* Copy the whole of src (from offset 0) to dst and its SHA-256 as 64 hex digits: the hash
  * is of exactly the bytes written. -1 with errno. */
 int copy_fd_sha256(int src, int dst, char hex[65]);

@@ -67,6 +67,25 @@ static int mime_alt_budget(struct mime_ctx *c, int *mine)
 	return 1;
 }
 
+/* May a multipart's other reading (mime_encoded_multipart, mime_other_delimiters) be
+ * made here? Both ask the same: 1 to go on, 0 to make none.
+ *  - the reading of dropped header lines writes only the leaves it exposes: none;
+ *  - inside an other reading already: no reading of a reading (the work stays bounded),
+ *    and what that one would have shown is not seen, so the message is unscannable
+ *    (ambiguous) rather than passed on one reading;
+ *  - else it is one more alternative view, within the per-part and per-message bound
+ *    (mime_alt_budget marks it unscannable past that). */
+static int mime_mp_reading_admit(struct mime_ctx *c, int *mine)
+{
+	if (c->only)
+		return 0;
+	if (c->in_mp_alt) {
+		manifest_add_unscannable(c->m, MIME_AMBIGUOUS);
+		return 0;
+	}
+	return mime_alt_budget(c, mine);
+}
+
 static GMimeContentEncoding mime_enc_class(const char *v)
 {
 	GMimeContentEncoding e = g_mime_content_encoding_from_string(v);
@@ -472,14 +491,7 @@ int mime_encoded_multipart(struct mime_ctx *c, GMimeObject *obj, const char *bnd
 	if (enc != GMIME_CONTENT_ENCODING_BASE64 && enc != GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE &&
 	    enc != GMIME_CONTENT_ENCODING_UUENCODE)
 		return 0;
-	/* (the reading of dropped header lines writes only the leaves it exposes) */
-	if (c->only)
-		return 0;
-	if (c->in_mp_alt) {
-		manifest_add_unscannable(c->m, MIME_AMBIGUOUS);
-		return 0;
-	}
-	if (!mime_alt_budget(c, mine))
+	if (!mime_mp_reading_admit(c, mine))
 		return 0;
 	int fd = mime_tmpfile(c);
 	if (fd < 0)
@@ -571,13 +583,7 @@ int mime_other_delimiters(struct mime_ctx *c, const char *text, const char *bnd,
 		}
 		l = eol ? eol + 1 : end;
 	}
-	if (first == NULL || c->only)
-		return 0;
-	if (c->in_mp_alt) {
-		manifest_add_unscannable(c->m, MIME_AMBIGUOUS);
-		return 0;
-	}
-	if (!mime_alt_budget(c, mine))
+	if (first == NULL || !mime_mp_reading_admit(c, mine))
 		return 0;
 	/* a delimiter that occurs nowhere in the text */
 	char sep[64];

@@ -164,27 +164,8 @@ static const char *inject_args_parse(int argc, char **argv, struct envelope *env
 /* Copy standard input to its end into fd; -1 with errno (EFBIG past the bound). */
 static int inject_body_copy(const struct conf *c, int fd)
 {
-	uint64_t total = 0;
-	char tmp[65536];
-	for (;;) {
-		ssize_t r = read(0, tmp, sizeof tmp);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (r == 0)
-			break;
-		total += (uint64_t)r;
-		/* Bounded: a runaway writer must not fill the spool's disk. */
-		if (total > c->splitter.max_message_size * 2 + (1u << 20)) {
-			errno = EFBIG;
-			return -1;
-		}
-		if (write_all(fd, tmp, (size_t)r) < 0)
-			return -1;
-	}
-	return 0;
+	/* Bounded: a runaway writer must not fill the spool's disk. */
+	return copy_stream_bounded(0, fd, c->splitter.max_message_size * 2 + (1u << 20));
 }
 
 int ctl_cmd_inject(struct conf *c, int argc, char **argv)
