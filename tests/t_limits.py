@@ -73,6 +73,32 @@ def over_size_message_goes_to_badmail_unparsed():
     assert not [n for n in os.listdir(d) if n.endswith(".ATT") or n == "manifest"], os.listdir(d)
 
 
+@test
+def inject_refuses_input_past_its_bound_and_leaves_nothing():
+    """spoolctl inject copies standard input up to twice max_message_size plus 1 MiB (the
+    splitter's badmail/ takes what is over max_message_size; past the copy bound the sender
+    is told to try again, 75, rather than the spool filled): nothing is left in tmp/ or
+    inbound/, and a message under the bound is queued as usual."""
+    p = Pipeline(scanners=[clamscan()], splitter=dict(max_message_size=10000))
+    p.pass_all()  # the stages make the spool
+
+    def listing():
+        return [(d, n) for d in ("tmp", "inbound") for n in os.listdir(os.path.join(p.spool, d))]
+    before = listing()
+    bound = 2 * 10000 + (1 << 20)
+    over = b"Subject: big\n\n" + b"x" * (bound + 70000)
+    r = p.ctl("inject", "-f", "a@example.com", "b@example.org", stdin=over)
+    assert r.returncode == 75, (r.returncode, r.out)
+    assert "File too large" in r.out, r.out
+    assert listing() == before, (before, listing())
+    under = b"Subject: under\n\n" + b"y" * (bound - 1000)
+    q = p.inject("a@example.com", ["b@example.org"], under)
+    p.pass_all()
+    finals = p.finals()
+    # over max_message_size, under the copy bound: queued, then badmail, unparsed
+    assert [(f[0], f[1]) for f in finals] == [("badmail", q)], finals
+
+
 # ---- M2: decoded-size bombs ------------------------------------------------------------
 
 _BINHEX_ALPHA = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
