@@ -115,3 +115,20 @@ void json_escape(struct buf *out, const void *p, size_t n)
 			buf_add(out, &c, 1);
 	}
 }
+
+/* Append s[0..n) to out for a terminal: every byte that is not printable ASCII becomes
+ * \xNN (a newline and a tab are kept only with keep_nl). The fields spoolctl shows come
+ * from senders and scanners (subjects, file names, virus names): an ESC or a CR in one
+ * must not colour or rewrite the administrator's terminal, a newline must not forge a
+ * line, and a byte >= 0x80 (0x9b is a one-byte CSI on some terminals) is never raw. A
+ * backslash stays as it is: the output is for eyes, never parsed back. */
+void terminal_escape(struct buf *out, const char *s, size_t n, int keep_nl)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if ((c >= 0x20 && c < 0x7f) || (keep_nl && (c == '\n' || c == '\t')))
+			buf_add(out, &c, 1);
+		else
+			buf_printf(out, "\\x%02x", c);
+	}
+}

@@ -30,6 +30,9 @@ void text_escape(struct buf *out, const void *p, size_t n, size_t maxin);
  * bytes over 0x7e become escapes (bytes >= 0x80 as \u00XX), so the result is always valid
  * JSON whatever the input. */
 void json_escape(struct buf *out, const void *p, size_t n);
+/* For a terminal (spoolctl's listings): printable ASCII stays, a newline and a tab
+ * too with keep_nl, every other byte becomes \xHH. */
+void terminal_escape(struct buf *out, const char *s, size_t n, int keep_nl);
 /* Reverse of escape_bytes; returns -1 on a malformed escape. */
 int unescape_bytes(struct buf *out, const char *s);
 

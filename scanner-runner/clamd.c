@@ -640,6 +640,18 @@ uint64_t clamd_stream_limit(const struct clamd_policy *pol)
 	return pol->stream_max < pol->max_file_size ? pol->stream_max : pol->max_file_size;
 }
 
+/* The start of every request: a fresh result naming addr, the deadline, and the parsed
+ * address. -1 with r filled in on a bad timeout or address. */
+static int clamd_request_begin(const char *addr, int timeout_ms, struct clamd_addr *a,
+                               int64_t *deadline, struct clamd_result *r)
+{
+	clamd_result_reset(r, addr);
+	if (timeout_ms <= 0)
+		return clamd_fail(r, V_ERROR, "bad timeout %d ms", timeout_ms);
+	*deadline = now_ms_monotonic() + timeout_ms;
+	return clamd_addr_parse(addr, a, r) < 0 ? -1 : 0;
+}
+
 int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int timeout_ms,
                   struct clamd_result *r)
 {
@@ -649,11 +661,7 @@ int clamd_scan_fd(const char *addr, int fd, const struct clamd_policy *pol, int 
 	int64_t deadline;
 	int s = -1, own = -1, sent, rc = -1;
 
-	clamd_result_reset(r, addr);
-	if (timeout_ms <= 0)
-		return clamd_fail(r, V_ERROR, "bad timeout %d ms", timeout_ms);
-	deadline = now_ms_monotonic() + timeout_ms;
-	if (clamd_addr_parse(addr, &a, r) < 0)
+	if (clamd_request_begin(addr, timeout_ms, &a, &deadline, r) < 0)
 		return -1;
 	if (fstat(fd, &st) < 0)
 		return clamd_fail(r, V_ERROR, "fstat: %s", strerror(errno));
@@ -756,11 +764,7 @@ static int clamd_command(const char *addr, const struct clamd_policy *pol, const
 	int64_t deadline;
 	int s, sent, rc = -1;
 
-	clamd_result_reset(r, addr);
-	if (timeout_ms <= 0)
-		return clamd_fail(r, V_ERROR, "bad timeout %d ms", timeout_ms);
-	deadline = now_ms_monotonic() + timeout_ms;
-	if (clamd_addr_parse(addr, &a, r) < 0)
+	if (clamd_request_begin(addr, timeout_ms, &a, &deadline, r) < 0)
 		return -1;
 	if (bsnprintf(req, sizeof req, "z%s", cmd) < 0)
 		return clamd_fail(r, V_ERROR, "command too long");

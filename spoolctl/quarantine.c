@@ -30,22 +30,6 @@
 #include "trace.h"
 #include "util.h"
 
-/* Append s[0..n) to out for a terminal: every byte that is not printable ASCII becomes
- * \xNN (a newline and a tab are kept only with keep_nl). The fields shown come from
- * senders and scanners (subjects, file names, virus names): an ESC or a CR in one must
- * not colour or rewrite the administrator's terminal, a newline must not forge a line,
- * and a byte >= 0x80 (0x9b is a one-byte CSI on some terminals) is never raw. */
-static void qr_safe(struct buf *out, const char *s, size_t n, int keep_nl)
-{
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if ((c >= 0x20 && c < 0x7f) || (keep_nl && (c == '\n' || c == '\t')))
-			buf_add(out, &c, 1);
-		else
-			buf_printf(out, "\\x%02x", c);
-	}
-}
-
 /* The raw (still JSON-escaped) string value of "key":"..." in a report.json. */
 static void qr_json_str(const char *j, const char *key, struct buf *out)
 {
@@ -179,10 +163,10 @@ static int qr_list(struct spool *sp, int json)
 			buf_init(&sd);
 			buf_init(&rc);
 			buf_init(&v);
-			qr_safe(&r, q.reason.data, q.reason.len, 0);
-			qr_safe(&sd, q.sender.data, q.sender.len, 0);
-			qr_safe(&rc, q.rcpts_text.data, q.rcpts_text.len, 0);
-			qr_safe(&v, q.viruses_text.data, q.viruses_text.len, 0);
+			terminal_escape(&r, q.reason.data, q.reason.len, 0);
+			terminal_escape(&sd, q.sender.data, q.sender.len, 0);
+			terminal_escape(&rc, q.rcpts_text.data, q.rcpts_text.len, 0);
+			terminal_escape(&v, q.viruses_text.data, q.viruses_text.len, 0);
 			printf("%-26s %-20s %-10s %-30s %s %s\n", q.qid, date, buf_cstr(&r),
 			       sd.len ? buf_cstr(&sd) : "<>", buf_cstr(&rc),
 			       v.len ? buf_cstr(&v) : "-");
@@ -206,7 +190,7 @@ static void qr_print_file(int dfd, const char *name)
 	buf_init(&b);
 	buf_init(&o);
 	if (read_file_at(dfd, name, &b, 16 << 20) == 0) {
-		qr_safe(&o, b.data, b.len, 1);
+		terminal_escape(&o, b.data, b.len, 1);
 		fwrite(o.data, 1, o.len, stdout);
 	}
 	buf_free(&b);

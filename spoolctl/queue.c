@@ -264,22 +264,6 @@ int ctl_cmd_ls(struct conf *c, int argc, char **argv)
 
 /* ---- show ---------------------------------------------------------------------------- */
 
-/* Append s[0..n) to out for a terminal: every byte that is not printable ASCII becomes
- * \xNN (a newline and a tab are kept only with keep_nl). The fields shown come from
- * senders and scanners (subjects, file names, virus names): an ESC or a CR in one must
- * not colour or rewrite the administrator's terminal, a newline must not forge a line,
- * and a byte >= 0x80 (0x9b is a one-byte CSI on some terminals) is never raw. */
-static void q_safe(struct buf *out, const char *s, size_t n, int keep_nl)
-{
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if ((c >= 0x20 && c < 0x7f) || (keep_nl && (c == '\n' || c == '\t')))
-			buf_add(out, &c, 1);
-		else
-			buf_printf(out, "\\x%02x", c);
-	}
-}
-
 static void q_print_trace(int dfd)
 {
 	struct buf t, o;
@@ -303,11 +287,11 @@ static void q_print_trace(int dfd)
 			struct tm tm;
 			if (localtime_r(&s, &tm))
 				strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-			q_safe(&o, end + 1, strlen(end + 1), 0);
+			terminal_escape(&o, end + 1, strlen(end + 1), 0);
 			printf("  %s.%03d %s\n", when, (int)((ts - (double)s) * 1000 + 0.5) % 1000,
 			       buf_cstr(&o));
 		} else {
-			q_safe(&o, line, strlen(line), 0);
+			terminal_escape(&o, line, strlen(line), 0);
 			printf("  %s\n", buf_cstr(&o));
 		}
 		buf_reset(&o);
