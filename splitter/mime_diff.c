@@ -622,6 +622,28 @@ int mime_other_delimiters(struct mime_ctx *c, const char *text, const char *bnd,
 	return rc;
 }
 
+/* Parse chunk[0..len) as one body part and walk it as part idx of path; *rc takes what
+ * mime_walk returns (left as it is when GMime makes no part of it). -1 when the part's
+ * path does not fit: the caller passes over the rest, as a path that long is past any
+ * depth limit anyway. */
+static int mime_walk_chunk(struct mime_ctx *c, const char *chunk, size_t len, const char *path,
+                           int idx, uint64_t depth, int *rc)
+{
+	char sub[4096];
+	if (bsnprintf(sub, sizeof sub, path[0] ? "%s.%d" : "%s%d", path, idx) < 0)
+		return -1;
+	GMimeStream *st = g_mime_stream_mem_new_with_buffer(chunk, len);
+	GMimeParser *parser = g_mime_parser_new_with_stream(st);
+	GMimeObject *obj = g_mime_parser_construct_part(parser, c->opts);
+	g_object_unref(parser);
+	g_object_unref(st);
+	if (obj) {
+		*rc = mime_walk(c, obj, sub, 0, depth + 1);
+		g_object_unref(obj);
+	}
+	return 0;
+}
+
 /* GMime cannot match a boundary longer than its read buffer, and keeps the whole body
  * of such a multipart as its preamble. Split that preamble at the boundary lines here
  * and parse each part on its own (from memory: the preamble already is). Returns 1 if
@@ -650,19 +672,8 @@ int mime_split_long(struct mime_ctx *c, const char *body, const char *boundary, 
 				size_t len = (size_t)(p - chunk);
 				if (len > 0 && chunk[len - 1] == '\n')
 					len--;
-				char sub[4096];
-				if (bsnprintf(sub, sizeof sub, path[0] ? "%s.%d" : "%s%d", path,
-				              ++idx) < 0)
+				if (mime_walk_chunk(c, chunk, len, path, ++idx, depth, &rc) < 0)
 					return 0;
-				GMimeStream *st = g_mime_stream_mem_new_with_buffer(chunk, len);
-				GMimeParser *parser = g_mime_parser_new_with_stream(st);
-				GMimeObject *obj = g_mime_parser_construct_part(parser, c->opts);
-				g_object_unref(parser);
-				g_object_unref(st);
-				if (obj) {
-					rc = mime_walk(c, obj, sub, 0, depth + 1);
-					g_object_unref(obj);
-				}
 			}
 			if (rc == 0 && last) {
 				if (mime_has_text(next))
@@ -677,18 +688,8 @@ int mime_split_long(struct mime_ctx *c, const char *body, const char *boundary, 
 		return 1;
 	if (rc == 0 && chunk < end && !c->stop) {
 		/* no closing boundary: the last part runs to the end */
-		char sub[4096];
-		if (bsnprintf(sub, sizeof sub, path[0] ? "%s.%d" : "%s%d", path, ++idx) < 0)
+		if (mime_walk_chunk(c, chunk, (size_t)(end - chunk), path, ++idx, depth, &rc) < 0)
 			return 0;
-		GMimeStream *st = g_mime_stream_mem_new_with_buffer(chunk, (size_t)(end - chunk));
-		GMimeParser *parser = g_mime_parser_new_with_stream(st);
-		GMimeObject *obj = g_mime_parser_construct_part(parser, c->opts);
-		g_object_unref(parser);
-		g_object_unref(st);
-		if (obj) {
-			rc = mime_walk(c, obj, sub, 0, depth + 1);
-			g_object_unref(obj);
-		}
 	}
 	return rc;
 }
