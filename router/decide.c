@@ -38,7 +38,7 @@ void router_text_block(struct buf *out, const char *s)
 
 /* The verdict for one part: infected if any scanner says so; clean if every primary
  * said clean, or if a primary failed and the backups all gave a verdict; else error. */
-static enum verdict router_part_verdict(const struct verdicts *vs, int part)
+enum verdict router_part_verdict(const struct verdicts *vs, int part)
 {
 	int n_primary = 0, primary_err = 0, n_backup = 0, backup_err = 0;
 	for (size_t i = 0; i < vs->n; i++) {
@@ -62,6 +62,18 @@ static enum verdict router_part_verdict(const struct verdicts *vs, int part)
 	return V_ERROR;
 }
 
+/* How a report names a part: its file name (escaped: the sender chose it), or where the
+ * splitter found it ("raw, no filename"), or "-" for a part the manifest does not have. */
+void router_part_label(const struct manifest_part *p, struct buf *out)
+{
+	if (p && p->filename[0])
+		escape_bytes(out, p->filename, strlen(p->filename), 256);
+	else if (p)
+		buf_printf(out, "%s, no filename", manifest_found_name(p->found));
+	else
+		buf_addstr(out, "-");
+}
+
 enum outcome router_decide(const struct manifest *m, const struct verdicts *vs, struct buf *why)
 {
 	int infected = 0, failed = 0;
@@ -74,12 +86,7 @@ enum outcome router_decide(const struct manifest *m, const struct verdicts *vs, 
 			                                    : NULL;
 			struct buf fn;
 			buf_init(&fn);
-			if (p && p->filename[0])
-				escape_bytes(&fn, p->filename, strlen(p->filename), 256);
-			else if (p)
-				buf_printf(&fn, "%s, no filename", manifest_found_name(p->found));
-			else
-				buf_addstr(&fn, "-");
+			router_part_label(p, &fn);
 			buf_printf(why, "part %d (%s): ", l->part, buf_cstr(&fn));
 			router_text(why, l->virus, 256);
 			buf_addstr(why, " found by ");

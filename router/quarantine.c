@@ -34,6 +34,61 @@ static void router_drop_parts(struct spool_entry *e)
 	spool_names_free(names, n);
 }
 
+/* One part that no scanner saw in full, as a report line and a report.json object (j
+ * gets a leading comma unless it is the first). scanner and why are scanner-chosen
+ * bytes: escaped like the virus names. */
+static void router_report_unscanned_add(struct buf *r, struct buf *j, int part, const char *label,
+                                        const char *scanner, const char *why)
+{
+	buf_printf(r, "  part %d (%s): not scanned (", part, label);
+	router_text(r, scanner, 64);
+	buf_addstr(r, ": ");
+	router_text(r, why, 1024);
+	buf_addstr(r, ")\n");
+	buf_printf(j, "%s{\"part\":%d,\"scanner\":\"", j->len ? "," : "", part);
+	json_escape(j, scanner, strlen(scanner));
+	buf_addstr(j, "\",\"why\":\"");
+	json_escape(j, why, strlen(why));
+	buf_addstr(j, "\"}");
+}
+
+/* The parts no scanner saw in full: neither infected nor clean by router_part_verdict (a
+ * clamd pass that skipped the raw part once a decoded part was infected, a scanner error,
+ * a timeout, no line at all). A quarantined message can be released, and a release
+ * delivers the message as received without looking at the verdicts, so whoever decides
+ * on a release must be told what was never scanned: an infected attachment says nothing
+ * about the rest of the message. r gets a report section (nothing when every part was
+ * scanned), j the objects of report.json's not_scanned array: one per non-clean line of
+ * such a part, or one "no verdict" for a part without any. */
+static void router_report_unscanned(struct buf *r, struct buf *j, const struct manifest *m,
+                                    const struct verdicts *vs)
+{
+	for (size_t i = 0; i < m->n_parts; i++) {
+		const struct manifest_part *p = &m->parts[i];
+		int part = (int)p->index, listed = 0;
+		if (router_part_verdict(vs, part) != V_ERROR)
+			continue;
+		if (!r->len)
+			buf_addstr(r, "\nNot scanned in full (a release delivers the message as "
+			              "received, these parts unscanned):\n");
+		struct buf fn;
+		buf_init(&fn);
+		router_part_label(p, &fn);
+		for (size_t k = 0; k < vs->n; k++) {
+			const struct verdict_line *l = &vs->lines[k];
+			if (l->part != part || l->verdict == V_CLEAN)
+				continue;
+			router_report_unscanned_add(r, j, part, buf_cstr(&fn), l->scanner,
+			                            l->output[0] ? l->output
+			                                         : verdict_name(l->verdict));
+			listed = 1;
+		}
+		if (!listed)
+			router_report_unscanned_add(r, j, part, buf_cstr(&fn), "-", "no verdict");
+		buf_free(&fn);
+	}
+}
+
 /* Write report and report.json (with derived, the queue ID of the strip derivative, or
  * NULL) and drop the parts; durable after the next sync. */
 void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
@@ -54,6 +109,11 @@ void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
 	}
 	buf_addstr(&r, "\n\n");
 	router_text_block(&r, why);
+	struct buf ns, nj;
+	buf_init(&ns);
+	buf_init(&nj);
+	router_report_unscanned(&ns, &nj, m, vs);
+	buf_add(&r, ns.data, ns.len);
 	buf_addstr(&r, "\nParts:\n");
 	for (size_t i = 0; i < m->n_parts; i++) {
 		struct buf fn;
@@ -89,6 +149,8 @@ void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
 		json_escape(&j, m->unscannable[i], strlen(m->unscannable[i]));
 		buf_addstr(&j, "\"");
 	}
+	buf_addstr(&j, "],\"not_scanned\":[");
+	buf_add(&j, nj.data, nj.len);
 	buf_addstr(&j, "]");
 	if (derived)
 		buf_printf(&j, ",\"stripped\":\"%s\"", derived); /* a queue ID: [0-9a-f-] */
@@ -99,6 +161,8 @@ void router_quarantine_report(struct spool_entry *e, const struct envelope *env,
 		die_temp(e->qid, "cannot write the quarantine report: %s", strerror(errno));
 	buf_free(&r);
 	buf_free(&j);
+	buf_free(&ns);
+	buf_free(&nj);
 }
 
 void router_quarantine_move(struct spool_entry *e, const char *reason)

@@ -89,6 +89,10 @@ enum outcome { OUT_DELIVER, OUT_QUARANTINE, OUT_HOLD, OUT_BANNED, OUT_UNSCANNABL
  * block whose line breaks stay. */
 void router_text(struct buf *out, const char *s, size_t maxin);
 void router_text_block(struct buf *out, const char *s);
+/* One part's verdict from all its lines (infected, clean, or error: not scanned clean). */
+enum verdict router_part_verdict(const struct verdicts *vs, int part);
+/* A part as a report names it: its escaped file name, or "raw, no filename", or "-". */
+void router_part_label(const struct manifest_part *p, struct buf *out);
 /* What to do with a message; why gets one line per reason. */
 enum outcome router_decide(const struct manifest *m, const struct verdicts *vs, struct buf *why);
 /* The connector for one recipient: the first whose domain patterns match, else default. */

@@ -13,11 +13,15 @@ saw is the order the runner asked in.
 
   raw_part_is_scanned_after_the_decoded_parts   the order, and a clean delivery
   virus_only_in_the_raw_form_is_quarantined     EICAR in a header: no decoded part holds
-                                                it, the raw scan finds it
-  raw_part_skipped_when_a_decoded_part_is_infected   not sent; an error line says why
+                                                it, the raw scan finds it; its report
+                                                names no part as not scanned
+  raw_part_skipped_when_a_decoded_part_is_infected   not sent; an error line says why,
+                                                and the quarantine report and report.json
+                                                name the raw part as not scanned
   stripped_message_is_scanned_raw_again         infected_action = "strip": the derivative
                                                 that is delivered has its raw scan
 """
+import json
 import os
 import re
 import socket
@@ -218,7 +222,14 @@ def virus_only_in_the_raw_form_is_quarantined():
     ev = rec.sessions_with(len(m))[0]
     raw_at = ev.index(("fildes", len(m)))
     assert len([e for e in ev[:raw_at] if e[0] == "reply"]) == len(decoded), ev
-    assert EICAR_NAME in p.read(q, "report").decode(errors="replace")
+    report = p.read(q, "report").decode(errors="replace")
+    assert EICAR_NAME in report
+    # Every part was scanned in full: the report names none as not scanned.
+    assert "not scanned" not in report, report
+    assert "Not scanned" not in report, report
+    rj = json.loads(p.read(q, "report.json"))
+    assert rj["not_scanned"] == [], rj
+    assert [v["part"] for v in rj["viruses"]] == [int(raw)], rj
 
 
 @test(timeout=300)
@@ -239,7 +250,19 @@ def raw_part_skipped_when_a_decoded_part_is_infected():
     assert why.startswith("not scanned: part ") and "is infected" in why, why
     # clamd was never handed the raw message.
     assert not rec.sessions_with(len(m)), rec.conns
-    assert EICAR_NAME in p.read(q, "report").decode(errors="replace")
+    report = p.read(q, "report").decode(errors="replace")
+    assert EICAR_NAME in report
+    # The report tells whoever decides on a release (which delivers without looking at
+    # the verdicts) that the raw form was never scanned: one line for the raw part and
+    # none for the decoded parts, which clamd saw in full.
+    unscanned = [l.strip() for l in report.splitlines() if ": not scanned (" in l]
+    assert unscanned == ["part %s (raw, no filename): not scanned (clamd: %s)"
+                         % (raw, why)], report
+    assert "is infected (%s)" % EICAR_NAME in unscanned[0], report
+    rj = json.loads(p.read(q, "report.json"))
+    assert rj["reason"] == "infected", rj
+    assert rj["not_scanned"] == [{"part": int(raw), "scanner": "clamd", "why": why}], rj
+    assert rj["viruses"] and all(v["part"] != int(raw) for v in rj["viruses"]), rj
 
 
 @test(timeout=300)
