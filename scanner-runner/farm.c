@@ -480,8 +480,8 @@ static void farm_scan_parts(struct farm_run *fr)
 	if (inf != NULL) {
 		char why[600];
 		bsnprintf(why, sizeof why,
-		          "not scanned: part %d is infected (%.200s), so the message is not "
-		          "delivered whatever this part holds",
+		          "not scanned: part %d is infected (%.200s); a release would deliver "
+		          "this part unscanned",
 		          inf->part, inf->virus);
 		scan_pass_add(fr->p, fr->s, (int)m->parts[raw].index, V_ERROR, "",
 		              SCAN_EXIT_SKIPPED, 0, fr->s->version, "clamd", why, 1);
