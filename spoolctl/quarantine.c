@@ -45,6 +45,19 @@ static void qr_json_str(const char *j, const char *key, struct buf *out)
 	}
 }
 
+/* Whether the report names parts no scanner saw in full (report.json "not_scanned", an
+ * empty list when there are none): a release delivers them unscanned, which the
+ * administrator must be told at the moment of release, not only in the report. */
+static int qr_has_unscanned(int dfd)
+{
+	struct buf j;
+	buf_init(&j);
+	int r = read_file_at(dfd, ENTRY_REPORT_JSON, &j, 1 << 20) == 0 &&
+	        strstr(buf_cstr(&j), "\"not_scanned\":[{") != NULL;
+	buf_free(&j);
+	return r;
+}
+
 struct qr_entry {
 	char qid[SPOOL_QID_LEN + 1];
 	long long time;
@@ -258,6 +271,7 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 		}
 	} else if (strcmp(sub, "release") == 0) {
 		qr_claim(&sp, argv[1], &e);
+		int unscanned = qr_has_unscanned(e.fd);
 		static const char marker[] = "released by spoolctl\n";
 		/* The marker is durable before the rename: a router that finds the entry in
 		 * route/ always knows it was released, even after a crash. */
@@ -272,6 +286,13 @@ int ctl_cmd_quarantine(struct conf *c, int argc, char **argv)
 			         strerror(errno));
 		log_audit(argv[1], "released from quarantine; the router delivers it");
 		printf("%s released\n", argv[1]);
+		if (unscanned)
+			fprintf(
+			    stderr,
+			    "spoolctl: warning: %s has parts no scanner saw in full (\"Not scanned "
+			    "in full\" in spoolctl quarantine show); they are delivered "
+			    "unscanned\n",
+			    argv[1]);
 	} else if (strcmp(sub, "delete") == 0) {
 		qr_claim(&sp, argv[1], &e);
 		qr_export(c, &e, EXPORT_DELETED); /* synced by the trash move */

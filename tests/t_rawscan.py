@@ -229,6 +229,8 @@ def virus_only_in_the_raw_form_is_quarantined():
     assert "Not scanned" not in report, report
     rj = json.loads(p.read(q, "report.json"))
     assert rj["not_scanned"] == [], rj
+    r = p.ctl("quarantine", "release", os.path.basename(q))
+    assert r.returncode == 0 and "warning" not in r.out, r.out
     assert [v["part"] for v in rj["viruses"]] == [int(raw)], rj
 
 
@@ -263,6 +265,11 @@ def raw_part_skipped_when_a_decoded_part_is_infected():
     assert rj["reason"] == "infected", rj
     assert rj["not_scanned"] == [{"part": int(raw), "scanner": "clamd", "why": why}], rj
     assert rj["viruses"] and all(v["part"] != int(raw) for v in rj["viruses"]), rj
+    # ... and spoolctl says it again at the moment of release.
+    qid = os.path.basename(q)
+    r = p.ctl("quarantine", "release", qid)
+    assert r.returncode == 0, r.out
+    assert "warning: %s has parts no scanner saw in full" % qid in r.out, r.out
 
 
 @test(timeout=300)
