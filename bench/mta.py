@@ -34,7 +34,6 @@ those spoolctl, or amavisd's tree), clamd, the sink, the kernel (kernel threads,
 table is printed and, with --out, written into a file's "## Behind Postfix" section
 (docs/PERFORMANCE.md keeps it below its analysis mark).
 """
-import argparse
 import os
 import pwd
 import shutil
@@ -442,18 +441,9 @@ def one_run(args, mode, cd, corpus, k, seq):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bin", default=os.path.join(brun.ROOT, "bin"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="20 messages of corpus a (the test)")
-    ap.add_argument("--corpora", default="a,b")
+    ap = brun.filter_bench_args(__doc__, "a,b", 1200)
     ap.add_argument("--modes", default=None,
                     help="default lmtp,pipe and, when amavisd-new is installed, amavis")
-    ap.add_argument("--out", default=None, help="a markdown file to put the section into")
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--timeout", type=int, default=1200)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     if os.geteuid() != 0:

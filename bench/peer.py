@@ -27,7 +27,6 @@ of clamd, of the sink, of the kernel (kernel threads, irq) and the other load on
 machine, and the bytes written (the work directory's disk from /proc/diskstats, sync to
 sync, others included; and the filter's own, from /proc/<pid>/io).
 """
-import argparse
 import os
 import shutil
 import signal
@@ -303,17 +302,8 @@ def warm_amavis(args, ctx):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bin", default=os.path.join(brun.ROOT, "bin"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="20 messages of corpus a (the test)")
-    ap.add_argument("--corpora", default="a,b,c")
+    ap = brun.filter_bench_args(__doc__, "a,b,c", 1800)
     ap.add_argument("--variants", default="amavis,inject,drop")
-    ap.add_argument("--out", default=None, help="a markdown file to put the section into")
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--timeout", type=int, default=1800)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     for p in ("spoold", "spoolctl", "splitter", "scanner-runner", "router", "connector-smtp"):

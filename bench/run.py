@@ -1420,6 +1420,22 @@ def args_rate(args):
 ANALYSIS_MARK = "<!-- analysis: kept by bench/run.py across runs -->"
 
 
+def filter_bench_args(doc, corpora, timeout):
+    """The options bench/mta.py and bench/peer.py share (the caller adds its own, then
+    parses): --bin, --runs, --quick, --smoke, --corpora, --out, --work, --keep, --timeout."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--bin", default=os.path.join(ROOT, "bin"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="20 messages of corpus a (the test)")
+    ap.add_argument("--corpora", default=corpora)
+    ap.add_argument("--out", default=None, help="a markdown file to put the section into")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--timeout", type=int, default=timeout)
+    return ap
+
+
 def put_section(path, md, begin, end):
     """Replace the section of path between the marks begin and end, or put it right after
     the analysis mark (this harness keeps what follows the mark across its runs), or append

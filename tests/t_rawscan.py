@@ -201,6 +201,17 @@ def raw_part_is_scanned_after_the_decoded_parts():
     assert [e for e in ev[raw_at:] if e[0] == "reply"][-1][1].endswith(": OK"), ev
 
 
+def quarantined(p, name, m):
+    """Drop m, run each stage once, and check it ends in quarantine: its path there, its
+    verdict lines by part, and the raw part's index."""
+    p.drop(name, m)
+    p.pass_all()
+    finals = p.finals()
+    assert [f[0] for f in finals] == ["quarantine"], (finals, p.logtext()[-3000:])
+    q = finals[0][2]
+    return q, scan_lines(q), raw_index(q)
+
+
 @test(timeout=300)
 def virus_only_in_the_raw_form_is_quarantined():
     """EICAR in a header line: GMime makes no part of a header, so no decoded part holds
@@ -208,13 +219,7 @@ def virus_only_in_the_raw_form_is_quarantined():
     cd, rec, p = setup()
     m = msgs.with_attachment(os.urandom(20000), "clean.bin",
                              headers=[("X-Note", msgs.eicar().decode())])
-    p.drop("hdr", m)
-    p.pass_all()
-    finals = p.finals()
-    assert [f[0] for f in finals] == ["quarantine"], (finals, p.logtext()[-3000:])
-    q = finals[0][2]
-    lines = scan_lines(q)
-    raw = raw_index(q)
+    q, lines, raw = quarantined(p, "hdr", m)
     assert [t["verdict"] for t in lines[raw]] == ["infected"], lines
     assert lines[raw][0]["virus"] == EICAR_NAME, lines
     decoded = [t for k, ts in lines.items() if k != raw for t in ts]
@@ -238,13 +243,7 @@ def virus_only_in_the_raw_form_is_quarantined():
 def raw_part_skipped_when_a_decoded_part_is_infected():
     cd, rec, p = setup()
     m = msgs.eicar_attachment()
-    p.drop("virus", m)
-    p.pass_all()
-    finals = p.finals()
-    assert [f[0] for f in finals] == ["quarantine"], (finals, p.logtext()[-3000:])
-    q = finals[0][2]
-    lines = scan_lines(q)
-    raw = raw_index(q)
+    q, lines, raw = quarantined(p, "virus", m)
     assert any(t["verdict"] == "infected" for k, ts in lines.items() if k != raw for t in ts)
     # Not scanned, and said so: an error line (never clean) with exit=skipped.
     assert [(t["verdict"], t["exit"]) for t in lines[raw]] == [("error", "skipped")], lines
