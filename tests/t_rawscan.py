@@ -199,6 +199,8 @@ def raw_part_is_scanned_after_the_decoded_parts():
     assert len(replies_before) == 4 and all(e[1].endswith(": OK") for e in replies_before), \
         "the raw part went to clamd before every decoded part had its reply: %s" % ev
     assert [e for e in ev[raw_at:] if e[0] == "reply"][-1][1].endswith(": OK"), ev
+    # What was delivered, rescanned whole and re-split into parts, is clean.
+    p.assert_delivered_clean()
 
 
 def quarantined(p, name, m):
@@ -295,6 +297,7 @@ def stripped_message_is_scanned_raw_again():
     # ...and clamd was handed a file of exactly the delivered message's size.
     sizes = [e[1] for ev in rec.conns for e in ev if e[0] == "fildes"]
     assert len(delivered) in sizes, (len(delivered), sizes)
+    p.assert_delivered_clean()
 
 
 if __name__ == "__main__":
