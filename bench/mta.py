@@ -451,13 +451,7 @@ def main():
     for tool in ("postfix", "smtp-source", "smtp-sink"):
         if not shutil.which(tool):
             sys.exit("bench-mta: %s not installed (Debian package postfix)" % tool)
-    args.work = args.work or tempfile.mkdtemp(prefix="spoold-mta-", dir="/tmp")
-    os.makedirs(args.work, exist_ok=True)
-    # Postfix's services and the pipe user (nobody) reach the spools under it.
-    for x in (args.work, os.path.dirname(args.work)):
-        os.chmod(x, os.stat(x).st_mode | 0o755)
-    brun.DISCARD_DIR[0] = os.path.join(args.work, "discarded")
-    os.makedirs(brun.DISCARD_DIR[0], exist_ok=True)
+    brun.filter_bench_workdir(args, "spoold-mta-")
     scale = SMOKE if args.smoke else QUICK if args.quick else SCALE
     corpora = [k for k in args.corpora.split(",") if k in scale]
     # amavisd-new is a bench-only package: measured when installed, else said so.

@@ -33,7 +33,6 @@ import signal
 import smtplib
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -321,13 +320,7 @@ def main():
     variants = args.variants.split(",")
     if "amavis" not in variants:
         sys.exit("bench-peer: the variants must include amavis (the ratios are to it)")
-    args.work = args.work or tempfile.mkdtemp(prefix="spoold-peer-", dir="/tmp")
-    os.makedirs(args.work, exist_ok=True)
-    # The amavis user reaches its home and clamd's socket under the work directory.
-    for x in (args.work, os.path.dirname(args.work)):
-        os.chmod(x, os.stat(x).st_mode | 0o755)
-    brun.DISCARD_DIR[0] = os.path.join(args.work, "discarded")
-    os.makedirs(brun.DISCARD_DIR[0], exist_ok=True)
+    brun.filter_bench_workdir(args, "spoold-peer-")
     started = time.time()
     say("work %s; corpora %s; filters %s; %d runs, alternating; loadavg %s" % (
         args.work, corpora, variants, args.runs, open("/proc/loadavg").read().strip()))

@@ -1436,6 +1436,19 @@ def filter_bench_args(doc, corpora, timeout):
     return ap
 
 
+def filter_bench_workdir(args, prefix):
+    """The work directory of bench/mta.py and bench/peer.py (args.work, or a fresh one in
+    /tmp), opened to other users: Postfix's services, the pipe(8) user and the amavis user
+    reach the spools, clamd's socket and their homes under it. Sets brun's discard
+    directory inside it."""
+    args.work = args.work or tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.makedirs(args.work, exist_ok=True)
+    for x in (args.work, os.path.dirname(args.work)):
+        os.chmod(x, os.stat(x).st_mode | 0o755)
+    DISCARD_DIR[0] = os.path.join(args.work, "discarded")
+    os.makedirs(DISCARD_DIR[0], exist_ok=True)
+
+
 def put_section(path, md, begin, end):
     """Replace the section of path between the marks begin and end, or put it right after
     the analysis mark (this harness keeps what follows the mark across its runs), or append
