@@ -273,23 +273,37 @@ static void lmtpd_recover(void)
 
 static ino_t lmtpd_sock_ino;
 
+/* Remove a stale socket (our predecessor's) at path, but never anything else. */
+static void lmtpd_stale_socket_remove(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return;
+	if (!S_ISSOCK(st.st_mode))
+		die_perm(EXIT_CONFIG, "lmtp.socket %s exists and is not a socket", path);
+	if (unlink(path) < 0 && errno != ENOENT)
+		die_temp(NULL, "cannot remove the stale socket %s: %s", path, strerror(errno));
+}
+
 static int lmtpd_listen_unix(const char *path, int mode)
 {
 	struct sockaddr_un sa;
 	memset(&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
-	if (bsnprintf(sa.sun_path, sizeof sa.sun_path, "%s", path) < 0)
-		die_perm(EXIT_CONFIG, "lmtp.socket %s is longer than a socket path may be (%zu)",
-		         path, sizeof sa.sun_path - 1);
-	/* Replace a stale socket (our predecessor's), but never anything else. */
+	/* The socket is made under a side name and renamed onto the configured path once it
+	 * has its mode and listens: a client (Postfix's lmtp) that finds the path finds it
+	 * ready, never a socket still 0600 or not yet listening, and a restart replaces the
+	 * old socket in one step instead of leaving a moment with no path at all. */
+	char tmp[sizeof sa.sun_path];
+	if (bsnprintf(tmp, sizeof tmp, "%s.new", path) < 0)
+		die_perm(EXIT_CONFIG,
+		         "lmtp.socket %s is longer than a socket path may be (%zu, with \".new\")",
+		         path, sizeof sa.sun_path - 5);
+	memcpy(sa.sun_path, tmp, sizeof tmp);
+	lmtpd_stale_socket_remove(tmp);
 	struct stat st;
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			die_perm(EXIT_CONFIG, "lmtp.socket %s exists and is not a socket", path);
-		if (unlink(path) < 0)
-			die_temp(NULL, "cannot remove the stale socket %s: %s", path,
-			         strerror(errno));
-	}
+	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+		die_perm(EXIT_CONFIG, "lmtp.socket %s exists and is not a socket", path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		die_temp(NULL, "cannot make a socket: %s", strerror(errno));
@@ -299,13 +313,17 @@ static int lmtpd_listen_unix(const char *path, int mode)
 	int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
 	umask(old);
 	if (r < 0)
-		die_temp(NULL, "cannot bind %s: %s", path, strerror(errno));
-	if (chmod(path, (mode_t)mode) < 0)
-		die_temp(NULL, "cannot chmod %s: %s", path, strerror(errno));
+		die_temp(NULL, "cannot bind %s: %s", tmp, strerror(errno));
+	if (chmod(tmp, (mode_t)mode) < 0)
+		die_temp(NULL, "cannot chmod %s: %s", tmp, strerror(errno));
 	if (listen(fd, 128) < 0)
-		die_temp(NULL, "cannot listen on %s: %s", path, strerror(errno));
-	if (lstat(path, &st) == 0)
+		die_temp(NULL, "cannot listen on %s: %s", tmp, strerror(errno));
+	if (lstat(tmp, &st) == 0)
 		lmtpd_sock_ino = st.st_ino;
+	/* rename(2) replaces a stale socket at path atomically; anything else there was
+	 * refused above. */
+	if (rename(tmp, path) < 0)
+		die_temp(NULL, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
 	return fd;
 }
 

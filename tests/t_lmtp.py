@@ -541,6 +541,57 @@ def accepted_message_survives_sigkill_right_after_the_reply():
              what="the restarted lmtpd to remove the unfinished queue file")
 
 
+@test
+def the_socket_path_appears_only_listening_with_its_mode_across_restarts():
+    """Postfix's lmtp client connects whenever it likes: the path must never name a socket
+    still at the bind umask's 0600, one not yet listening, or nothing at all while lmtpd
+    restarts (the old socket stays until the new one replaces it in one rename)."""
+    import threading
+    p = lmtp_pipeline(socket_mode="0660")
+    wait_for(lambda: _lmtpd_pid(p), timeout=20, what="lmtpd in run/status")
+    seen, bad, stop = {}, [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                st = os.lstat(p.sock)
+            except FileNotFoundError:
+                bad.append("the socket path was missing")
+                continue
+            # The inode number alone may be reused by the next socket.
+            key = (st.st_ino, st.st_ctime_ns)
+            if key in seen:
+                continue
+            seen[key] = oct(st.st_mode & 0o777)
+            if st.st_mode & 0o777 != 0o660:
+                bad.append("a socket at mode %s" % oct(st.st_mode & 0o777))
+            if not _accepts(p.sock):
+                bad.append("a socket that did not accept a connection")
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        # Three: a fifth death within 60 s would mark lmtpd FAILED (the crash-loop guard).
+        for _ in range(3):
+            pid = _lmtpd_pid(p)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: _lmtpd_pid(p) not in (0, pid), timeout=30,
+                     what="spoold to restart lmtpd")
+            wait_for(lambda: len(seen) >= 2 and _accepts(p.sock), timeout=30,
+                     what="the restarted lmtpd's socket")
+            seen.clear()
+            st = os.lstat(p.sock)
+            seen[(st.st_ino, st.st_ctime_ns)] = "current"
+    finally:
+        stop.set()
+        t.join()
+    assert not bad, sorted(set(bad))
+    assert not [n for n in os.listdir(os.path.dirname(p.sock)) if n.endswith(".new")], \
+        os.listdir(os.path.dirname(p.sock))
+    c = connect(p)
+    lhlo(c)
+
+
 def _wait_idle_in_poll(pid, p):
     """Until pid's main thread has slept in poll(2) at five looks 50 ms apart (its clients'
     bytes all read)."""
