@@ -67,7 +67,7 @@ HDRS      = $(wildcard lib/*.h) $(wildcard */*.h)
 
 SIGDIR    = build/sigs
 
-.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm bench-mta bench-peer bench-deps chaos check-format format
+.PHONY: all prod asan test run deps test-deps fuzz install uninstall clean bench bench-farm bench-mta bench-peer bench-foreign bench-profile bench-all bench-deps chaos check-format format
 all: bin-all $(SIGDIR)/spoold-test.hdb
 prod: $(addprefix $(O)/prod/bin/,$(PROGS)) unit-prod $(SIGDIR)/spoold-test.hdb
 
@@ -196,6 +196,26 @@ bench-mta: bench-deps all
 # BENCH_PEER_ARGS: e.g. --quick, --corpora a,b.
 bench-peer: bench-deps all
 	python3 bench/peer.py --out docs/PERFORMANCE.md $(BENCH_PEER_ARGS)
+
+# drop-to-outbox latency and backlog throughput per spool_sync strategy, idle and under a
+# foreign writer on the spool's filesystem (issue 19); writes its section.
+bench-foreign: bench-deps all
+	python3 bench/foreign.py --out docs/PERFORMANCE.md $(BENCH_FOREIGN_ARGS)
+
+# one corpus-a clamd run under perf record -a -g: where the CPU goes; needs root; writes
+# its section.
+bench-profile: bench-deps all
+	python3 bench/profile.py --out docs/PERFORMANCE.md
+
+# every table of docs/PERFORMANCE.md from one run, in an order in which each keeps the
+# others' sections (bench/run.py rewrites what is above the analysis mark; the others put
+# theirs right below it): about 70 minutes on 2 cores; run it on a quiet machine.
+bench-all: bench-deps all
+	python3 bench/run.py
+	python3 bench/peer.py --out docs/PERFORMANCE.md $(BENCH_PEER_ARGS)
+	python3 bench/mta.py --out docs/PERFORMANCE.md $(BENCH_MTA_ARGS)
+	python3 bench/foreign.py --out docs/PERFORMANCE.md $(BENCH_FOREIGN_ARGS)
+	python3 bench/profile.py --out docs/PERFORMANCE.md
 
 chaos: test-deps all
 	python3 tests/chaos.py --bin bin --messages $${CHAOS_MESSAGES:-10000} --long

@@ -4,7 +4,11 @@ per sync strategy (spool_sync = syncfs | files | auto), idle and with another pr
 dirtying pages on the spool's filesystem.
 
     python3 bench/foreign.py --bin /tmp/build-sync/prod/bin [--seconds 20] [--rate 50]
-            [--writer-mb 80] [--backlog 2000] [--strategies syncfs,files,auto] [--out F]
+            [--writer-mb 80,400] [--backlog 2000] [--strategies syncfs,files,auto]
+            [--out docs/PERFORMANCE.md]
+
+With --out the section goes into that file between its marks (`make bench-foreign`), as
+bench/peer.py's and bench/mta.py's do.
 
 Uses bench/run.py's harness by import (Run, latency, backlog, the corpus, the no-op
 scanner): a fresh spool and spoold per round, the no-op scanner (bench/noop.c) so that
@@ -143,13 +147,17 @@ def main():
     ap.add_argument("--work", default=None)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rate", type=float, default=50)
-    ap.add_argument("--writer-mb", type=float, default=80)
+    ap.add_argument("--writer-mb", default="80,400",
+                    help="the foreign writer's rates in MiB/s, comma-separated: one that the "
+                    "disk keeps up with, one that outruns it")
     ap.add_argument("--backlog", type=int, default=2000)
     ap.add_argument("--strategies", default="syncfs,files,auto")
-    ap.add_argument("--out", default=None, help="also write the result table here")
+    ap.add_argument("--out", default=None, help="a markdown file to put the section into")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
+    args.writers = [float(x) for x in args.writer_mb.split(",") if x]
+    started = time.time()
     args.work = args.work or tempfile.mkdtemp(prefix="spoold-foreign-", dir="/tmp")
     os.makedirs(args.work, exist_ok=True)
     bench.DISCARD_DIR[0] = os.path.join(args.work, "discarded")
@@ -163,10 +171,10 @@ def main():
             files, _, _ = bench.make_corpus(args.work, "backlog", args.backlog, 1, 20 << 10,
                                             eicar_every=0)
         note = fs_note(args.work)
-        bench.say("filesystem: %s; writer %g MiB/s" % (note, args.writer_mb))
+        bench.say("filesystem: %s; writers %s MiB/s" % (note, args.writer_mb))
         for strat in args.strategies.split(","):
             STRATEGY[0] = strat
-            for mb in (0, args.writer_mb):
+            for mb in [0] + args.writers:
                 os.sync()
                 with Writer(args.work, mb) as w:
                     d0 = dirty_kb()
@@ -186,16 +194,43 @@ def main():
         text = table(note, args, rows, len(files))
         print(text)
         if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
+            cmd = "python3 bench/foreign.py " + " ".join(sys.argv[1:])
+            md = ("## A foreign writer on the spool's filesystem (`make bench-foreign`)\n\n"
+                  "`%s` on %s UTC, %.0f s; loadavg at the end %s.\n\n" % (
+                      cmd, time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+                      time.time() - started, open("/proc/loadavg").read().strip())
+                  + text + "\n" + goal(rows) + "\n")
+            bench.put_section(args.out, md, MARK_BEGIN, MARK_END)
     finally:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
 
 
+MARK_BEGIN = "<!-- bench-foreign: begin -->"
+MARK_END = "<!-- bench-foreign: end -->"
+
+
+def goal(rows):
+    """The issue's goal, per strategy and writer: p50 under the writer <= 2x idle p50."""
+    idle = {r["strategy"]: r["lat"]["p50"] for r in rows if not r["writer"]}
+    out = ["| status | goal: p50 under the foreign writer <= 2x idle p50 |", "|---|---|"]
+    for r in rows:
+        if not r["writer"] or r["strategy"] not in idle:
+            continue
+        x = r["lat"]["p50"] / idle[r["strategy"]] if idle[r["strategy"]] else float("inf")
+        out.append("| %s | %s, writer %g MiB/s: %.1f against %.1f ms idle (%.2fx; p90 %.2fx)%s |"
+                   % ("met" if x <= 2 else "**not met**", r["strategy"], r["writer"],
+                      r["lat"]["p50"], idle[r["strategy"]], x,
+                      r["lat"]["p90"] / max(1e-9, [i["lat"]["p90"] for i in rows
+                                                    if i["strategy"] == r["strategy"]
+                                                    and not i["writer"]][0]),
+                      " (the default)" if r["strategy"] == "auto" else ""))
+    return "\n".join(out) + "\n"
+
+
 def table(note, args, rows, nback):
     out = ["Filesystem: %s. Latency: %g msg/s for %g s, 20 KiB attachment each, no-op "
-           "scanner; backlog: %d messages; writer: %g MiB/s without sync.\n"
+           "scanner; backlog: %d messages; writers: none and %s MiB/s, never syncing.\n"
            % (note, args.rate, args.seconds, nback, args.writer_mb),
            "| strategy | foreign writer | p50 ms | p90 ms | p99 ms | max ms | backlog s | msg/s |",
            "|---|---|---|---|---|---|---|---|"]

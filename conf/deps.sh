@@ -22,7 +22,8 @@ if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then
 fi
 if [ "${1:-}" = "--bench" ]; then
 	# amavisd-new: the peer the benches measure spoold against (docs/PERFORMANCE.md)
-	PKGS="$PKGS amavisd-new"
+	# linux-perf: bench/profile.py (make bench-profile)
+	PKGS="$PKGS amavisd-new linux-perf"
 fi
 missing=""
 for p in $PKGS; do

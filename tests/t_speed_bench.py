@@ -78,5 +78,40 @@ def bench_clamd_runs_are_cold_and_cpu_and_disk_are_measured():
         assert float(r[7]) >= mail and float(r[8].strip("x")) >= 1, r
 
 
+FOREIGN = os.path.join(harness.ROOT, "bench", "foreign.py")
+
+
+@test(timeout=240)
+def bench_foreign_writes_its_section_with_every_strategy_and_the_goal():
+    """bench/foreign.py (make bench-foreign), tiny: a row per strategy and writer, measured
+    (messages arrived, the writer wrote), the goal judged per strategy, and its section put
+    between its marks without touching the rest of the document."""
+    d = harness.tmpdir("speed-foreign")
+    out = os.path.join(d, "PERFORMANCE.md")
+    with open(out, "w") as f:
+        f.write("# doc\n\nabove\n<!-- analysis: kept by bench/run.py across runs -->\n\nkept\n")
+    for _ in range(2):  # the second run replaces the section, never adds a second
+        r = harness.run([sys.executable, FOREIGN, "--bin", harness.BIN or "", "--seconds", "1",
+                         "--rate", "10", "--backlog", "20", "--writer-mb", "20",
+                         "--strategies", "syncfs,files,auto", "--out", out], timeout=200)
+        assert r.returncode == 0, "bench/foreign.py exited %d:\n%s" % (r.returncode,
+                                                                         r.out[-3000:])
+    text = open(out).read()
+    assert text.count("<!-- bench-foreign: begin -->") == 1, text
+    assert text.startswith("# doc\n\nabove\n") and text.rstrip().endswith("kept"), text
+    table = rows(text, "## A foreign writer on the spool's filesystem")
+    assert [(t[0], t[1]) for t in table] == [
+        (s, w) for s in ("syncfs", "files", "auto") for w in ("none", "20 MiB/s")], table
+    for t in table:
+        p50, p90, p99, mx = (float(x) for x in t[2:6])
+        assert 0 < p50 <= p90 <= p99 <= mx, t
+        assert float(t[6]) > 0 and float(t[7]) > 0, t
+    section = text.split("<!-- bench-foreign: begin -->")[1].split("<!-- bench-foreign: end")[0]
+    goals = [ln for ln in section.splitlines() if ln.startswith(("| met |", "| **not met** |"))]
+    assert [g.split("|")[2].split(",")[0].strip() for g in goals] == [
+        "syncfs", "files", "auto"], section
+    assert "(the default)" in goals[2], goals
+
+
 if __name__ == "__main__":
     harness.main()
