@@ -220,16 +220,56 @@ static int router_hdr_is_scan_field(const char *p, size_t n)
 	return 0;
 }
 
-/* Copy msg[0..len) to fd (or only count, if fd < 0) without the X-Virus-Scanned and
+/* The message is mapped, not read (router_map): it may be as large as max_message_size. Every
+ * page touched through the mapping would stay in the router's resident set until the
+ * unmap, so the walks below drop what they have passed, a MiB at a time
+ * (MADV_DONTNEED on a read-only file mapping only drops this process's page table entries;
+ * a page touched again is read back from the page cache): the router's peak RSS stays a
+ * few MiB whatever the message's size, not the message's size. */
+#define ROUTER_MAP_STEP ((size_t)1 << 20)
+
+struct router_src {
+	const char *p;
+	int mapped; /* p is a page-aligned mapping: the walks may drop what they passed */
+};
+
+/* Drop the whole pages of p[from..to) from the resident set (a mapping only; the page
+ * holding p[to] stays, it is still in use). */
+static void router_src_drop(const struct router_src *s, size_t from, size_t to)
+{
+	if (!s->mapped)
+		return;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	size_t a = from / pg * pg, end = to / pg * pg;
+	/* Only a memory hint: on failure the pages stay resident until the unmap. */
+	if (end > a)
+		(void)madvise((void *)(s->p + a), end - a, MADV_DONTNEED);
+}
+
+/* write_all of p[from..to), a MiB at a time, dropping each MiB once written. */
+static int router_src_write(int fd, const struct router_src *s, size_t from, size_t to)
+{
+	while (from < to) {
+		size_t n = to - from < ROUTER_MAP_STEP ? to - from : ROUTER_MAP_STEP;
+		if (write_all(fd, s->p + from, n) < 0)
+			return -1;
+		router_src_drop(s, from, from + n);
+		from += n;
+	}
+	return 0;
+}
+
+/* Copy the message to fd (or only count, if fd < 0) without the X-Virus-Scanned and
  * X-Virus-Scan-Warning fields of its top-level header block, their folded continuation
  * lines included. A sender's forged "X-Virus-Scanned: Clean" must never be what a
  * downstream filter trusts: only the router says whether mail was scanned. The header
  * block ends at the first empty line ("\n" or "\r\n"); every other byte is copied as it
  * is, in as many writes as fields removed plus one, so no buffer grows with the input.
  * Returns the number of fields removed, or -1 with errno on a write error. */
-static long router_copy_unforged(int fd, const char *msg, size_t len)
+static long router_copy_unforged(int fd, const char *msg, size_t len, int mapped)
 {
-	size_t i = 0, keep = 0;
+	struct router_src s = {.p = msg, .mapped = mapped};
+	size_t i = 0, keep = 0, passed = 0;
 	long removed = 0;
 	int dropping = 0;
 	while (i < len) {
@@ -243,13 +283,19 @@ static long router_copy_unforged(int fd, const char *msg, size_t len)
 			removed += dropping;
 		}
 		if (dropping) {
-			if (fd >= 0 && i > keep && write_all(fd, msg + keep, i - keep) < 0)
+			if (fd >= 0 && i > keep && router_src_write(fd, &s, keep, i) < 0)
 				return -1;
 			keep = next;
 		}
 		i = next;
+		/* A header block may be the whole message (no empty line): drop what the walk
+		 * passed (a page still to be written is read back when it is). */
+		if (i - passed >= ROUTER_MAP_STEP) {
+			router_src_drop(&s, passed, i);
+			passed = i;
+		}
 	}
-	if (fd >= 0 && len > keep && write_all(fd, msg + keep, len - keep) < 0)
+	if (fd >= 0 && len > keep && router_src_write(fd, &s, keep, len) < 0)
 		return -1;
 	return removed;
 }
@@ -258,12 +304,12 @@ static long router_copy_unforged(int fd, const char *msg, size_t len)
  * durable with the rest of the fan-out by the fanout commit's sync, before any
  * out.<conn>/ leaves for an outbox. */
 static void router_write_out(struct spool_entry *e, const struct buf *hdrs, const char *msg,
-                             size_t len)
+                             size_t len, int mapped)
 {
 	/* Ours and new: the delivered copy must belong to the router's user alone. */
 	int out = open_fresh_at(e->fd, ENTRY_MESSAGE_OUT_TMP, O_WRONLY, 0640);
 	if (out < 0 || write_all(out, hdrs->data, hdrs->len) < 0 ||
-	    router_copy_unforged(out, msg, len) < 0)
+	    router_copy_unforged(out, msg, len, mapped) < 0)
 		goto fail;
 	if (close(out) < 0) {
 		out = -1;
@@ -276,6 +322,28 @@ static void router_write_out(struct spool_entry *e, const struct buf *hdrs, cons
 fail:
 	die_temp(e->qid, "cannot write %s/route/%s/message.out: %s", e->sp->root, e->qid,
 	         strerror(errno));
+}
+
+/* Map the whole of fd read-only and close it: MAP_FAILED (and *len 0) for an empty file.
+ * Mapped, not read: only the header block is looked at, and the copy into message.out
+ * drops what it has written (router_src_write). */
+static void *router_map(struct spool_entry *e, int fd, size_t *len)
+{
+	struct stat st;
+	void *map = MAP_FAILED;
+	*len = 0;
+	if (fstat(fd, &st) < 0)
+		die_temp(e->qid, "cannot stat the message of %s/route/%s: %s", e->sp->root, e->qid,
+		         strerror(errno));
+	if (st.st_size > 0) {
+		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (map == MAP_FAILED)
+			die_temp(e->qid, "cannot map the message of %s/route/%s: %s", e->sp->root,
+			         e->qid, strerror(errno));
+		*len = (size_t)st.st_size;
+	}
+	close(fd);
+	return map;
 }
 
 /* The one way mail leaves with headers of ours: every delivery (clean, stripped, released,
@@ -293,20 +361,34 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 	void *map = MAP_FAILED;
 	struct stat sb = {.st_uid = geteuid()};
 	buf_init(&h);
-	struct buf whole;
-	buf_init(&whole);
 	if (body) {
 		src = body->data ? body->data : "";
 		len = body->len;
 	} else if (vs && vs->msg_sha256) {
-		/* The runner scanned a copy with this hash (a separated spool): read the message
-		 * into memory once, check it is those bytes, and deliver from that memory, so that
-		 * what leaves is what was scanned, whatever its owner does to the file now. */
-		char hex[65];
-		if (read_file_at(e->fd, ENTRY_MESSAGE, &whole, SIZE_MAX / 2) < 0)
-			die_temp(e->qid, "cannot read %s/route/%s/message: %s", e->sp->root, e->qid,
+		/* The runner scanned a copy with this hash (a separated spool): copy the message
+		 * into a file of ours, hashing exactly the bytes copied, and deliver from that
+		 * copy if they are the scanned bytes, so that what leaves is what was scanned,
+		 * whatever the message's owner does to its file now. A copy, not memory: a
+		 * message may be as large as max_message_size. */
+		char hex[65] = "not-a-file";
+		int in =
+		    openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+		if (in < 0 || fstat(in, &sb) < 0)
+			die_temp(e->qid, "cannot open %s/route/%s/message: %s", e->sp->root, e->qid,
 			         strerror(errno));
-		util_sha256_hex(whole.data ? whole.data : "", whole.len, hex);
+		/* Not a regular file (a FIFO would block the copy): never what was scanned, and
+		 * hex stays "not-a-file". message.out.tmp is only a scratch name here, unlinked
+		 * at once: router_write_out makes it anew. */
+		int cp = S_ISREG(sb.st_mode)
+		             ? open_fresh_at(e->fd, ENTRY_MESSAGE_OUT_TMP, O_RDWR, 0600)
+		             : -2;
+		if (cp == -1 || (cp >= 0 && copy_fd_sha256(in, cp, hex) < 0))
+			die_temp(e->qid, "cannot copy %s/route/%s/message: %s", e->sp->root, e->qid,
+			         strerror(errno));
+		close(in);
+		if (cp >= 0 && unlinkat(e->fd, ENTRY_MESSAGE_OUT_TMP, 0) < 0)
+			die_temp(e->qid, "cannot remove %s/route/%s/message.out.tmp: %s",
+			         e->sp->root, e->qid, strerror(errno));
 		if (strcmp(hex, vs->msg_sha256) != 0) {
 			struct buf why;
 			buf_init(&why);
@@ -321,36 +403,32 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 			          vs->msg_sha256);
 			router_hold(st, e, buf_cstr(&why));
 			buf_free(&why);
-			buf_free(&whole);
+			if (cp >= 0)
+				close(cp);
 			buf_free(&h);
 			return;
 		}
-		src = whole.data ? whole.data : "";
-		len = whole.len;
+		/* The unlinked copy stays readable through cp and then the mapping. */
+		map = router_map(e, cp, &len);
+		src = map != MAP_FAILED ? map : "";
 		sb.st_uid = (uid_t)-1; /* never linked: delivered from the checked bytes */
 	} else {
-		/* Mapped, not read: a message may be as large as max_message_size, and only
-		 * its header block is looked at. The entry is locked, so nobody changes it. */
+		/* The entry is locked, so nobody else of our user changes the message. */
 		int fd = openat(e->fd, ENTRY_MESSAGE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0 || fstat(fd, &sb) < 0)
 			die_temp(e->qid, "cannot open %s/route/%s/message: %s", e->sp->root, e->qid,
 			         strerror(errno));
-		if (sb.st_size > 0) {
-			map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-			if (map == MAP_FAILED)
-				die_temp(e->qid, "cannot map %s/route/%s/message: %s", e->sp->root,
-				         e->qid, strerror(errno));
-			src = map;
-			len = (size_t)sb.st_size;
-		}
-		close(fd);
+		map = router_map(e, fd, &len);
+		src = map != MAP_FAILED ? map : "";
 	}
-	const char *eol = strip_eol(src, len);
+	/* The line end of the first line; a first line longer than 64 KiB (never a header
+	 * field) is not looked through to its end. */
+	const char *eol = strip_eol(src, len < 65536 ? len : 65536);
 	if (extra_hdr)
 		buf_printf(&h, "%s%s", extra_hdr, eol);
 	if (vs && st->conf->router.add_scanned_header)
 		router_scanned_header(vs, eol, &h);
-	long forged = router_copy_unforged(-1, src, len);
+	long forged = router_copy_unforged(-1, src, len, map != MAP_FAILED);
 	if (forged > 0) {
 		trace_add(e->fd, e->qid, "removed forged-scan-headers=%ld", forged);
 		log_warn(e->qid,
@@ -362,13 +440,12 @@ void router_deliver_scanned(struct stage *st, struct spool_entry *e, const struc
 	 * to the splitter's user, who could change a shared inode after this decision, and
 	 * whose file protected_hardlinks would not let us link anyway). */
 	if (h.len || body || forged > 0 || sb.st_uid != geteuid()) {
-		router_write_out(e, &h, src, len);
+		router_write_out(e, &h, src, len, map != MAP_FAILED);
 		router_deliver(st, e, env, ENTRY_MESSAGE_OUT);
 	} else {
 		router_deliver(st, e, env, ENTRY_MESSAGE);
 	}
 	if (map != MAP_FAILED && munmap(map, len) < 0)
 		log_warn(e->qid, "cannot unmap the message: %s", strerror(errno));
-	buf_free(&whole);
 	buf_free(&h);
 }

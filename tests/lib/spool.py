@@ -93,7 +93,23 @@ def read_status(spool):
     return res
 
 
+# Runs argv[1:] as a child and prints its own peak RSS (wait4's rusage: that process
+# alone, not the harness's other children) as "maxrss_kb=N", exiting with its status.
+MAXRSS_WRAPPER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "_, st, ru = os.wait4(pid, 0)\n"
+    "print('maxrss_kb=%d' % ru.ru_maxrss, flush=True)\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n")
+
+
 class Pipeline:
+    # wrap= for stage(): Debian's python3, which a stage's own user may run (the harness's
+    # interpreter may live in root's home).
+    MAXRSS = ("/usr/bin/python3", "-c", MAXRSS_WRAPPER)
+
     def __init__(self, scanners=None, connectors=None, splitter=None, router=None,
                  runner=None, rescan_interval=30, extra="", spool=None, invariant=True):
         """invariant: after the test passes, check that everything in an outbox,
@@ -208,10 +224,11 @@ class Pipeline:
         self.procs = []
         self.stop_orphans()
 
-    def stage(self, name, once=True, env=None, timeout=120, args=(), preexec=None):
+    def stage(self, name, once=True, env=None, timeout=120, args=(), preexec=None, wrap=()):
         """Run one stage; with once=True one recovery + scan pass, returning the result.
-        preexec runs in the child before the stage (and before it changes user)."""
-        argv = [harness.bin_path(name), "-c", self.conf] + list(args)
+        preexec runs in the child before the stage (and before it changes user); wrap is
+        a command the stage runs under (after the change of user), e.g. MAXRSS."""
+        argv = list(wrap) + [harness.bin_path(name), "-c", self.conf] + list(args)
         e = dict(os.environ)
         e.update(env or {})
         kw = {"preexec_fn": preexec} if preexec else {}
@@ -228,6 +245,13 @@ class Pipeline:
         logf.close()
         self.procs.append(p)
         return p
+
+    @staticmethod
+    def maxrss_kb(result):
+        """The peak RSS of a stage run with wrap=Pipeline.MAXRSS, from its output."""
+        m = re.search(r"^maxrss_kb=(\d+)$", result.out, re.M)
+        assert m, "no maxrss line in: %s" % result.out[-2000:]
+        return int(m.group(1))
 
     def pass_all(self, env=None):
         """One deterministic pass of every stage, in pipeline order."""
