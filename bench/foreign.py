@@ -62,8 +62,13 @@ def _pct(xs, q):
 bench.pct = _pct
 
 WRITER = r"""
-import os, sys, time
+import os, signal, sys, time
 path, rate = sys.argv[1], float(sys.argv[2])
+# Stopped by SIGTERM, with a handler of its own: SIGINT may be ignored (a shell starts
+# a background job with SIGINT ignored, and Python then installs no handler for it).
+def stop(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
 blk = os.urandom(1 << 20)
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 n, t0 = 0, time.monotonic()
@@ -100,7 +105,7 @@ class Writer:
 
     def __exit__(self, *exc):
         if self.proc:
-            self.proc.send_signal(2)
+            self.proc.terminate()
             out, _ = self.proc.communicate(timeout=60)
             self.blocks = int(out.strip() or 0)
         return False
