@@ -537,6 +537,35 @@ def compromised_splitter_cannot_change_the_message_while_it_is_scanned():
 
 
 @test
+def compromised_splitter_cannot_stall_the_router_with_a_fifo_for_the_message():
+    """The router copies a separated spool's message into a file of its own, hashing it as
+    it copies: a FIFO put in the message's place (by the splitter's user, who owns the
+    entry's files) must not block that copy, must never pass for the scanned bytes, and
+    must not stop the next message. What is delivered, rescanned whole, is clean."""
+    p, users, md = _maildir_pipeline()
+    p.start()
+    bad_msg, good_msg = msgs.clean(subject="to be swapped"), msgs.clean(subject="next one")
+    qa, qb = _stopped_before(p, "router", bad_msg, good_msg)
+    path = os.path.join(p.spool, "route", qa, "message")
+
+    def to_fifo():
+        os.unlink(path)
+        os.mkfifo(path, 0o640)
+    assert as_user(ROLES["splitter_user"], to_fifo) == 0
+    r = p.ctl("start", "router")
+    assert r.returncode == 0, r.out
+    # Held, and the router went on: the other message is delivered.
+    wait_for(lambda: qa in p.entries("hold") and len(_maildir_messages(md)) == 1,
+             timeout=60, what="held and the next delivered\n" + p.logtext()[-3000:])
+    assert "changed after it was scanned" in p.logtext(), p.logtext()[-3000:]
+    name, = _maildir_messages(md)
+    with open(os.path.join(md, "new", name), "rb") as f:
+        got = f.read()
+    assert b"Subject: next one" in got and b"Subject: to be swapped" not in got, got[:500]
+    p.assert_delivered_clean([("maildir " + name, got)])
+
+
+@test
 def moved_or_linked_verdicts_of_another_message_are_not_its_own():
     p, users, md = _maildir_pipeline()
     p.start()
